@@ -1,0 +1,225 @@
+"""The guest's vCPUs: writer threads that dirty memory at a target rate and pattern.
+
+Each writer runs Numba kernels that release the GIL, in short slices: it works
+out how many writes are due by now at its share of the target rate (a
+deadline schedule, so the long-run rate is exact however the slices jitter),
+performs them, and sleeps until the next is due. `pause()` returns only once
+every writer has left its kernel and is waiting: from then on no writer
+touches memory until `resume()`. That is the blackout's precondition.
+"""
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.writers import PATTERNS, WriterPattern
+
+SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds pause latency
+MIN_BATCH = 16
+MAX_BATCH = 1 << 20
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """What the guest's vCPUs do.
+
+    rate_pages_per_s: page writes per second over all vCPUs; 0 = idle, math.inf = unpaced.
+    pattern: uniform, hotset, sequential or zipf; write_size: bytes per write.
+    hot_fraction, hot_share: hotset (share of pages, share of writes); stride: sequential
+    step in pages; zipf_s: zipf exponent; seed: the writers' RNG seed.
+    """
+
+    vcpus: int = 1
+    rate_pages_per_s: float = 0.0
+    pattern: str = "uniform"
+    write_size: int = 8
+    hot_fraction: float = 0.1
+    hot_share: float = 0.9
+    stride: int = 1
+    zipf_s: float = 1.0
+    seed: int = 0
+    pattern_options: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.vcpus, int) or self.vcpus < 1:
+            raise ValueError(f"vcpus must be a whole number >= 1, got {self.vcpus!r}")
+        if not (self.rate_pages_per_s >= 0):
+            raise ValueError(f"dirty rate must be >= 0 page writes/s (or inf for unpaced), got {self.rate_pages_per_s!r}")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"unknown pattern {self.pattern!r}: expected one of {', '.join(PATTERNS)}")
+
+    @property
+    def unpaced(self):
+        return math.isinf(self.rate_pages_per_s)
+
+
+class _Writer:
+    """One vCPU: its pattern state and its counters (touched only by its own thread)."""
+
+    def __init__(self, pattern):
+        self.pattern = pattern
+        self.writes = 0
+        self.batch = MIN_BATCH
+
+
+class Workload:
+    """Writer threads over a GuestMemory. Use as a context manager, or start()/stop()."""
+
+    def __init__(self, guest, spec, *, log_capacity=0):
+        """guest: GuestMemory; spec: WorkloadSpec; log_capacity: pages each writer records (tests)."""
+        self.guest = guest
+        self.spec = spec
+        self._writers = [
+            _Writer(
+                WriterPattern(
+                    guest.data, guest.page_size, guest.dirty, spec.pattern, seed=spec.seed, stream=index,
+                    write_size=spec.write_size, hot_fraction=spec.hot_fraction, hot_share=spec.hot_share,
+                    stride=spec.stride, zipf_s=spec.zipf_s, start_page=index * guest.n_pages // spec.vcpus,
+                    log=np.empty(log_capacity, dtype=np.int64) if log_capacity else None,
+                )
+            )
+            for index in range(spec.vcpus)
+        ]
+        self._cond = threading.Condition()
+        self._pause_requested = False
+        self._stopping = False
+        self._parked = 0
+        self._throttle_pct = 0
+        self._epoch = 0  # bumped on resume and throttle change: writers restart their schedule
+        self._threads = []
+        self._active_s = 0.0
+        self._active_since = None
+
+    # lifecycle -------------------------------------------------------------
+    def start(self):
+        """Start the writer threads (idle workloads start none)."""
+        if self._threads:
+            raise RuntimeError("workload already started")
+        if self.spec.rate_pages_per_s == 0:
+            return self
+        for writer in self._writers:
+            writer.pattern.write(0)  # compile (or load) the kernel before the clock starts
+        self._active_since = time.monotonic()
+        for index, writer in enumerate(self._writers):
+            thread = threading.Thread(target=self._run, args=(writer,), name=f"vcpu{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self):
+        """Stop and join every writer."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._account_active()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def pause(self):
+        """Stop every writer and return once none is touching memory."""
+        with self._cond:
+            self._pause_requested = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._parked == len(self._threads))
+        self._account_active()
+
+    def resume(self):
+        """Let the writers run again (their schedule restarts now: no burst of owed writes)."""
+        with self._cond:
+            self._pause_requested = False
+            self._epoch += 1
+            self._active_since = time.monotonic()
+            self._cond.notify_all()
+
+    # control and counters ------------------------------------------------------
+    @property
+    def throttle_pct(self):
+        return self._throttle_pct
+
+    def set_throttle(self, pct):
+        """Slow the writers to (100 - pct)% of their rate (auto-converge's CPU throttle)."""
+        if not 0 <= pct < 100:
+            raise ValueError(f"throttle must be a percentage in [0, 100), got {pct!r}")
+        with self._cond:
+            self._throttle_pct = pct
+            self._epoch += 1
+            self._cond.notify_all()
+
+    @property
+    def writes(self):
+        """Page writes performed so far by all writers."""
+        return sum(writer.writes for writer in self._writers)
+
+    @property
+    def active_s(self):
+        """Seconds the writers have been running (paused time excluded)."""
+        if self._active_since is not None and not self._pause_requested and not self._stopping:
+            return self._active_s + time.monotonic() - self._active_since
+        return self._active_s
+
+    def logged_pages(self):
+        """Pages each writer recorded (with log_capacity), concatenated."""
+        return np.concatenate([writer.pattern.logged() for writer in self._writers])
+
+    def _account_active(self):
+        with self._cond:
+            if self._active_since is not None:
+                self._active_s += time.monotonic() - self._active_since
+                self._active_since = None
+
+    # the writer thread -----------------------------------------------------
+    def _park_if_asked(self):
+        """Wait while paused; return False when stopping. Called between kernel calls only."""
+        with self._cond:
+            if not self._pause_requested:
+                return not self._stopping
+            self._parked += 1
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._pause_requested or self._stopping)
+            self._parked -= 1
+            return not self._stopping
+
+    def _run(self, writer):
+        rate = self.spec.rate_pages_per_s / len(self._writers)
+        epoch = None
+        while self._park_if_asked():
+            if epoch != self._epoch:
+                epoch = self._epoch
+                scale = 1 - self._throttle_pct / 100
+                start, done = time.monotonic(), 0
+            if self.spec.unpaced:
+                self._write_unpaced(writer, scale)
+                continue
+            due = int(rate * scale * (time.monotonic() - start)) - done
+            if due <= 0:
+                wait_s = (done + 1) / (rate * scale) - (time.monotonic() - start)
+                with self._cond:
+                    self._cond.wait(min(max(wait_s, 0.0), 0.05))
+                continue
+            n = min(due, max(MIN_BATCH, int(rate * SLICE_S)))
+            writer.pattern.write(n)
+            writer.writes += n
+            done += n
+
+    def _write_unpaced(self, writer, scale):
+        """One slice flat out; the batch adapts so a slice lasts about SLICE_S."""
+        began = time.perf_counter()
+        writer.pattern.write(writer.batch)
+        writer.writes += writer.batch
+        took = time.perf_counter() - began
+        if took < SLICE_S / 2:
+            writer.batch = min(writer.batch * 2, MAX_BATCH)
+        elif took > SLICE_S * 2:
+            writer.batch = max(writer.batch // 2, MIN_BATCH)
+        if scale < 1:
+            with self._cond:
+                self._cond.wait(took * (1 - scale) / scale)
