@@ -1,0 +1,116 @@
+"""Plain Python/NumPy versions of the kernels, written for clarity, not speed.
+
+Tests compare every kernel with these on edge cases and seeded random data,
+with exact equality.
+"""
+
+import numpy as np
+
+MASK64 = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def harvest(bitmap):
+    """Dirty page numbers of `bitmap`, ascending; clears it."""
+    pages = [word * 64 + bit for word, value in enumerate(bitmap.tolist()) for bit in range(64) if value >> bit & 1]
+    bitmap[:] = 0
+    return np.array(pages, dtype=np.int64)
+
+
+def set_bits(bitmap, pages):
+    for page in pages:
+        bitmap[page // 64] |= np.uint64(1 << (page % 64))
+
+
+def runs(pages):
+    starts, lengths = [], []
+    for page in pages:
+        if starts and page == starts[-1] + lengths[-1]:
+            lengths[-1] += 1
+        else:
+            starts.append(page)
+            lengths.append(1)
+    return starts, lengths
+
+
+def gather(memory, page_size, pages):
+    return b"".join(memory[p * page_size : (p + 1) * page_size].tobytes() for p in pages)
+
+
+def scatter(memory, page_size, pages, data):
+    for i, p in enumerate(pages):
+        memory[p * page_size : (p + 1) * page_size] = data[i * page_size : (i + 1) * page_size]
+
+
+def is_zero_page(memory, page_size, page):
+    return not memory[page * page_size : (page + 1) * page_size].any()
+
+
+def page_digest(memory, page_size, page):
+    """The kernel's 4-lane multiply-rotate digest, with Python integers."""
+    p1, p2, p3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+
+    def rotl(value, bits):
+        return ((value << bits) | (value >> (64 - bits))) & MASK64
+
+    words = memory[page * page_size : (page + 1) * page_size].view(np.uint64).tolist()
+    lanes = [p1, p2, p3, (page * p1 + p2) & MASK64]
+    for block in range(0, len(words), 4):
+        for k in range(4):
+            lanes[k] = rotl((lanes[k] + words[block + k] * p2) & MASK64, 31) * p1 & MASK64
+    digest = (rotl(lanes[0], 1) + rotl(lanes[1], 7) + rotl(lanes[2], 12) + rotl(lanes[3], 18)) & MASK64
+    digest ^= digest >> 33
+    digest = digest * p2 & MASK64
+    digest ^= digest >> 29
+    digest = digest * p3 & MASK64
+    return digest ^ (digest >> 32)
+
+
+class SplitMix64:
+    def __init__(self, state):
+        self.state = int(state)
+
+    def next(self):
+        self.state = (self.state + GOLDEN) & MASK64
+        z = self.state
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & MASK64
+        return z ^ (z >> 31)
+
+    def unit(self):
+        return (self.next() >> 11) * (1.0 / 9007199254740992.0)
+
+
+def writer(memory, page_size, bitmap, pattern, state, n_writes, *, write_size=8, hot_pages=1, hot_share=0.9,
+           stride=1, spread=1, offset=0, cdf=None, cursor=0):
+    """Apply `n_writes` writes the way kernels.writers does; return the pages written, in order."""
+    rng = SplitMix64(state)
+    n_pages = memory.size // page_size
+    words = memory.view(np.uint64)
+    words_per_page, words_per_write = page_size // 8, write_size // 8
+    slots = words_per_page - words_per_write + 1
+    written = []
+    for _ in range(n_writes):
+        if pattern == "sequential":
+            page, cursor = cursor, (cursor + stride) % n_pages
+        else:
+            u = rng.unit()
+            if pattern == "uniform":
+                page = min(int(u * n_pages), n_pages - 1)
+            else:
+                if pattern == "hotset":
+                    v = rng.unit()
+                    if u < hot_share or hot_pages == n_pages:
+                        rank = min(int(v * hot_pages), hot_pages - 1)
+                    else:
+                        rank = hot_pages + min(int(v * (n_pages - hot_pages)), n_pages - hot_pages - 1)
+                else:
+                    rank = min(int(np.searchsorted(cdf, u, side="right")), n_pages - 1)
+                page = (rank * spread + offset) % n_pages
+        bits = rng.next()
+        first = page * words_per_page + (((bits >> 32) * slots) >> 32)
+        for k in range(words_per_write):
+            words[first + k] = np.uint64((bits + k) & MASK64)
+        set_bits(bitmap, [page])
+        written.append(page)
+    return written

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from kernels import pages
+from tests import reference
+
+PAGE = 4096
+
+
+@pytest.fixture
+def memory():
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 256, 64 * PAGE, dtype=np.uint8)
+    for zero_page in (0, 5, 6, 63):
+        data[zero_page * PAGE : (zero_page + 1) * PAGE] = 0
+    data[10 * PAGE + PAGE - 1] = 0  # a page that is zero but for its last byte...
+    data[10 * PAGE : 10 * PAGE + PAGE - 1] = 0
+    data[10 * PAGE + PAGE - 1] = 1
+    return data
+
+
+SELECTIONS = [[], [0], [63], [0, 1, 2, 3], [5, 7, 9, 10, 11, 63], list(range(64)), [62, 63]]
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_gather_matches_reference(memory, selection):
+    out = np.full(64 * PAGE, 0xAA, dtype=np.uint8)
+    assert pages.gather(memory, PAGE, selection, out) == len(selection) * PAGE
+    assert out[: len(selection) * PAGE].tobytes() == reference.gather(memory, PAGE, selection)
+    assert (out[len(selection) * PAGE :] == 0xAA).all()  # nothing written past the end
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_scatter_matches_reference(memory, selection):
+    data = np.random.default_rng(1).integers(0, 256, len(selection) * PAGE, dtype=np.uint8)
+    fast, slow = memory.copy(), memory.copy()
+    pages.scatter(fast, PAGE, selection, data)
+    reference.scatter(slow, PAGE, selection, data)
+    assert np.array_equal(fast, slow)
+
+
+def test_zero_pages_match_reference(memory):
+    everything = np.arange(64)
+    zero, nonzero = pages.split_zero_pages(memory, PAGE, everything)
+    expected_zero = [p for p in range(64) if reference.is_zero_page(memory, PAGE, p)]
+    assert zero.tolist() == expected_zero == [0, 5, 6, 63]
+    assert nonzero.tolist() == [p for p in range(64) if p not in expected_zero]
+
+
+@pytest.mark.parametrize("page_size", [64, 4096, 65536])
+def test_digests_match_reference(page_size):
+    data = np.random.default_rng(page_size).integers(0, 256, 8 * page_size, dtype=np.uint8)
+    data[:page_size] = 0
+    digests = pages.page_digests(data, page_size)
+    assert digests.tolist() == [reference.page_digest(data, page_size, p) for p in range(8)]
+
+
+def test_digest_sees_one_flipped_bit_and_the_page_address(memory):
+    before = pages.memory_digest(memory, PAGE)
+    memory[37 * PAGE + 100] ^= 1
+    assert pages.memory_digest(memory, PAGE) != before
+    zeros = np.zeros(2 * PAGE, dtype=np.uint8)
+    first, second = pages.page_digests(zeros, PAGE)
+    assert first != second  # equal content at two addresses differs
+
+
+def test_wrappers_reject_bad_input(memory):
+    with pytest.raises(IndexError, match="outside"):
+        pages.gather(memory, PAGE, [64], np.empty(PAGE, dtype=np.uint8))
+    with pytest.raises(ValueError, match="out holds"):
+        pages.gather(memory, PAGE, [1, 2], np.empty(PAGE, dtype=np.uint8))
+    with pytest.raises(ValueError, match="power of two"):
+        pages.gather(memory, 3000, [1], np.empty(PAGE, dtype=np.uint8))
+    with pytest.raises(ValueError, match="whole number"):
+        pages.page_digests(memory[:100], PAGE)
+    with pytest.raises(ValueError, match="data holds"):
+        pages.scatter(memory, PAGE, [1], np.empty(10, dtype=np.uint8))
+    with pytest.raises(ValueError, match="writable"):
+        readonly = memory.copy()
+        readonly.flags.writeable = False
+        pages.scatter(readonly, PAGE, [1], np.empty(PAGE, dtype=np.uint8))

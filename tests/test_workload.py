@@ -1,0 +1,73 @@
+import math
+import time
+
+import numpy as np
+import pytest
+
+from emulator.guest import GuestMemory, GuestSpec
+from emulator.workload import Workload, WorkloadSpec
+
+PAGE = 4096
+
+
+@pytest.fixture
+def guest():
+    return GuestMemory(GuestSpec(256 * PAGE, fill="random", seed=1))
+
+
+def test_pause_means_no_writer_touches_memory(guest):
+    with Workload(guest, WorkloadSpec(vcpus=2, rate_pages_per_s=math.inf, pattern="uniform")) as workload:
+        time.sleep(0.05)
+        for _ in range(20):
+            workload.pause()
+            snapshot, writes = guest.data.copy(), workload.writes
+            dirty = guest.dirty.copy()
+            time.sleep(0.005)
+            assert workload.writes == writes
+            assert np.array_equal(guest.data, snapshot)
+            assert np.array_equal(guest.dirty, dirty)
+            workload.resume()
+            time.sleep(0.002)
+    assert workload.writes > writes
+
+
+def test_logged_pages_are_exactly_the_dirty_pages(guest):
+    guest.harvest()
+    workload = Workload(guest, WorkloadSpec(vcpus=2, rate_pages_per_s=200_000, pattern="hotset"), log_capacity=1 << 16)
+    with workload:
+        time.sleep(0.1)
+        workload.pause()
+    logged = workload.logged_pages()
+    assert logged.size == workload.writes > 0
+    assert guest.harvest().tolist() == np.unique(logged).tolist()
+
+
+def test_idle_workload_writes_nothing(guest):
+    before = guest.digest()
+    with Workload(guest, WorkloadSpec(rate_pages_per_s=0)) as workload:
+        time.sleep(0.02)
+        workload.pause()
+        workload.resume()
+    assert workload.writes == 0 and guest.digest() == before and guest.dirty_count() == 0
+
+
+def test_throttle_is_validated_and_slows_writers(guest):
+    workload = Workload(guest, WorkloadSpec(vcpus=1, rate_pages_per_s=math.inf))
+    with pytest.raises(ValueError, match="percentage"):
+        workload.set_throttle(100)
+    with workload:
+        workload.set_throttle(90)
+        time.sleep(0.1)
+        workload.pause()
+    assert workload.throttle_pct == 90
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"vcpus": 0}, "vcpus"),
+    ({"rate_pages_per_s": -1}, "dirty rate"),
+    ({"rate_pages_per_s": float("nan")}, "dirty rate"),
+    ({"pattern": "bursty"}, "unknown pattern"),
+])
+def test_bad_workload_specs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WorkloadSpec(**kwargs)
