@@ -1,0 +1,496 @@
+"""Migration records and the JSON report: per-pass records, the blackout, the summary.
+
+A run writes one JSON document (``Report``) that plots and the estimator read back. Records
+are dataclasses serialized with ``asdict``; ``Report.from_json`` rebuilds them and refuses
+unknown schema versions and unknown or missing fields, naming them.
+
+Schema history:
+    1: first version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import sys
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from emulator.units import format_bytes, format_duration, format_rate
+
+__all__ = [
+    "Blackout",
+    "PHASES",
+    "PassRecord",
+    "Phase",
+    "Report",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "format_pass_line",
+    "format_summary",
+    "host_info",
+    "summarize",
+]
+
+SCHEMA_VERSION = 1
+STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled")
+PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce")
+Status = Literal["completed", "failed", "cancelled"]
+
+
+@dataclass
+class PassRecord:
+    """One pre-copy pass (pass 0 sends every page; pass k the pages dirtied during k-1).
+
+    pass_no: 0-based pass number.
+    pages_sent: pages sent in the pass, zero pages included.
+    bytes_sent: guest bytes sent, pages_sent x page_size (zero pages included).
+    wire_bytes: bytes on the wire after the codec (payloads, page numbers and headers).
+    zero_pages: pages sent as zero pages (no payload).
+    duration_s: wall time of the pass, seconds.
+    bandwidth_bytes_per_s: wire_bytes / duration_s (0.0 if the duration is 0).
+    pages_dirtied: distinct pages dirtied during the pass (the size of the next harvest).
+    remaining_pages: dirty pages at the end of the pass.
+    dirty_pages_rate: page writes per second during the pass, as the writers counted them.
+    threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
+    throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
+    """
+
+    pass_no: int
+    pages_sent: int
+    bytes_sent: int
+    wire_bytes: int
+    zero_pages: int
+    duration_s: float
+    bandwidth_bytes_per_s: float
+    pages_dirtied: int
+    remaining_pages: int
+    dirty_pages_rate: float
+    threshold_bytes: float
+    throttle_pct: int
+
+
+@dataclass
+class Blackout:
+    """The stop-and-copy: from pausing the writers until the source hears "resumed".
+
+    total_s: the downtime, seconds (pause -> "resumed" received at the source).
+    final_pages: pages sent while paused (the final dirty set), zero pages included.
+    final_bytes: guest bytes of those pages, final_pages x page_size.
+    final_wire_bytes: bytes on the wire for those pages after the codec.
+    final_zero_pages: of final_pages, the zero pages.
+    final_send_s: seconds to send the final pages.
+    device_state_bytes: vCPU/device state bytes sent.
+    device_state_s: seconds to send the device state.
+    digest_check_s: seconds the destination spent verifying the memory digest (it says so).
+    resume_s: seconds from the digest check to the destination running.
+    """
+
+    total_s: float
+    final_pages: int
+    final_bytes: int
+    final_wire_bytes: int
+    final_zero_pages: int
+    final_send_s: float
+    device_state_bytes: int
+    device_state_s: float
+    digest_check_s: float
+    resume_s: float
+
+
+@dataclass
+class Phase:
+    """One of the six phases, in seconds from the migration start."""
+
+    phase: str
+    start_s: float
+    end_s: float
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"unknown phase {self.phase!r}: expected one of {', '.join(PHASES)}")
+        if self.end_s < self.start_s:
+            raise ValueError(
+                f"phase {self.phase!r} ends ({self.end_s}) before it starts ({self.start_s})"
+            )
+
+
+@dataclass(kw_only=True)
+class Report:
+    """Everything one migration run produced.
+
+    scenario: every option of the run, the seed and the versions (what was run).
+    host: where it ran (``host_info()``).
+    phases: the six phases in order, as far as the run got.
+    blackout: None if the run never paused the guest.
+    digests_match: source digest at pause == destination digest (None if never compared).
+    summary: QEMU query-migrate style totals (``summarize``).
+    """
+
+    schema: int = SCHEMA_VERSION
+    status: Status
+    reason: str | None = None
+    scenario: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
+    blackout: Blackout | None = None
+    digests_match: bool | None = None
+    source_digest: str | None = None
+    destination_digest: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.schema) is not int or self.schema != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported report schema {self.schema!r}: this precopy reads schema"
+                f" {SCHEMA_VERSION}"
+            )
+        if self.status not in STATUSES:
+            raise ValueError(
+                f"invalid report status {self.status!r}: expected one of {', '.join(STATUSES)}"
+            )
+
+    def to_json(self) -> str:
+        """The report as standard JSON (NaN and infinity are refused, naming the field)."""
+        data = asdict(self)
+        bad = _non_finite_path(data, "report")
+        if bad is not None:
+            raise ValueError(f"{bad} is not finite; JSON cannot hold NaN or infinity")
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        """Rebuild a report from ``to_json`` output; refuses other schema versions."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not a precopy report: invalid JSON ({error})") from None
+        if not isinstance(data, dict) or "schema" not in data:
+            raise ValueError("not a precopy report: no 'schema' field")
+        if type(data["schema"]) is not int or data["schema"] != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported report schema {data['schema']!r}: this precopy reads schema"
+                f" {SCHEMA_VERSION}"
+            )
+        _check_fields(cls, data, "report")
+        data = dict(data)
+        data["passes"] = [
+            _build(PassRecord, item, f"report.passes[{i}]")
+            for i, item in enumerate(_as_list(data.get("passes", []), "report.passes"))
+        ]
+        data["phases"] = [
+            _build(Phase, item, f"report.phases[{i}]")
+            for i, item in enumerate(_as_list(data.get("phases", []), "report.phases"))
+        ]
+        if data.get("blackout") is not None:
+            data["blackout"] = _build(Blackout, data["blackout"], "report.blackout")
+        return cls(**data)
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON report; atomic, so a reader never sees half a file."""
+        target = Path(path)
+        text = self.to_json()
+        handle, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as tmp:
+                tmp.write(text)
+            os.replace(tmp_name, target)
+        except BaseException:
+            os.unlink(tmp_name)
+            raise
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Report:
+        """Read a report written by ``write``."""
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _non_finite_path(value: Any, path: str) -> str | None:
+    """The path of the first NaN or infinity inside a JSON-like value, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        items = ((f"{path}.{key}", item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for item_path, item in items:
+        found = _non_finite_path(item, item_path)
+        if found is not None:
+            return found
+    return None
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a JSON array, got {type(value).__name__}")
+    return value
+
+
+def _check_fields(cls: type, data: Any, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    _check_fields(cls, data, where)
+    return cls(**data)
+
+
+def summarize(
+    passes: Sequence[PassRecord],
+    blackout: Blackout | None,
+    *,
+    status: Status,
+    page_size: int,
+    total_pages: int,
+    setup_s: float,
+    total_s: float,
+    expected_downtime_s: float | None = None,
+    throttle_pct: int | None = None,
+    dirty_sync_count: int | None = None,
+) -> dict[str, Any]:
+    """QEMU query-migrate style totals over the records of a run.
+
+    Derived from the records: the final pages come from ``blackout``; expected downtime
+    defaults to the last pass's remaining bytes / its bandwidth; the throttle to the last
+    pass's; dirty-sync-count to one harvest per pass plus the blackout's final one.
+
+    ============================ ========================================================
+    key                          meaning (unit)
+    ============================ ========================================================
+    status                       completed / failed / cancelled
+    total-time                   migration start to end (ms)
+    setup-time                   setup phase (ms)
+    downtime                     blackout, pause -> "resumed" heard (ms; None: no pause)
+    expected-downtime            remaining bytes / bandwidth after the last pass (ms;
+                                 None if unknown)
+    cpu-throttle-percentage      auto-converge throttle at the end (%)
+    passes                       pre-copy passes completed (count)
+    compression-ratio            guest bytes sent / wire bytes (None if nothing sent)
+    ram.transferred              RAM bytes on the wire, pre-copy + blackout (bytes)
+    ram.remaining                dirty bytes not yet sent (bytes; 0 once completed)
+    ram.total                    guest memory size (bytes)
+    ram.duplicate                zero pages sent (pages)
+    ram.normal                   non-zero pages sent (pages)
+    ram.normal-bytes             normal x page-size (bytes)
+    ram.dirty-pages-rate         page writes per second in the last pass (pages/s)
+    ram.mbps                     transferred over (total - setup) time (megabits/s)
+    ram.dirty-sync-count         dirty-bitmap harvests (count)
+    ram.pages-per-second         pages sent over (total - setup) time (pages/s)
+    ram.precopy-bytes            wire bytes sent during pre-copy (bytes)
+    ram.downtime-bytes           RAM wire bytes sent during the blackout (bytes)
+    ram.page-size                page size (bytes)
+    ============================ ========================================================
+
+    Device state is not RAM: it is in the blackout record, not in ``ram.transferred``.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
+    if page_size <= 0:
+        raise ValueError(f"page_size must be > 0, got {page_size!r}")
+    last = passes[-1] if passes else None
+
+    final_pages = blackout.final_pages if blackout else 0
+    final_zero_pages = blackout.final_zero_pages if blackout else 0
+    downtime_wire_bytes = blackout.final_wire_bytes if blackout else 0
+    precopy_wire_bytes = sum(p.wire_bytes for p in passes)
+    transferred = precopy_wire_bytes + downtime_wire_bytes
+    pages_sent = sum(p.pages_sent for p in passes) + final_pages
+    duplicate = sum(p.zero_pages for p in passes) + final_zero_pages
+    normal = pages_sent - duplicate
+    guest_bytes = pages_sent * page_size
+
+    if status == "completed":
+        remaining = 0
+    elif last is not None:
+        remaining = last.remaining_pages * page_size
+    else:
+        remaining = total_pages * page_size
+
+    if expected_downtime_s is None and last is not None and last.bandwidth_bytes_per_s > 0:
+        expected_downtime_s = last.remaining_pages * page_size / last.bandwidth_bytes_per_s
+    if throttle_pct is None:
+        throttle_pct = last.throttle_pct if last else 0
+    if dirty_sync_count is None:
+        dirty_sync_count = len(passes) + (1 if blackout else 0)
+    transfer_s = total_s - setup_s
+
+    return {
+        "status": status,
+        "total-time": total_s * 1e3,
+        "setup-time": setup_s * 1e3,
+        "downtime": blackout.total_s * 1e3 if blackout else None,
+        "expected-downtime": (
+            expected_downtime_s * 1e3 if expected_downtime_s is not None else None
+        ),
+        "cpu-throttle-percentage": throttle_pct,
+        "passes": len(passes),
+        "compression-ratio": guest_bytes / transferred if transferred else None,
+        "ram": {
+            "transferred": transferred,
+            "remaining": remaining,
+            "total": total_pages * page_size,
+            "duplicate": duplicate,
+            "normal": normal,
+            "normal-bytes": normal * page_size,
+            "dirty-pages-rate": last.dirty_pages_rate if last else 0.0,
+            "mbps": transferred * 8 / transfer_s / 1e6 if transfer_s > 0 else 0.0,
+            "dirty-sync-count": dirty_sync_count,
+            "pages-per-second": pages_sent / transfer_s if transfer_s > 0 else 0.0,
+            "precopy-bytes": precopy_wire_bytes,
+            "downtime-bytes": downtime_wire_bytes,
+            "page-size": page_size,
+        },
+    }
+
+
+def host_info() -> dict[str, Any]:
+    """Where the run happened: host, platform, Python, library versions, CPUs."""
+    versions: dict[str, str | None] = {}
+    for label, distribution in (
+        ("precopy", "precopy"),
+        ("numpy", "numpy"),
+        ("numba", "numba"),
+        ("zmq", "pyzmq"),
+        ("lz4", "lz4"),
+    ):
+        try:
+            versions[label] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[label] = None
+    try:
+        import zmq
+
+        versions["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        versions["libzmq"] = None
+    try:
+        usable_cpus: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        usable_cpus = None
+    return {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus,
+        "versions": versions,
+    }
+
+
+def _pages_rate(pages_per_s: float) -> str:
+    return f"{pages_per_s:,.0f} pages/s"
+
+
+def format_pass_line(rec: PassRecord, page_size: int) -> str:
+    """One line per pass for a live display."""
+    remaining_bytes = rec.remaining_pages * page_size
+    line = (
+        f"pass {rec.pass_no:>3}  sent {format_bytes(rec.bytes_sent):>10}"
+        f"  wire {format_bytes(rec.wire_bytes):>10}"
+        f"  in {format_duration(rec.duration_s):>9}"
+        f"  at {format_rate(rec.bandwidth_bytes_per_s):>11}"
+        f"  remaining {format_bytes(remaining_bytes):>10}"
+        f" (threshold {format_bytes(rec.threshold_bytes)})"
+        f"  dirty {_pages_rate(rec.dirty_pages_rate)}"
+    )
+    if rec.throttle_pct:
+        line += f"  throttle {rec.throttle_pct}%"
+    return line
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else format_duration(value / 1e3)
+
+
+def format_summary(report: Report) -> str:
+    """A readable multi-line summary of a report."""
+    summary = report.summary
+    ram = summary.get("ram", {})
+    page_size = ram.get("page-size")
+    status = report.status + (f" ({report.reason})" if report.reason else "")
+    lines = [f"status       {status}"]
+    if summary:
+        lines.append(
+            f"total time   {_ms(summary['total-time'])}"
+            f" (setup {_ms(summary['setup-time'])})"
+        )
+        lines.append(
+            f"downtime     {_ms(summary['downtime'])}"
+            f" (expected {_ms(summary['expected-downtime'])})"
+        )
+        ratio = summary["compression-ratio"]
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+        lines.append(
+            f"transferred  {format_bytes(ram['transferred'])} on the wire"
+            f" at {ram['mbps']:.1f} Mbit/s, compression ratio {ratio_text}"
+        )
+        lines.append(
+            f"pages        {ram['normal']:,} normal, {ram['duplicate']:,} zero,"
+            f" {ram['dirty-sync-count']} harvests"
+        )
+        if summary["cpu-throttle-percentage"]:
+            lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
+    if report.passes:
+        header = (
+            f"{'pass':>4} {'sent':>10} {'wire':>10} {'remaining':>10}"
+            f" {'bandwidth':>11} {'dirty rate':>16}"
+        )
+        lines += ["", header]
+        for rec in report.passes:
+            remaining = (
+                format_bytes(rec.remaining_pages * page_size)
+                if page_size
+                else f"{rec.remaining_pages} pages"
+            )
+            lines.append(
+                f"{rec.pass_no:>4} {format_bytes(rec.bytes_sent):>10}"
+                f" {format_bytes(rec.wire_bytes):>10} {remaining:>10}"
+                f" {format_rate(rec.bandwidth_bytes_per_s):>11}"
+                f" {_pages_rate(rec.dirty_pages_rate):>16}"
+            )
+    if report.blackout is not None:
+        b = report.blackout
+        lines += [
+            "",
+            f"blackout     {format_duration(b.total_s)}: {b.final_pages:,} pages"
+            f" ({format_bytes(b.final_wire_bytes)} on the wire)"
+            f" in {format_duration(b.final_send_s)}",
+            f"             device state {format_bytes(b.device_state_bytes)}"
+            f" in {format_duration(b.device_state_s)},"
+            f" digest check {format_duration(b.digest_check_s)},"
+            f" resume {format_duration(b.resume_s)}",
+        ]
+    if report.digests_match is None:
+        digests = "not compared"
+    elif report.digests_match:
+        digests = f"match ({report.source_digest})"
+    else:
+        digests = (
+            f"MISMATCH (source {report.source_digest},"
+            f" destination {report.destination_digest})"
+        )
+    lines.append(f"digests      {digests}")
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+import dataclasses
+import math
+
+import pytest
+
+from emulator.policy import (
+    Decision,
+    PolicyConfig,
+    decide,
+    expected_downtime_s,
+    is_stalled,
+    next_throttle_pct,
+    threshold_bytes,
+)
+
+
+def test_defaults_follow_qemu_and_hyperv():
+    config = PolicyConfig()
+    assert config.downtime_limit_s == 0.3
+    assert config.max_passes == 30
+    assert config.max_time_s is None
+    assert config.stall_passes == 3
+    assert config.on_stall == "switchover"
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PolicyConfig().max_passes = 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"downtime_limit_s": -0.1}, "downtime_limit_s must be a finite number >= 0, got -0.1"),
+        ({"downtime_limit_s": math.nan}, "downtime_limit_s must be a finite number >= 0"),
+        ({"downtime_limit_s": math.inf}, "downtime_limit_s must be a finite number >= 0"),
+        ({"max_passes": 0}, "max_passes must be an integer >= 1, got 0"),
+        ({"max_passes": 2.0}, "max_passes must be an integer >= 1, got 2.0"),
+        ({"max_passes": True}, "max_passes must be an integer >= 1, got True"),
+        ({"max_time_s": 0}, "max_time_s must be a finite number > 0, got 0"),
+        ({"max_time_s": -5.0}, "max_time_s must be a finite number > 0"),
+        ({"stall_passes": 0}, "stall_passes must be an integer >= 1 or None, got 0"),
+        ({"on_stall": "pause"}, "on_stall must be 'switchover' or 'abort', got 'pause'"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        PolicyConfig(**kwargs)
+    assert message in str(info.value)
+
+
+def test_config_type_errors():
+    with pytest.raises(TypeError, match="downtime_limit_s must be a number, got '300ms'"):
+        PolicyConfig(downtime_limit_s="300ms")
+
+
+def test_config_accepts_edges():
+    PolicyConfig(downtime_limit_s=0, max_passes=1, max_time_s=0.001, stall_passes=None)
+    PolicyConfig(on_stall="abort")
+
+
+def test_threshold_is_bandwidth_times_downtime():
+    assert threshold_bytes(1e9, 0.3) == 3e8
+    assert threshold_bytes(125_000_000, 0.5) == 62_500_000
+    assert threshold_bytes(0, 0.3) == 0.0
+    assert threshold_bytes(1e9, 0) == 0.0
+    with pytest.raises(ValueError, match="bandwidth_bytes_per_s must be a finite number >= 0"):
+        threshold_bytes(-1, 0.3)
+    with pytest.raises(ValueError, match="bandwidth_bytes_per_s"):
+        threshold_bytes(math.nan, 0.3)
+
+
+def test_expected_downtime():
+    assert expected_downtime_s(3e8, 1e9) == 0.3
+    assert expected_downtime_s(4096, 1024) == 4.0
+    assert expected_downtime_s(0, 0) == 0.0
+    assert expected_downtime_s(1, 0) == math.inf
+    with pytest.raises(ValueError, match="remaining_bytes"):
+        expected_downtime_s(-1, 10)
+
+
+@pytest.mark.parametrize(
+    "history, stalled",
+    [
+        ([100, 50, 60, 70, 80], True),  # minimum 50 set 3 passes ago
+        ([100, 50, 60, 70, 49], False),  # new minimum in the last pass
+        ([100, 50, 50, 50, 50], True),  # equal is not progress
+        ([100, 90, 80, 70], False),  # shrinking every pass
+        ([100, 99, 98, 97, 96, 95, 94], False),  # shrinking slowly is still progress
+        ([100, 200, 300], False),  # needs more than K passes
+        ([100, 200, 300, 400], True),  # growing: pass 0 stays the minimum
+        ([100, 50, 80, 40, 90, 95, 99], True),  # oscillating above the minimum 40
+        ([100, 50, 80, 40, 90, 95, 39], False),
+        ([100, 50, 40, 45, 45], False),  # minimum 40 set only 2 passes ago
+        ([100], False),
+        ([], False),
+    ],
+)
+def test_is_stalled_k3(history, stalled):
+    assert is_stalled(history, 3) is stalled
+
+
+def test_is_stalled_k1_and_validation():
+    assert is_stalled([10, 10], 1) is True
+    assert is_stalled([10, 9], 1) is False
+    assert is_stalled([10, 20, 9], 1) is False
+    with pytest.raises(ValueError, match="stall_passes must be an integer >= 1, got 0"):
+        is_stalled([1, 2], 0)
+
+
+# Bandwidth 1000 B/s and a 0.5 s budget: threshold 500 bytes.
+BANDWIDTH = 1000.0
+CONFIG = PolicyConfig(downtime_limit_s=0.5, max_passes=5, max_time_s=10.0, stall_passes=3)
+
+
+def test_continue_while_shrinking():
+    decision = decide(CONFIG, [10_000, 5_000, 2_000], BANDWIDTH, elapsed_s=1.0)
+    assert decision == Decision("continue", None, 500.0)
+
+
+def test_converged_at_exactly_the_threshold():
+    assert decide(CONFIG, [10_000, 500], BANDWIDTH, 1.0) == Decision(
+        "switchover", "converged", 500.0
+    )
+    assert decide(CONFIG, [10_000, 501], BANDWIDTH, 1.0).action == "continue"
+
+
+def test_converged_beats_everything():
+    # 5 passes (max), stalled, past max time, stall action abort: still converged.
+    config = dataclasses.replace(CONFIG, on_stall="abort")
+    decision = decide(config, [400, 450, 460, 470, 480], BANDWIDTH, elapsed_s=99.0)
+    assert decision == Decision("switchover", "converged", 500.0)
+
+
+def test_max_passes_beats_max_time_and_stall():
+    config = dataclasses.replace(CONFIG, on_stall="abort")
+    history = [1000, 600, 700, 800, 900]  # 5 passes, stalled
+    decision = decide(config, history, BANDWIDTH, elapsed_s=99.0)
+    assert decision == Decision("switchover", "max-passes", 500.0)
+
+
+def test_max_passes_counts_pass_zero():
+    config = PolicyConfig(max_passes=1)
+    assert decide(config, [10**9], 1e9, 0.5) == Decision("switchover", "max-passes", 3e8)
+    config = PolicyConfig(max_passes=2)
+    assert decide(config, [10**9], 1e9, 0.5).action == "continue"
+
+
+def test_max_time_beats_stall():
+    config = dataclasses.replace(CONFIG, max_passes=30, on_stall="abort")
+    history = [1000, 600, 700, 800, 900]
+    assert decide(config, history, BANDWIDTH, elapsed_s=10.0) == Decision(
+        "switchover", "max-time", 500.0
+    )
+    # Just under the limit the stall decides.
+    assert decide(config, history, BANDWIDTH, elapsed_s=9.999) == Decision(
+        "abort", "stalled", 500.0
+    )
+
+
+def test_stall_switches_over_by_default():
+    config = PolicyConfig(downtime_limit_s=0.5, max_passes=30)
+    assert decide(config, [1000, 600, 600, 600, 600], BANDWIDTH, 1.0) == Decision(
+        "switchover", "stalled", 500.0
+    )
+    assert decide(config, [1000, 600, 600, 600], BANDWIDTH, 1.0).action == "continue"
+
+
+def test_stall_detection_can_be_disabled():
+    config = PolicyConfig(downtime_limit_s=0.5, max_passes=30, stall_passes=None)
+    assert decide(config, [1000] * 20, BANDWIDTH, 1.0).action == "continue"
+
+
+def test_no_max_time_means_none():
+    config = PolicyConfig(downtime_limit_s=0.5, max_passes=30, stall_passes=None)
+    assert decide(config, [1000, 900], BANDWIDTH, elapsed_s=1e9).action == "continue"
+
+
+def test_zero_bandwidth_converges_only_when_clean():
+    assert decide(CONFIG, [1000, 0], 0.0, 1.0) == Decision("switchover", "converged", 0.0)
+    assert decide(CONFIG, [1000, 1], 0.0, 1.0).action == "continue"
+
+
+def test_decide_refuses_bad_input():
+    with pytest.raises(ValueError, match="at least one completed pass"):
+        decide(CONFIG, [], BANDWIDTH, 1.0)
+    with pytest.raises(ValueError, match=r"remaining_bytes_history\[1\] must be"):
+        decide(CONFIG, [10, -1], BANDWIDTH, 1.0)
+    with pytest.raises(ValueError, match="elapsed_s must be"):
+        decide(CONFIG, [10], BANDWIDTH, -1.0)
+    with pytest.raises(ValueError, match="bandwidth_bytes_per_s must be"):
+        decide(CONFIG, [10], math.inf, 1.0)
+
+
+def test_throttle_not_triggered_at_exactly_the_trigger():
+    assert next_throttle_pct(0, dirtied_bytes=50, sent_bytes=100) == 0
+    assert next_throttle_pct(30, dirtied_bytes=50, sent_bytes=100) == 30
+    assert next_throttle_pct(0, dirtied_bytes=0, sent_bytes=0) == 0
+
+
+def test_throttle_steps_qemu_defaults():
+    assert next_throttle_pct(0, dirtied_bytes=51, sent_bytes=100) == 20
+    assert next_throttle_pct(20, dirtied_bytes=51, sent_bytes=100) == 30
+    assert next_throttle_pct(90, dirtied_bytes=51, sent_bytes=100) == 99
+    assert next_throttle_pct(99, dirtied_bytes=51, sent_bytes=100) == 99
+    assert next_throttle_pct(0, dirtied_bytes=1, sent_bytes=0) == 20
+
+
+def test_throttle_sequence_under_sustained_pressure():
+    pct, seen = 0, []
+    for _ in range(12):
+        pct = next_throttle_pct(pct, dirtied_bytes=2**30, sent_bytes=2**30)
+        seen.append(pct)
+    assert seen == [20, 30, 40, 50, 60, 70, 80, 90, 99, 99, 99, 99]
+
+
+def test_throttle_custom_parameters():
+    kwargs = dict(trigger_pct=10, initial_pct=5, increment_pct=7, max_pct=50)
+    assert next_throttle_pct(0, 11, 100, **kwargs) == 5
+    assert next_throttle_pct(0, 10, 100, **kwargs) == 0
+    assert next_throttle_pct(5, 11, 100, **kwargs) == 12
+    assert next_throttle_pct(45, 11, 100, **kwargs) == 50
+    assert next_throttle_pct(0, 11, 100, trigger_pct=10, initial_pct=60, max_pct=50) == 50
+
+
+def test_throttle_never_falls_when_dirtying_calms():
+    assert next_throttle_pct(40, dirtied_bytes=0, sent_bytes=10**9) == 40
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(current_pct=-1), "current_pct"),
+        (dict(trigger_pct=0), "trigger_pct"),
+        (dict(initial_pct=100), "initial_pct"),
+        (dict(increment_pct=0), "increment_pct"),
+        (dict(max_pct=100), "max_pct"),
+        (dict(current_pct=2.5), "current_pct"),
+    ],
+)
+def test_throttle_validation(kwargs, name):
+    args = dict(current_pct=0, dirtied_bytes=1, sent_bytes=1) | kwargs
+    with pytest.raises(ValueError, match=f"{name} must be an integer in"):
+        next_throttle_pct(**args)
+    with pytest.raises(ValueError, match="dirtied_bytes must be a finite number >= 0"):
+        next_throttle_pct(0, dirtied_bytes=-1, sent_bytes=1)

@@ -1,0 +1,333 @@
+import dataclasses
+import json
+import math
+import platform
+
+import numpy
+import pytest
+
+from emulator.report import (
+    PHASES,
+    SCHEMA_VERSION,
+    Blackout,
+    PassRecord,
+    Phase,
+    Report,
+    format_pass_line,
+    format_summary,
+    host_info,
+    summarize,
+)
+
+PAGE_SIZE = 4096
+TOTAL_PAGES = 1000
+
+
+def make_passes():
+    return [
+        PassRecord(
+            pass_no=0,
+            pages_sent=1000,
+            bytes_sent=4_096_000,
+            wire_bytes=2_048_000,
+            zero_pages=200,
+            duration_s=2.0,
+            bandwidth_bytes_per_s=1_024_000.0,
+            pages_dirtied=100,
+            remaining_pages=100,
+            dirty_pages_rate=50.0,
+            threshold_bytes=307_200.0,
+            throttle_pct=0,
+        ),
+        PassRecord(
+            pass_no=1,
+            pages_sent=100,
+            bytes_sent=409_600,
+            wire_bytes=204_800,
+            zero_pages=10,
+            duration_s=0.25,
+            bandwidth_bytes_per_s=819_200.0,
+            pages_dirtied=20,
+            remaining_pages=20,
+            dirty_pages_rate=80.0,
+            threshold_bytes=245_760.0,
+            throttle_pct=20,
+        ),
+    ]
+
+
+def make_blackout():
+    return Blackout(
+        total_s=0.125,
+        final_pages=20,
+        final_bytes=81_920,
+        final_wire_bytes=40_960,
+        final_zero_pages=4,
+        final_send_s=0.05,
+        device_state_bytes=512,
+        device_state_s=0.01,
+        digest_check_s=0.02,
+        resume_s=0.03,
+    )
+
+
+def make_report():
+    passes, blackout = make_passes(), make_blackout()
+    return Report(
+        status="completed",
+        reason="converged",
+        scenario={"memory": "4000KiB", "seed": 42, "codec": "lz4", "versions": {"precopy": "0"}},
+        host={"hostname": "source", "cpu_count": 8},
+        passes=passes,
+        phases=[Phase(name, float(i), float(i) + 0.5) for i, name in enumerate(PHASES)],
+        blackout=blackout,
+        digests_match=True,
+        source_digest="ab" * 16,
+        destination_digest="ab" * 16,
+        summary=summarize(
+            passes,
+            blackout,
+            status="completed",
+            page_size=PAGE_SIZE,
+            total_pages=TOTAL_PAGES,
+            setup_s=0.5,
+            total_s=3.0,
+        ),
+    )
+
+
+def test_summarize_completed_run_by_hand():
+    summary = summarize(
+        make_passes(),
+        make_blackout(),
+        status="completed",
+        page_size=PAGE_SIZE,
+        total_pages=TOTAL_PAGES,
+        setup_s=0.5,
+        total_s=3.0,
+    )
+    assert summary == {
+        "status": "completed",
+        "total-time": 3000.0,
+        "setup-time": 500.0,
+        "downtime": 125.0,
+        "expected-downtime": 100.0,  # 20 pages x 4096 B / 819200 B/s = 0.1 s
+        "cpu-throttle-percentage": 20,
+        "passes": 2,
+        "compression-ratio": 2.0,  # 1120 pages x 4096 B / 2293760 B
+        "ram": {
+            "transferred": 2_293_760,  # 2048000 + 204800 + 40960
+            "remaining": 0,
+            "total": 4_096_000,
+            "duplicate": 214,  # 200 + 10 + 4
+            "normal": 906,  # 1120 - 214
+            "normal-bytes": 906 * 4096,
+            "dirty-pages-rate": 80.0,
+            "mbps": 7.340032,  # 2293760 x 8 bits / 2.5 s / 1e6
+            "dirty-sync-count": 3,  # one per pass + the final one
+            "pages-per-second": 448.0,  # 1120 / 2.5 s
+            "precopy-bytes": 2_252_800,
+            "downtime-bytes": 40_960,
+            "page-size": 4096,
+        },
+    }
+
+
+def test_summarize_failed_run_without_blackout():
+    summary = summarize(
+        make_passes(),
+        None,
+        status="failed",
+        page_size=PAGE_SIZE,
+        total_pages=TOTAL_PAGES,
+        setup_s=0.5,
+        total_s=2.5,
+        expected_downtime_s=0.25,
+        throttle_pct=30,
+        dirty_sync_count=7,
+    )
+    assert summary["downtime"] is None
+    assert summary["expected-downtime"] == 250.0
+    assert summary["cpu-throttle-percentage"] == 30
+    assert summary["ram"]["remaining"] == 20 * 4096
+    assert summary["ram"]["transferred"] == 2_252_800
+    assert summary["ram"]["downtime-bytes"] == 0
+    assert summary["ram"]["dirty-sync-count"] == 7
+    assert summary["ram"]["duplicate"] == 210
+    assert summary["ram"]["mbps"] == 2_252_800 * 8 / 2.0 / 1e6
+
+
+def test_summarize_nothing_sent():
+    summary = summarize(
+        [],
+        None,
+        status="cancelled",
+        page_size=PAGE_SIZE,
+        total_pages=TOTAL_PAGES,
+        setup_s=0.0,
+        total_s=0.0,
+    )
+    assert summary["ram"]["remaining"] == 4_096_000
+    assert summary["compression-ratio"] is None
+    assert summary["expected-downtime"] is None
+    assert summary["ram"]["mbps"] == 0.0
+    assert summary["ram"]["pages-per-second"] == 0.0
+    assert summary["ram"]["dirty-sync-count"] == 0
+    assert summary["cpu-throttle-percentage"] == 0
+
+
+def test_summarize_refuses_bad_status():
+    with pytest.raises(ValueError, match="invalid status 'done'"):
+        summarize([], None, status="done", page_size=4096, total_pages=1, setup_s=0, total_s=1)
+
+
+def test_round_trip_every_field():
+    report = make_report()
+    text = report.to_json()
+    again = Report.from_json(text)
+    assert again == report
+    assert isinstance(again.passes[1], PassRecord)
+    assert isinstance(again.phases[0], Phase)
+    assert isinstance(again.blackout, Blackout)
+    assert again.to_json() == text
+
+
+def test_json_shape():
+    data = json.loads(make_report().to_json())
+    assert list(data)[:3] == ["schema", "status", "reason"]
+    assert data["schema"] == SCHEMA_VERSION == 1
+    assert data["phases"][2] == {"phase": "blackout", "start_s": 2.0, "end_s": 2.5}
+    assert data["passes"][0]["pass_no"] == 0
+    assert data["blackout"]["final_wire_bytes"] == 40_960
+    assert data["summary"]["ram"]["dirty-sync-count"] == 3
+
+
+def test_write_and_read(tmp_path):
+    report = make_report()
+    path = tmp_path / "report.json"
+    report.write(path)
+    assert Report.read(path) == report
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary left
+
+
+def test_minimal_report_round_trip():
+    report = Report(status="failed", reason="destination refused: not enough memory")
+    assert Report.from_json(report.to_json()) == report
+
+
+def test_unknown_schema_version_refused():
+    data = json.loads(make_report().to_json())
+    data["schema"] = 2
+    with pytest.raises(ValueError) as info:
+        Report.from_json(json.dumps(data))
+    assert str(info.value) == "unsupported report schema 2: this precopy reads schema 1"
+    with pytest.raises(ValueError, match="unsupported report schema 7"):
+        Report(schema=7, status="completed")
+
+
+def test_not_a_report_refused():
+    with pytest.raises(ValueError, match="no 'schema' field"):
+        Report.from_json('{"status": "completed"}')
+    with pytest.raises(ValueError, match="no 'schema' field"):
+        Report.from_json("[1, 2]")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        Report.from_json("{")
+
+
+def test_unknown_and_missing_fields_named():
+    data = json.loads(make_report().to_json())
+    data["passes"][1]["bogus"] = 1
+    with pytest.raises(ValueError, match=r"report.passes\[1\]: unknown field\(s\) bogus"):
+        Report.from_json(json.dumps(data))
+    data = json.loads(make_report().to_json())
+    del data["blackout"]["resume_s"]
+    with pytest.raises(ValueError, match=r"report.blackout: missing field\(s\) resume_s"):
+        Report.from_json(json.dumps(data))
+    data = json.loads(make_report().to_json())
+    data["extra"] = True
+    with pytest.raises(ValueError, match=r"report: unknown field\(s\) extra"):
+        Report.from_json(json.dumps(data))
+    data = json.loads(make_report().to_json())
+    data["passes"] = {}
+    with pytest.raises(ValueError, match="report.passes: expected a JSON array"):
+        Report.from_json(json.dumps(data))
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="invalid report status 'ok'"):
+        Report(status="ok")
+    with pytest.raises(ValueError, match="unknown phase 'warmup'"):
+        Phase("warmup", 0.0, 1.0)
+    with pytest.raises(ValueError, match="phase 'setup' ends"):
+        Phase("setup", 2.0, 1.0)
+
+
+def test_non_finite_numbers_are_named():
+    report = make_report()
+    report.passes[0] = dataclasses.replace(report.passes[0], bandwidth_bytes_per_s=math.inf)
+    with pytest.raises(ValueError, match=r"report.passes\[0\].bandwidth_bytes_per_s is not"):
+        report.to_json()
+    report = make_report()
+    report.summary["ram"]["mbps"] = math.nan
+    with pytest.raises(ValueError, match=r"report.summary.ram.mbps is not finite"):
+        report.to_json()
+
+
+def test_host_info():
+    info = host_info()
+    assert info["python"] == platform.python_version()
+    assert info["platform"] == platform.platform()
+    assert info["versions"]["numpy"] == numpy.__version__
+    assert set(info["versions"]) == {"precopy", "numpy", "numba", "zmq", "lz4", "libzmq"}
+    assert info["cpu_count"] >= 1
+    assert isinstance(info["hostname"], str)
+    json.dumps(info)  # JSON-ready
+
+
+def test_format_pass_line():
+    line = format_pass_line(make_passes()[1], PAGE_SIZE)
+    assert line == (
+        "pass   1  sent    400 KiB  wire    200 KiB  in    250 ms  at    819 kB/s"
+        "  remaining   80.0 KiB (threshold 240 KiB)  dirty 80 pages/s  throttle 20%"
+    )
+    assert "throttle" not in format_pass_line(make_passes()[0], PAGE_SIZE)
+
+
+def test_format_summary():
+    text = format_summary(make_report())
+    lines = text.splitlines()
+    assert lines[0] == "status       completed (converged)"
+    assert lines[1] == "total time   3.00 s (setup 500 ms)"
+    assert lines[2] == "downtime     125 ms (expected 100 ms)"
+    assert lines[3] == (
+        "transferred  2.19 MiB on the wire at 7.3 Mbit/s, compression ratio 2.00"
+    )
+    assert lines[4] == "pages        906 normal, 214 zero, 3 harvests"
+    assert lines[5] == "throttle     20%"
+    assert lines[7:10] == [
+        "pass       sent       wire  remaining   bandwidth       dirty rate",
+        "   0   3.91 MiB   1.95 MiB    400 KiB   1.02 MB/s       50 pages/s",
+        "   1    400 KiB    200 KiB   80.0 KiB    819 kB/s       80 pages/s",
+    ]
+    assert lines[11:] == [
+        "blackout     125 ms: 20 pages (40.0 KiB on the wire) in 50.0 ms",
+        "             device state 512 B in 10.0 ms, digest check 20.0 ms, resume 30.0 ms",
+        "digests      match (" + "ab" * 16 + ")",
+    ]
+
+
+def test_format_summary_of_a_bare_failure():
+    report = Report(
+        status="failed",
+        reason="digest mismatch",
+        digests_match=False,
+        source_digest="aa",
+        destination_digest="bb",
+    )
+    assert format_summary(report) == (
+        "status       failed (digest mismatch)\n"
+        "digests      MISMATCH (source aa, destination bb)"
+    )
+    assert format_summary(Report(status="cancelled")).splitlines()[-1] == (
+        "digests      not compared"
+    )
