@@ -11,7 +11,7 @@ touches memory until `resume()`. That is the blackout's precondition.
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,7 +41,6 @@ class WorkloadSpec:
     stride: int = 1
     zipf_s: float = 1.0
     seed: int = 0
-    pattern_options: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if not isinstance(self.vcpus, int) or self.vcpus < 1:

@@ -41,6 +41,14 @@ def _scatter(memory, page_size, pages, count, data):
 
 
 @kernel
+def _zero(words, words_per_page, pages):
+    for i in range(pages.size):
+        first = pages[i] * words_per_page
+        for k in range(first, first + words_per_page):
+            words[k] = 0
+
+
+@kernel
 def _page_is_zero(words, first, words_per_page):
     # OR 8 words at a time: branch once per 64 bytes, and a non-zero page
     # (the common case) is rejected after its first cache line.
@@ -131,6 +139,14 @@ def scatter(memory, page_size, pages, data):
     _scatter(memory, page_size, pages, pages.size, data)
 
 
+def zero_pages(memory, page_size, pages):
+    """Set every byte of `pages` of `memory` to zero."""
+    page_size = require_page_size(page_size)
+    n_pages = require_memory("memory", memory, page_size)
+    require_array("memory", memory, np.uint8, writable=True)
+    _zero(memory.view(np.uint64), page_size // 8, _pages_arg(pages, n_pages))
+
+
 def split_zero_pages(memory, page_size, pages):
     """Split `pages` into (all-zero pages, other pages), both int64 and in the input order."""
     page_size = require_page_size(page_size)
@@ -159,6 +175,11 @@ def page_digests(memory, page_size, first_page=0, count=None, out=None):
     return out
 
 
+def combine_digests(digests):
+    """One hex digest from all per-page digests (in page order): BLAKE2b over them."""
+    return hashlib.blake2b(require_array("digests", digests, np.uint64).tobytes(), digest_size=16).hexdigest()
+
+
 def memory_digest(memory, page_size):
     """A hex digest of the whole memory: BLAKE2b over the per-page digests."""
-    return hashlib.blake2b(page_digests(memory, page_size).tobytes(), digest_size=16).hexdigest()
+    return combine_digests(page_digests(memory, page_size))

@@ -64,3 +64,8 @@ def test_blank_destination_is_zero_and_pages_are_views():
     assert guest.data[-1] == 7
     with pytest.raises(IndexError):
         guest.page(16)
+
+
+def test_parallel_digest_equals_the_single_threaded_one():
+    guest = GuestMemory(GuestSpec(10000 * PAGE, fill="mixed", seed=8))
+    assert guest.digest() == pages.memory_digest(guest.data, PAGE)

@@ -47,6 +47,15 @@ def test_zero_pages_match_reference(memory):
     assert nonzero.tolist() == [p for p in range(64) if p not in expected_zero]
 
 
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_zero_pages_clears_exactly_those_pages(memory, selection):
+    expected = memory.copy()
+    for page in selection:
+        expected[page * PAGE : (page + 1) * PAGE] = 0
+    pages.zero_pages(memory, PAGE, selection)
+    assert np.array_equal(memory, expected)
+
+
 @pytest.mark.parametrize("page_size", [64, 4096, 65536])
 def test_digests_match_reference(page_size):
     data = np.random.default_rng(page_size).integers(0, 256, 8 * page_size, dtype=np.uint8)

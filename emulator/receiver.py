@@ -1,0 +1,267 @@
+"""The destination: hosts an incoming guest, applies its pages, verifies, resumes, announces.
+
+It accepts one migration at a time: HELLO is checked (protocol version, the
+scenario, memory capacity) and refused with a reason, or the guest's memory is
+allocated and made resident before ACCEPT (as QEMU's prealloc does), so
+setup-time is reported on its own. Data messages must belong to the current
+pass; a pass is complete when the counts in PASS_END (or COMPLETE) have all
+arrived. The guest resumes only after the memory digest equals the source's;
+on any failure the partial guest is discarded and nothing is reported resumed.
+"""
+
+import hashlib
+import socket
+import time
+
+import numpy as np
+
+from emulator import protocol
+from emulator.codecs import decode_batch
+from emulator.guest import GuestMemory
+from emulator.protocol import MsgType, ProtocolError, RemoteProtocolError
+from emulator.scenario import Scenario
+from emulator.states import DESTINATION, Session
+from emulator.transport import CONTROL, PeerTimeout
+from emulator.workload import Workload
+from kernels import pages as page_ops
+
+
+def available_memory_bytes():
+    """Memory this host can give a guest: MemAvailable, or all physical memory if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class _Refused(Exception):
+    """HELLO asked for something this destination cannot host."""
+
+
+class Destination:
+    """Receives one migration over `link` (a DestinationLink).
+
+    capacity_bytes: the most guest memory to accept (default: available memory).
+    progress: an object with phase(name, elapsed_s) and message(text), or None.
+    """
+
+    def __init__(self, link, *, capacity_bytes=None, progress=None, clock=time.monotonic):
+        self.link = link
+        self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
+        self.progress, self.clock = progress, clock
+        self.session = Session(DESTINATION)
+        self.peer = None
+        self.guest = None
+        self.pages_applied = 0
+
+    def run(self, hello_timeout_s=None):
+        """Serve one migration; return its outcome as a dict (status, reason, digest, counts)."""
+        outcome = {"status": "failed", "reason": None, "digest": None, "endpoint": self.link.endpoint}
+        try:
+            self._setup(hello_timeout_s)
+            self._receive()
+            outcome.update(status="completed", digest=self.digest)
+        except _Refused as refusal:
+            outcome["reason"] = f"refused: {refusal}"
+        except RemoteProtocolError as error:
+            outcome["reason"] = f"protocol error: {error}"
+            self._abort(outcome["reason"])
+        except PeerTimeout as error:
+            outcome["reason"] = str(error)
+        except _SourceAborted as error:
+            outcome["reason"] = f"source aborted: {error}"
+        except KeyboardInterrupt:
+            outcome.update(status="cancelled", reason="cancelled by the user")
+            self._abort(outcome["reason"])
+        except _Mismatch as error:
+            outcome["reason"] = str(error)
+        if outcome["status"] != "completed":
+            self.guest = None  # the partial guest is discarded, never resumed
+        outcome["pages_applied"] = self.pages_applied
+        self._say(f"migration {outcome['status']}" + (f": {outcome['reason']}" if outcome["reason"] else ""))
+        return outcome
+
+    # setup -------------------------------------------------------------------
+    def _setup(self, hello_timeout_s):
+        incoming = self.link.recv(hello_timeout_s)
+        if incoming.channel != CONTROL:
+            raise RemoteProtocolError("channel", "data arrived before HELLO")
+        self.peer = incoming.peer
+        self.started = self.clock()
+        hello = protocol.Decoder().decode(incoming.frames)
+        self.session.received(hello.type)
+        self.control_seq = protocol.expect_seq(hello, 0)
+        try:
+            scenario = self._check_hello(hello)
+        except _Refused as refusal:
+            self._send_control(MsgType.REFUSE, {"reason": str(refusal)})
+            raise
+        self._say("setup: allocating guest memory")
+        self.scenario = scenario
+        self.guest = GuestMemory.blank(scenario.guest)
+        options = scenario.migration
+        page_size = scenario.guest.page_size
+        self.decoder = protocol.Decoder(page_size, self.guest.n_pages,
+                                        max(options.batch_pages * page_size, options.device_state_bytes, 1))
+        self.channels = options.channels
+        self.data_seq = [0] * self.channels
+        ports = self.link.open_data(self.channels)
+        self._send_control(MsgType.ACCEPT, {"data": ports})
+        self._say(f"accepted a {scenario.guest.memory_bytes}-byte guest on {self.channels} channel(s)")
+
+    def _check_hello(self, hello):
+        version = hello.field("protocol", int)
+        if version != protocol.VERSION:
+            raise _Refused(f"protocol version {version} is not supported (this destination speaks {protocol.VERSION})")
+        try:
+            scenario = Scenario.from_dict(hello.field("scenario", dict))
+        except ValueError as error:
+            raise _Refused(f"invalid scenario: {error}") from None
+        needed = scenario.guest.memory_bytes
+        if needed > self.capacity_bytes:
+            raise _Refused(f"the guest needs {needed} bytes of memory, this destination has capacity for "
+                           f"{self.capacity_bytes}")
+        return scenario
+
+    # pre-copy, blackout, resume ------------------------------------------------
+    def _receive(self):
+        self.current_pass = 0
+        self.received = [0] * self.channels
+        self.expected = None
+        self.ending = None  # the message that closes the current pass: PASS_END or COMPLETE
+        while not self.session.finished:
+            incoming = self.link.recv()
+            if incoming.channel == CONTROL and incoming.peer != self.peer:
+                self._refuse_intruder(incoming)
+                continue
+            message = self.decoder.decode(incoming.frames)
+            self.session.received(message.type)
+            if incoming.channel == CONTROL:
+                self.control_seq = protocol.expect_seq(message, self.control_seq)
+                self._on_control(message)
+            else:
+                self.data_seq[incoming.channel] = protocol.expect_seq(message, self.data_seq[incoming.channel])
+                self._on_data(incoming.channel, message)
+            self._close_pass_if_complete()
+
+    def _on_data(self, channel, message):
+        if message.type not in (MsgType.PAGES, MsgType.ZERO_PAGES):
+            raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
+        if message.pass_no != self.current_pass:
+            raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.current_pass}")
+        numbers = message.page_numbers
+        if message.type == MsgType.ZERO_PAGES:
+            page_ops.zero_pages(self.guest.data, self.guest.page_size, numbers)
+        else:
+            raw = decode_batch(message.codec, message.payload, message.raw_len)
+            page_ops.scatter(self.guest.data, self.guest.page_size, numbers, np.frombuffer(raw, dtype=np.uint8))
+        self.pages_applied += message.page_count
+        self.received[channel] += 1
+        if self.expected is not None and self.received[channel] > self.expected[channel]:
+            raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
+                                             f"{self.current_pass}")
+
+    def _on_control(self, message):
+        if message.type in (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER):
+            announced = message.field("pass", int)
+            if announced != self.current_pass:
+                raise RemoteProtocolError("body.pass", f"got {announced}, the current pass is {self.current_pass}")
+        if message.type == MsgType.SWITCHOVER:
+            self.switchover_at = self.clock()
+            self._say(f"blackout: final pass {self.current_pass}")
+        elif message.type == MsgType.DEVICE_STATE:
+            if message.raw_len != self.scenario.migration.device_state_bytes:
+                raise RemoteProtocolError("raw_len", f"device state of {message.raw_len} bytes, negotiated "
+                                                     f"{self.scenario.migration.device_state_bytes}")
+            self.device_state = bytes(message.payload)
+        elif message.type in (MsgType.PASS_END, MsgType.COMPLETE):
+            counts = message.field("messages", list)
+            if len(counts) != self.channels or not all(isinstance(c, int) and c >= 0 for c in counts):
+                raise RemoteProtocolError("body.messages", f"expected {self.channels} message counts, got {counts!r:.80}")
+            if any(got > want for got, want in zip(self.received, counts)):
+                raise RemoteProtocolError("body.messages", f"announced {counts}, already received {self.received}")
+            self.expected, self.ending = counts, message
+        elif message.type == MsgType.ABORT:
+            raise _SourceAborted(message.field("reason", str))
+
+    def _close_pass_if_complete(self):
+        if self.expected is None or self.received != self.expected:
+            return
+        ending, self.expected, self.received = self.ending, None, [0] * self.channels
+        if ending.type == MsgType.PASS_END:
+            self._send_control(MsgType.PASS_END, {"pass": self.current_pass, "pages_applied": self.pages_applied})
+            self.current_pass += 1
+        else:
+            self._verify_and_resume(ending)
+
+    def _verify_and_resume(self, complete):
+        final_pages_s = self.clock() - self.switchover_at
+        started = self.clock()
+        self.digest = self.guest.digest()
+        digest_check_s = self.clock() - started
+        source_digest = complete.field("digest", str)
+        if self.digest != source_digest:
+            reason = f"memory digest mismatch: source {source_digest}, destination {self.digest}"
+            self._abort(reason)
+            raise _Mismatch(reason)
+        device_digest = hashlib.blake2b(getattr(self, "device_state", b""), digest_size=16).hexdigest()
+        if device_digest != complete.field("device_state_digest", str):
+            reason = "device state digest mismatch"
+            self._abort(reason)
+            raise _Mismatch(reason)
+        started = self.clock()
+        self.workload = Workload(self.guest, self.scenario.workload).start()  # the guest runs here now
+        resume_s = self.clock() - started
+        self._send_control(MsgType.RESUMED, {
+            "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,
+            "resume_s": resume_s, "storage_token": complete.field("storage_token", str),
+        })
+        self._send_control(MsgType.ANNOUNCE, {"location": f"{socket.gethostname()} {self.link.endpoint}"})
+        self._say("resumed and announced")
+        self.workload.stop()  # the emulation ends here; a real guest would keep running
+
+    # messages -----------------------------------------------------------------
+    def _send_control(self, msg_type, body):
+        self.session.sent(msg_type)
+        frames = protocol.encode_control(msg_type, self._next_seq(), getattr(self, "current_pass", 0), body)
+        self.link.send_control(self.peer, frames)
+
+    def _next_seq(self):
+        seq = getattr(self, "sent_seq", 0)
+        self.sent_seq = seq + 1
+        return seq
+
+    def _abort(self, reason):
+        if self.peer is None or self.session.finished and self.session.state != "FAILED":
+            return
+        try:
+            frames = protocol.encode_control(MsgType.ABORT, self._next_seq(), 0, {"reason": reason})
+            self.link.send_control(self.peer, frames)
+        except (PeerTimeout, ProtocolError):
+            pass
+
+    def _refuse_intruder(self, incoming):
+        """Another source while one migration runs: refuse it, apply nothing of it."""
+        try:
+            frames = protocol.encode_control(MsgType.REFUSE, 0, 0, {"reason": "busy with another migration"})
+            self.link.send_control(incoming.peer, frames)
+        except PeerTimeout:
+            pass
+
+    def _say(self, text):
+        if self.progress:
+            self.progress.message(text)
+
+
+class _SourceAborted(Exception):
+    """The source sent ABORT."""
+
+
+class _Mismatch(Exception):
+    """The destination's memory or device state differs from the source's."""

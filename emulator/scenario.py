@@ -1,0 +1,80 @@
+"""What one migration runs: the guest, its workload, and the migration's options.
+
+A Scenario is plain data: it travels to the destination in HELLO (so the
+destination hosts the same guest and runs the same workload after resume)
+and is written whole into the report.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from emulator.codecs import CODEC_NAMES
+from emulator.guest import GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.workload import WorkloadSpec
+
+DEFAULT_MEMORY_BYTES = 1 << 30
+DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How the migration runs.
+
+    codec: "raw" or "lz4"; channels: data connections (multifd analogue);
+    batch_pages: pages per data message; max_bandwidth_bytes_per_s: token
+    bucket rate (None = unlimited); device_state_bytes: size of the vCPU and
+    device state blob sent in the blackout; timeout_s: longest wait for the
+    peer on any receive; policy: when to switch over (see emulator.policy).
+    """
+
+    codec: str = "lz4"
+    channels: int = 1
+    batch_pages: int = 256
+    max_bandwidth_bytes_per_s: float | None = None
+    device_state_bytes: int = 256 << 10
+    timeout_s: float = 10.0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self):
+        if self.codec not in CODEC_NAMES:
+            raise ValueError(f"unknown codec {self.codec!r}: expected one of {', '.join(CODEC_NAMES)}")
+        if not isinstance(self.channels, int) or not 1 <= self.channels <= 64:
+            raise ValueError(f"channels must be a whole number from 1 to 64, got {self.channels!r}")
+        if not isinstance(self.batch_pages, int) or not 1 <= self.batch_pages <= 65536:
+            raise ValueError(f"batch pages must be a whole number from 1 to 65536, got {self.batch_pages!r}")
+        if self.max_bandwidth_bytes_per_s is not None and not self.max_bandwidth_bytes_per_s > 0:
+            raise ValueError(f"max bandwidth must be > 0 bytes/s or None, got {self.max_bandwidth_bytes_per_s!r}")
+        if not isinstance(self.device_state_bytes, int) or not 0 <= self.device_state_bytes <= 64 << 20:
+            raise ValueError(f"device state must be 0 to 64 MiB, got {self.device_state_bytes!r}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout must be > 0 s, got {self.timeout_s!r}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A guest, what its vCPUs do, and how it migrates."""
+
+    guest: GuestSpec = field(default_factory=lambda: GuestSpec(DEFAULT_MEMORY_BYTES))
+    workload: WorkloadSpec = field(default_factory=lambda: WorkloadSpec(rate_pages_per_s=DEFAULT_DIRTY_RATE,
+                                                                        pattern="hotset"))
+    migration: MigrationOptions = field(default_factory=MigrationOptions)
+
+    def to_dict(self):
+        """Plain JSON-ready data (infinite rates as the string "max")."""
+        data = asdict(self)
+        if self.workload.unpaced:
+            data["workload"]["rate_pages_per_s"] = "max"
+        return data
+
+    @classmethod
+    def from_dict(cls, data):
+        """Rebuild a Scenario from `to_dict` output; raises ValueError on bad content."""
+        try:
+            workload = dict(data["workload"])
+            if workload.get("rate_pages_per_s") == "max":
+                workload["rate_pages_per_s"] = float("inf")
+            migration = dict(data["migration"])
+            migration["policy"] = PolicyConfig(**migration["policy"])
+            return cls(GuestSpec(**data["guest"]), WorkloadSpec(**workload), MigrationOptions(**migration))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed scenario: {error}") from None

@@ -1,0 +1,330 @@
+"""The source: migrates a running guest through the six phases and reports what happened.
+
+Pre-copy: pass 0 sends every page; pass k sends the pages harvested from the
+dirty bitmap, i.e. dirtied since the previous harvest. Each pass ends with
+PASS_END and waits for the destination's PASS_END: all of the pass is then
+applied on the destination, so a page resent in the next pass can never be
+overtaken by its older copy on another channel (QEMU's multifd syncs each
+iteration for the same reason), and the pass duration includes the transfer,
+not only the queueing. The policy decides after each pass.
+
+Blackout: pause the writers (pause() returns once none touches memory),
+harvest the final dirty set, send it and the device state, then COMPLETE with
+the digest of the paused memory. The destination verifies, resumes and says
+so; the downtime ends when the source hears RESUMED. Any failure before that
+resumes the source's writers: the guest keeps running here, unharmed.
+"""
+
+import hashlib
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from emulator import policy, protocol
+from emulator.codecs import codec_from_name, encode_batch
+from emulator.protocol import Flags, MsgType, ProtocolError
+from emulator.ratelimit import make_limiter
+from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
+from emulator.states import SOURCE, Session
+from emulator.transport import PeerTimeout
+from kernels import pages as page_ops
+
+PROTOCOL_VERSION = protocol.VERSION
+
+
+class MigrationFailed(Exception):
+    """The migration cannot go on; the message is the reason given in the report."""
+
+
+class MigrationCancelled(Exception):
+    """The user cancelled the migration."""
+
+
+class _Timeline:
+    """Phase start/end times, relative to the migration start."""
+
+    def __init__(self, clock, progress):
+        self.clock, self.progress = clock, progress
+        self.start = clock()
+        self.phases = []
+
+    def now(self):
+        return self.clock() - self.start
+
+    def begin(self, name):
+        self.end_current()
+        self.phases.append(Phase(name, self.now(), self.now()))
+        if self.progress:
+            self.progress.phase(name, self.now())
+
+    def end_current(self):
+        if self.phases:
+            self.phases[-1].end_s = max(self.phases[-1].start_s, self.now())
+
+
+class _PassCounter:
+    """What one pass (or the blackout) put on the wire."""
+
+    def __init__(self, channels):
+        self.messages = [0] * channels
+        self.pages = 0
+        self.zero_pages = 0
+        self.wire_bytes = 0
+
+
+class Source:
+    """Migrates `guest` (running `workload`) over `link` according to `scenario`.
+
+    progress: an object with phase(name, elapsed_s), pass_done(record, page_size,
+    total_pages) and message(text), or None.
+    """
+
+    def __init__(self, scenario, guest, workload, link, *, progress=None, clock=time.monotonic):
+        self.scenario = scenario
+        self.options = scenario.migration
+        self.guest, self.workload, self.link = guest, workload, link
+        self.progress, self.clock = progress, clock
+        self.codec = codec_from_name(self.options.codec)
+        self.limiter = make_limiter(self.options.max_bandwidth_bytes_per_s)
+        self.session = Session(SOURCE)
+        self.control_seq = 0
+        self.data_seq = [0] * self.options.channels
+        self.next_channel = 0
+        self.passes = []
+        self.paused = False
+        self.blackout = None
+        self.source_digest = self.destination_digest = None
+        self.harvest_buffer = np.empty(guest.n_pages, dtype=np.int64)
+
+    # the run -------------------------------------------------------------------
+    def run(self):
+        """Migrate; return the Report (status completed, failed or cancelled)."""
+        self.timeline = _Timeline(self.clock, self.progress)
+        status, reason = "completed", None
+        try:
+            self._setup()
+            decision = self._precopy()
+            if decision.action == "abort":
+                raise MigrationFailed(f"pre-copy {decision.reason}: remaining dirty set did not shrink "
+                                      f"for {self.options.policy.stall_passes} passes (on-stall abort)")
+            self._blackout()
+            self._announce()
+        except (MigrationFailed, PeerTimeout, ProtocolError) as error:
+            status, reason = "failed", str(error)
+            self._abort(reason)
+        except (MigrationCancelled, KeyboardInterrupt):
+            status, reason = "cancelled", "cancelled by the user"
+            self._abort(reason)
+        self.timeline.end_current()
+        return self._report(status, reason)
+
+    def _abort(self, reason):
+        """Tell the destination (best effort) and keep the guest running here."""
+        if not self.session.finished:
+            try:
+                self._send_control(MsgType.ABORT, {"reason": reason})
+            except (PeerTimeout, ProtocolError):
+                pass
+        if self.paused:
+            self.workload.resume()
+            self.paused = False
+        if self.progress:
+            self.progress.message(f"migration stopped: {reason}; the guest keeps running on the source")
+
+    # phase 1: setup ----------------------------------------------------------
+    def _setup(self):
+        self.timeline.begin("setup")
+        self._send_control(MsgType.HELLO, {
+            "protocol": PROTOCOL_VERSION,
+            "session": uuid.uuid4().hex,
+            "scenario": self.scenario.to_dict(),
+        })
+        reply = self._recv_control()
+        if reply.type == MsgType.REFUSE:
+            raise MigrationFailed(f"destination refused: {reply.field('reason', str)}")
+        self.link.open_data(reply.field("data", list))
+        self.setup_s = self.timeline.now()
+
+    # phase 2: pre-copy ---------------------------------------------------------
+    def _precopy(self):
+        self.timeline.begin("precopy")
+        policy_config = self.options.policy
+        remaining_history = []
+        sent_bytes = sent_s = 0.0
+        pass_no = 0
+        while True:
+            started = self.clock()
+            writes_before = self.workload.writes
+            harvested = self.guest.harvest(self.harvest_buffer)
+            to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
+            counter = self._send_pages(to_send, pass_no)
+            self._send_control(MsgType.PASS_END, {"pass": pass_no, "messages": counter.messages,
+                                                  "pages": counter.pages})
+            ack = self._recv_control(MsgType.PASS_END)
+            if ack.field("pass", int) != pass_no:
+                raise protocol.RemoteProtocolError("body.pass", f"acknowledged pass {ack.body['pass']}, expected {pass_no}")
+            duration_s = max(self.clock() - started, 1e-9)
+            remaining = self.guest.dirty_count()
+            sent_bytes += counter.pages * self.guest.page_size
+            sent_s += duration_s
+            bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages
+            remaining_history.append(remaining * self.guest.page_size)
+            decision = policy.decide(policy_config, remaining_history, bandwidth, self.timeline.now() - self.setup_s)
+            record = PassRecord(
+                pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
+                wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
+                bandwidth_bytes_per_s=counter.wire_bytes / duration_s, pages_dirtied=remaining,
+                remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
+                threshold_bytes=decision.threshold_bytes, throttle_pct=self.workload.throttle_pct,
+            )
+            self.passes.append(record)
+            self.expected_downtime_s = policy.expected_downtime_s(remaining * self.guest.page_size, bandwidth)
+            if self.progress:
+                self.progress.pass_done(record, self.guest.page_size, self.guest.n_pages)
+                if decision.reason in ("stalled", "max-passes", "max-time"):
+                    self.progress.message(f"pre-copy {decision.reason}: {decision.action}")
+            if decision.action != "continue":
+                self.decision = decision
+                return decision
+            pass_no += 1
+
+    def _send_pages(self, page_numbers, pass_no):
+        """Send `page_numbers` in batches: zero pages as numbers only, the rest through the codec."""
+        counter = _PassCounter(self.options.channels)
+        page_size, memory, batch = self.guest.page_size, self.guest.data, self.options.batch_pages
+        for start in range(0, page_numbers.size, batch):
+            chunk = page_numbers[start : start + batch]
+            zero, nonzero = page_ops.split_zero_pages(memory, page_size, chunk)
+            if zero.size:
+                frames = protocol.encode_zero_pages(self._next_data_seq(), pass_no, protocol.pages_to_runs(zero),
+                                                    page_size, Flags.RUNS)
+                self._send_data(MsgType.ZERO_PAGES, frames, counter)
+                counter.zero_pages += zero.size
+            if nonzero.size:
+                self._send_page_batch(nonzero, pass_no, counter)
+            counter.pages += chunk.size
+        return counter
+
+    def _send_page_batch(self, numbers, pass_no, counter):
+        page_size, memory = self.guest.page_size, self.guest.data
+        first, last = int(numbers[0]), int(numbers[-1])
+        if last - first + 1 == numbers.size:
+            # One run: send straight from guest memory. A page written while it
+            # is on its way has its dirty bit set again and is resent later.
+            raw = memory[first * page_size : (last + 1) * page_size]
+        else:
+            raw = np.empty(numbers.size * page_size, dtype=np.uint8)  # fresh: zmq may still hold the last one
+            page_ops.gather(memory, page_size, numbers, raw)
+        codec, flags, payload = encode_batch(self.codec, raw)
+        runs = protocol.pages_to_runs(numbers)
+        if runs.size < numbers.size:
+            numbers, flags = runs, flags | Flags.RUNS
+        frames = protocol.encode_pages(self._next_data_seq(), pass_no, numbers, payload, codec, raw.size, flags)
+        self._send_data(MsgType.PAGES, frames, counter)
+
+    def _next_data_seq(self):
+        channel = self.next_channel
+        seq = self.data_seq[channel]
+        self.data_seq[channel] += 1
+        return seq
+
+    def _send_data(self, msg_type, frames, counter):
+        channel = self.next_channel
+        wire = sum(memoryview(frame).nbytes for frame in frames)
+        self.limiter.consume(wire)
+        self.session.sent(msg_type)
+        self.link.send_data(channel, frames)
+        counter.messages[channel] += 1
+        counter.wire_bytes += wire
+        self.next_channel = (channel + 1) % self.options.channels
+
+    # phases 3-5: blackout, handover, resume ---------------------------------------
+    def _blackout(self):
+        pause_at = self.clock()
+        self.workload.pause()
+        self.paused = True
+        self.timeline.begin("blackout")
+        final_pass = len(self.passes)
+        self._send_control(MsgType.SWITCHOVER, {"pass": final_pass, "reason": self.decision.reason})
+        final = self.guest.harvest(self.harvest_buffer)
+        digest = {}
+        digester = threading.Thread(target=lambda: digest.update(value=self.guest.digest()), name="source-digest")
+        digester.start()  # hashes the paused memory while the final pages travel
+        counter = self._send_pages(final, final_pass)
+        device_started = self.clock()
+        blob = np.random.default_rng(self.scenario.guest.seed).bytes(self.options.device_state_bytes)
+        self._send_control_frames(MsgType.DEVICE_STATE, protocol.encode_device_state(self.control_seq, final_pass, blob))
+        device_state_s = self.clock() - device_started
+        digester.join()
+        self.source_digest = digest["value"]
+        token = uuid.uuid4().hex
+        self._send_control(MsgType.COMPLETE, {
+            "pass": final_pass, "messages": counter.messages, "pages": counter.pages,
+            "digest": self.source_digest, "device_state_digest": hashlib.blake2b(blob, digest_size=16).hexdigest(),
+            "storage_token": token,
+        })
+        self.timeline.begin("handover")
+        resumed = self._recv_control(MsgType.RESUMED)
+        resumed_at = self.clock()
+        self.destination_digest = resumed.field("digest", str)
+        if resumed.field("storage_token", str) != token:
+            raise protocol.RemoteProtocolError("body.storage_token", "the destination took another storage token")
+        self.timeline.begin("resume")
+        self.blackout = Blackout(
+            total_s=resumed_at - pause_at, final_pages=counter.pages,
+            final_bytes=counter.pages * self.guest.page_size, final_wire_bytes=counter.wire_bytes,
+            final_zero_pages=counter.zero_pages, final_send_s=resumed.field("final_pages_s", (int, float)),
+            device_state_bytes=len(blob), device_state_s=device_state_s,
+            digest_check_s=resumed.field("digest_check_s", (int, float)),
+            resume_s=resumed.field("resume_s", (int, float)),
+        )
+        self.paused = False  # the guest now runs on the destination; the source stays stopped
+
+    # phase 6: announce ----------------------------------------------------------
+    def _announce(self):
+        self.timeline.begin("announce")
+        announce = self._recv_control(MsgType.ANNOUNCE)
+        self.location = announce.field("location", str)
+        if self.progress:
+            self.progress.message(f"guest announced at {self.location}")
+
+    # messages ------------------------------------------------------------------
+    def _send_control(self, msg_type, body):
+        self._send_control_frames(msg_type, protocol.encode_control(msg_type, self.control_seq, len(self.passes), body))
+
+    def _send_control_frames(self, msg_type, frames):
+        self.session.sent(msg_type)
+        self.link.send_control(frames)
+        self.control_seq += 1
+
+    def _recv_control(self, expected=None):
+        """The next control message that is not a heartbeat, checked against the state machine."""
+        decoder = protocol.Decoder()
+        while True:
+            message = decoder.decode(self.link.recv_control())
+            self.session.received(message.type)
+            if message.type == MsgType.ABORT:
+                raise MigrationFailed(f"destination aborted: {message.field('reason', str)}")
+            if message.type == MsgType.HEARTBEAT:
+                continue
+            if expected is not None and message.type != expected:
+                raise protocol.RemoteProtocolError("type", f"got {message.type.name}, expected {expected.name}")
+            return message
+
+    # the report --------------------------------------------------------------------
+    def _report(self, status, reason):
+        total_s = self.timeline.now()
+        setup_s = getattr(self, "setup_s", total_s)
+        matched = None if self.destination_digest is None else self.source_digest == self.destination_digest
+        summary = summarize(
+            self.passes, self.blackout, status=status, page_size=self.guest.page_size,
+            total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,
+            expected_downtime_s=getattr(self, "expected_downtime_s", None),
+        )
+        return Report(
+            status=status, reason=reason, scenario=self.scenario.to_dict(), host=host_info(),
+            passes=self.passes, phases=self.timeline.phases, blackout=self.blackout, digests_match=matched,
+            source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
+        )

@@ -1,0 +1,101 @@
+"""The migration state machines, as data.
+
+Rules:
+* Each side (role) is in one state; every message it sends or receives is an
+  event (direction, message type) looked up in TRANSITIONS[role][state].
+* An event missing from the table is illegal: sending it raises
+  LocalProtocolError, receiving it raises RemoteProtocolError; both name the
+  state and the event. Either moves the side to FAILED.
+* ABORT may be sent or received in any state that is not final, and leads to
+  FAILED. HEARTBEAT is allowed in every non-final state and changes nothing.
+* Data messages (PAGES, ZERO_PAGES) travel on data channels and may reach the
+  destination after the control message that follows them on the source
+  (PASS_END, SWITCHOVER, COMPLETE): the destination accepts them in the
+  states just after those, and the engine matches message counts instead.
+"""
+
+from emulator.protocol import LocalProtocolError, MsgType, RemoteProtocolError
+
+SOURCE, DESTINATION = "source", "destination"
+SEND, RECV = "send", "recv"
+DONE, FAILED = "DONE", "FAILED"
+FINAL_STATES = frozenset({DONE, FAILED})
+
+_DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
+
+
+def _events(direction, types, new_state):
+    return {(direction, msg_type): new_state for msg_type in types}
+
+
+TRANSITIONS = {
+    SOURCE: {
+        "IDLE": {(SEND, MsgType.HELLO): "SETUP"},
+        "SETUP": {(RECV, MsgType.ACCEPT): "PRECOPY", (RECV, MsgType.REFUSE): FAILED},
+        "PRECOPY": {
+            **_events(SEND, _DATA, "PRECOPY"),
+            (SEND, MsgType.PASS_END): "PASS_SYNC",
+            (SEND, MsgType.SWITCHOVER): "BLACKOUT",
+        },
+        "PASS_SYNC": {(RECV, MsgType.PASS_END): "PRECOPY"},
+        "BLACKOUT": {
+            **_events(SEND, (*_DATA, MsgType.DEVICE_STATE), "BLACKOUT"),
+            (SEND, MsgType.COMPLETE): "HANDOVER",
+        },
+        "HANDOVER": {(RECV, MsgType.RESUMED): "RESUMED"},
+        "RESUMED": {(RECV, MsgType.ANNOUNCE): DONE},
+    },
+    DESTINATION: {
+        "IDLE": {(RECV, MsgType.HELLO): "SETUP"},
+        "SETUP": {(SEND, MsgType.ACCEPT): "PRECOPY", (SEND, MsgType.REFUSE): FAILED},
+        "PRECOPY": {
+            **_events(RECV, _DATA, "PRECOPY"),
+            (RECV, MsgType.PASS_END): "PASS_SYNC",
+            (RECV, MsgType.SWITCHOVER): "BLACKOUT",
+        },
+        "PASS_SYNC": {**_events(RECV, _DATA, "PASS_SYNC"), (SEND, MsgType.PASS_END): "PRECOPY"},
+        "BLACKOUT": {
+            **_events(RECV, (*_DATA, MsgType.DEVICE_STATE), "BLACKOUT"),
+            (RECV, MsgType.COMPLETE): "VERIFY",
+        },
+        "VERIFY": {**_events(RECV, _DATA, "VERIFY"), (SEND, MsgType.RESUMED): "RESUMED"},
+        "RESUMED": {(SEND, MsgType.ANNOUNCE): DONE},
+    },
+}
+
+
+class Session:
+    """One side's protocol state. Call `sent()`/`received()` for every message."""
+
+    def __init__(self, role):
+        if role not in TRANSITIONS:
+            raise ValueError(f"unknown role {role!r}: expected {SOURCE!r} or {DESTINATION!r}")
+        self.role = role
+        self.state = "IDLE"
+
+    def sent(self, msg_type):
+        """Record that we send `msg_type`; raises LocalProtocolError if not allowed now."""
+        self._step(SEND, MsgType(msg_type), LocalProtocolError)
+
+    def received(self, msg_type):
+        """Record that the peer sent `msg_type`; raises RemoteProtocolError if not allowed now."""
+        self._step(RECV, MsgType(msg_type), RemoteProtocolError)
+
+    @property
+    def finished(self):
+        return self.state in FINAL_STATES
+
+    def _step(self, direction, msg_type, error):
+        if self.state not in FINAL_STATES:
+            if msg_type == MsgType.HEARTBEAT:
+                return
+            if msg_type == MsgType.ABORT:
+                self.state = FAILED
+                return
+            new_state = TRANSITIONS[self.role][self.state].get((direction, msg_type))
+            if new_state is not None:
+                self.state = new_state
+                return
+        state, self.state = self.state, FAILED
+        verb = "send" if direction == SEND else "receive"
+        raise error("type", f"the {self.role} cannot {verb} {msg_type.name} in state {state}")
