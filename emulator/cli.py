@@ -1,21 +1,425 @@
-"""The `precopy` command line: parses arguments and calls the library."""
+"""The `precopy` command line: parses arguments, builds a Scenario, calls the engine, prints.
+
+    precopy migrate [options]                     both ends on this machine
+    precopy send --to tcp://HOST:PORT [options]   source end; the receiver runs elsewhere
+    precopy receive --listen tcp://ADDR:PORT      destination end
+
+Exit status: 0 the migration completed; 1 it failed or was cancelled, or a runtime error;
+2 bad usage (one line ``precopy: error: ...`` naming the option); 130 interrupted (Ctrl-C).
+``precopy`` with no subcommand prints the help and exits 0: asking for orientation is not
+an error. ``--debug`` shows tracebacks instead of one-line errors.
+
+Sizes, rates and durations are read by emulator.units (see its docstring for the units).
+"""
+
+from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import math
 import sys
+import traceback
+from pathlib import Path
+
+from emulator import units
+from emulator.codecs import CODEC_NAMES
+from emulator.display import LiveDisplay
+from emulator.guest import FILL_PROFILES, GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.scenario import DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+from kernels.writers import PATTERNS
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_NO_LIMIT_WORDS = ("none", "off", "unlimited")
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message names the option."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message):
+        # argparse says "argument --memory: ..."; we say "--memory: ...".
+        if message.startswith("argument "):
+            message = message[len("argument "):]
+        raise UsageError(message)
+
+
+# argument types: each names its option and gives an example when it refuses a value ------
+def _refuse(option, problem, example):
+    return argparse.ArgumentTypeError(f"{problem} (example: {option} {example})")
+
+
+def _size_type(option, example, *, minimum=0, maximum=None):
+    def parse(text):
+        try:
+            value = units.parse_size(text)
+        except ValueError as error:
+            raise _refuse(option, error, example) from None
+        if value < minimum:
+            raise _refuse(option, f"must be at least {units.format_bytes(minimum)}, got {text!r}", example)
+        if maximum is not None and value > maximum:
+            raise _refuse(option, f"must be at most {units.format_bytes(maximum)}, got {text!r}", example)
+        return value
+
+    return parse
+
+
+def _page_size_type(text):
+    example = "4KiB"
+    try:
+        value = units.parse_size(text)
+    except ValueError as error:
+        raise _refuse("--page-size", error, example) from None
+    if value < 64 or value & (value - 1):
+        raise _refuse("--page-size", f"must be a power of two >= 64 bytes, got {text!r}", example)
+    return value
+
+
+def _int_type(option, example, *, minimum, maximum=None):
+    def parse(text):
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise _refuse(option, f"invalid whole number {text!r}", example) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise _refuse(option, f"must be a whole number {bound}, got {text!r}", example)
+        return value
+
+    return parse
+
+
+def _float_type(option, example, *, check, expected):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise _refuse(option, f"invalid number {text!r}", example) from None
+        if not math.isfinite(value) or not check(value):
+            raise _refuse(option, f"must be {expected}, got {text!r}", example)
+        return value
+
+    return parse
+
+
+def _duration_type(option, example, *, default_unit="s", optional=False, positive=False):
+    def parse(text):
+        if optional and text.strip().lower() in _NO_LIMIT_WORDS:
+            return None
+        try:
+            value = units.parse_duration(text, default_unit)
+        except ValueError as error:
+            raise _refuse(option, error, example) from None
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise _refuse(option, f"must be a finite duration{' > 0' if positive else ''}, got {text!r}", example)
+        return value
+
+    return parse
+
+
+def _bandwidth_type(text):
+    try:
+        return units.parse_bandwidth(text)
+    except ValueError as error:
+        raise _refuse("--max-bandwidth", error, "100MB/s") from None
+
+
+def _dirty_rate_type(text):
+    """Check the syntax now; the value depends on --page-size, so scenario_from_args converts it."""
+    try:
+        units.parse_dirty_rate(text, 4096)
+    except ValueError as error:
+        raise _refuse("--dirty-rate", error, "20000pages/s") from None
+    return text
+
+
+def _endpoint_type(option, example):
+    def parse(text):
+        scheme, sep, rest = text.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if scheme != "tcp" or not sep or not colon or not host or not port.isdigit() or int(port) > 65535:
+            raise _refuse(option, f"invalid address {text!r}: expected tcp://HOST:PORT", example)
+        return text
+
+    return parse
+
+
+# the parser ------------------------------------------------------------------------------
+def _add_debug(parser, default):
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
+
+
+def _add_run_options(parser):
+    """The options shared by `migrate` and `send`, grouped as the help shows them."""
+    guest = parser.add_argument_group("guest")
+    guest.add_argument("--memory", type=_size_type("--memory", "512MiB", minimum=1), default=DEFAULT_MEMORY_BYTES,
+                       metavar="SIZE", help="guest memory size (default 1GiB)")
+    guest.add_argument("--page-size", type=_page_size_type, default=4096, metavar="SIZE",
+                       help="page size, a power of two >= 64 bytes (default 4096)")
+    guest.add_argument("--fill", choices=FILL_PROFILES, default="mixed",
+                       help="initial memory content (default mixed: 40%% zero, 25%% text, 20%% half, 15%% random)")
+    guest.add_argument("--seed", type=_int_type("--seed", "42", minimum=0, maximum=2**64 - 1), default=0,
+                       metavar="N", help="seed of the guest content and of the writers (default 0)")
+
+    workload = parser.add_argument_group("workload")
+    workload.add_argument("--vcpus", type=_int_type("--vcpus", "4", minimum=1, maximum=1024), default=1,
+                          metavar="N", help="writer threads (default 1)")
+    workload.add_argument("--dirty-rate", type=_dirty_rate_type, default=f"{DEFAULT_DIRTY_RATE:.0f}pages/s",
+                          metavar="RATE",
+                          help="page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s "
+                               "(divided by the page size); max = unpaced; 0 = idle (default 50000pages/s)")
+    workload.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset",
+                          help="which pages the writers dirty (default hotset)")
+    workload.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
+                                                             expected="in (0, 1]"),
+                          default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
+    workload.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
+                                                          expected="in [0, 1]"),
+                          default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
+    workload.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
+                          help="sequential: pages per step (default 1)")
+    workload.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
+                          default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
+    workload.add_argument("--write-size", type=_size_type("--write-size", "64", minimum=8), default=8,
+                          metavar="SIZE", help="bytes per write, a multiple of 8 up to the page size (default 8)")
+
+    migration = parser.add_argument_group("migration")
+    migration.add_argument("--codec", choices=tuple(CODEC_NAMES), default="lz4", help="page codec (default lz4)")
+    migration.add_argument("--channels", type=_int_type("--channels", "4", minimum=1, maximum=64), default=1,
+                           metavar="N", help="data connections, as multifd (default 1)")
+    migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "256", minimum=1, maximum=65536),
+                           default=256, metavar="N", help="pages per data message (default 256)")
+    migration.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
+                           default=0.3, metavar="DURATION",
+                           help="blackout budget; a bare number is milliseconds, as QEMU (default 300ms)")
+    migration.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30,
+                           metavar="N", help="switch over after this many passes, pass 0 included (default 30)")
+    migration.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
+                           default=None, metavar="DURATION",
+                           help="switch over after this much pre-copy; a bare number is seconds (default none)")
+    migration.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
+                           help="when passes stop shrinking: force the final copy or give up (default switchover)")
+    migration.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3,
+                           metavar="N", help="passes without a new minimum that mean stalled; 0 = never (default 3)")
+    migration.add_argument("--max-bandwidth", type=_bandwidth_type, default=None, metavar="RATE",
+                           help="bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited (default unlimited)")
+    migration.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
+                           default=256 << 10, metavar="SIZE", help="vCPU/device state sent in the blackout (default 256KiB)")
+    migration.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
+                           metavar="DURATION", help="longest wait for the peer; a bare number is seconds (default 10s)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
+    _add_json_quiet(output, what="the report JSON")
+
+
+def _add_json_quiet(group, what):
+    group.add_argument("--json", action="store_true", help=f"print {what} to stdout instead of the summary")
+    group.add_argument("--quiet", action="store_true", help="no live display (the result is still printed)")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="precopy", description="Emulate live-migration memory pre-copy.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    """The argparse parser of `precopy` and its subcommands."""
+    parser = _Parser(prog="precopy", description="Emulate live-migration memory pre-copy: a guest's memory is "
+                     "streamed from a sender to a receiver over ZeroMQ while writer threads dirty it.",
+                     epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: 0 completed, "
+                            "1 failed or cancelled, 2 bad usage, 130 interrupted.")
+    _add_debug(parser, default=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="migrate a guest between two ends on this machine",
+                                  description="Migrate a guest to a receiver started on this machine "
+                                              "(a child process, over TCP loopback).")
+    _add_run_options(migrate)
+
+    send = commands.add_parser("send", help="migrate a guest to a receiver on another host",
+                               description="Run the source end: migrate a guest to a receiver started "
+                                           "elsewhere with 'precopy receive'.")
+    send.add_argument("--to", required=True, type=_endpoint_type("--to", "tcp://10.0.0.2:4444"),
+                      metavar="tcp://HOST:PORT", help="the receiver's address")
+    _add_run_options(send)
+
+    receive = commands.add_parser("receive", help="run the destination end and wait for a sender",
+                                  description="Run the destination end: accept one migration (or, with --serve, "
+                                              "one after another) from 'precopy send'.")
+    receive.add_argument("--listen", required=True, type=_endpoint_type("--listen", "tcp://0.0.0.0:4444"),
+                         metavar="tcp://ADDR:PORT", help="address to listen on")
+    receive.add_argument("--capacity", type=_size_type("--capacity", "8GiB", minimum=1), default=None,
+                         metavar="SIZE", help="largest guest memory this end accepts (default: no limit)")
+    receive.add_argument("--serve", action="store_true", help="keep accepting migrations until interrupted")
+    _add_json_quiet(receive.add_argument_group("output"), what="the outcome as JSON")
+
+    for sub in (migrate, send, receive):
+        # SUPPRESS: a subcommand's default must not undo a --debug given before it.
+        _add_debug(sub, default=argparse.SUPPRESS)
     return parser
+
+
+# arguments -> Scenario -------------------------------------------------------------------
+def _build(options, cls, **fields):
+    """cls(**fields), its validation error turned into a UsageError naming the options."""
+    try:
+        return cls(**fields)
+    except (ValueError, TypeError) as error:
+        raise UsageError(f"{options}: {error}") from None
+
+
+def scenario_from_args(args):
+    """The Scenario that parsed `migrate`/`send` arguments describe; raises UsageError."""
+    if args.memory % args.page_size:
+        raise UsageError(f"--memory: {args.memory} bytes is not a whole number of {args.page_size}-byte pages "
+                         f"(example: --memory 512MiB)")
+    if args.write_size % 8 or args.write_size > args.page_size:
+        raise UsageError(f"--write-size: must be a multiple of 8 from 8 to the page size ({args.page_size} B), "
+                         f"got {args.write_size} (example: --write-size 64)")
+    guest = _build("--memory/--page-size/--fill/--seed", GuestSpec,
+                   memory_bytes=args.memory, page_size=args.page_size, fill=args.fill, seed=args.seed)
+    workload = _build("--vcpus/--dirty-rate/--pattern", WorkloadSpec,
+                      vcpus=args.vcpus,
+                      rate_pages_per_s=units.parse_dirty_rate(args.dirty_rate, args.page_size),
+                      pattern=args.pattern,
+                      write_size=args.write_size,
+                      hot_fraction=args.hot_fraction,
+                      hot_share=args.hot_share,
+                      stride=args.stride,
+                      zipf_s=args.zipf_s,
+                      seed=args.seed)
+    policy = _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
+                    downtime_limit_s=args.downtime_limit,
+                    max_passes=args.max_passes,
+                    max_time_s=args.max_time,
+                    stall_passes=args.stall_passes or None,  # 0 = never
+                    on_stall=args.on_stall)
+    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout",
+                       MigrationOptions,
+                       codec=args.codec,
+                       channels=args.channels,
+                       batch_pages=args.batch_pages,
+                       max_bandwidth_bytes_per_s=args.max_bandwidth,
+                       device_state_bytes=args.device_state,
+                       timeout_s=args.timeout,
+                       policy=policy)
+    return Scenario(guest=guest, workload=workload, migration=migration)
+
+
+# commands --------------------------------------------------------------------------------
+def _engine():
+    # Imported late: the CLI must load (and show its help) even where the engine cannot,
+    # and tests replace the module in sys.modules.
+    try:
+        return importlib.import_module("emulator.migration")
+    except ModuleNotFoundError as error:
+        if error.name != "emulator.migration":
+            raise
+        raise RuntimeError("the migration engine (emulator.migration) is not installed") from error
+
+
+def _display(args):
+    return None if args.quiet else LiveDisplay()
+
+
+def _banner(scenario):
+    guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
+    rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
+    return (f"guest {units.format_bytes(guest.memory_bytes)} ({guest.page_size} B pages, {guest.fill}), "
+            f"{workload.vcpus} vCPU(s) {workload.pattern} at {rate}; {migration.codec}, "
+            f"{migration.channels} channel(s), "
+            f"downtime limit {units.format_duration(migration.policy.downtime_limit_s)}")
+
+
+def _check_report_path(path):
+    """Refuse an unwritable --report before the run, not after it."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"--report: directory of {path!r} does not exist (example: --report run.json)")
+
+
+def _finish(report, args):
+    from emulator.report import format_summary
+
+    if args.json:
+        sys.stdout.write(report.to_json())
+    else:
+        print(format_summary(report))
+    sys.stdout.flush()
+    if args.report is not None:
+        report.write(args.report)
+    return EXIT_OK if report.status == "completed" else EXIT_FAILED
+
+
+def _run_migrate(args):
+    scenario = scenario_from_args(args)
+    _check_report_path(args.report)
+    engine = _engine()
+    display = _display(args)
+    if display is not None:
+        display.banner(_banner(scenario))
+    return _finish(engine.migrate(scenario, progress=display), args)
+
+
+def _run_send(args):
+    scenario = scenario_from_args(args)
+    _check_report_path(args.report)
+    engine = _engine()
+    display = _display(args)
+    if display is not None:
+        display.banner(f"sending to {args.to}: {_banner(scenario)}")
+    return _finish(engine.send(scenario, args.to, progress=display), args)
+
+
+def _run_receive(args):
+    engine = _engine()
+    display = _display(args)
+    if display is not None:
+        display.banner(f"listening on {args.listen}")
+    outcome = engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display)
+    if args.json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        for key, value in outcome.items():
+            if value is not None:
+                print(f"{key:<12} {value}")
+    return EXIT_OK if outcome.get("status") == "completed" else EXIT_FAILED
+
+
+_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive}
 
 
 def main(argv=None):
     """Run the command line; return the process exit status."""
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = parser.parse_args(argv)
+        debug = args.debug
+        if args.command is None:
+            parser.print_help()
+            return EXIT_OK
+        return _COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"precopy: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("precopy: cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exit_:  # --help and --version exit through argparse
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - a runtime failure: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"precopy: error: {str(error) or type(error).__name__}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

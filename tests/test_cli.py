@@ -1,0 +1,390 @@
+import io
+import json
+import math
+import sys
+import types
+
+import pytest
+
+from emulator import cli
+from emulator.display import LiveDisplay
+from emulator.policy import PolicyConfig
+from emulator.report import Blackout, PassRecord, Report, summarize
+from emulator.scenario import MigrationOptions, Scenario
+
+PAGE_SIZE = 4096
+
+
+def parse(*argv, command="migrate"):
+    return cli.build_parser().parse_args([command, *argv])
+
+
+def scenario(*argv):
+    return cli.scenario_from_args(parse(*argv))
+
+
+# scenario_from_args ---------------------------------------------------------------------
+def test_defaults_are_the_library_defaults():
+    assert scenario() == Scenario()
+    s = scenario()
+    assert s.guest.memory_bytes == 1 << 30
+    assert s.guest.page_size == 4096 and s.guest.fill == "mixed" and s.guest.seed == 0
+    assert s.workload.rate_pages_per_s == 50_000.0 and s.workload.pattern == "hotset"
+    assert s.migration == MigrationOptions()
+    assert s.migration.policy == PolicyConfig()
+
+
+def test_every_option_maps_to_its_field():
+    s = scenario(
+        "--memory", "512MiB", "--page-size", "8KiB", "--fill", "text", "--seed", "7",
+        "--vcpus", "4", "--dirty-rate", "20000pages/s", "--pattern", "zipf",
+        "--hot-fraction", "0.25", "--hot-share", "0.5", "--stride", "3", "--zipf-s", "1.5",
+        "--write-size", "64",
+        "--codec", "raw", "--channels", "2", "--batch-pages", "128", "--downtime-limit", "50",
+        "--max-passes", "5", "--max-time", "1.5min", "--on-stall", "abort", "--stall-passes", "4",
+        "--max-bandwidth", "1Gbit/s", "--device-state", "1MiB", "--timeout", "2s",
+    )
+    g, w, m = s.guest, s.workload, s.migration
+    assert (g.memory_bytes, g.page_size, g.fill, g.seed) == (512 << 20, 8192, "text", 7)
+    assert (w.vcpus, w.rate_pages_per_s, w.pattern, w.seed) == (4, 20000.0, "zipf", 7)
+    assert (w.hot_fraction, w.hot_share, w.stride, w.zipf_s, w.write_size) == (0.25, 0.5, 3, 1.5, 64)
+    assert (m.codec, m.channels, m.batch_pages) == ("raw", 2, 128)
+    assert m.max_bandwidth_bytes_per_s == 125e6
+    assert (m.device_state_bytes, m.timeout_s) == (1 << 20, 2.0)
+    assert m.policy == PolicyConfig(downtime_limit_s=0.05, max_passes=5, max_time_s=90.0,
+                                    stall_passes=4, on_stall="abort")
+
+
+@pytest.mark.parametrize(
+    "text, pages_per_s",
+    [("100MiB/s", 25600.0), ("20000", 20000.0), ("20000pages/s", 20000.0), ("0", 0.0), ("max", math.inf)],
+)
+def test_dirty_rate_units(text, pages_per_s):
+    assert scenario("--dirty-rate", text).workload.rate_pages_per_s == pages_per_s
+
+
+def test_byte_dirty_rate_uses_the_page_size():
+    assert scenario("--page-size", "8192", "--dirty-rate", "100MiB/s").workload.rate_pages_per_s == 12800.0
+
+
+@pytest.mark.parametrize("text, seconds", [("50", 0.05), ("300ms", 0.3), ("1s", 1.0), ("0", 0.0)])
+def test_downtime_limit_bare_number_is_milliseconds(text, seconds):
+    assert scenario("--downtime-limit", text).migration.policy.downtime_limit_s == seconds
+
+
+@pytest.mark.parametrize(
+    "text, rate", [("1Gbit/s", 125e6), ("100MB/s", 100e6), ("10Gbps", 1.25e9), ("unlimited", None)]
+)
+def test_max_bandwidth(text, rate):
+    assert scenario("--max-bandwidth", text).migration.max_bandwidth_bytes_per_s == rate
+
+
+def test_no_limit_words():
+    s = scenario("--max-time", "none", "--stall-passes", "0")
+    assert s.migration.policy.max_time_s is None
+    assert s.migration.policy.stall_passes is None
+
+
+def test_send_and_receive_arguments():
+    args = parse("--to", "tcp://10.0.0.2:4444", "--memory", "64MiB", command="send")
+    assert args.to == "tcp://10.0.0.2:4444"
+    assert cli.scenario_from_args(args).guest.memory_bytes == 64 << 20
+    args = parse("--listen", "tcp://*:4444", "--capacity", "8GiB", "--serve", command="receive")
+    assert (args.listen, args.capacity, args.serve) == ("tcp://*:4444", 8 << 30, True)
+
+
+# refused values -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["migrate", "--memory", "12XB"], "--memory"),
+        (["migrate", "--memory", "1000"], "--memory"),
+        (["migrate", "--memory", "0"], "--memory"),
+        (["migrate", "--page-size", "1000"], "--page-size"),
+        (["migrate", "--page-size", "32"], "--page-size"),
+        (["migrate", "--fill", "ones"], "--fill"),
+        (["migrate", "--seed", "-1"], "--seed"),
+        (["migrate", "--vcpus", "0"], "--vcpus"),
+        (["migrate", "--vcpus", "two"], "--vcpus"),
+        (["migrate", "--dirty-rate", "fast"], "--dirty-rate"),
+        (["migrate", "--dirty-rate", "10Mb/s"], "--dirty-rate"),
+        (["migrate", "--dirty-rate", "-5"], "--dirty-rate"),
+        (["migrate", "--pattern", "random"], "--pattern"),
+        (["migrate", "--hot-fraction", "0"], "--hot-fraction"),
+        (["migrate", "--hot-fraction", "nan"], "--hot-fraction"),
+        (["migrate", "--hot-share", "1.5"], "--hot-share"),
+        (["migrate", "--stride", "0"], "--stride"),
+        (["migrate", "--zipf-s", "0"], "--zipf-s"),
+        (["migrate", "--write-size", "12"], "--write-size"),
+        (["migrate", "--write-size", "8KiB"], "--write-size"),
+        (["migrate", "--codec", "zstd"], "--codec"),
+        (["migrate", "--channels", "65"], "--channels"),
+        (["migrate", "--batch-pages", "0"], "--batch-pages"),
+        (["migrate", "--downtime-limit", "soon"], "--downtime-limit"),
+        (["migrate", "--max-passes", "0"], "--max-passes"),
+        (["migrate", "--max-time", "0"], "--max-time"),
+        (["migrate", "--on-stall", "panic"], "--on-stall"),
+        (["migrate", "--stall-passes", "-1"], "--stall-passes"),
+        (["migrate", "--max-bandwidth", "0"], "--max-bandwidth"),
+        (["migrate", "--max-bandwidth", "10Mb/s"], "--max-bandwidth"),
+        (["migrate", "--device-state", "1.5B"], "--device-state"),
+        (["migrate", "--device-state", "65MiB"], "--device-state"),
+        (["migrate", "--timeout", "0"], "--timeout"),
+        (["send"], "--to"),
+        (["send", "--to", "10.0.0.2:4444"], "--to"),
+        (["send", "--to", "tcp://host:port"], "--to"),
+        (["receive"], "--listen"),
+        (["receive", "--listen", "tcp://*:99999"], "--listen"),
+        (["receive", "--listen", "tcp://*:1", "--capacity", "lots"], "--capacity"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_option(argv, option, capsys, fake_engine):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("precopy: error: ")
+    assert option in err
+    assert err.count("\n") == 1  # one line, no usage dump, no traceback
+    assert fake_engine.calls == []
+
+
+def test_example_in_the_message(capsys):
+    assert cli.main(["migrate", "--memory", "12XB"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("precopy: error: --memory: invalid size '12XB'")
+    assert "(example: --memory 512MiB)" in err
+
+
+def test_unknown_command_and_option(capsys):
+    assert cli.main(["frob"]) == 2
+    assert cli.main(["migrate", "--frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert "frob" in err and "--frobnicate" in err
+
+
+# help -------------------------------------------------------------------------------------
+def test_help_exits_0_and_lists_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("migrate", "send", "receive", "--debug"):
+        assert command in out
+
+
+def test_no_command_prints_help_and_exits_0(capsys):
+    assert cli.main([]) == 0
+    assert "usage: precopy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["migrate", "send"])
+def test_run_command_help_lists_options_in_groups(command, capsys):
+    assert cli.main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    for group in ("guest:", "workload:", "migration:", "output:"):
+        assert group in out
+    for option in ("--memory", "--page-size", "--fill", "--seed", "--vcpus", "--dirty-rate", "--pattern",
+                   "--hot-fraction", "--hot-share", "--stride", "--zipf-s", "--write-size", "--codec",
+                   "--channels", "--batch-pages", "--downtime-limit", "--max-passes", "--max-time",
+                   "--on-stall", "--stall-passes", "--max-bandwidth", "--device-state", "--timeout",
+                   "--report", "--json", "--quiet", "--debug"):
+        assert option in out
+
+
+def test_receive_help(capsys):
+    assert cli.main(["receive", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--listen", "--capacity", "--serve", "--json", "--quiet"):
+        assert option in out
+
+
+# engine calls (a fake emulator.migration) -------------------------------------------------
+def make_report(status="completed", reason=None):
+    passes = [
+        PassRecord(pass_no=0, pages_sent=256, bytes_sent=256 * PAGE_SIZE, wire_bytes=500_000, zero_pages=100,
+                   duration_s=0.5, bandwidth_bytes_per_s=1e6, pages_dirtied=10, remaining_pages=10,
+                   dirty_pages_rate=20.0, threshold_bytes=300_000.0, throttle_pct=0),
+    ]
+    blackout = Blackout(total_s=0.01, final_pages=10, final_bytes=10 * PAGE_SIZE, final_wire_bytes=20_000,
+                        final_zero_pages=0, final_send_s=0.005, device_state_bytes=1024, device_state_s=0.001,
+                        digest_check_s=0.001, resume_s=0.001) if status == "completed" else None
+    return Report(
+        status=status, reason=reason, scenario=Scenario().to_dict(), passes=passes, blackout=blackout,
+        summary=summarize(passes, blackout, status=status, page_size=PAGE_SIZE, total_pages=256,
+                          setup_s=0.01, total_s=0.6),
+    )
+
+
+class FakeEngine(types.ModuleType):
+    def __init__(self):
+        super().__init__("emulator.migration")
+        self.calls = []
+        self.report = make_report()
+        self.outcome = {"status": "completed", "reason": None, "digest": "abc123"}
+        self.error = None
+
+    def _call(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        if self.error is not None:
+            raise self.error
+
+    def migrate(self, scenario, *, progress=None):
+        self._call("migrate", scenario, progress=progress)
+        return self.report
+
+    def send(self, scenario, to, *, progress=None):
+        self._call("send", scenario, to, progress=progress)
+        return self.report
+
+    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None):
+        self._call("receive", listen, capacity_bytes=capacity_bytes, serve=serve, progress=progress)
+        return self.outcome
+
+
+@pytest.fixture
+def fake_engine(monkeypatch):
+    engine = FakeEngine()
+    monkeypatch.setitem(sys.modules, "emulator.migration", engine)
+    return engine
+
+
+def test_migrate_completed_prints_the_summary(fake_engine, capsys):
+    assert cli.main(["migrate", "--memory", "1MiB", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("status       completed")
+    assert "digests" in out
+    (name, (scenario_arg,), kwargs), = fake_engine.calls
+    assert name == "migrate"
+    assert scenario_arg.guest.memory_bytes == 1 << 20
+    assert kwargs["progress"] is None  # --quiet: no display
+
+
+def test_migrate_gives_the_engine_a_display(fake_engine, capsys):
+    assert cli.main(["migrate"]) == 0
+    progress = fake_engine.calls[0][2]["progress"]
+    assert isinstance(progress, LiveDisplay)
+    assert not progress.enabled  # captured stderr is not a terminal
+
+
+def test_failed_migration_exits_1(fake_engine, capsys):
+    fake_engine.report = make_report("failed", "destination refused: not enough memory")
+    assert cli.main(["migrate", "--quiet"]) == 1
+    assert "failed (destination refused: not enough memory)" in capsys.readouterr().out
+
+
+def test_cancelled_migration_exits_1(fake_engine, capsys):
+    fake_engine.report = make_report("cancelled", "cancelled by the user")
+    assert cli.main(["migrate", "--quiet"]) == 1
+
+
+def test_report_file_reads_back(fake_engine, tmp_path, capsys):
+    path = tmp_path / "run.json"
+    assert cli.main(["migrate", "--quiet", "--report", str(path)]) == 0
+    assert Report.read(path) == fake_engine.report
+    assert "status" in capsys.readouterr().out  # the summary is still printed
+
+
+def test_report_in_missing_directory_is_refused_before_the_run(fake_engine, tmp_path, capsys):
+    assert cli.main(["migrate", "--report", str(tmp_path / "no" / "run.json")]) == 2
+    assert "--report" in capsys.readouterr().err
+    assert fake_engine.calls == []
+
+
+def test_json_prints_the_report(fake_engine, capsys):
+    assert cli.main(["migrate", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert Report.from_json(out) == fake_engine.report
+
+
+def test_send_passes_the_address(fake_engine, capsys):
+    assert cli.main(["send", "--to", "tcp://10.0.0.2:4444", "--codec", "raw", "--quiet"]) == 0
+    (name, (scenario_arg, to), _), = fake_engine.calls
+    assert (name, to, scenario_arg.migration.codec) == ("send", "tcp://10.0.0.2:4444", "raw")
+
+
+def test_receive(fake_engine, capsys):
+    assert cli.main(["receive", "--listen", "tcp://*:4444", "--capacity", "2GiB", "--quiet"]) == 0
+    (name, (listen,), kwargs), = fake_engine.calls
+    assert (name, listen) == ("receive", "tcp://*:4444")
+    assert kwargs == {"capacity_bytes": 2 << 30, "serve": False, "progress": None}
+    out = capsys.readouterr().out
+    assert "completed" in out and "abc123" in out
+
+
+def test_receive_failure_and_json(fake_engine, capsys):
+    fake_engine.outcome = {"status": "failed", "reason": "digest mismatch"}
+    assert cli.main(["receive", "--listen", "tcp://*:4444", "--json", "--serve"]) == 1
+    assert json.loads(capsys.readouterr().out) == fake_engine.outcome
+    assert fake_engine.calls[0][2]["serve"] is True
+
+
+def test_runtime_error_is_one_line_exit_1(fake_engine, capsys):
+    fake_engine.error = ConnectionRefusedError("connection refused")
+    assert cli.main(["migrate", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == "precopy: error: connection refused\n"
+
+
+def test_debug_shows_the_traceback(fake_engine, capsys):
+    fake_engine.error = RuntimeError("boom")
+    assert cli.main(["--debug", "migrate", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "precopy: error: boom" in err
+    assert cli.main(["migrate", "--quiet", "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130(fake_engine, capsys):
+    fake_engine.error = KeyboardInterrupt()
+    assert cli.main(["migrate", "--quiet"]) == 130
+    assert "cancelled" in capsys.readouterr().err
+
+
+def test_missing_engine_is_a_runtime_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "emulator.migration", None)  # import raises ModuleNotFoundError
+    assert cli.main(["migrate", "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith("precopy: error: ")
+
+
+# the live display -------------------------------------------------------------------------
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_display_on_a_pipe_prints_nothing():
+    stream = io.StringIO()
+    display = LiveDisplay(stream)
+    assert not display.enabled
+    display.phase("precopy", 0.01)
+    display.pass_done(make_report().passes[0], PAGE_SIZE, 256)
+    display.banner("guest 1 GiB")
+    assert stream.getvalue() == ""
+
+
+def test_display_on_a_terminal_is_enabled():
+    assert LiveDisplay(FakeTTY()).enabled
+    assert not LiveDisplay(FakeTTY(), enabled=False).enabled
+
+
+def test_display_prints_a_line_per_phase_and_pass():
+    stream = io.StringIO()
+    display = LiveDisplay(stream, enabled=True)
+    display.phase("setup", 0.0)
+    display.phase("precopy", 0.012)
+    record = make_report().passes[0]
+    for pass_no in range(3):
+        record.pass_no = pass_no
+        display.pass_done(record, PAGE_SIZE, 256)
+    display.phase("blackout", 1.5)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 6
+    assert "setup" in lines[0] and "precopy" in lines[1] and "blackout" in lines[5]
+    for pass_no, line in enumerate(lines[2:5]):
+        assert f"pass {pass_no:>3}" in line
+        assert "256 pages" in line and "1.00 MiB" in line  # pages and bytes sent
+        assert "remaining 10 pages" in line and "3.9%" in line
+        assert "1.00 MB/s" in line and "20 pages/s" in line
+
+
+def test_display_messages_print_even_when_disabled():
+    stream = io.StringIO()
+    LiveDisplay(stream, enabled=False).message("stall detected after pass 5")
+    assert stream.getvalue() == "precopy: stall detected after pass 5\n"
