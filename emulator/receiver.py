@@ -49,10 +49,13 @@ class Destination:
 
     capacity_bytes: the most guest memory to accept (default: available memory).
     progress: an object with phase(name, elapsed_s) and message(text), or None.
+    on_verified: called with the GuestMemory once its digest matched, just before
+    the guest resumes (and its writers change it): the memory as migrated.
     """
 
-    def __init__(self, link, *, capacity_bytes=None, progress=None, clock=time.monotonic):
+    def __init__(self, link, *, capacity_bytes=None, progress=None, on_verified=None, clock=time.monotonic):
         self.link = link
+        self.on_verified = on_verified
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
         self.progress, self.clock = progress, clock
         self.session = Session(DESTINATION)
@@ -215,6 +218,8 @@ class Destination:
             reason = "device state digest mismatch"
             self._abort(reason)
             raise _Mismatch(reason)
+        if self.on_verified:
+            self.on_verified(self.guest)
         started = self.clock()
         self.workload = Workload(self.guest, self.scenario.workload).start()  # the guest runs here now
         resume_s = self.clock() - started

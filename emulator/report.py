@@ -129,6 +129,8 @@ class Report:
     host: where it ran (``host_info()``).
     phases: the six phases in order, as far as the run got.
     blackout: None if the run never paused the guest.
+    switchover_reason: why pre-copy ended: converged, max-passes, max-time or stalled
+        (None if it never ended).
     digests_match: source digest at pause == destination digest (None if never compared).
     summary: QEMU query-migrate style totals (``summarize``).
     """
@@ -141,6 +143,7 @@ class Report:
     passes: list[PassRecord] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     blackout: Blackout | None = None
+    switchover_reason: str | None = None
     digests_match: bool | None = None
     source_digest: str | None = None
     destination_digest: str | None = None
@@ -492,5 +495,7 @@ def format_summary(report: Report) -> str:
             f"MISMATCH (source {report.source_digest},"
             f" destination {report.destination_digest})"
         )
+    if report.switchover_reason:
+        lines.append(f"switchover   {report.switchover_reason}")
     lines.append(f"digests      {digests}")
     return "\n".join(lines)

@@ -323,8 +323,10 @@ class Source:
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,
             expected_downtime_s=getattr(self, "expected_downtime_s", None),
         )
+        decision = getattr(self, "decision", None)
         return Report(
             status=status, reason=reason, scenario=self.scenario.to_dict(), host=host_info(),
-            passes=self.passes, phases=self.timeline.phases, blackout=self.blackout, digests_match=matched,
+            passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
+            switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
         )

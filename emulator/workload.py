@@ -141,6 +141,11 @@ class Workload:
 
     # control and counters ------------------------------------------------------
     @property
+    def paused(self):
+        """True between pause() and resume()."""
+        return self._pause_requested
+
+    @property
     def throttle_pct(self):
         return self._throttle_pct
 

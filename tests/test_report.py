@@ -75,12 +75,13 @@ def make_report():
     passes, blackout = make_passes(), make_blackout()
     return Report(
         status="completed",
-        reason="converged",
+        reason=None,
         scenario={"memory": "4000KiB", "seed": 42, "codec": "lz4", "versions": {"precopy": "0"}},
         host={"hostname": "source", "cpu_count": 8},
         passes=passes,
         phases=[Phase(name, float(i), float(i) + 0.5) for i, name in enumerate(PHASES)],
         blackout=blackout,
+        switchover_reason="converged",
         digests_match=True,
         source_digest="ab" * 16,
         destination_digest="ab" * 16,
@@ -296,7 +297,7 @@ def test_format_pass_line():
 def test_format_summary():
     text = format_summary(make_report())
     lines = text.splitlines()
-    assert lines[0] == "status       completed (converged)"
+    assert lines[0] == "status       completed"
     assert lines[1] == "total time   3.00 s (setup 500 ms)"
     assert lines[2] == "downtime     125 ms (expected 100 ms)"
     assert lines[3] == (
@@ -312,6 +313,7 @@ def test_format_summary():
     assert lines[11:] == [
         "blackout     125 ms: 20 pages (40.0 KiB on the wire) in 50.0 ms",
         "             device state 512 B in 10.0 ms, digest check 20.0 ms, resume 30.0 ms",
+        "switchover   converged",
         "digests      match (" + "ab" * 16 + ")",
     ]
 

@@ -1,0 +1,31 @@
+"""Run a source and a destination engine against each other, in one process."""
+
+import threading
+
+from emulator.guest import GuestMemory
+from emulator.receiver import Destination
+from emulator.sender import Source
+from emulator.workload import Workload
+
+
+def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None):
+    """Migrate `scenario` from a Source to a Destination thread.
+
+    Returns (report, outcome, source guest, destination); `destination.migrated` holds a
+    copy of the destination's memory as verified, before its own writers resumed.
+    """
+    guest = guest or GuestMemory(scenario.guest)
+    workload = workload or Workload(guest, scenario.workload)
+    destination = Destination(destination_link, capacity_bytes=capacity_bytes,
+                              on_verified=lambda verified: setattr(destination, "migrated", verified.data.copy()))
+    destination.migrated = None
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(destination.run(hello_timeout_s=10)), daemon=True)
+    thread.start()
+    with workload:
+        report = Source(scenario, guest, workload, source_link).run()
+        running_after = workload.writes
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the destination did not finish"
+    report.scenario["writes_at_end"] = running_after
+    return report, outcome, guest, destination

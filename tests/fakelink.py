@@ -1,0 +1,81 @@
+"""An in-memory link pair with the transport's interface: the engines run with no sockets.
+
+Frames are copied into bytes when sent, as a network would: a payload that
+views live guest memory is captured at send time.
+"""
+
+import queue
+import time
+
+from emulator.transport import CONTROL, Incoming, PeerTimeout
+
+SOURCE_PEER = b"source"
+
+
+class _Pipe:
+    def __init__(self):
+        self.to_destination = queue.Queue()
+        self.to_source = queue.Queue()
+        self.channels = 0
+
+
+def _get(q, timeout_s, who):
+    try:
+        return q.get(timeout=timeout_s)
+    except queue.Empty:
+        raise PeerTimeout(f"nothing from the {who} within {timeout_s:g} s") from None
+
+
+class FakeSourceLink:
+    def __init__(self, pipe, timeout_s=5.0):
+        self.pipe, self.timeout_s = pipe, timeout_s
+
+    def open_data(self, endpoints):
+        assert len(endpoints) == self.pipe.channels
+
+    def send_control(self, frames):
+        self.pipe.to_destination.put(Incoming(CONTROL, [bytes(f) for f in frames], SOURCE_PEER))
+
+    def send_data(self, channel, frames):
+        self.pipe.to_destination.put(Incoming(channel, [bytes(f) for f in frames]))
+
+    def recv_control(self, timeout_s=None):
+        return _get(self.pipe.to_source, self.timeout_s if timeout_s is None else timeout_s, "destination")
+
+    def close(self):
+        pass
+
+
+class FakeDestinationLink:
+    endpoint = "inproc://fake"
+
+    def __init__(self, pipe, timeout_s=5.0):
+        self.pipe, self.timeout_s = pipe, timeout_s
+
+    def open_data(self, channels):
+        self.pipe.channels = channels
+        return list(range(channels))
+
+    def recv(self, timeout_s=None):
+        return _get(self.pipe.to_destination, self.timeout_s if timeout_s is None else timeout_s, "source")
+
+    def send_control(self, peer, frames):
+        assert peer == SOURCE_PEER
+        self.pipe.to_source.put([bytes(f) for f in frames])
+
+    def close(self):
+        pass
+
+
+def link_pair(timeout_s=5.0):
+    """(source link, destination link) joined in memory."""
+    pipe = _Pipe()
+    return FakeSourceLink(pipe, timeout_s), FakeDestinationLink(pipe, timeout_s)
+
+
+def wait_until(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)

@@ -1,0 +1,172 @@
+"""Source and destination engines joined in memory (no sockets)."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from emulator import protocol
+from emulator.guest import GuestMemory, GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import Workload, WorkloadSpec
+from kernels import pages
+from tests.engines import run_pair
+from tests.fakelink import link_pair
+
+PAGE = 4096
+
+
+def scenario(memory_pages=1024, fill="mixed", rate=0.0, pattern="uniform", **migration):
+    return Scenario(GuestSpec(memory_pages * PAGE, fill=fill, seed=5),
+                    WorkloadSpec(vcpus=2, rate_pages_per_s=rate, pattern=pattern, seed=6),
+                    MigrationOptions(timeout_s=5.0, **migration))
+
+
+@pytest.mark.parametrize("codec", ["raw", "lz4"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_idle_guest_arrives_byte_identical(codec, channels):
+    s = scenario(codec=codec, channels=channels)
+    report, outcome, guest, destination = run_pair(s, *link_pair())
+    assert report.status == "completed" and outcome["status"] == "completed"
+    assert np.array_equal(destination.migrated, guest.data)
+    assert report.digests_match and report.source_digest == guest.digest()
+    zero, _ = pages.split_zero_pages(guest.data, PAGE, np.arange(guest.n_pages))
+    first = report.passes[0]
+    assert first.pages_sent == 1024 and first.zero_pages == zero.size
+    assert report.switchover_reason == "converged" and len(report.passes) == 1
+    assert report.blackout.final_pages == 0
+    assert [p.phase for p in report.phases] == ["setup", "precopy", "blackout", "handover", "resume", "announce"]
+    if codec == "lz4":
+        assert report.summary["compression-ratio"] > 1.5
+
+
+def test_writers_flat_out_still_arrive_byte_identical():
+    s = scenario(rate=math.inf, max_bandwidth_bytes_per_s=None,
+                 policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0))
+    for _ in range(5):
+        report, outcome, guest, destination = run_pair(s, *link_pair())
+        assert report.status == "completed", report.reason
+        assert report.switchover_reason == "max-passes" and len(report.passes) == 4
+        assert report.blackout.final_pages > 0  # the writers really dirtied pages to the end
+        assert np.array_equal(destination.migrated, guest.data)
+
+
+class RecordingGuest(GuestMemory):
+    """A guest whose harvests also note how far the writers' logs had got (writers paused around it)."""
+
+    def attach(self, workload):
+        self.workload, self.harvests, self.log_marks = workload, [], [0]
+
+    def harvest(self, out=None):
+        was_paused = self.workload.paused  # the blackout's harvest: writers already stopped
+        self.workload.pause()
+        try:
+            result = super().harvest(out)
+            self.harvests.append(result.copy())
+            self.log_marks.append(self.workload.logged_pages().size)
+            return result
+        finally:
+            if not was_paused:
+                self.workload.resume()
+
+
+def test_each_pass_sends_exactly_the_pages_written_since_the_previous_harvest():
+    s = scenario(memory_pages=4096, fill="random", rate=20_000, pattern="hotset",
+                 policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0))
+    guest = RecordingGuest(s.guest)
+    # one writer: its log is in write order, so log slices between marks are exact
+    workload = Workload(guest, WorkloadSpec(vcpus=1, rate_pages_per_s=20_000, pattern="hotset", seed=3),
+                        log_capacity=1 << 20)
+    guest.attach(workload)
+    report, outcome, _, destination = run_pair(s, *link_pair(), guest=guest, workload=workload)
+    assert report.status == "completed" and len(report.passes) == 6
+    log = workload.logged_pages()
+    for k in range(1, len(guest.harvests)):
+        written = np.unique(log[guest.log_marks[k] : guest.log_marks[k + 1]])
+        assert guest.harvests[k].tolist() == written.tolist()
+        sent = report.passes[k].pages_sent if k < len(report.passes) else report.blackout.final_pages
+        assert sent == written.size > 0
+    assert np.array_equal(destination.migrated, guest.data)
+
+
+def test_stall_switches_over_or_aborts_as_configured():
+    base = dict(memory_pages=512, fill="random", rate=math.inf, max_bandwidth_bytes_per_s=8e6, codec="raw")
+    report, outcome, guest, destination = run_pair(
+        scenario(**base, policy=PolicyConfig(stall_passes=2, downtime_limit_s=0.001)), *link_pair())
+    assert report.status == "completed" and report.switchover_reason == "stalled"
+    assert np.array_equal(destination.migrated, guest.data)
+
+    report, outcome, guest, destination = run_pair(
+        scenario(**base, policy=PolicyConfig(stall_passes=2, downtime_limit_s=0.001, on_stall="abort")), *link_pair())
+    assert report.status == "failed" and "stalled" in report.reason
+    assert report.switchover_reason == "stalled" and report.blackout is None
+    assert outcome["status"] == "failed" and "source aborted" in outcome["reason"]
+    assert destination.guest is None and destination.migrated is None  # discarded, never resumed
+    assert report.scenario["writes_at_end"] > 0
+
+
+def test_refusal_leaves_the_source_running_and_unharmed():
+    s = scenario(rate=2000)
+    report, outcome, guest, destination = run_pair(s, *link_pair(), capacity_bytes=100 * PAGE)
+    assert report.status == "failed"
+    assert "refused" in report.reason and "capacity" in report.reason
+    assert outcome["status"] == "failed" and not report.passes and report.blackout is None
+
+
+class CorruptingLink:
+    """Flips one byte of the first PAGES payload on its way (a bug the digest must catch)."""
+
+    def __init__(self, link):
+        self.link, self.done = link, False
+
+    def __getattr__(self, name):
+        return getattr(self.link, name)
+
+    def send_data(self, channel, frames):
+        if not self.done and protocol.HEADER.unpack_from(bytes(frames[0]))[2] == protocol.MsgType.PAGES:
+            payload = bytearray(bytes(frames[2]))
+            payload[100] ^= 0xFF
+            frames, self.done = [frames[0], frames[1], bytes(payload)], True
+        self.link.send_data(channel, frames)
+
+
+def test_a_corrupted_page_is_caught_and_the_destination_never_resumes():
+    s = scenario(fill="random", codec="raw")
+    source_link, destination_link = link_pair()
+    report, outcome, guest, destination = run_pair(s, CorruptingLink(source_link), destination_link)
+    assert report.status == "failed" and "digest mismatch" in report.reason
+    assert outcome["status"] == "failed" and destination.guest is None and destination.migrated is None
+    assert report.blackout is None and report.destination_digest is None
+
+
+class GarbageLink(CorruptingLink):
+    def send_data(self, channel, frames):
+        if not self.done:
+            frames, self.done = [b"PCPY" + bytes(40), b"", b""], True
+        self.link.send_data(channel, frames)
+
+
+def test_a_bad_frame_aborts_cleanly_with_the_field_named():
+    source_link, destination_link = link_pair()
+    report, outcome, guest, destination = run_pair(scenario(), GarbageLink(source_link), destination_link)
+    assert outcome["status"] == "failed" and outcome["reason"].startswith("protocol error: version")
+    assert report.status == "failed" and "destination aborted: protocol error: version" in report.reason
+
+
+def test_a_silent_destination_fails_the_source_within_its_timeout():
+    s = Scenario(GuestSpec(64 * PAGE), WorkloadSpec(rate_pages_per_s=1000), MigrationOptions(timeout_s=0.3))
+    source_link, _ = link_pair(timeout_s=0.3)
+    guest = GuestMemory(s.guest)
+    workload = Workload(guest, s.workload)
+    from emulator.sender import Source
+
+    started = time.monotonic()
+    with workload:
+        report = Source(s, guest, workload, source_link).run()
+        writes = workload.writes
+        time.sleep(0.05)
+        assert workload.writes > writes  # still running on the source
+    assert report.status == "failed" and "from the destination within 0.3 s" in report.reason
+    assert time.monotonic() - started < 2
