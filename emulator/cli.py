@@ -254,7 +254,7 @@ def build_parser():
     receive.add_argument("--listen", required=True, type=_endpoint_type("--listen", "tcp://0.0.0.0:4444"),
                          metavar="tcp://ADDR:PORT", help="address to listen on")
     receive.add_argument("--capacity", type=_size_type("--capacity", "8GiB", minimum=1), default=None,
-                         metavar="SIZE", help="largest guest memory this end accepts (default: no limit)")
+                         metavar="SIZE", help="largest guest memory this end accepts (default: this host's available memory)")
     receive.add_argument("--serve", action="store_true", help="keep accepting migrations until interrupted")
     _add_json_quiet(receive.add_argument_group("output"), what="the outcome as JSON")
 

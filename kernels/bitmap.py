@@ -12,6 +12,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from kernels.atomics import atomic_load, atomic_or, atomic_xchg
 from kernels.checks import require_array, require_pages_in_range
 from kernels.config import kernel
+from kernels.pages import run_end
 
 WORD_BITS = 64
 
@@ -74,11 +75,8 @@ def _runs(pages, count, starts, lengths):
     runs = 0
     i = 0
     while i < count:
-        start = pages[i]
-        j = i + 1
-        while j < count and pages[j] == pages[j - 1] + 1:
-            j += 1
-        starts[runs] = start
+        j = run_end(pages, i, count)
+        starts[runs] = pages[i]
         lengths[runs] = j - i
         runs += 1
         i = j

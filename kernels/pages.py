@@ -19,12 +19,19 @@ _PRIME_3 = np.uint64(0x165667B19E3779F9)
 
 
 @kernel
+def run_end(pages, start, count):
+    """Index just past the run of consecutive page numbers that starts at pages[start]."""
+    end = start + 1
+    while end < count and pages[end] == pages[end - 1] + 1:
+        end += 1
+    return end
+
+
+@kernel
 def _gather(memory, page_size, pages, count, out):
     i = 0
     while i < count:
-        j = i + 1
-        while j < count and pages[j] == pages[j - 1] + 1:
-            j += 1
+        j = run_end(pages, i, count)
         copy_bytes(out, i * page_size, memory, pages[i] * page_size, (j - i) * page_size)
         i = j
 
@@ -33,9 +40,7 @@ def _gather(memory, page_size, pages, count, out):
 def _scatter(memory, page_size, pages, count, data):
     i = 0
     while i < count:
-        j = i + 1
-        while j < count and pages[j] == pages[j - 1] + 1:
-            j += 1
+        j = run_end(pages, i, count)
         copy_bytes(memory, pages[i] * page_size, data, i * page_size, (j - i) * page_size)
         i = j
 
