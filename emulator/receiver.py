@@ -134,6 +134,7 @@ class Destination:
 
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
+        self.pass_cpu_started = time.process_time()
         self.current_pass = 0
         self.received = [0] * self.channels
         self.expected = None
@@ -198,8 +199,11 @@ class Destination:
             return
         ending, self.expected, self.received = self.ending, None, [0] * self.channels
         if ending.type == MsgType.PASS_END:
-            self._send_control(MsgType.PASS_END, {"pass": self.current_pass, "pages_applied": self.pages_applied})
+            cpu_now = time.process_time()
+            self._send_control(MsgType.PASS_END, {"pass": self.current_pass, "pages_applied": self.pages_applied,
+                                                  "cpu_s": cpu_now - self.pass_cpu_started})
             self.current_pass += 1
+            self.pass_cpu_started = cpu_now
         else:
             self._verify_and_resume(ending)
 

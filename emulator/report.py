@@ -60,6 +60,8 @@ class PassRecord:
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
     threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
+    source_cpu_s, destination_cpu_s: CPU seconds each side's process used during the pass
+        (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
     """
 
     pass_no: int
@@ -74,6 +76,8 @@ class PassRecord:
     dirty_pages_rate: float
     threshold_bytes: float
     throttle_pct: int
+    source_cpu_s: float = 0.0
+    destination_cpu_s: float = 0.0
 
 
 @dataclass

@@ -155,7 +155,7 @@ class Source:
         sent_bytes = sent_s = 0.0
         pass_no = 0
         while True:
-            started = self.clock()
+            started, cpu_started = self.clock(), time.process_time()
             writes_before = self.workload.writes
             harvested = self.guest.harvest(self.harvest_buffer)
             to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
@@ -178,6 +178,8 @@ class Source:
                 bandwidth_bytes_per_s=counter.wire_bytes / duration_s, pages_dirtied=remaining,
                 remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
                 threshold_bytes=decision.threshold_bytes, throttle_pct=self.workload.throttle_pct,
+                source_cpu_s=time.process_time() - cpu_started,
+                destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
             self.passes.append(record)
             self.expected_downtime_s = policy.expected_downtime_s(remaining * self.guest.page_size, bandwidth)

@@ -74,14 +74,15 @@ class RecordingGuest(GuestMemory):
 
 def test_each_pass_sends_exactly_the_pages_written_since_the_previous_harvest():
     s = scenario(memory_pages=4096, fill="random", rate=20_000, pattern="hotset",
-                 policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0))
+                 policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0, stall_passes=None))
     guest = RecordingGuest(s.guest)
     # one writer: its log is in write order, so log slices between marks are exact
     workload = Workload(guest, WorkloadSpec(vcpus=1, rate_pages_per_s=20_000, pattern="hotset", seed=3),
                         log_capacity=1 << 20)
     guest.attach(workload)
     report, outcome, _, destination = run_pair(s, *link_pair(), guest=guest, workload=workload)
-    assert report.status == "completed" and len(report.passes) == 6
+    assert report.status == "completed", report.reason
+    assert len(report.passes) == 6, (report.switchover_reason, [p.remaining_pages for p in report.passes])
     log = workload.logged_pages()
     for k in range(1, len(guest.harvests)):
         written = np.unique(log[guest.log_marks[k] : guest.log_marks[k + 1]])
