@@ -27,7 +27,7 @@ from emulator.codecs import CODEC_NAMES
 from emulator.display import LiveDisplay
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
-from emulator.scenario import DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, MigrationOptions, Scenario
+from emulator.scenario import DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES, MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
@@ -216,6 +216,10 @@ def _add_run_options(parser):
                            default=256 << 10, metavar="SIZE", help="vCPU/device state sent in the blackout (default 256KiB)")
     migration.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
                            metavar="DURATION", help="longest wait for the peer; a bare number is seconds (default 10s)")
+    migration.add_argument("--verify", choices=VERIFY_MODES, default="incremental",
+                           help="memory check: incremental = running digests compared in the blackout, the paused "
+                                "source re-hashed after resume; full = all memory hashed inside the blackout "
+                                "(default incremental)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
@@ -299,7 +303,7 @@ def scenario_from_args(args):
                     max_time_s=args.max_time,
                     stall_passes=args.stall_passes or None,  # 0 = never
                     on_stall=args.on_stall)
-    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout",
+    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout/--verify",
                        MigrationOptions,
                        codec=args.codec,
                        channels=args.channels,
@@ -307,6 +311,7 @@ def scenario_from_args(args):
                        max_bandwidth_bytes_per_s=args.max_bandwidth,
                        device_state_bytes=args.device_state,
                        timeout_s=args.timeout,
+                       verify=args.verify,
                        policy=policy)
     return Scenario(guest=guest, workload=workload, migration=migration)
 

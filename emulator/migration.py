@@ -8,8 +8,7 @@ starts the guest here, migrates it, and returns the Report.
 import multiprocessing
 import socket
 
-import zmq
-
+from emulator.allocator import keep_freed_buffers
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination
 from emulator.scenario import Scenario
@@ -26,6 +25,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None):
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
     scenario when not given. The writers run from before the migration starts to its end.
     """
+    keep_freed_buffers()
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
     link = SourceLink(to, scenario.migration.timeout_s)
@@ -47,6 +47,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
     serve: keep accepting migrations one after another (until interrupted).
     ready: called with the bound endpoint once listening (useful with port 0).
     """
+    keep_freed_buffers()
     while True:
         link = DestinationLink(listen, timeout_s)
         try:
@@ -63,6 +64,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
 
 def _receiver_child(connection, capacity_bytes, timeout_s):
     """Child process: listen on a free loopback port, report it, serve one migration, report the outcome."""
+    keep_freed_buffers()
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)

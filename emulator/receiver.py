@@ -3,9 +3,11 @@
 It accepts one migration at a time: HELLO is checked (protocol version, the
 scenario, memory capacity) and refused with a reason, or the guest's memory is
 allocated and made resident before ACCEPT (as QEMU's prealloc does), so
-setup-time is reported on its own. Data messages must belong to the current
-pass; a pass is complete when the counts in PASS_END (or COMPLETE) have all
-arrived. The guest resumes only after the memory digest equals the source's;
+setup-time is reported on its own; the guest's vCPUs are made ready then too,
+so resuming is only starting threads. Data messages must belong to the
+current pass; a pass is complete when the counts in PASS_END (or COMPLETE)
+have all arrived and been applied. The guest resumes only after its memory
+digest (running, or hashed in full with verify "full") equals the source's;
 on any failure the partial guest is discarded and nothing is reported resumed.
 """
 
@@ -16,14 +18,14 @@ import time
 import numpy as np
 
 from emulator import protocol
-from emulator.codecs import decode_batch
+from emulator.batches import BatchApplier
+from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
 from emulator.protocol import MsgType, ProtocolError, RemoteProtocolError
 from emulator.scenario import Scenario
 from emulator.states import DESTINATION, Session
 from emulator.transport import CONTROL, PeerTimeout
 from emulator.workload import Workload
-from kernels import pages as page_ops
 
 
 def available_memory_bytes():
@@ -84,6 +86,8 @@ class Destination:
             self._abort(outcome["reason"])
         except _Mismatch as error:
             outcome["reason"] = str(error)
+        if getattr(self, "applier", None):
+            self.applier.close()
         if outcome["status"] != "completed":
             self.guest = None  # the partial guest is discarded, never resumed
         outcome["pages_applied"] = self.pages_applied
@@ -108,6 +112,10 @@ class Destination:
         self._say("setup: allocating guest memory")
         self.scenario = scenario
         self.guest = GuestMemory.blank(scenario.guest)
+        self.workload = Workload(self.guest, scenario.workload)  # ready now, started at resume
+        self.incremental = scenario.migration.verify == "incremental"
+        self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
+        self.applier = BatchApplier(self.guest, self.running_digest)
         options = scenario.migration
         page_size = scenario.guest.page_size
         self.decoder = protocol.Decoder(page_size, self.guest.n_pages,
@@ -159,12 +167,7 @@ class Destination:
             raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
         if message.pass_no != self.current_pass:
             raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.current_pass}")
-        numbers = message.page_numbers
-        if message.type == MsgType.ZERO_PAGES:
-            page_ops.zero_pages(self.guest.data, self.guest.page_size, numbers)
-        else:
-            raw = decode_batch(message.codec, message.payload, message.raw_len)
-            page_ops.scatter(self.guest.data, self.guest.page_size, numbers, np.frombuffer(raw, dtype=np.uint8))
+        self.applier.apply(message)
         self.pages_applied += message.page_count
         self.received[channel] += 1
         if self.expected is not None and self.received[channel] > self.expected[channel]:
@@ -198,6 +201,7 @@ class Destination:
         if self.expected is None or self.received != self.expected:
             return
         ending, self.expected, self.received = self.ending, None, [0] * self.channels
+        self.applier.drain()
         if ending.type == MsgType.PASS_END:
             cpu_now = time.process_time()
             self._send_control(MsgType.PASS_END, {"pass": self.current_pass, "pages_applied": self.pages_applied,
@@ -210,7 +214,7 @@ class Destination:
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
         started = self.clock()
-        self.digest = self.guest.digest()
+        self.digest = self.running_digest.value() if self.incremental else self.guest.digest()
         digest_check_s = self.clock() - started
         source_digest = complete.field("digest", str)
         if self.digest != source_digest:
@@ -225,7 +229,7 @@ class Destination:
         if self.on_verified:
             self.on_verified(self.guest)
         started = self.clock()
-        self.workload = Workload(self.guest, self.scenario.workload).start()  # the guest runs here now
+        self.workload.start()  # the guest runs here now
         resume_s = self.clock() - started
         self._send_control(MsgType.RESUMED, {
             "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,

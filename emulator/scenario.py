@@ -13,6 +13,7 @@ from emulator.policy import PolicyConfig
 from emulator.workload import WorkloadSpec
 
 DEFAULT_MEMORY_BYTES = 1 << 30
+VERIFY_MODES = ("incremental", "full")
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
 
 
@@ -25,6 +26,11 @@ class MigrationOptions:
     bucket rate (None = unlimited); device_state_bytes: size of the vCPU and
     device state blob sent in the blackout; timeout_s: longest wait for the
     peer on any receive; policy: when to switch over (see emulator.policy).
+    verify: "incremental" (both sides keep a running digest as pages cross; the
+    blackout compares two values, and the source re-hashes its paused memory
+    after the destination resumed) or "full" (both sides hash all memory inside
+    the blackout: the destination never resumes unverified, at a cost of tens
+    of milliseconds of downtime per GiB).
     """
 
     codec: str = "lz4"
@@ -33,6 +39,7 @@ class MigrationOptions:
     max_bandwidth_bytes_per_s: float | None = None
     device_state_bytes: int = 256 << 10
     timeout_s: float = 10.0
+    verify: str = "incremental"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
@@ -48,6 +55,8 @@ class MigrationOptions:
             raise ValueError(f"device state must be 0 to 64 MiB, got {self.device_state_bytes!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout must be > 0 s, got {self.timeout_s!r}")
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"unknown verify mode {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
 
 
 @dataclass(frozen=True)

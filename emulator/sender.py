@@ -10,9 +10,13 @@ not only the queueing. The policy decides after each pass.
 
 Blackout: pause the writers (pause() returns once none touches memory),
 harvest the final dirty set, send it and the device state, then COMPLETE with
-the digest of the paused memory. The destination verifies, resumes and says
-so; the downtime ends when the source hears RESUMED. Any failure before that
-resumes the source's writers: the guest keeps running here, unharmed.
+the memory digest: the running digest of every page as sent (verify
+"incremental"), or a hash of all the paused memory (verify "full"). The
+destination verifies, resumes and says so; the downtime ends when the source
+hears RESUMED. With an incremental check the source then re-hashes its paused
+memory: equal to the running digest proves no write escaped the dirty
+tracking. Any failure before RESUMED resumes the source's writers: the guest
+keeps running here, unharmed.
 """
 
 import hashlib
@@ -23,14 +27,14 @@ import uuid
 import numpy as np
 
 from emulator import policy, protocol
-from emulator.codecs import codec_from_name, encode_batch
-from emulator.protocol import Flags, MsgType, ProtocolError
+from emulator.batches import BatchEncoder
+from emulator.codecs import codec_from_name
+from emulator.digest import RunningDigest
+from emulator.protocol import MsgType, ProtocolError
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
 from emulator.states import SOURCE, Session
 from emulator.transport import PeerTimeout
-from kernels import pages as page_ops
-
 PROTOCOL_VERSION = protocol.VERSION
 
 
@@ -97,6 +101,12 @@ class Source:
         self.blackout = None
         self.source_digest = self.destination_digest = None
         self.harvest_buffer = np.empty(guest.n_pages, dtype=np.int64)
+        self.incremental = self.options.verify == "incremental"
+        self.running_digest = RunningDigest(guest.n_pages, guest.page_size) if self.incremental else None
+        self.encoder = BatchEncoder(guest, self.codec, self.options.batch_pages, self.running_digest)
+        # made now, not in the blackout: the vCPU/device state is opaque, its size is what matters
+        self.device_state = np.random.default_rng(scenario.guest.seed).bytes(self.options.device_state_bytes)
+        self.device_state_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
 
     # the run -------------------------------------------------------------------
     def run(self):
@@ -111,12 +121,15 @@ class Source:
                                       f"for {self.options.policy.stall_passes} passes (on-stall abort)")
             self._blackout()
             self._announce()
+            self._confirm_source_memory()
         except (MigrationFailed, PeerTimeout, ProtocolError) as error:
             status, reason = "failed", str(error)
             self._abort(reason)
         except (MigrationCancelled, KeyboardInterrupt):
             status, reason = "cancelled", "cancelled by the user"
             self._abort(reason)
+        finally:
+            self.encoder.close()
         self.timeline.end_current()
         return self._report(status, reason)
 
@@ -193,38 +206,19 @@ class Source:
             pass_no += 1
 
     def _send_pages(self, page_numbers, pass_no):
-        """Send `page_numbers` in batches: zero pages as numbers only, the rest through the codec."""
+        """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
         counter = _PassCounter(self.options.channels)
-        page_size, memory, batch = self.guest.page_size, self.guest.data, self.options.batch_pages
-        for start in range(0, page_numbers.size, batch):
-            chunk = page_numbers[start : start + batch]
-            zero, nonzero = page_ops.split_zero_pages(memory, page_size, chunk)
-            if zero.size:
-                frames = protocol.encode_zero_pages(self._next_data_seq(), pass_no, protocol.pages_to_runs(zero),
-                                                    page_size, Flags.RUNS)
-                self._send_data(MsgType.ZERO_PAGES, frames, counter)
-                counter.zero_pages += zero.size
-            if nonzero.size:
-                self._send_page_batch(nonzero, pass_no, counter)
-            counter.pages += chunk.size
+        for batch in self.encoder.batches(page_numbers):
+            seq = self._next_data_seq()
+            if batch.kind == MsgType.ZERO_PAGES:
+                frames = protocol.encode_zero_pages(seq, pass_no, batch.numbers, self.guest.page_size, batch.flags)
+                counter.zero_pages += batch.pages
+            else:
+                frames = protocol.encode_pages(seq, pass_no, batch.numbers, batch.payload, batch.codec,
+                                               batch.raw_len, batch.flags)
+            self._send_data(batch.kind, frames, counter)
+            counter.pages += batch.pages
         return counter
-
-    def _send_page_batch(self, numbers, pass_no, counter):
-        page_size, memory = self.guest.page_size, self.guest.data
-        first, last = int(numbers[0]), int(numbers[-1])
-        if last - first + 1 == numbers.size:
-            # One run: send straight from guest memory. A page written while it
-            # is on its way has its dirty bit set again and is resent later.
-            raw = memory[first * page_size : (last + 1) * page_size]
-        else:
-            raw = np.empty(numbers.size * page_size, dtype=np.uint8)  # fresh: zmq may still hold the last one
-            page_ops.gather(memory, page_size, numbers, raw)
-        codec, flags, payload = encode_batch(self.codec, raw)
-        runs = protocol.pages_to_runs(numbers)
-        if runs.size < numbers.size:
-            numbers, flags = runs, flags | Flags.RUNS
-        frames = protocol.encode_pages(self._next_data_seq(), pass_no, numbers, payload, codec, raw.size, flags)
-        self._send_data(MsgType.PAGES, frames, counter)
 
     def _next_data_seq(self):
         channel = self.next_channel
@@ -251,20 +245,24 @@ class Source:
         final_pass = len(self.passes)
         self._send_control(MsgType.SWITCHOVER, {"pass": final_pass, "reason": self.decision.reason})
         final = self.guest.harvest(self.harvest_buffer)
-        digest = {}
-        digester = threading.Thread(target=lambda: digest.update(value=self.guest.digest()), name="source-digest")
-        digester.start()  # hashes the paused memory while the final pages travel
-        counter = self._send_pages(final, final_pass)
+        if self.incremental:
+            counter = self._send_pages(final, final_pass)
+            self.source_digest = self.running_digest.value()
+        else:
+            digest = {}
+            digester = threading.Thread(target=lambda: digest.update(value=self.guest.digest()), name="source-digest")
+            digester.start()  # hashes the paused memory while the final pages travel
+            counter = self._send_pages(final, final_pass)
+            digester.join()
+            self.source_digest = digest["value"]
         device_started = self.clock()
-        blob = np.random.default_rng(self.scenario.guest.seed).bytes(self.options.device_state_bytes)
-        self._send_control_frames(MsgType.DEVICE_STATE, protocol.encode_device_state(self.control_seq, final_pass, blob))
+        self._send_control_frames(MsgType.DEVICE_STATE,
+                                  protocol.encode_device_state(self.control_seq, final_pass, self.device_state))
         device_state_s = self.clock() - device_started
-        digester.join()
-        self.source_digest = digest["value"]
         token = uuid.uuid4().hex
         self._send_control(MsgType.COMPLETE, {
             "pass": final_pass, "messages": counter.messages, "pages": counter.pages,
-            "digest": self.source_digest, "device_state_digest": hashlib.blake2b(blob, digest_size=16).hexdigest(),
+            "digest": self.source_digest, "device_state_digest": self.device_state_digest,
             "storage_token": token,
         })
         self.timeline.begin("handover")
@@ -278,11 +276,21 @@ class Source:
             total_s=resumed_at - pause_at, final_pages=counter.pages,
             final_bytes=counter.pages * self.guest.page_size, final_wire_bytes=counter.wire_bytes,
             final_zero_pages=counter.zero_pages, final_send_s=resumed.field("final_pages_s", (int, float)),
-            device_state_bytes=len(blob), device_state_s=device_state_s,
+            device_state_bytes=len(self.device_state), device_state_s=device_state_s,
             digest_check_s=resumed.field("digest_check_s", (int, float)),
             resume_s=resumed.field("resume_s", (int, float)),
         )
         self.paused = False  # the guest now runs on the destination; the source stays stopped
+
+    def _confirm_source_memory(self):
+        """Incremental check, after the fact: the paused memory must hash to what was sent."""
+        if not self.incremental:
+            return
+        self.paused_memory_digest = self.guest.digest()
+        if self.paused_memory_digest != self.source_digest:
+            raise MigrationFailed(
+                f"the source memory at pause ({self.paused_memory_digest}) differs from the pages sent "
+                f"({self.source_digest}): a write escaped the dirty tracking")
 
     # phase 6: announce ----------------------------------------------------------
     def _announce(self):
@@ -320,6 +328,8 @@ class Source:
         total_s = self.timeline.now()
         setup_s = getattr(self, "setup_s", total_s)
         matched = None if self.destination_digest is None else self.source_digest == self.destination_digest
+        if getattr(self, "paused_memory_digest", self.source_digest) != self.source_digest:
+            matched = False
         summary = summarize(
             self.passes, self.blackout, status=status, page_size=self.guest.page_size,
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,

@@ -2,7 +2,8 @@
 
 Topology: the destination binds a ROUTER (control) at its listen endpoint
 and one PULL per data channel on free ports of the same interface; the source
-connects a DEALER and one PUSH per channel. Data messages go zero-copy
+connects a DEALER and one PUSH per channel. Data sockets live in a context of
+their own with one I/O thread per channel, so channels move bytes in parallel. Data messages go zero-copy
 (`copy=False`); the send and receive high-water marks bound how many
 messages each channel buffers, so a slow destination throttles the source
 instead of growing its memory. Every receive has a deadline and every send a
@@ -73,10 +74,11 @@ class SourceLink:
 
     def open_data(self, endpoints):
         """Connect one PUSH socket per data endpoint (ports are joined to the control host)."""
+        self.data_context = zmq.Context(io_threads=max(1, len(endpoints)))
         for endpoint in endpoints:
             if isinstance(endpoint, int):
                 endpoint = f"tcp://{self.host}:{endpoint}"
-            sock = _socket(self.context, zmq.PUSH, self.timeout_s)
+            sock = _socket(self.data_context, zmq.PUSH, self.timeout_s)
             sock.setsockopt(zmq.SNDHWM, DATA_HWM)
             sock.connect(endpoint)
             self.data.append(sock)
@@ -96,8 +98,14 @@ class SourceLink:
         return self.control.recv_multipart(copy=False)
 
     def close(self):
-        for sock in [self.control, *self.data]:
-            sock.close(linger=0)
+        _close(self.control, self.data, getattr(self, "data_context", None))
+
+
+def _close(control, data, data_context):
+    for sock in [control, *data]:
+        sock.close(linger=0)
+    if data_context is not None:
+        data_context.term()
 
 
 class DestinationLink:
@@ -122,8 +130,9 @@ class DestinationLink:
     def open_data(self, channels):
         """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints)."""
         advertised = []
+        self.data_context = zmq.Context(io_threads=max(1, channels))
         for channel in range(channels):
-            sock = self.context.socket(zmq.PULL)
+            sock = self.data_context.socket(zmq.PULL)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, DATA_HWM)
             if self.endpoint.startswith("tcp://"):
@@ -164,5 +173,4 @@ class DestinationLink:
             raise PeerTimeout(f"the source is unreachable: {error}") from None
 
     def close(self):
-        for sock in [self.control, *self.data]:
-            sock.close(linger=0)
+        _close(self.control, self.data, getattr(self, "data_context", None))

@@ -82,6 +82,9 @@ class Workload:
             )
             for index in range(spec.vcpus)
         ]
+        if spec.rate_pages_per_s:
+            for writer in self._writers:
+                writer.pattern.write(0)  # compile (or load) the kernel now, not when the clock starts
         self._cond = threading.Condition()
         self._pause_requested = False
         self._stopping = False
@@ -99,8 +102,6 @@ class Workload:
             raise RuntimeError("workload already started")
         if self.spec.rate_pages_per_s == 0:
             return self
-        for writer in self._writers:
-            writer.pattern.write(0)  # compile (or load) the kernel before the clock starts
         self._active_since = time.monotonic()
         for index, writer in enumerate(self._writers):
             thread = threading.Thread(target=self._run, args=(writer,), name=f"vcpu{index}", daemon=True)

@@ -5,7 +5,7 @@ Consecutive page numbers are copied as one block, so a run of dirty pages costs
 one memcpy, not one per page.
 """
 
-import hashlib
+import functools
 
 import numpy as np
 
@@ -85,19 +85,24 @@ def _rotl(value, bits):
 
 
 @kernel
-def _page_digest(words, first, words_per_page, page):
-    # Four independent multiply-rotate lanes keep the multiplier busy; the
-    # page number is mixed in so equal content at two addresses differs.
+def _content_hash(words, first, words_per_page):
+    # Four independent multiply-rotate lanes keep the multiplier busy.
     lane0 = _PRIME_1
     lane1 = _PRIME_2
     lane2 = _PRIME_3
-    lane3 = np.uint64(page) * _PRIME_1 + _PRIME_2
+    lane3 = _PRIME_1 ^ _PRIME_2
     for block in range(first, first + words_per_page, 4):
         lane0 = _rotl(lane0 + words[block] * _PRIME_2, 31) * _PRIME_1
         lane1 = _rotl(lane1 + words[block + 1] * _PRIME_2, 31) * _PRIME_1
         lane2 = _rotl(lane2 + words[block + 2] * _PRIME_2, 31) * _PRIME_1
         lane3 = _rotl(lane3 + words[block + 3] * _PRIME_2, 31) * _PRIME_1
-    digest = _rotl(lane0, 1) + _rotl(lane1, 7) + _rotl(lane2, 12) + _rotl(lane3, 18)
+    return _rotl(lane0, 1) + _rotl(lane1, 7) + _rotl(lane2, 12) + _rotl(lane3, 18)
+
+
+@kernel
+def _finish(content, page):
+    # The page number is mixed in so equal content at two addresses differs.
+    digest = content + np.uint64(page) * _PRIME_1
     digest ^= digest >> np.uint64(33)
     digest *= _PRIME_2
     digest ^= digest >> np.uint64(29)
@@ -110,7 +115,19 @@ def _page_digest(words, first, words_per_page, page):
 def _digests(words, words_per_page, first_page, out):
     for i in range(out.size):
         page = first_page + i
-        out[i] = _page_digest(words, page * words_per_page, words_per_page, page)
+        out[i] = _finish(_content_hash(words, page * words_per_page, words_per_page), page)
+
+
+@kernel
+def _batch_digests(words, words_per_page, pages, out):
+    for i in range(pages.size):
+        out[i] = _finish(_content_hash(words, i * words_per_page, words_per_page), pages[i])
+
+
+@kernel
+def _zero_digests(zero_content, pages, out):
+    for i in range(pages.size):
+        out[i] = _finish(zero_content, pages[i])
 
 
 def _pages_arg(pages, n_pages):
@@ -180,11 +197,47 @@ def page_digests(memory, page_size, first_page=0, count=None, out=None):
     return out
 
 
+def batch_digests(data, page_size, pages):
+    """Digests of a batch: page i of `data` (consecutive pages) is guest page pages[i]."""
+    page_size = require_page_size(page_size)
+    require_array("data", data, np.uint8)
+    pages = require_array("pages", np.ascontiguousarray(pages, dtype=np.int64), np.int64)
+    if data.size != pages.size * page_size:
+        raise ValueError(f"data holds {data.size} bytes, {pages.size} pages of {page_size} need {pages.size * page_size}")
+    out = np.empty(pages.size, dtype=np.uint64)
+    _batch_digests(data.view(np.uint64), page_size // 8, pages, out)
+    return out
+
+
+def zero_page_digests(page_size, pages):
+    """Digests that all-zero pages numbered `pages` have, without reading any memory."""
+    page_size = require_page_size(page_size)
+    pages = require_array("pages", np.ascontiguousarray(pages, dtype=np.int64), np.int64)
+    out = np.empty(pages.size, dtype=np.uint64)
+    _zero_digests(_zero_content(page_size), pages, out)
+    return out
+
+
+@functools.cache
+def _zero_content(page_size):
+    return np.uint64(_content_hash(np.zeros(page_size // 8, dtype=np.uint64), 0, page_size // 8))
+
+
 def combine_digests(digests):
-    """One hex digest from all per-page digests (in page order): BLAKE2b over them."""
-    return hashlib.blake2b(require_array("digests", digests, np.uint64).tobytes(), digest_size=16).hexdigest()
+    """One 128-bit hex digest from per-page digests: their sum and their XOR, 64 bits each.
+
+    Both can be updated in place when one page's digest changes (see emulator.digest),
+    so a running digest of memory costs nothing at the end of a migration.
+    """
+    digests = require_array("digests", digests, np.uint64)
+    return format_digest(int(digests.sum(dtype=np.uint64)), int(np.bitwise_xor.reduce(digests)) if digests.size else 0)
+
+
+def format_digest(total, xor):
+    """The hex form of a (sum, xor) pair of 64-bit digest accumulators."""
+    return f"{total & 0xFFFFFFFFFFFFFFFF:016x}{xor:016x}"
 
 
 def memory_digest(memory, page_size):
-    """A hex digest of the whole memory: BLAKE2b over the per-page digests."""
+    """A hex digest of the whole memory (see combine_digests)."""
     return combine_digests(page_digests(memory, page_size))

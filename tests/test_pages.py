@@ -64,6 +64,21 @@ def test_digests_match_reference(page_size):
     assert digests.tolist() == [reference.page_digest(data, page_size, p) for p in range(8)]
 
 
+def test_batch_and_zero_digests_equal_the_memory_digests(memory):
+    selection = np.array([5, 7, 9, 10, 11, 63])
+    data = np.empty(selection.size * PAGE, dtype=np.uint8)
+    pages.gather(memory, PAGE, selection, data)
+    everything = pages.page_digests(memory, PAGE)
+    assert pages.batch_digests(data, PAGE, selection).tolist() == everything[selection].tolist()
+    zero_pages = np.array([0, 5, 6, 63])
+    assert pages.zero_page_digests(PAGE, zero_pages).tolist() == everything[zero_pages].tolist()
+
+
+def test_memory_digest_matches_reference(memory):
+    small = memory[: 8 * PAGE]
+    assert pages.memory_digest(small, PAGE) == reference.memory_digest(small, PAGE)
+
+
 def test_digest_sees_one_flipped_bit_and_the_page_address(memory):
     before = pages.memory_digest(memory, PAGE)
     memory[37 * PAGE + 100] ^= 1

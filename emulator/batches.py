@@ -1,0 +1,175 @@
+"""The data path: pages into messages on the source, messages into pages on the destination.
+
+Source (BatchEncoder): dirty pages are scanned for zero pages in large chunks
+(a zero page crosses as its number only); the rest go in batches. A batch
+that is one run of consecutive pages is sent straight from guest memory, with
+no gather copy: a page written while on its way is dirty again and is resent.
+Other batches are gathered into a fresh buffer (ZeroMQ may still hold the last
+one). LZ4 runs on a pool of worker threads (python-lz4 releases the GIL), a
+few batches ahead of the sender, and results go out in order.
+
+Destination (BatchApplier): zero pages are cleared (in pass 0 the memory is
+already zero, so nothing is written); raw batches are copied into place; LZ4
+batches are decompressed and copied on the worker pool. Pages of one pass are
+distinct, so batches of a pass may land in any order; `drain()` waits for all
+of them before a pass is acknowledged or the memory verified.
+
+Both sides keep a RunningDigest (emulator.digest) when asked, so the memory
+digest at the end costs nothing.
+"""
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from emulator import protocol
+from emulator.codecs import decode_batch, encode_batch
+from emulator.protocol import Codec, Flags, MsgType
+from kernels import pages as page_ops
+
+ZERO_SCAN_PAGES = 16384  # pages checked for zero per kernel call: 64 MiB of 4 KiB pages
+PIPELINE_DEPTH_PER_WORKER = 2  # batches in flight per worker thread
+
+
+def worker_count():
+    """Worker threads for codecs: one per CPU."""
+    return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Batch:
+    """One message's worth of pages, ready to be framed.
+
+    kind: MsgType.PAGES or MsgType.ZERO_PAGES; numbers: page numbers, or (start, count)
+    runs with Flags.RUNS in flags; payload: encoded bytes (PAGES only); raw_len: bytes
+    once decoded; pages: how many pages it covers.
+    """
+
+    kind: MsgType
+    numbers: np.ndarray
+    flags: Flags
+    codec: Codec = Codec.RAW
+    payload: object = b""
+    raw_len: int = 0
+    pages: int = 0
+
+
+def _compact(numbers, flags=Flags.NONE):
+    """Page numbers as runs when that is shorter."""
+    runs = protocol.pages_to_runs(numbers)
+    if runs.size < numbers.size:
+        return runs, flags | Flags.RUNS
+    return numbers, flags
+
+
+class BatchEncoder:
+    """Turns page numbers of a guest into Batches (see the module doc).
+
+    guest: the GuestMemory; codec: Codec; batch_pages: pages per PAGES message;
+    digest: a RunningDigest to keep current, or None.
+    """
+
+    def __init__(self, guest, codec, batch_pages, digest=None):
+        self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
+        workers = worker_count() if codec == Codec.LZ4 else 0
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
+        self.depth = PIPELINE_DEPTH_PER_WORKER * workers
+
+    def close(self):
+        if self.pool:
+            self.pool.shutdown(wait=True)
+
+    def batches(self, page_numbers):
+        """Yield the Batches that send `page_numbers` (ascending), in order."""
+        memory, page_size = self.guest.data, self.guest.page_size
+        pending = deque()
+        for start in range(0, page_numbers.size, ZERO_SCAN_PAGES):
+            zero, nonzero = page_ops.split_zero_pages(memory, page_size, page_numbers[start : start + ZERO_SCAN_PAGES])
+            if zero.size:
+                if self.digest:
+                    self.digest.update_zero(zero)
+                numbers, flags = _compact(zero)
+                yield Batch(MsgType.ZERO_PAGES, numbers, flags, pages=zero.size, raw_len=zero.size * page_size)
+            for first in range(0, nonzero.size, self.batch_pages):
+                numbers = nonzero[first : first + self.batch_pages]
+                if self.pool is None:
+                    yield self._finish(self._encode(numbers))
+                    continue
+                pending.append(self.pool.submit(self._encode, numbers))
+                if len(pending) >= self.depth:
+                    yield self._finish(pending.popleft().result())
+        while pending:
+            yield self._finish(pending.popleft().result())
+
+    def _encode(self, numbers):
+        """Gather (unless one run), encode and digest one batch. Runs on a worker thread for LZ4."""
+        memory, page_size = self.guest.data, self.guest.page_size
+        first, last = int(numbers[0]), int(numbers[-1])
+        if last - first + 1 == numbers.size:
+            raw = memory[first * page_size : (last + 1) * page_size]
+        else:
+            raw = np.empty(numbers.size * page_size, dtype=np.uint8)
+            page_ops.gather(memory, page_size, numbers, raw)
+        digests = page_ops.batch_digests(raw, page_size, numbers) if self.digest else None
+        codec, flags, payload = encode_batch(self.codec, raw)
+        return numbers, digests, codec, flags, payload, raw.size
+
+    def _finish(self, encoded):
+        numbers, digests, codec, flags, payload, raw_len = encoded
+        if digests is not None:
+            self.digest.update(numbers, digests)
+        compact, flags = _compact(numbers, flags)
+        return Batch(MsgType.PAGES, compact, flags, codec, payload, raw_len, numbers.size)
+
+
+class BatchApplier:
+    """Applies decoded PAGES and ZERO_PAGES messages to a guest (see the module doc).
+
+    guest: the destination GuestMemory, zero-filled; digest: a RunningDigest or None.
+    """
+
+    def __init__(self, guest, digest=None):
+        self.guest, self.digest = guest, digest
+        workers = worker_count()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="apply")
+        self.depth = PIPELINE_DEPTH_PER_WORKER * workers
+        self.pending = deque()
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def apply(self, message):
+        """Apply one validated data message (LZ4 batches finish later: see drain)."""
+        numbers = message.page_numbers
+        if message.type == MsgType.ZERO_PAGES:
+            if message.pass_no > 0:  # pass 0 meets a freshly zeroed memory
+                page_ops.zero_pages(self.guest.data, self.guest.page_size, numbers)
+                if self.digest:
+                    self.digest.update_zero(numbers)
+            return
+        if message.codec == Codec.RAW:
+            self._finish(self._place(message, numbers))
+            return
+        self.pending.append(self.pool.submit(self._place, message, numbers))
+        if len(self.pending) >= self.depth:
+            self._finish(self.pending.popleft().result())
+
+    def drain(self):
+        """Wait until every batch handed to apply() is in memory."""
+        while self.pending:
+            self._finish(self.pending.popleft().result())
+
+    def _place(self, message, numbers):
+        """Decode one batch into guest memory; return its digests. Runs on a worker thread for LZ4."""
+        raw = np.frombuffer(decode_batch(message.codec, message.payload, message.raw_len), dtype=np.uint8)
+        page_ops.scatter(self.guest.data, self.guest.page_size, numbers, raw)
+        digests = page_ops.batch_digests(raw, self.guest.page_size, numbers) if self.digest else None
+        return numbers, digests
+
+    def _finish(self, placed):
+        numbers, digests = placed
+        if digests is not None:
+            self.digest.update(numbers, digests)
