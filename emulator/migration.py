@@ -6,7 +6,6 @@ starts the guest here, migrates it, and returns the Report.
 """
 
 import multiprocessing
-import socket
 
 from emulator.allocator import keep_freed_buffers
 from emulator.guest import GuestMemory

@@ -15,7 +15,6 @@ import hashlib
 import socket
 import time
 
-import numpy as np
 
 from emulator import protocol
 from emulator.batches import BatchApplier
