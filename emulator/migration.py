@@ -5,29 +5,32 @@ starts a receiver in a child process listening on TCP loopback, builds and
 starts the guest here, migrates it, and returns the Report.
 """
 
+import math
 import multiprocessing
 
 from emulator.allocator import keep_freed_buffers
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination
 from emulator.scenario import Scenario
+from emulator.security import is_loopback
 from emulator.sender import Source
-from emulator.transport import DestinationLink, SourceLink
+from emulator.transport import DestinationLink, SourceLink, parse_endpoint
 from emulator.workload import Workload
 
 CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compile kernels
 
 
-def run_source(scenario, to, *, progress=None, guest=None, workload=None):
+def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None):
     """Migrate a running guest to `to`; return the Report.
 
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
     scenario when not given. The writers run from before the migration starts to its end.
+    security: an emulator.security.ClientSecurity for CURVE, or None.
     """
     keep_freed_buffers()
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
-    link = SourceLink(to, scenario.migration.timeout_s)
+    link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:
         with workload:
             return Source(scenario, guest, workload, link, progress=progress).run()
@@ -35,30 +38,45 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None):
         link.close()
 
 
-def send(scenario, to, *, progress=None):
+def send(scenario, to, *, progress=None, security=None):
     """The source end of a two-host migration to a `precopy receive` at `to` (tcp://HOST:PORT)."""
-    return run_source(scenario, to, progress=progress)
+    return run_source(scenario, to, progress=progress, security=security)
 
 
-def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, ready=None):
+def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, security=None,
+            insecure=False, ready=None, on_outcome=None):
     """The destination end: wait at `listen` for a source; return the outcome of the (last) migration.
 
-    serve: keep accepting migrations one after another (until interrupted).
-    ready: called with the bound endpoint once listening (useful with port 0).
+    serve: keep accepting migrations one after another, whatever became of the last,
+    until interrupted. security: an emulator.security.ServerSecurity for CURVE. Without
+    it only a loopback address may be used, unless `insecure` (then anyone who can reach
+    the port can push memory in). ready: called with the bound endpoint once listening;
+    on_outcome: called with each migration's outcome.
     """
+    host, _ = parse_endpoint(listen)
+    if security is None and not is_loopback(host) and not listen.startswith(("ipc://", "inproc://")):
+        if not insecure:
+            raise ValueError(f"refusing to listen on {listen} without CURVE keys: anyone who reaches it could push "
+                             "memory into this host; give keys, or accept the risk explicitly")
+        if progress:
+            progress.message(f"WARNING: listening on {listen} UNAUTHENTICATED and UNENCRYPTED")
     keep_freed_buffers()
-    while True:
-        link = DestinationLink(listen, timeout_s)
-        try:
-            if ready:
-                ready(link.endpoint)
-            elif progress:
-                progress.message(f"listening on {link.endpoint}")
-            outcome = Destination(link, capacity_bytes=capacity_bytes, progress=progress).run(hello_timeout_s=None if serve else 3600.0)
-        finally:
-            link.close()
-        if not serve:
-            return outcome
+    link = DestinationLink(listen, timeout_s, security=security)
+    outcome = None
+    try:
+        if ready:
+            ready(link.endpoint)
+        if progress:
+            progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
+        while True:
+            destination = Destination(link, capacity_bytes=capacity_bytes, progress=progress)
+            outcome = destination.run(hello_timeout_s=math.inf if serve else None)
+            if on_outcome:
+                on_outcome(outcome)
+            if not serve or destination.interrupted:
+                return outcome
+    finally:
+        link.close()
 
 
 def _receiver_child(connection, capacity_bytes, timeout_s):

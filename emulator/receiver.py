@@ -63,6 +63,8 @@ class Destination:
         self.peer = None
         self.guest = None
         self.pages_applied = 0
+        self.frames_refused = 0
+        self.interrupted = False
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its outcome as a dict (status, reason, digest, counts)."""
@@ -80,27 +82,28 @@ class Destination:
             outcome["reason"] = str(error)
         except _SourceAborted as error:
             outcome["reason"] = f"source aborted: {error}"
+            if error.cancelled:
+                outcome["status"] = "cancelled"
         except KeyboardInterrupt:
-            outcome.update(status="cancelled", reason="cancelled by the user")
-            self._abort(outcome["reason"])
+            outcome.update(status="cancelled", reason="cancelled by the user on the destination")
+            self._abort(outcome["reason"], cancelled=True)
+            self.interrupted = True
         except _Mismatch as error:
             outcome["reason"] = str(error)
         if getattr(self, "applier", None):
             self.applier.close()
+        self.link.close_data()
         if outcome["status"] != "completed":
             self.guest = None  # the partial guest is discarded, never resumed
         outcome["pages_applied"] = self.pages_applied
+        outcome["frames_refused"] = self.frames_refused
         self._say(f"migration {outcome['status']}" + (f": {outcome['reason']}" if outcome["reason"] else ""))
         return outcome
 
     # setup -------------------------------------------------------------------
     def _setup(self, hello_timeout_s):
-        incoming = self.link.recv(hello_timeout_s)
-        if incoming.channel != CONTROL:
-            raise RemoteProtocolError("channel", "data arrived before HELLO")
-        self.peer = incoming.peer
+        hello = self._wait_for_hello(hello_timeout_s)
         self.started = self.clock()
-        hello = protocol.Decoder().decode(incoming.frames)
         self.session.received(hello.type)
         self.control_seq = protocol.expect_seq(hello, 0)
         try:
@@ -124,6 +127,22 @@ class Destination:
         ports = self.link.open_data(self.channels)
         self._send_control(MsgType.ACCEPT, {"data": ports})
         self._say(f"accepted a {scenario.guest.memory_bytes}-byte guest on {self.channels} channel(s)")
+
+    def _wait_for_hello(self, timeout_s):
+        """The first valid HELLO. Anything else is answered with ABORT naming the problem, and ignored."""
+        deadline = time.monotonic() + (self.link.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            incoming = self.link.recv(max(0.0, deadline - time.monotonic()))
+            try:
+                message = protocol.Decoder().decode(incoming.frames)
+                if message.type != MsgType.HELLO:
+                    raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO: no migration in progress")
+                self.peer = incoming.peer
+                return message
+            except RemoteProtocolError as error:
+                self.frames_refused += 1
+                self._say(f"refused a message before HELLO: {error}")
+                self._send_abort(incoming.peer, f"protocol error: {error}")
 
     def _check_hello(self, hello):
         version = hello.field("protocol", int)
@@ -194,7 +213,7 @@ class Destination:
                 raise RemoteProtocolError("body.messages", f"announced {counts}, already received {self.received}")
             self.expected, self.ending = counts, message
         elif message.type == MsgType.ABORT:
-            raise _SourceAborted(message.field("reason", str))
+            raise _SourceAborted(message.field("reason", str), bool(message.body.get("cancelled")))
 
     def _close_pass_if_complete(self):
         if self.expected is None or self.received != self.expected:
@@ -249,12 +268,15 @@ class Destination:
         self.sent_seq = seq + 1
         return seq
 
-    def _abort(self, reason):
-        if self.peer is None or self.session.finished and self.session.state != "FAILED":
-            return
+    def _abort(self, reason, cancelled=False):
+        """Tell the source why this migration ends (best effort)."""
+        if self.peer is not None and not (self.session.finished and self.session.state != "FAILED"):
+            self._send_abort(self.peer, reason, cancelled)
+
+    def _send_abort(self, peer, reason, cancelled=False):
+        body = {"reason": reason, "cancelled": True} if cancelled else {"reason": reason}
         try:
-            frames = protocol.encode_control(MsgType.ABORT, self._next_seq(), 0, {"reason": reason})
-            self.link.send_control(self.peer, frames)
+            self.link.send_control(peer, protocol.encode_control(MsgType.ABORT, self._next_seq(), 0, body))
         except (PeerTimeout, ProtocolError):
             pass
 
@@ -272,7 +294,11 @@ class Destination:
 
 
 class _SourceAborted(Exception):
-    """The source sent ABORT."""
+    """The source sent ABORT (cancelled: because its user cancelled)."""
+
+    def __init__(self, reason, cancelled=False):
+        super().__init__(reason)
+        self.cancelled = cancelled
 
 
 class _Mismatch(Exception):

@@ -125,19 +125,22 @@ class Source:
         except (MigrationFailed, PeerTimeout, ProtocolError) as error:
             status, reason = "failed", str(error)
             self._abort(reason)
-        except (MigrationCancelled, KeyboardInterrupt):
-            status, reason = "cancelled", "cancelled by the user"
+        except MigrationCancelled as cancelled:
+            status, reason = "cancelled", str(cancelled)
             self._abort(reason)
+        except KeyboardInterrupt:
+            status, reason = "cancelled", "cancelled by the user on the source"
+            self._abort(reason, cancelled=True)
         finally:
             self.encoder.close()
         self.timeline.end_current()
         return self._report(status, reason)
 
-    def _abort(self, reason):
+    def _abort(self, reason, cancelled=False):
         """Tell the destination (best effort) and keep the guest running here."""
         if not self.session.finished:
             try:
-                self._send_control(MsgType.ABORT, {"reason": reason})
+                self._send_control(MsgType.ABORT, {"reason": reason, "cancelled": True} if cancelled else {"reason": reason})
             except (PeerTimeout, ProtocolError):
                 pass
         if self.paused:
@@ -316,7 +319,8 @@ class Source:
             message = decoder.decode(self.link.recv_control())
             self.session.received(message.type)
             if message.type == MsgType.ABORT:
-                raise MigrationFailed(f"destination aborted: {message.field('reason', str)}")
+                reason = f"destination aborted: {message.field('reason', str)}"
+                raise MigrationCancelled(reason) if message.body.get("cancelled") else MigrationFailed(reason)
             if message.type == MsgType.HEARTBEAT:
                 continue
             if expected is not None and message.type != expected:

@@ -2,23 +2,33 @@
 
 Topology: the destination binds a ROUTER (control) at its listen endpoint
 and one PULL per data channel on free ports of the same interface; the source
-connects a DEALER and one PUSH per channel. Data sockets live in a context of
-their own with one I/O thread per channel, so channels move bytes in parallel. Data messages go zero-copy
-(`copy=False`); the send and receive high-water marks bound how many
-messages each channel buffers, so a slow destination throttles the source
-instead of growing its memory. Every receive has a deadline and every send a
-timeout: a silent peer raises PeerTimeout, never hangs.
+connects a DEALER and one PUSH per channel. Each link has its own context
+with an I/O thread per channel, so channels move bytes in parallel. Data
+messages go zero-copy (`copy=False`); the send and receive high-water marks
+bound how many messages each channel buffers, so a slow destination throttles
+the source instead of growing its memory. Every receive has a deadline and
+every send a timeout, and ZMTP heartbeats drop a connection whose peer stops
+answering: a dead or silent peer raises PeerTimeout, never hangs.
+With a ServerSecurity/ClientSecurity (emulator.security) every socket runs
+CURVE, and the destination's authenticator admits only the allowed keys.
 """
 
+import math
+import os
 import re
 import time
 from dataclasses import dataclass
 
 import zmq
 
+from emulator.security import Authenticator, secure_client, secure_server
+
 DATA_HWM = 8  # messages buffered per data socket and side (about 8 MiB at 256 pages)
 CONTROL = -1  # channel number of the control socket in Incoming
+HEARTBEATS_PER_TIMEOUT = 4
 _ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)|(?P<local>(?:ipc|inproc)://\S+))$")
+_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 class PeerTimeout(Exception):
@@ -42,6 +52,8 @@ def _socket(context, kind, timeout_s):
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, max(1, int(timeout_s * 1000)))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(timeout_s * 1000 / HEARTBEATS_PER_TIMEOUT)))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(timeout_s * 1000)))
     return sock
 
 
@@ -50,6 +62,10 @@ def _send(sock, frames, copy):
         sock.send_multipart(frames, copy=copy)
     except zmq.Again:
         raise PeerTimeout("the peer did not take data within the timeout") from None
+
+
+def _poll_ms(timeout_s):
+    return -1 if math.isinf(timeout_s) else max(0, int(timeout_s * 1000))
 
 
 @dataclass
@@ -62,23 +78,32 @@ class Incoming:
 
 
 class SourceLink:
-    """The source's sockets: connect to the destination's control endpoint, then its data channels."""
+    """The source's sockets: connect to the destination's control endpoint, then its data channels.
 
-    def __init__(self, to, timeout_s, context=None):
+    security: a ClientSecurity for CURVE, or None for plain TCP.
+    """
+
+    def __init__(self, to, timeout_s, *, channels=1, security=None):
         self.host, self.port = parse_endpoint(to)
-        self.timeout_s = timeout_s
-        self.context = context or zmq.Context.instance()
-        self.control = _socket(self.context, zmq.DEALER, timeout_s)
+        self.timeout_s, self.security = timeout_s, security
+        self.context = zmq.Context(io_threads=max(1, channels))
+        self.control = self._socket(zmq.DEALER)
+        self.monitor = self.control.get_monitor_socket(_HANDSHAKE_FAILURES) if security else None
         self.control.connect(to)
         self.data = []
 
+    def _socket(self, kind):
+        sock = _socket(self.context, kind, self.timeout_s)
+        if self.security:
+            secure_client(sock, self.security)
+        return sock
+
     def open_data(self, endpoints):
         """Connect one PUSH socket per data endpoint (ports are joined to the control host)."""
-        self.data_context = zmq.Context(io_threads=max(1, len(endpoints)))
         for endpoint in endpoints:
             if isinstance(endpoint, int):
                 endpoint = f"tcp://{self.host}:{endpoint}"
-            sock = _socket(self.data_context, zmq.PUSH, self.timeout_s)
+            sock = self._socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, DATA_HWM)
             sock.connect(endpoint)
             self.data.append(sock)
@@ -93,47 +118,65 @@ class SourceLink:
     def recv_control(self, timeout_s=None):
         """The next control message's frames; PeerTimeout after `timeout_s` (default: the link's)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        if not self.control.poll(max(0, int(timeout_s * 1000)), zmq.POLLIN):
-            raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s")
+        if not self.control.poll(_poll_ms(timeout_s), zmq.POLLIN):
+            raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s{self._handshake_hint()}")
         return self.control.recv_multipart(copy=False)
 
+    def _handshake_hint(self):
+        """Why a secured connection never came up, if its monitor saw a failed handshake."""
+        if self.monitor is None or not self.monitor.poll(0):
+            return ""
+        return ("; the CURVE handshake failed: the destination does not accept our key, "
+                "or it is not the server whose key we pinned")
+
     def close(self):
-        _close(self.control, self.data, getattr(self, "data_context", None))
-
-
-def _close(control, data, data_context):
-    for sock in [control, *data]:
-        sock.close(linger=0)
-    if data_context is not None:
-        data_context.term()
+        if self.monitor is not None:
+            self.control.disable_monitor()
+            self.monitor.close(linger=0)
+        for sock in [self.control, *self.data]:
+            sock.close(linger=0)
+        self.context.term()
 
 
 class DestinationLink:
-    """The destination's sockets: a bound control ROUTER and, once negotiated, bound data PULLs."""
+    """The destination's sockets: a bound control ROUTER and, once negotiated, bound data PULLs.
 
-    def __init__(self, listen, timeout_s, context=None):
+    security: a ServerSecurity for CURVE (only its allowed client keys get in), or None.
+    """
+
+    def __init__(self, listen, timeout_s, *, security=None, max_channels=None):
         self.host, port = parse_endpoint(listen)
-        self.timeout_s = timeout_s
-        self.context = context or zmq.Context.instance()
-        self.control = _socket(self.context, zmq.ROUTER, timeout_s)
+        self.timeout_s, self.security = timeout_s, security
+        # I/O threads are fixed when the context starts; data channels come later.
+        self.context = zmq.Context(io_threads=max(1, max_channels or os.cpu_count() or 1))
+        self.authenticator = Authenticator(self.context, security) if security else None
+        self.control = self._socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if port == 0:
-            port = self.control.bind_to_random_port(f"tcp://{self.host}")
-            self.endpoint = f"tcp://{self.host}:{port}"
-        else:
-            self.control.bind(listen)
-            self.endpoint = listen
+        try:
+            if port == 0:
+                port = self.control.bind_to_random_port(f"tcp://{self.host}")
+                self.endpoint = f"tcp://{self.host}:{port}"
+            else:
+                self.control.bind(listen)
+                self.endpoint = listen
+        except zmq.ZMQError as error:
+            self.close()
+            raise OSError(f"cannot listen on {listen}: {error}") from None
         self.data = []
         self._poller = zmq.Poller()
         self._poller.register(self.control, zmq.POLLIN)
 
+    def _socket(self, kind):
+        sock = _socket(self.context, kind, self.timeout_s)
+        if self.security:
+            secure_server(sock, self.security)
+        return sock
+
     def open_data(self, channels):
         """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints)."""
         advertised = []
-        self.data_context = zmq.Context(io_threads=max(1, channels))
         for channel in range(channels):
-            sock = self.data_context.socket(zmq.PULL)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock = self._socket(zmq.PULL)
             sock.setsockopt(zmq.RCVHWM, DATA_HWM)
             if self.endpoint.startswith("tcp://"):
                 advertised.append(sock.bind_to_random_port(f"tcp://{self.host}"))
@@ -145,16 +188,23 @@ class DestinationLink:
             self.data.append(sock)
         return advertised
 
+    def close_data(self):
+        """Close the data sockets (between two migrations on the same control socket)."""
+        for sock in self.data:
+            self._poller.unregister(sock)
+            sock.close(linger=0)
+        self.data = []
+
     def recv(self, timeout_s=None):
         """The next message from the control socket or a data channel.
 
-        Raises PeerTimeout when nothing arrives within `timeout_s` (default: the link's).
+        Raises PeerTimeout when nothing arrives within `timeout_s` (default: the link's;
+        math.inf waits for ever).
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            ready = dict(self._poller.poll(remaining_ms))
+            ready = dict(self._poller.poll(_poll_ms(deadline - time.monotonic())))
             if self.control in ready:
                 peer, *frames = self.control.recv_multipart(copy=False)
                 return Incoming(CONTROL, frames, peer.bytes)
@@ -173,4 +223,8 @@ class DestinationLink:
             raise PeerTimeout(f"the source is unreachable: {error}") from None
 
     def close(self):
-        _close(self.control, self.data, getattr(self, "data_context", None))
+        for sock in [self.control, *self.data]:
+            sock.close(linger=0)
+        if self.authenticator:
+            self.authenticator.stop()
+        self.context.term()

@@ -6,6 +6,7 @@ from emulator.guest import GuestMemory
 from emulator.receiver import Destination
 from emulator.sender import Source
 from emulator.workload import Workload
+from tests.fakelink import wait_until
 
 
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None):
@@ -23,6 +24,8 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
     thread = threading.Thread(target=lambda: outcome.update(destination.run(hello_timeout_s=10)), daemon=True)
     thread.start()
     with workload:
+        if scenario.workload.rate_pages_per_s:
+            wait_until(lambda: workload.writes > 0)  # the vCPUs are really running before pass 0
         report = Source(scenario, guest, workload, source_link).run()
         running_after = workload.writes
     thread.join(timeout=30)

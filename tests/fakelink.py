@@ -63,6 +63,9 @@ class FakeDestinationLink:
         assert peer == SOURCE_PEER
         self.pipe.to_source.put([bytes(f) for f in frames])
 
+    def close_data(self):
+        pass
+
     def close(self):
         pass
 

@@ -45,8 +45,9 @@ def test_idle_guest_arrives_byte_identical(codec, channels, verify):
 
 @pytest.mark.parametrize("codec, verify", [("raw", "incremental"), ("lz4", "full")])
 def test_writers_flat_out_still_arrive_byte_identical(codec, verify):
-    s = scenario(rate=math.inf, codec=codec, verify=verify, policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0))
-    for _ in range(5):
+    s = scenario(memory_pages=4096, rate=math.inf, codec=codec, verify=verify,
+                 policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0))
+    for _ in range(3):
         report, outcome, guest, destination = run_pair(s, *link_pair())
         assert report.status == "completed", report.reason
         assert report.switchover_reason == "max-passes" and len(report.passes) == 4
