@@ -6,11 +6,13 @@ that is one run of consecutive pages is sent straight from guest memory, with
 no gather copy: a page written while on its way is dirty again and is resent.
 Other batches are gathered into a fresh buffer (ZeroMQ may still hold the last
 one). LZ4 runs on a pool of worker threads (python-lz4 releases the GIL), a
-few batches ahead of the sender, and results go out in order.
+few batches ahead of the sender, and results go out in order; so does the
+digest of each batch when a running digest is kept.
 
 Destination (BatchApplier): zero pages are cleared (in pass 0 the memory is
-already zero, so nothing is written); raw batches are copied into place; LZ4
-batches are decompressed and copied on the worker pool. Pages of one pass are
+already zero, so nothing is written); LZ4 batches are decompressed, copied
+and digested on the worker pool, and so are raw batches when a running digest
+is kept (otherwise they are copied in place at once). Pages of one pass are
 distinct, so batches of a pass may land in any order; `drain()` waits for all
 of them before a pass is acknowledged or the memory verified.
 
@@ -74,7 +76,8 @@ class BatchEncoder:
 
     def __init__(self, guest, codec, batch_pages, digest=None):
         self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
-        workers = worker_count() if codec == Codec.LZ4 else 0
+        # raw batches without digests are views or one gather: not worth a thread hop
+        workers = worker_count() if codec == Codec.LZ4 or digest is not None else 0
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
         self.depth = PIPELINE_DEPTH_PER_WORKER * workers
 
@@ -150,7 +153,7 @@ class BatchApplier:
                 if self.digest:
                     self.digest.update_zero(numbers)
             return
-        if message.codec == Codec.RAW:
+        if message.codec == Codec.RAW and self.digest is None:
             self._finish(self._place(message, numbers))
             return
         self.pending.append(self.pool.submit(self._place, message, numbers))

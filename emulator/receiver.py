@@ -13,6 +13,7 @@ on any failure the partial guest is discarded and nothing is reported resumed.
 
 import hashlib
 import socket
+import threading
 import time
 
 
@@ -23,7 +24,7 @@ from emulator.guest import GuestMemory
 from emulator.protocol import MsgType, ProtocolError, RemoteProtocolError
 from emulator.scenario import Scenario
 from emulator.states import DESTINATION, Session
-from emulator.transport import CONTROL, PeerTimeout
+from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, PeerTimeout
 from emulator.workload import Workload
 
 
@@ -113,7 +114,7 @@ class Destination:
             raise
         self._say("setup: allocating guest memory")
         self.scenario = scenario
-        self.guest = GuestMemory.blank(scenario.guest)
+        self.guest = self._while_heartbeating(lambda: GuestMemory.blank(scenario.guest))
         self.workload = Workload(self.guest, scenario.workload)  # ready now, started at resume
         self.incremental = scenario.migration.verify == "incremental"
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
@@ -127,6 +128,17 @@ class Destination:
         ports = self.link.open_data(self.channels)
         self._send_control(MsgType.ACCEPT, {"data": ports})
         self._say(f"accepted a {scenario.guest.memory_bytes}-byte guest on {self.channels} channel(s)")
+
+    def _while_heartbeating(self, work):
+        """Run `work` (seconds of page faults for a big guest) while telling the source we are alive."""
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(value=work()), name="setup")
+        worker.start()
+        while worker.join(self.link.timeout_s / HEARTBEATS_PER_TIMEOUT) or worker.is_alive():
+            self._send_control(MsgType.HEARTBEAT, {})
+        if "value" not in result:
+            raise MemoryError("the destination could not allocate the guest's memory")
+        return result["value"]
 
     def _wait_for_hello(self, timeout_s):
         """The first valid HELLO. Anything else is answered with ABORT naming the problem, and ignored."""

@@ -19,9 +19,10 @@ PAGE = 4096
 
 
 def scenario(memory_pages=1024, fill="mixed", rate=0.0, pattern="uniform", **migration):
+    migration.setdefault("timeout_s", 5.0)
     return Scenario(GuestSpec(memory_pages * PAGE, fill=fill, seed=5),
                     WorkloadSpec(vcpus=2, rate_pages_per_s=rate, pattern=pattern, seed=6),
-                    MigrationOptions(timeout_s=5.0, **migration))
+                    MigrationOptions(**migration))
 
 
 @pytest.mark.parametrize("codec", ["raw", "lz4"])
@@ -200,3 +201,18 @@ def test_a_silent_destination_fails_the_source_within_its_timeout():
         assert workload.writes > writes  # still running on the source
     assert report.status == "failed" and "from the destination within 0.3 s" in report.reason
     assert time.monotonic() - started < 2
+
+
+def test_a_slow_setup_keeps_the_source_waiting_with_heartbeats(monkeypatch):
+    from emulator import receiver
+
+    allocate = receiver.GuestMemory.blank
+
+    def slow_blank(spec):
+        time.sleep(0.8)  # a big guest on a VM: seconds of first-touch page faults
+        return allocate(spec)
+
+    monkeypatch.setattr(receiver.GuestMemory, "blank", staticmethod(slow_blank))
+    report, outcome, guest, destination = run_pair(scenario(timeout_s=0.2), *link_pair(timeout_s=0.2))
+    assert report.status == "completed", report.reason
+    assert report.summary["setup-time"] >= 800
