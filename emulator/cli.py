@@ -19,6 +19,7 @@ import importlib
 import json
 import math
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -153,6 +154,60 @@ def _endpoint_type(option, example):
     return parse
 
 
+def _rate_type(option, example):
+    """A bandwidth (bytes/s) that must be a number: 'unlimited' is refused."""
+    def parse(text):
+        try:
+            value = units.parse_bandwidth(text)
+        except ValueError as error:
+            raise _refuse(option, error, example) from None
+        if value is None:
+            raise _refuse(option, f"needs a rate, got {text!r}", example)
+        return value
+
+    return parse
+
+
+def _list_type(option, example, check, *, keep_text=True):
+    """A comma-separated list, each item checked by `check` (a unit parser).
+
+    keep_text: return the items as given (the sweep reads units itself: a bare downtime
+    limit stays in milliseconds); otherwise return what `check` made of them.
+    """
+    def parse(text):
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise _refuse(option, f"empty item in {text!r}", example)
+        values = []
+        for item in items:
+            try:
+                values.append(check(item))
+            except (ValueError, argparse.ArgumentTypeError) as error:
+                raise _refuse(option, error, example) from None
+        return items if keep_text else values
+
+    return parse
+
+
+def _lambda_list_type(text):
+    """lambda values: a list (0,0.3,0.6) or a range START:STOP:STEP (stop included)."""
+    example = "0,0.3,0.6,0.9 or 0:0.9:0.3"
+    try:
+        if ":" in text:
+            start, stop, step = (float(part) for part in text.split(":"))
+            if not step > 0 or stop < start:
+                raise ValueError(f"a range needs STEP > 0 and STOP >= START, got {text!r}")
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + i * step, 9) for i in range(count)]
+        else:
+            values = [float(item) for item in text.split(",")]
+    except ValueError as error:
+        raise _refuse("--lambda", f"invalid lambda {text!r} ({error})", example) from None
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise _refuse("--lambda", f"every lambda must be a number >= 0, got {text!r}", example)
+    return values
+
+
 # the parser ------------------------------------------------------------------------------
 def _add_debug(parser, default):
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
@@ -262,10 +317,114 @@ def build_parser():
     receive.add_argument("--serve", action="store_true", help="keep accepting migrations until interrupted")
     _add_json_quiet(receive.add_argument_group("output"), what="the outcome as JSON")
 
-    for sub in (migrate, send, receive):
+    analysis = _add_analysis_commands(commands)
+
+    for sub in (migrate, send, receive, *analysis):
         # SUPPRESS: a subcommand's default must not undo a --debug given before it.
         _add_debug(sub, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_analysis_commands(commands):
+    """`estimate`, `sweep` and `plot`: the models, measured grids, figures."""
+    estimate = commands.add_parser(
+        "estimate", help="predict a migration's time and blackout (no migration)",
+        description="Predict a migration with the rule of thumb (M / R x 1.5-3), the geometric pre-copy model "
+                    "and the working-set model, under the same switch-over policy as 'migrate'. Pure computation.")
+    guest = estimate.add_argument_group("guest and link")
+    guest.add_argument("--memory", type=_size_type("--memory", "64GiB", minimum=1), default=DEFAULT_MEMORY_BYTES,
+                       metavar="SIZE", help="guest memory M (default 1GiB)")
+    guest.add_argument("--page-size", type=_page_size_type, default=4096, metavar="SIZE",
+                       help="page size (default 4096)")
+    guest.add_argument("--bandwidth", type=_rate_type("--bandwidth", "1GB/s"), default=1e9, metavar="RATE",
+                       help="link throughput: 1GB/s, 10Gbit/s (default 1GB/s)")
+    guest.add_argument("--compression-ratio", type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0,
+                                                               expected="> 0"),
+                       default=1.0, metavar="C", help="guest bytes per wire byte; R = link x C (default 1: raw)")
+    dirty = estimate.add_argument_group("dirty behaviour")
+    dirty.add_argument("--dirty-rate", type=_dirty_rate_type, default=f"{DEFAULT_DIRTY_RATE:.0f}pages/s",
+                       metavar="RATE", help="page writes/s (20000pages/s) or bytes/s (100MiB/s) (default 50000pages/s)")
+    dirty.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset", help="writer pattern (default hotset)")
+    dirty.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
+                                                          expected="in (0, 1]"),
+                       default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
+    dirty.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
+                                                       expected="in [0, 1]"),
+                       default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
+    dirty.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
+                       help="sequential: pages per step (default 1)")
+    dirty.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
+                       default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
+    rules = estimate.add_argument_group("policy")
+    rules.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
+                       default=0.3, metavar="DURATION", help="blackout budget; a bare number is ms (default 300ms)")
+    rules.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30, metavar="N",
+                       help="switch over after this many passes (default 30)")
+    rules.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
+                       default=None, metavar="DURATION", help="switch over after this much pre-copy (default none)")
+    rules.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3, metavar="N",
+                       help="passes without a new minimum that mean stalled; 0 = never (default 3)")
+    rules.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
+                       help="when stalled: force the final copy or give up (default switchover)")
+    rules.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
+                       default=256 << 10, metavar="SIZE",
+                       help="vCPU/device state sent in the blackout (default 256KiB)")
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
+    sweep = commands.add_parser(
+        "sweep", help="run a grid of migrations and measure them against the models",
+        description="Run every migration of a grid (a TOML file, or lists on the command line; the command line "
+                    "overrides the file), write each JSON report, a CSV with one row per run and a summary of "
+                    "how well each model did.")
+    sweep.add_argument("grid", nargs="?", metavar="GRID.toml", help="grid file (see bench/sweep.toml)")
+    sweep.add_argument("--out", required=True, metavar="DIR", help="where the reports, sweep.csv and summary.txt go")
+    axes = sweep.add_argument_group("axes (comma-separated lists)")
+    axes.add_argument("--memory", type=_list_type("--memory", "256MiB,1GiB", units.parse_size), metavar="SIZES",
+                      help="guest sizes: 256MiB,1GiB")
+    axes.add_argument("--lambda", dest="lam", type=_lambda_list_type, metavar="LIST",
+                      help="dirty rate as a share of --max-bandwidth: 0,0.3,0.6 or 0:0.9:0.3")
+    axes.add_argument("--dirty-rate", type=_list_type("--dirty-rate", "20000,50000",
+                                                      lambda v: units.parse_dirty_rate(v, 4096)), metavar="RATES",
+                      help="page writes/s or bytes/s: 20000,100MiB/s (instead of --lambda)")
+    axes.add_argument("--pattern", type=_list_type("--pattern", "uniform,hotset", lambda v: _choice(v, PATTERNS)),
+                      metavar="LIST", help="writer patterns: uniform,hotset")
+    axes.add_argument("--hot-fraction", type=_list_type("--hot-fraction", "0.1", float), metavar="LIST",
+                      help="hotset: shares of pages that are hot")
+    axes.add_argument("--hot-share", type=_list_type("--hot-share", "0.9", float), metavar="LIST",
+                      help="hotset: shares of writes to hot pages")
+    axes.add_argument("--max-bandwidth", type=_list_type("--max-bandwidth", "100MB/s,300MB/s", units.parse_bandwidth),
+                      metavar="RATES", help="bandwidth caps: 100MB/s,300MB/s")
+    axes.add_argument("--codec", type=_list_type("--codec", "raw,lz4", lambda v: _choice(v, CODEC_NAMES)),
+                      metavar="LIST", help="page codecs: raw,lz4")
+    axes.add_argument("--downtime-limit", type=_list_type("--downtime-limit", "100ms,300ms",
+                                                          lambda v: units.parse_duration(v, "ms")), metavar="LIST",
+                      help="blackout budgets; a bare number is ms: 100ms,300ms")
+    axes.add_argument("--fill", type=_list_type("--fill", "random", lambda v: _choice(v, FILL_PROFILES)),
+                      metavar="LIST", help="initial memory contents: random,mixed")
+    axes.add_argument("--vcpus", type=_list_type("--vcpus", "1,2", int, keep_text=False), metavar="LIST",
+                      help="writer threads: 1,2")
+    axes.add_argument("--max-passes", type=_list_type("--max-passes", "30", int, keep_text=False), metavar="LIST",
+                      help="pass caps: 10,30")
+    axes.add_argument("--repeats", type=_int_type("--repeats", "3", minimum=1), metavar="N",
+                      help="runs per grid point, seeds SEED, SEED+1, ...")
+    axes.add_argument("--seed", type=_int_type("--seed", "0", minimum=0), metavar="N", help="first seed (default 0)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sweep.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    plot = commands.add_parser(
+        "plot", help="draw PNG figures from reports or a sweep",
+        description="Draw a PNG per input: a report (.json) shows bytes per pass against each model, remaining "
+                    "dirty bytes against the switch-over threshold, and the timeline with the blackout; a sweep "
+                    "(.csv) shows the measured overhead factor against lambda with the 1.5-3x band and the models.")
+    plot.add_argument("inputs", nargs="+", metavar="FILE", help="report .json or sweep .csv")
+    plot.add_argument("--out", metavar="DIR", help="where the PNGs go (default: beside each input, same name)")
+    return estimate, sweep, plot
+
+
+def _choice(value, choices):
+    if value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 # arguments -> Scenario -------------------------------------------------------------------
@@ -395,7 +554,111 @@ def _run_receive(args):
     return EXIT_OK if outcome.get("status") == "completed" else EXIT_FAILED
 
 
-_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive}
+def _run_estimate(args):
+    from emulator import estimate
+
+    rate = units.parse_dirty_rate(args.dirty_rate, args.page_size)
+    if math.isinf(rate):
+        raise UsageError("--dirty-rate: 'max' (unpaced) has no rate to model; give one (example: --dirty-rate 50000)")
+    dirty = _build("--dirty-rate/--pattern/--hot-fraction/--hot-share", estimate.DirtyBehaviour,
+                   rate_pages_per_s=rate, pattern=args.pattern, hot_fraction=args.hot_fraction,
+                   hot_share=args.hot_share, stride=args.stride, zipf_s=args.zipf_s)
+    if args.memory % args.page_size:
+        raise UsageError(f"--memory: {args.memory} bytes is not a whole number of {args.page_size}-byte pages "
+                         f"(example: --memory 64GiB)")
+    policy = _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
+                    downtime_limit_s=args.downtime_limit, max_passes=args.max_passes, max_time_s=args.max_time,
+                    stall_passes=args.stall_passes or None, on_stall=args.on_stall)
+    inputs = _build("--memory/--bandwidth/--compression-ratio", estimate.EstimateInputs,
+                    memory_bytes=args.memory, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
+                    page_size=args.page_size, compression_ratio=args.compression_ratio,
+                    device_state_bytes=args.device_state, policy=policy)
+    result = estimate.estimate(inputs)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(estimate.format_estimate(result))
+    return EXIT_OK
+
+
+_SWEEP_AXES = (("memory", "memory"), ("lam", "lambda"), ("dirty_rate", "dirty_rate"), ("pattern", "pattern"),
+               ("hot_fraction", "hot_fraction"), ("hot_share", "hot_share"), ("max_bandwidth", "bandwidth"),
+               ("codec", "codec"), ("downtime_limit", "downtime_limit"), ("fill", "fill"), ("vcpus", "vcpus"),
+               ("max_passes", "max_passes"), ("repeats", "repeats"), ("seed", "seed"))
+
+
+class _SweepProgress:
+    """A line per run on stderr: what starts, then what it measured and the time left."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.began = None
+
+    def started(self, run, total):
+        self.began = self.began or time.monotonic()
+        print(f"[{run.index:>{len(str(total))}}/{total}] {run.describe()} ...", file=self.stream, flush=True)
+
+    def finished(self, run, total, row, seconds):
+        elapsed = time.monotonic() - self.began
+        left = elapsed / run.index * (total - run.index)
+        if row.get("measured_factor") is not None:
+            result = (f"factor {row['measured_factor']:.2f} (geometric {row['geometric_factor']:.2f},"
+                      f" working set {row['working_set_factor']:.2f}), {row['passes']} passes,"
+                      f" blackout {units.format_duration(row['blackout_s'])}")
+        else:
+            result = f"{row['status']}: {row['reason']}"
+        print(f"{'':>{2 * len(str(total)) + 3}} {units.format_duration(seconds)}: {result};"
+              f" about {units.format_duration(left)} left", file=self.stream, flush=True)
+
+
+def _run_sweep(args):
+    from emulator import sweep
+
+    overrides = {key: getattr(args, attr) for attr, key in _SWEEP_AXES if getattr(args, attr) is not None}
+    if args.lam is not None and args.dirty_rate is not None:
+        raise UsageError("--lambda/--dirty-rate: give one of them, not both")
+    try:
+        if args.grid is not None:
+            grids = sweep.load_grid(args.grid)
+        elif overrides:
+            grids = [{}]
+        else:
+            raise UsageError("sweep: give a grid file or some axes "
+                             "(example: precopy sweep bench/sweep.toml --out runs)")
+        if "lambda" in overrides or "dirty_rate" in overrides:
+            for grid in grids:  # the command line's load replaces the file's, whichever way it was given
+                grid.pop("lambda", None)
+                grid.pop("dirty_rate", None)
+        runs = sweep.expand([{**grid, **overrides} for grid in grids], where=args.grid or "command line")
+    except (ValueError, OSError) as error:
+        raise UsageError(str(error)) from None
+    if args.dry_run:
+        for run in runs:
+            print(f"{run.index:>4} {run.describe()}")
+        return EXIT_OK
+    out = Path(args.out)
+    progress = None if args.quiet or not sys.stderr.isatty() else _SweepProgress(sys.stderr)
+    rows = sweep.run_sweep(runs, out, migrate=_engine().migrate, progress=progress)
+    print(sweep.summary_text(rows), end="")
+    print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.txt'} and {len(rows)} reports in {out / 'reports'}")
+    return EXIT_OK if all(row["status"] == "completed" for row in rows) else EXIT_FAILED
+
+
+def _run_plot(args):
+    from emulator.plot import plot_file
+
+    if args.out is not None and not Path(args.out).is_dir():
+        raise UsageError(f"--out: {args.out!r} is not a directory (example: --out bench/results)")
+    for name in args.inputs:
+        if not Path(name).is_file():
+            raise UsageError(f"plot: no such file {name!r}")
+    for name in args.inputs:
+        print(plot_file(name, args.out))
+    return EXIT_OK
+
+
+_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive,
+             "estimate": _run_estimate, "sweep": _run_sweep, "plot": _run_plot}
 
 
 def main(argv=None):

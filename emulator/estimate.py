@@ -1,0 +1,411 @@
+"""Migration-time estimates: the rule of thumb, the geometric pre-copy model, a working-set model.
+
+Pure functions over numbers: no I/O, no clock. Three ways to answer "how long will this
+migration take, and how long will the guest be paused?":
+
+- rule of thumb: time = M / R x an overhead factor, said to be 1.5 to 3 for moderate
+  workloads. M is the guest memory, R the effective throughput (guest bytes per second).
+- geometric: every page write dirties a page not yet dirty. With lambda = D / R (D the
+  dirty rate in bytes/s), pass 0 sends M, pass i sends M x lambda^i. A dirty set cannot
+  outgrow memory, so a pass is capped at M (lambda >= 1 then never shrinks).
+- working set: writes land on pages already dirty. A uniform writer at w page writes/s
+  over N pages leaves, after t seconds, N x (1 - exp(-w t / N)) distinct dirty pages;
+  a hotset writer does the same on its hot and on its cold pages, each with its share of
+  the writes. Pass k+1 sends the pages dirtied during pass k, which lasted its size / R.
+  (Sequential and zipf writers are covered too: below.)
+
+Both pass models run the emulator's own policy (``emulator.policy.decide``) after each
+predicted pass, with the bandwidth R and the pre-copy time elapsed: switch over when the
+remaining dirty bytes fit R x downtime limit, or at max passes, max time or a stall. The
+remaining dirty set then crosses in the blackout, with the device state. Predicted page
+counts are expected values (floats), so where the dirty set levels off (a writer faster
+than the link) the predicted remainder keeps shrinking by fractions of a page and never
+stalls: the model runs to max passes, while a real run's stall detector fires once the
+shrinking is lost in noise. The plateau, and so the blackout, is still predicted.
+
+The overhead factor of a prediction is its total time (pre-copy passes + blackout) over
+the base time M / R: 1.0 means "one copy of memory and nothing else".
+
+Units: bytes, seconds, page writes per second. The bandwidth given is the link's (wire
+bytes/s); a compression ratio c (guest bytes / wire bytes) makes the effective
+throughput R = c x link. lambda is always D / R with R effective.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from emulator import policy
+from emulator.policy import PolicyConfig
+
+__all__ = [
+    "DirtyBehaviour",
+    "Estimate",
+    "EstimateInputs",
+    "MODELS",
+    "ModelPrediction",
+    "PassPrediction",
+    "RuleOfThumb",
+    "THUMB_FACTORS",
+    "distinct_dirty_pages",
+    "estimate",
+    "format_estimate",
+    "geometric",
+    "inputs_from_report",
+    "rule_of_thumb",
+    "working_set",
+]
+
+MODELS: tuple[str, ...] = ("geometric", "working_set")
+THUMB_FACTORS: tuple[float, float] = (1.5, 3.0)
+PATTERNS: tuple[str, ...] = ("uniform", "hotset", "sequential", "zipf")
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DirtyBehaviour:
+    """How the guest dirties memory (the emulator's writer patterns, see kernels/writers.py).
+
+    rate_pages_per_s: page writes per second over all vCPUs (w).
+    pattern: uniform, hotset, sequential or zipf.
+    hot_fraction, hot_share: hotset: share of pages that are hot, share of writes they get.
+    stride: sequential: pages per step. zipf_s: zipf exponent.
+    """
+
+    rate_pages_per_s: float
+    pattern: str = "uniform"
+    hot_fraction: float = 0.1
+    hot_share: float = 0.9
+    stride: int = 1
+    zipf_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("dirty rate (page writes/s)", self.rate_pages_per_s, allow_zero=True)
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"unknown pattern {self.pattern!r}: expected one of {', '.join(PATTERNS)}")
+        if not 0 < self.hot_fraction <= 1 or not 0 <= self.hot_share <= 1:
+            raise ValueError(f"hotset needs 0 < hot_fraction <= 1 and 0 <= hot_share <= 1, "
+                             f"got {self.hot_fraction!r}, {self.hot_share!r}")
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise ValueError(f"stride must be a whole number >= 1, got {self.stride!r}")
+        _positive("zipf exponent", self.zipf_s)
+
+
+@dataclass(frozen=True)
+class EstimateInputs:
+    """What an estimate starts from.
+
+    memory_bytes: guest memory M. bandwidth_bytes_per_s: the link (wire bytes/s).
+    dirty: the dirty behaviour. page_size: bytes. compression_ratio: guest bytes per wire
+    byte (1.0 = raw). device_state_bytes: sent raw in the blackout. policy: when pre-copy
+    stops (the emulator's PolicyConfig).
+    """
+
+    memory_bytes: int
+    bandwidth_bytes_per_s: float
+    dirty: DirtyBehaviour
+    page_size: int = 4096
+    compression_ratio: float = 1.0
+    device_state_bytes: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.page_size, int) or self.page_size <= 0:
+            raise ValueError(f"page size must be a whole number of bytes > 0, got {self.page_size!r}")
+        if not isinstance(self.memory_bytes, int) or self.memory_bytes <= 0 or self.memory_bytes % self.page_size:
+            raise ValueError(f"memory must be a positive multiple of the page size ({self.page_size} B), "
+                             f"got {self.memory_bytes!r}")
+        _positive("bandwidth (bytes/s)", self.bandwidth_bytes_per_s)
+        _positive("compression ratio", self.compression_ratio)
+        _positive("device state (bytes)", self.device_state_bytes, allow_zero=True)
+
+    @property
+    def n_pages(self) -> int:
+        return self.memory_bytes // self.page_size
+
+    @property
+    def throughput_bytes_per_s(self) -> float:
+        """R: guest bytes moved per second (link x compression ratio)."""
+        return self.bandwidth_bytes_per_s * self.compression_ratio
+
+    @property
+    def dirty_bytes_per_s(self) -> float:
+        """D: page writes/s x page size."""
+        return self.dirty.rate_pages_per_s * self.page_size
+
+    @property
+    def lam(self) -> float:
+        """lambda = D / R."""
+        return self.dirty_bytes_per_s / self.throughput_bytes_per_s
+
+    @property
+    def base_time_s(self) -> float:
+        """M / R: one copy of memory, nothing else."""
+        return self.memory_bytes / self.throughput_bytes_per_s
+
+
+# dirty pages after t seconds -----------------------------------------------------------------
+def _saturating(pages: float, writes: float) -> float:
+    """Expected distinct pages after `writes` uniform writes over `pages` pages: pages x (1 - e^(-writes/pages))."""
+    if pages <= 0:
+        return 0.0
+    return -pages * math.expm1(-writes / pages)
+
+
+@functools.lru_cache(maxsize=4)
+def _zipf_probabilities(n_pages: int, s: float) -> np.ndarray:
+    """Each page's share of the writes under Zipf's law (the writers' zipf_cdf, differenced)."""
+    weights = 1.0 / np.arange(1, n_pages + 1, dtype=np.float64) ** s
+    return weights / weights.sum()
+
+
+def distinct_dirty_pages(dirty: DirtyBehaviour, n_pages: int, seconds: float) -> float:
+    """Expected distinct pages a writer dirties in `seconds` over `n_pages` pages.
+
+    uniform: N (1 - e^(-w t / N)). hotset: the same on the hot pages (round(hot_fraction N),
+    at least 1) with hot_share of the writes, plus on the cold pages with the rest.
+    sequential: every write a new page until the cycle (N / gcd(N, stride)) is covered:
+    min(cycle, w t). zipf: the sum over pages of 1 - e^(-w t p_k), p_k the page's share.
+    """
+    if n_pages < 1:
+        raise ValueError(f"n_pages must be >= 1, got {n_pages!r}")
+    _positive("seconds", seconds, allow_zero=True)
+    writes = dirty.rate_pages_per_s * seconds
+    if dirty.pattern == "uniform":
+        return _saturating(n_pages, writes)
+    if dirty.pattern == "hotset":
+        hot = max(1, round(dirty.hot_fraction * n_pages))
+        if hot >= n_pages:
+            return _saturating(n_pages, writes)
+        return (_saturating(hot, writes * dirty.hot_share)
+                + _saturating(n_pages - hot, writes * (1 - dirty.hot_share)))
+    if dirty.pattern == "sequential":
+        return min(float(n_pages // math.gcd(n_pages, dirty.stride)), writes)
+    return float(-np.expm1(-writes * _zipf_probabilities(n_pages, dirty.zipf_s)).sum())
+
+
+# predictions ------------------------------------------------------------------------------------
+@dataclass
+class PassPrediction:
+    """One predicted pre-copy pass: pages and bytes sent, seconds, dirty pages left at its end."""
+
+    pass_no: int
+    pages: float
+    bytes: float
+    duration_s: float
+    remaining_pages: float
+    remaining_bytes: float
+    threshold_bytes: float
+
+
+@dataclass
+class ModelPrediction:
+    """One model's prediction of a whole migration.
+
+    switchover_reason: converged, max-passes, max-time or stalled (policy.REASONS).
+    aborted: the policy gave up (stalled with on_stall abort): no blackout, the guest stays.
+    final_pages/final_bytes: sent in the blackout. blackout_s: final bytes / R + device
+    state / link. total_s: pre-copy + blackout. total_bytes: guest bytes sent in all.
+    factor: total_s / (M / R).
+    """
+
+    model: str
+    passes: list[PassPrediction]
+    switchover_reason: str
+    aborted: bool
+    final_pages: float
+    final_bytes: float
+    precopy_s: float
+    blackout_s: float
+    total_s: float
+    total_bytes: float
+    factor: float
+
+    @property
+    def converges(self) -> bool:
+        return self.switchover_reason == "converged"
+
+
+@dataclass
+class RuleOfThumb:
+    """M / R x the factor range: base_s and the low/high times (seconds)."""
+
+    base_s: float
+    factor_low: float
+    factor_high: float
+    low_s: float
+    high_s: float
+
+
+def rule_of_thumb(inputs: EstimateInputs, factors: tuple[float, float] = THUMB_FACTORS) -> RuleOfThumb:
+    """Migration time = M / R x a factor in `factors` (1.5 to 3 by default)."""
+    low, high = (_positive("factor", f) for f in factors)
+    if low > high:
+        raise ValueError(f"factor range must be low <= high, got {factors!r}")
+    base = inputs.base_time_s
+    return RuleOfThumb(base, low, high, base * low, base * high)
+
+
+def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[float], float]) -> ModelPrediction:
+    """Pre-copy with `dirtied(seconds) -> pages` and the emulator's policy; then the blackout."""
+    page = inputs.page_size
+    rate = inputs.throughput_bytes_per_s
+    history: list[float] = []
+    passes: list[PassPrediction] = []
+    elapsed = 0.0
+    pages = float(inputs.n_pages)
+    while True:
+        duration = pages * page / rate
+        elapsed += duration
+        remaining = dirtied(duration)
+        history.append(remaining * page)
+        decision = policy.decide(inputs.policy, history, rate, elapsed)
+        passes.append(PassPrediction(len(passes), pages, pages * page, duration, remaining,
+                                     remaining * page, decision.threshold_bytes))
+        if decision.action != "continue":
+            break
+        pages = remaining
+    aborted = decision.action == "abort"
+    final_pages = 0.0 if aborted else remaining
+    blackout = 0.0 if aborted else final_pages * page / rate + inputs.device_state_bytes / inputs.bandwidth_bytes_per_s
+    total_s = elapsed + blackout
+    total_bytes = math.fsum(p.bytes for p in passes) + final_pages * page
+    return ModelPrediction(model, passes, decision.reason, aborted, final_pages, final_pages * page,
+                           elapsed, blackout, total_s, total_bytes, total_s / inputs.base_time_s)
+
+
+def geometric(inputs: EstimateInputs) -> ModelPrediction:
+    """The geometric model: each write dirties a new page (capped at all of memory).
+
+    Pass 0 sends M; a pass of t seconds leaves min(N, w t) pages dirty, so with lambda < 1
+    pass i sends M x lambda^i.
+    """
+    n_pages = inputs.n_pages
+    rate = inputs.dirty.rate_pages_per_s
+    return _run_passes("geometric", inputs, lambda seconds: min(float(n_pages), rate * seconds))
+
+
+def working_set(inputs: EstimateInputs) -> ModelPrediction:
+    """The working-set model: a pass of t seconds leaves distinct_dirty_pages(t) pages dirty."""
+    n_pages = inputs.n_pages
+    return _run_passes("working_set", inputs, lambda seconds: distinct_dirty_pages(inputs.dirty, n_pages, seconds))
+
+
+@dataclass
+class Estimate:
+    """Every model's answer for one set of inputs."""
+
+    inputs: EstimateInputs
+    lam: float
+    rule_of_thumb: RuleOfThumb
+    geometric: ModelPrediction
+    working_set: ModelPrediction
+
+    def model(self, name: str) -> ModelPrediction:
+        if name not in MODELS:
+            raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready data (converges spelled out for each model)."""
+        data = asdict(self)
+        data["inputs"]["throughput_bytes_per_s"] = self.inputs.throughput_bytes_per_s
+        data["inputs"]["dirty_bytes_per_s"] = self.inputs.dirty_bytes_per_s
+        data["lambda"] = data.pop("lam")
+        for name in MODELS:
+            data[name]["converges"] = self.model(name).converges
+        return data
+
+
+def estimate(inputs: EstimateInputs, factors: tuple[float, float] = THUMB_FACTORS) -> Estimate:
+    """All three estimates for `inputs`."""
+    return Estimate(inputs, inputs.lam, rule_of_thumb(inputs, factors), geometric(inputs), working_set(inputs))
+
+
+def inputs_from_report(report) -> EstimateInputs:
+    """The inputs an operator would use to predict a measured run (a Report).
+
+    M, the page size, the dirty behaviour, device state and policy come from its scenario;
+    R is pass 0's measured throughput (guest bytes / its duration), which already includes
+    any compression, so the compression ratio is 1.
+    """
+    if not report.passes:
+        raise ValueError("the report has no pre-copy pass: nothing to measure the throughput from")
+    scenario = report.scenario
+    guest, workload, migration = scenario["guest"], scenario["workload"], scenario["migration"]
+    first = report.passes[0]
+    rate = workload["rate_pages_per_s"]
+    if rate == "max":
+        raise ValueError("the run's writers were unpaced (dirty rate 'max'): no dirty rate to model")
+    dirty = DirtyBehaviour(rate_pages_per_s=float(rate), pattern=workload["pattern"],
+                           hot_fraction=workload["hot_fraction"], hot_share=workload["hot_share"],
+                           stride=workload["stride"], zipf_s=workload["zipf_s"])
+    return EstimateInputs(
+        memory_bytes=guest["memory_bytes"], bandwidth_bytes_per_s=first.bytes_sent / first.duration_s,
+        dirty=dirty, page_size=guest["page_size"], compression_ratio=1.0,
+        device_state_bytes=migration["device_state_bytes"], policy=PolicyConfig(**migration["policy"]),
+    )
+
+
+# text ---------------------------------------------------------------------------------------------
+_MODEL_LABELS = {"geometric": "geometric", "working_set": "working set"}
+
+
+def format_estimate(result: Estimate) -> str:
+    """A readable multi-line account of an estimate: inputs, the three answers, pages per pass."""
+    from emulator.units import format_bytes, format_duration, format_rate
+
+    inputs = result.inputs
+    dirty = inputs.dirty
+    config = inputs.policy
+    pattern = dirty.pattern
+    if pattern == "hotset":
+        pattern += f" ({dirty.hot_fraction:.0%} of pages get {dirty.hot_share:.0%} of writes)"
+    stall = f", stall = {config.stall_passes} passes without a new minimum" if config.stall_passes else ""
+    max_time = f", max time {format_duration(config.max_time_s)}" if config.max_time_s is not None else ""
+    thumb = result.rule_of_thumb
+    lines = [
+        f"memory       {format_bytes(inputs.memory_bytes)} ({inputs.n_pages:,} pages of {inputs.page_size} B)",
+        f"throughput   R = {format_rate(inputs.throughput_bytes_per_s)}"
+        f" (link {format_rate(inputs.bandwidth_bytes_per_s)} x compression {inputs.compression_ratio:.2f})",
+        f"dirty rate   D = {dirty.rate_pages_per_s:,.0f} page writes/s = {format_rate(inputs.dirty_bytes_per_s)},"
+        f" {pattern}",
+        f"lambda       D / R = {result.lam:.3f}",
+        f"policy       downtime limit {format_duration(config.downtime_limit_s)}"
+        f" (threshold {format_bytes(inputs.throughput_bytes_per_s * config.downtime_limit_s)}),"
+        f" max passes {config.max_passes}{max_time}{stall}",
+        "",
+        f"rule of thumb  M / R = {format_duration(thumb.base_s)}; x {thumb.factor_low:g} to {thumb.factor_high:g}"
+        f" = {format_duration(thumb.low_s)} to {format_duration(thumb.high_s)}",
+        "",
+        f"{'model':<12} {'passes':>6}  {'switch-over':<11} {'sent':>10} {'pre-copy':>10} {'blackout':>9}"
+        f" {'total':>10} {'factor':>6}",
+    ]
+    for name in MODELS:
+        p = result.model(name)
+        reason = p.switchover_reason + (" (abort)" if p.aborted else "")
+        lines.append(
+            f"{_MODEL_LABELS[name]:<12} {len(p.passes):>6}  {reason:<11} {format_bytes(p.total_bytes):>10}"
+            f" {format_duration(p.precopy_s):>10} {format_duration(p.blackout_s):>9}"
+            f" {format_duration(p.total_s):>10} {p.factor:>6.2f}"
+        )
+    lines += ["", f"{'pages sent':<10} {'geometric':>14} {'working set':>14}"]
+    geo, ws = result.geometric, result.working_set
+    for number in range(max(len(geo.passes), len(ws.passes))):
+        cells = [f"{m.passes[number].pages:>14,.0f}" if number < len(m.passes) else f"{'':>14}" for m in (geo, ws)]
+        lines.append(f"{'pass ' + str(number):<10} {cells[0]} {cells[1]}".rstrip())
+    finals = [f"{'-' if m.aborted else format(m.final_pages, ',.0f'):>14}" for m in (geo, ws)]
+    lines.append(f"{'blackout':<10} {finals[0]} {finals[1]}")
+    return "\n".join(lines)

@@ -1,0 +1,503 @@
+"""Sweeps: a grid of migrations given as data, run one by one, measured against the estimates.
+
+A grid is a dict of settings (a TOML file, or ranges on the command line). A value is one
+setting or a list of them; the runs are the product of the lists, in the order the keys
+come, each repeated ``repeats`` times with seeds ``seed``, ``seed + 1``, ... A TOML file
+may hold several ``[[grid]]`` tables: each is a product of its own, with the top-level
+keys as defaults, and the runs are their union.
+
+Keys (units as on the command line, see emulator.units):
+
+    memory, page_size, fill, seed, vcpus, write_size                the guest
+    dirty_rate or lambda, pattern, hot_fraction, hot_share,
+    stride, zipf_s                                                  what its vCPUs do
+    bandwidth, codec, channels, batch_pages, downtime_limit,
+    max_passes, max_time, stall_passes, on_stall, device_state,
+    verify, timeout                                                 how it migrates
+    repeats                                                         runs per point
+
+``lambda`` sets the dirty rate as a share of the bandwidth cap: dirty rate = lambda x
+bandwidth / page size (page writes/s). A missing key takes ``precopy migrate``'s default.
+
+Each run writes its JSON report; the CSV has one row per run: its inputs, what was
+measured, and each model's prediction (emulator.estimate) made as an operator would,
+from the run's pass-0 throughput. The measured overhead factor is the time from the
+start of pre-copy to the end of the blackout over M / (pass-0 throughput): setup is left
+out, since in the emulator it is mostly the destination preallocating its memory, which
+none of the models covers (the CSV has total_s with setup too).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import statistics
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emulator import estimate, units
+from emulator.guest import FILL_PROFILES, GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+
+__all__ = [
+    "COLUMNS",
+    "SweepRun",
+    "expand",
+    "load_grid",
+    "read_csv",
+    "row_for",
+    "run_sweep",
+    "summary_text",
+    "write_csv",
+]
+
+# key -> (what it must be, for error messages)
+_KEYS: dict[str, str] = {
+    "memory": "a size such as 512MiB",
+    "page_size": "a size such as 4096",
+    "fill": f"one of {', '.join(FILL_PROFILES)}",
+    "seed": "a whole number >= 0",
+    "vcpus": "a whole number >= 1",
+    "write_size": "a size such as 8",
+    "dirty_rate": "a rate such as 20000pages/s or 100MiB/s",
+    "lambda": "a number >= 0 (dirty rate / bandwidth)",
+    "pattern": "uniform, hotset, sequential or zipf",
+    "hot_fraction": "a number in (0, 1]",
+    "hot_share": "a number in [0, 1]",
+    "stride": "a whole number >= 1",
+    "zipf_s": "a number > 0",
+    "bandwidth": "a rate such as 200MB/s, or unlimited",
+    "codec": "raw or lz4",
+    "channels": "a whole number >= 1",
+    "batch_pages": "a whole number >= 1",
+    "downtime_limit": "a duration such as 300ms (a bare number is ms)",
+    "max_passes": "a whole number >= 1",
+    "max_time": "a duration such as 60s, or none",
+    "stall_passes": "a whole number >= 0 (0 = never)",
+    "on_stall": "switchover or abort",
+    "device_state": "a size such as 256KiB",
+    "verify": "incremental or full",
+    "timeout": "a duration such as 10s",
+    "repeats": "a whole number >= 1",
+}
+
+
+def _whole(value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"expected a whole number >= {minimum}")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _optional_duration(value: Any) -> float | None:
+    if isinstance(value, str) and value.strip().lower() in ("none", "off", "unlimited"):
+        return None
+    return units.parse_duration(value)
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "memory": units.parse_size,
+    "page_size": units.parse_size,
+    "fill": _text,
+    "seed": lambda v: _whole(v, 0),
+    "vcpus": lambda v: _whole(v, 1),
+    "write_size": units.parse_size,
+    "dirty_rate": lambda v: v,  # needs the page size: converted when the run is built
+    "lambda": _number,
+    "pattern": _text,
+    "hot_fraction": _number,
+    "hot_share": _number,
+    "stride": lambda v: _whole(v, 1),
+    "zipf_s": _number,
+    "bandwidth": units.parse_bandwidth,
+    "codec": _text,
+    "channels": lambda v: _whole(v, 1),
+    "batch_pages": lambda v: _whole(v, 1),
+    "downtime_limit": lambda v: units.parse_duration(v, "ms"),
+    "max_passes": lambda v: _whole(v, 1),
+    "max_time": _optional_duration,
+    "stall_passes": lambda v: _whole(v, 0),
+    "on_stall": _text,
+    "device_state": units.parse_size,
+    "verify": _text,
+    "timeout": units.parse_duration,
+    "repeats": lambda v: _whole(v, 1),
+}
+
+
+def _compact_size(n_bytes: int) -> str:
+    """1073741824 -> "1GiB", 268435456 -> "256MiB", 4096 -> "4KiB", 1000 -> "1000B"."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n_bytes % size == 0:
+            return f"{n_bytes // size}{unit}"
+    return f"{n_bytes}B"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One migration of a sweep: its scenario, which repeat it is, its nominal lambda."""
+
+    index: int
+    scenario: Scenario
+    repeat: int
+    lambda_nominal: float | None  # dirty rate / bandwidth cap; None without a cap
+
+    @property
+    def name(self) -> str:
+        """A file stem that says what the run is: 007-1GiB-uniform-lam0.60-s0."""
+        s = self.scenario
+        memory = _compact_size(s.guest.memory_bytes)
+        if self.lambda_nominal is not None:
+            load = f"lam{self.lambda_nominal:.2f}"
+        elif s.workload.unpaced:
+            load = "max"
+        else:
+            load = f"{s.workload.rate_pages_per_s:.0f}pps"
+        return f"{self.index:03d}-{memory}-{s.workload.pattern}-{load}-{s.migration.codec}-s{s.guest.seed}"
+
+    def describe(self) -> str:
+        """One line: memory, pattern, load, bandwidth, codec, downtime limit, seed."""
+        s = self.scenario
+        load = (f"lambda {self.lambda_nominal:.2f}" if self.lambda_nominal is not None
+                else "unpaced" if s.workload.unpaced else f"{s.workload.rate_pages_per_s:,.0f} pages/s")
+        return (f"{units.format_bytes(s.guest.memory_bytes)} {s.workload.pattern} {load}"
+                f" at {units.format_rate(s.migration.max_bandwidth_bytes_per_s)} {s.migration.codec},"
+                f" downtime limit {units.format_duration(s.migration.policy.downtime_limit_s)}, seed {s.guest.seed}")
+
+
+# the grid ------------------------------------------------------------------------------------
+def load_grid(path: str | Path) -> list[dict[str, Any]]:
+    """Read a TOML grid file: a list of grids (top-level keys merged into each [[grid]])."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: invalid TOML: {error}") from None
+    return grids_from_data(data, where=str(path))
+
+
+def grids_from_data(data: dict[str, Any], where: str = "grid") -> list[dict[str, Any]]:
+    """Split TOML-like data into grids: each [[grid]] table over the top-level defaults."""
+    top = {key: value for key, value in data.items() if key != "grid"}
+    tables = data.get("grid", [{}])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError(f"{where}: 'grid' must be an array of tables ([[grid]])")
+    grids = []
+    for number, table in enumerate(tables):
+        merged = {**top, **table}
+        _check_keys(merged, f"{where}" + (f" [[grid]] #{number + 1}" if "grid" in data else ""))
+        grids.append(merged)
+    return grids
+
+
+def _check_keys(grid: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(grid) - set(_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}: expected some of {', '.join(_KEYS)}")
+    if "dirty_rate" in grid and "lambda" in grid:
+        raise ValueError(f"{where}: give dirty_rate or lambda, not both")
+
+
+def _axis(grid: dict[str, Any], key: str, where: str) -> list[Any]:
+    """The parsed values of one key (a list, even for a single value)."""
+    values = grid[key] if isinstance(grid[key], list) else [grid[key]]
+    if not values:
+        raise ValueError(f"{where}: {key} is an empty list")
+    parsed = []
+    for value in values:
+        try:
+            parsed.append(_PARSERS[key](value))
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{where}: {key} = {value!r}: {error} (expected {_KEYS[key]})") from None
+    return parsed
+
+
+def expand(grids: list[dict[str, Any]], where: str = "grid") -> list[SweepRun]:
+    """Every run of the grids, numbered from 1, as scenarios ready to migrate."""
+    runs: list[SweepRun] = []
+    for grid in grids:
+        _check_keys(grid, where)
+        repeats = _axis(grid, "repeats", where)[0] if "repeats" in grid else 1
+        keys = [key for key in grid if key != "repeats"]
+        axes = [_axis(grid, key, where) for key in keys]
+        for combination in itertools.product(*axes):
+            point = dict(zip(keys, combination))
+            for repeat in range(repeats):
+                runs.append(_build_run(len(runs) + 1, point, repeat, where))
+    return runs
+
+
+def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> SweepRun:
+    page_size = point.get("page_size", 4096)
+    seed = point.get("seed", 0) + repeat
+    bandwidth = point.get("bandwidth")
+    lam = point.get("lambda")
+    try:
+        if lam is not None:
+            if bandwidth is None:
+                raise ValueError("lambda needs a bandwidth cap (dirty rate = lambda x bandwidth)")
+            if lam < 0:
+                raise ValueError(f"lambda must be >= 0, got {lam!r}")
+            rate = lam * bandwidth / page_size
+        else:
+            rate = units.parse_dirty_rate(point.get("dirty_rate", "50000"), page_size)
+            if bandwidth is not None and not math.isinf(rate):
+                lam = rate * page_size / bandwidth
+        stall = point.get("stall_passes", 3)
+        policy = PolicyConfig(downtime_limit_s=point.get("downtime_limit", 0.3),
+                              max_passes=point.get("max_passes", 30), max_time_s=point.get("max_time"),
+                              stall_passes=stall or None, on_stall=point.get("on_stall", "switchover"))
+        scenario = Scenario(
+            GuestSpec(point.get("memory", 1 << 30), page_size, point.get("fill", "mixed"), seed),
+            WorkloadSpec(vcpus=point.get("vcpus", 1), rate_pages_per_s=rate, pattern=point.get("pattern", "hotset"),
+                         write_size=point.get("write_size", 8), hot_fraction=point.get("hot_fraction", 0.1),
+                         hot_share=point.get("hot_share", 0.9), stride=point.get("stride", 1),
+                         zipf_s=point.get("zipf_s", 1.0), seed=seed),
+            MigrationOptions(codec=point.get("codec", "lz4"), channels=point.get("channels", 1),
+                             batch_pages=point.get("batch_pages", 256), max_bandwidth_bytes_per_s=bandwidth,
+                             device_state_bytes=point.get("device_state", 256 << 10),
+                             timeout_s=point.get("timeout", 10.0), verify=point.get("verify", "incremental"),
+                             policy=policy),
+        )
+    except (ValueError, TypeError) as error:
+        shown = ", ".join(f"{key}={value!r}" for key, value in point.items())
+        raise ValueError(f"{where}: run {index} ({shown}): {error}") from None
+    return SweepRun(index, scenario, repeat, lam)
+
+
+# one row per run -------------------------------------------------------------------------------
+# (column, type): the CSV's columns in order; read_csv converts with the type.
+COLUMNS: tuple[tuple[str, type], ...] = (
+    ("run", int), ("name", str), ("report", str), ("repeat", int), ("seed", int),
+    # inputs
+    ("memory_bytes", int), ("page_size", int), ("fill", str), ("pattern", str), ("hot_fraction", float),
+    ("hot_share", float), ("vcpus", int), ("dirty_rate_pages_per_s", float), ("dirty_rate_bytes_per_s", float),
+    ("bandwidth_cap_bytes_per_s", float), ("codec", str), ("channels", int), ("downtime_limit_s", float),
+    ("max_passes", int), ("device_state_bytes", int), ("lambda_nominal", float),
+    # measured
+    ("status", str), ("reason", str), ("switchover_reason", str), ("digests_match", str), ("passes", int),
+    ("total_s", float), ("setup_s", float), ("migration_s", float), ("blackout_s", float),
+    ("final_pages", int), ("guest_bytes", int), ("wire_bytes", int), ("pass0_throughput_bytes_per_s", float),
+    ("lambda", float), ("base_s", float), ("measured_factor", float),
+    # models
+    ("thumb_low_s", float), ("thumb_high_s", float), ("thumb_verdict", str), ("thumb_error", float),
+    ("geometric_factor", float), ("geometric_error", float), ("geometric_passes", int),
+    ("geometric_converges", str), ("geometric_blackout_s", float),
+    ("working_set_factor", float), ("working_set_error", float), ("working_set_passes", int),
+    ("working_set_converges", str), ("working_set_blackout_s", float),
+)
+_COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
+
+
+def _phase_length(report, name: str) -> float | None:
+    for phase in report.phases:
+        if phase.phase == name:
+            return phase.end_s - phase.start_s
+    return None
+
+
+def thumb_verdict(factor: float, low: float = estimate.THUMB_FACTORS[0],
+                  high: float = estimate.THUMB_FACTORS[1]) -> tuple[str, float]:
+    """Where a measured factor falls against the band: (below|within|above, relative distance to it)."""
+    if factor < low:
+        return "below", factor / low - 1
+    if factor > high:
+        return "above", factor / high - 1
+    return "within", 0.0
+
+
+def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
+    """The CSV row of one run (a Report), with every model's prediction and its error."""
+    s = run.scenario
+    page = s.guest.page_size
+    rate = s.workload.rate_pages_per_s
+    row: dict[str, Any] = dict.fromkeys(_COLUMN_NAMES)
+    row.update(
+        run=run.index, name=run.name, report=report_name, repeat=run.repeat, seed=s.guest.seed,
+        memory_bytes=s.guest.memory_bytes, page_size=page, fill=s.guest.fill, pattern=s.workload.pattern,
+        hot_fraction=s.workload.hot_fraction, hot_share=s.workload.hot_share, vcpus=s.workload.vcpus,
+        dirty_rate_pages_per_s=rate, dirty_rate_bytes_per_s=rate * page,
+        bandwidth_cap_bytes_per_s=s.migration.max_bandwidth_bytes_per_s, codec=s.migration.codec,
+        channels=s.migration.channels, downtime_limit_s=s.migration.policy.downtime_limit_s,
+        max_passes=s.migration.policy.max_passes, device_state_bytes=s.migration.device_state_bytes,
+        lambda_nominal=run.lambda_nominal,
+        status=report.status, reason=report.reason, switchover_reason=report.switchover_reason,
+        digests_match=None if report.digests_match is None else str(report.digests_match).lower(),
+        passes=len(report.passes),
+    )
+    summary = report.summary
+    if summary:
+        row.update(total_s=summary["total-time"] / 1e3, setup_s=summary["setup-time"] / 1e3,
+                   guest_bytes=(summary["ram"]["normal"] + summary["ram"]["duplicate"]) * page,
+                   wire_bytes=summary["ram"]["transferred"])
+    if report.blackout is not None:
+        row.update(blackout_s=report.blackout.total_s, final_pages=report.blackout.final_pages)
+    precopy_s = _phase_length(report, "precopy")
+    if report.status == "completed" and report.blackout is not None and precopy_s is not None:
+        row["migration_s"] = precopy_s + report.blackout.total_s
+    if not report.passes or math.isinf(rate):
+        return row
+    inputs = estimate.inputs_from_report(report)
+    predicted = estimate.estimate(inputs)
+    row.update(pass0_throughput_bytes_per_s=inputs.throughput_bytes_per_s, base_s=inputs.base_time_s,
+               thumb_low_s=predicted.rule_of_thumb.low_s, thumb_high_s=predicted.rule_of_thumb.high_s)
+    row["lambda"] = inputs.lam  # D / R with R measured: what the models are given
+    for model in estimate.MODELS:
+        prediction = predicted.model(model)
+        row[f"{model}_factor"] = prediction.factor
+        row[f"{model}_passes"] = len(prediction.passes)
+        row[f"{model}_converges"] = str(prediction.converges).lower()
+        row[f"{model}_blackout_s"] = prediction.blackout_s
+    if row["migration_s"] is not None:
+        measured = row["migration_s"] / inputs.base_time_s
+        row["measured_factor"] = measured
+        row["thumb_verdict"], row["thumb_error"] = thumb_verdict(measured)
+        for model in estimate.MODELS:
+            row[f"{model}_error"] = row[f"{model}_factor"] / measured - 1
+    return row
+
+
+# the CSV ----------------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    return str(value)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Write rows (dicts keyed by COLUMNS) as CSV; None becomes an empty cell."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(_COLUMN_NAMES)
+        for row in rows:
+            writer.writerow([_cell(row.get(name)) for name in _COLUMN_NAMES])
+    tmp.replace(path)  # a reader never sees half a table
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a sweep CSV back: typed values, None for empty cells."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        present = reader.fieldnames or []
+        missing = [name for name in ("lambda", "measured_factor", "memory_bytes") if name not in present]
+        if missing:
+            raise ValueError(f"{path}: not a sweep CSV (no column {', '.join(missing)})")
+        types = dict(COLUMNS)
+        rows = []
+        for number, raw in enumerate(reader, start=2):
+            row = {}
+            for name, text in raw.items():
+                kind = types.get(name, str)
+                try:
+                    row[name] = None if text in ("", None) else kind(float(text)) if kind is int else kind(text)
+                except ValueError:
+                    raise ValueError(f"{path}:{number}: column {name}: {text!r} is not a {kind.__name__}") from None
+            rows.append(row)
+    return rows
+
+
+# running ----------------------------------------------------------------------------------------
+def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progress=None) -> list[dict[str, Any]]:
+    """Migrate every run; write out_dir/reports/NAME.json, out_dir/sweep.csv and out_dir/summary.txt.
+
+    migrate: the engine (default emulator.migration.migrate); progress: an object with
+    started(run, total) and finished(run, total, row, seconds), or None. The CSV is
+    rewritten after every run, so an interrupted sweep keeps what it measured.
+    Returns the rows.
+    """
+    if migrate is None:
+        from emulator.migration import migrate
+    out = Path(out_dir)
+    reports = out / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        if progress:
+            progress.started(run, len(runs))
+        began = time.monotonic()
+        report = migrate(run.scenario)
+        report_name = f"reports/{run.name}.json"
+        report.write(out / report_name)
+        row = row_for(run, report, report_name)
+        rows.append(row)
+        write_csv(rows, out / "sweep.csv")
+        if progress:
+            progress.finished(run, len(runs), row, time.monotonic() - began)
+    (out / "summary.txt").write_text(summary_text(rows), encoding="utf-8")
+    return rows
+
+
+# the summary ------------------------------------------------------------------------------------
+def _percent(value: float) -> str:
+    return f"{value * 100:+.0f}%"
+
+
+def summary_text(rows: list[dict[str, Any]]) -> str:
+    """How well each model did: a line per run, then per model the errors, and the rule of thumb."""
+    measured = [row for row in rows if row.get("measured_factor") is not None]
+    lines = [f"{len(rows)} runs, {len(measured)} measured"
+             + (f" ({len(rows) - len(measured)} failed or not comparable)" if len(measured) < len(rows) else "")]
+    if not measured:
+        return "\n".join(lines) + "\n"
+    lines += ["", f"{'run':>4} {'memory':>9} {'pattern':<10} {'lambda':>6} {'passes':>6} {'time':>9} {'blackout':>9}"
+                  f" {'factor':>6}  {'1.5-3x':<7} {'geometric':>15} {'working set':>15}"]
+    for row in measured:
+        lines.append(
+            f"{row['run']:>4} {units.format_bytes(row['memory_bytes']):>9} {row['pattern']:<10} {row['lambda']:>6.2f}"
+            f" {row['passes']:>6} {units.format_duration(row['migration_s']):>9}"
+            f" {units.format_duration(row['blackout_s']):>9} {row['measured_factor']:>6.2f}  {row['thumb_verdict']:<7}"
+            f" {row['geometric_factor']:>6.2f} ({_percent(row['geometric_error']):>6})"
+            f" {row['working_set_factor']:>6.2f} ({_percent(row['working_set_error']):>6})"
+        )
+    lines.append("")
+    factors = [row["measured_factor"] for row in measured]
+    lines.append(f"measured overhead factor {min(factors):.2f} to {max(factors):.2f}"
+                 f" (median {statistics.median(factors):.2f})"
+                 f", lambda {min(r['lambda'] for r in measured):.2f} to {max(r['lambda'] for r in measured):.2f}")
+    for model, label in (("geometric", "geometric"), ("working_set", "working set")):
+        errors = [row[f"{model}_error"] for row in measured]
+        worst = max(measured, key=lambda row: abs(row[f"{model}_error"]))
+        within = sum(abs(e) <= 0.10 for e in errors)
+        lines.append(
+            f"{label:<12} mean |error| {statistics.fmean(abs(e) for e in errors) * 100:.1f}%,"
+            f" within 10%: {within}/{len(errors)}, worst {_percent(worst[f'{model}_error'])}"
+            f" (run {worst['run']}: {worst['pattern']}, lambda {worst['lambda']:.2f})"
+        )
+    verdicts = {verdict: [row for row in measured if row["thumb_verdict"] == verdict]
+                for verdict in ("below", "within", "above")}
+    parts = []
+    for verdict, members in verdicts.items():
+        if members:
+            spread = [r["measured_factor"] for r in members]
+            span = f"factor {min(spread):.2f}-{max(spread):.2f}"
+            parts.append(f"{len(members)} {verdict} ({span})")
+    lines.append(f"rule of thumb 1.5-3x: {', '.join(parts)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,268 @@
+"""The estimators: hand-computed cases, the CLI, and the working-set model against real migrations."""
+
+import json
+import math
+
+import pytest
+
+from emulator import cli
+from emulator.estimate import (
+    DirtyBehaviour,
+    EstimateInputs,
+    distinct_dirty_pages,
+    estimate,
+    format_estimate,
+    geometric,
+    inputs_from_report,
+    rule_of_thumb,
+    working_set,
+)
+from emulator.guest import GuestSpec
+from emulator.migration import migrate
+from emulator.policy import PolicyConfig
+from emulator.report import PassRecord, Report
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+
+PAGE = 4096
+MIB = 1 << 20
+
+
+def inputs(rate_pages_per_s, *, pattern="uniform", link=4 * MIB, ratio=1.0, device=0, **policy):
+    """4 MiB guest (1024 pages): at 4 MiB/s pass 0 takes exactly 1 s."""
+    return EstimateInputs(memory_bytes=4 * MIB, bandwidth_bytes_per_s=link,
+                          dirty=DirtyBehaviour(rate_pages_per_s, pattern), page_size=PAGE,
+                          compression_ratio=ratio, device_state_bytes=device,
+                          policy=PolicyConfig(**{"downtime_limit_s": 0.1, **policy}))
+
+
+def sizes(prediction):
+    return [p.pages for p in prediction.passes]
+
+
+# distinct dirty pages --------------------------------------------------------------------------
+def test_uniform_writer_leaves_n_times_one_minus_e_to_the_minus_wt_over_n():
+    # 1024 ln 2 writes/s for 1 s over 1024 pages: half of them, 1024 (1 - 2^-1)
+    assert distinct_dirty_pages(DirtyBehaviour(1024 * math.log(2)), 1024, 1.0) == pytest.approx(512, rel=1e-14)
+    assert distinct_dirty_pages(DirtyBehaviour(500), 1000, 2.0) == pytest.approx(1000 * (1 - math.exp(-1)), rel=1e-14)
+    assert distinct_dirty_pages(DirtyBehaviour(500), 1000, 0.0) == 0.0
+
+
+def test_hotset_sums_its_hot_and_cold_sets():
+    # 100 hot pages get 90 writes, 900 cold pages get 10 (values worked out to 40 digits)
+    hot, cold = 59.34303402594008881, 9.944649635469886556
+    dirty = DirtyBehaviour(100, "hotset", 0.1, 0.9)
+    assert distinct_dirty_pages(dirty, 1000, 1.0) == pytest.approx(hot + cold, rel=1e-14)
+    # all writes to a quarter of memory: the dirty set saturates at the hot set
+    assert distinct_dirty_pages(DirtyBehaviour(1e6, "hotset", 0.25, 1.0), 1024, 1.0) == 256.0
+    # half the pages with half the writes is a uniform writer
+    assert distinct_dirty_pages(DirtyBehaviour(700, "hotset", 0.5, 0.5), 1024, 1.3) == pytest.approx(
+        distinct_dirty_pages(DirtyBehaviour(700), 1024, 1.3), rel=1e-14)
+    # every page hot: uniform
+    assert distinct_dirty_pages(DirtyBehaviour(700, "hotset", 1.0, 0.3), 1024, 1.3) == \
+        distinct_dirty_pages(DirtyBehaviour(700), 1024, 1.3)
+
+
+def test_sequential_and_zipf_writers():
+    assert distinct_dirty_pages(DirtyBehaviour(100, "sequential"), 1024, 1.0) == 100.0
+    # stride 2 over 1024 pages cycles through 512 of them
+    assert distinct_dirty_pages(DirtyBehaviour(100, "sequential", stride=2), 1024, 10.0) == 512.0
+    # two pages with shares 2/3 and 1/3, 3 writes: 2 - e^-2 - e^-1
+    assert distinct_dirty_pages(DirtyBehaviour(3, "zipf", zipf_s=1.0), 2, 1.0) == pytest.approx(1.496785275591944987,
+                                                                                                rel=1e-14)
+
+
+# the rule of thumb -------------------------------------------------------------------------------
+def test_rule_of_thumb_is_m_over_r_times_the_range():
+    thumb = rule_of_thumb(inputs(0))
+    assert (thumb.base_s, thumb.low_s, thumb.high_s) == (1.0, 1.5, 3.0)
+    assert rule_of_thumb(inputs(0, ratio=2.0), (2.0, 4.0)).high_s == 2.0  # R = 8 MiB/s: base 0.5 s
+    with pytest.raises(ValueError, match="low <= high"):
+        rule_of_thumb(inputs(0), (3.0, 1.5))
+
+
+# the geometric model -----------------------------------------------------------------------------
+def test_geometric_halves_each_pass_until_the_remainder_fits_the_threshold():
+    # lambda 0.5; threshold = 4 MiB/s x 100 ms = 102.4 pages: 64 pages left after pass 3 fit
+    p = geometric(inputs(512))
+    assert sizes(p) == [1024, 512, 256, 128]
+    assert [x.duration_s for x in p.passes] == [1.0, 0.5, 0.25, 0.125]
+    assert [x.remaining_pages for x in p.passes] == [512, 256, 128, 64]
+    assert all(x.threshold_bytes == pytest.approx(0.1 * 4 * MIB, rel=1e-15) for x in p.passes)
+    assert (p.switchover_reason, p.converges, p.aborted) == ("converged", True, False)
+    assert (p.final_pages, p.final_bytes) == (64, 64 * PAGE)
+    assert (p.precopy_s, p.blackout_s, p.total_s, p.factor) == (1.875, 0.0625, 1.9375, 1.9375)
+    assert p.total_bytes == 1984 * PAGE
+
+
+def test_device_state_crosses_the_link_uncompressed_in_the_blackout():
+    p = geometric(inputs(512, device=MIB))
+    assert (p.blackout_s, p.total_s) == (0.0625 + 0.25, 2.1875)
+    # link 2 MiB/s x compression 2: pages move at 4 MiB/s, the state at 2 MiB/s
+    q = geometric(inputs(512, link=2 * MIB, ratio=2.0, device=MIB))
+    assert estimate(inputs(512, link=2 * MIB, ratio=2.0)).lam == 0.5
+    assert sizes(q) == [1024, 512, 256, 128] and q.blackout_s == 0.0625 + 0.5
+
+
+def test_geometric_stops_at_max_passes_and_max_time():
+    p = geometric(inputs(512, downtime_limit_s=0.0, max_passes=3))
+    assert sizes(p) == [1024, 512, 256] and p.switchover_reason == "max-passes" and not p.converges
+    assert (p.final_pages, p.total_s) == (128, 1.875)
+    q = geometric(inputs(512, downtime_limit_s=0.0, max_time_s=1.2))
+    assert sizes(q) == [1024, 512] and q.switchover_reason == "max-time" and q.final_pages == 256
+
+
+def test_geometric_with_lambda_above_one_is_capped_at_memory_and_stalls():
+    p = geometric(inputs(2048))  # lambda 2: every pass leaves all of memory dirty
+    assert sizes(p) == [1024] * 4 and p.switchover_reason == "stalled"  # 3 passes without a new minimum
+    assert (p.final_pages, p.total_s, p.factor) == (1024, 5.0, 5.0)
+    q = geometric(inputs(2048, on_stall="abort"))
+    assert q.aborted and (q.final_pages, q.blackout_s, q.total_s, q.total_bytes) == (0.0, 0.0, 4.0, 4 * 4 * MIB)
+
+
+def test_an_idle_guest_takes_one_pass_and_a_factor_of_one():
+    for model in (geometric, working_set):
+        p = model(inputs(0))
+        assert sizes(p) == [1024] and p.final_pages == 0 and p.converges
+        assert (p.total_s, p.factor, p.total_bytes) == (1.0, 1.0, 4 * MIB)
+
+
+# the working-set model ---------------------------------------------------------------------------
+def test_working_set_passes_follow_the_saturating_curve():
+    # w = 1024 ln 2 pages/s: a pass of x pages lasts x/1024 s and leaves 1024 (1 - 2^(-x/1024)) dirty
+    p = working_set(inputs(1024 * math.log(2)))
+    expected = [1024.0]
+    while len(expected) < 6:
+        expected.append(1024 * (1 - 2 ** (-expected[-1] / 1024)))
+    # 512, 299.9, 188.2, 122.5 exceed 102.4 pages; 81.5 fits: switch over after pass 4
+    assert sizes(p) == pytest.approx(expected[:5], rel=1e-12)
+    assert p.final_pages == pytest.approx(expected[5], rel=1e-12)
+    assert p.switchover_reason == "converged" and 81 < p.final_pages < 82
+    assert p.total_s == pytest.approx(sum(expected) / 1024, rel=1e-12)
+
+
+def test_working_set_never_exceeds_the_geometric_model():
+    a, b = estimate(inputs(700)).geometric, estimate(inputs(700)).working_set
+    assert len(b.passes) <= len(a.passes)
+    assert all(w < g for w, g in zip(sizes(b)[1:], sizes(a)[1:]))
+    assert b.factor < a.factor
+
+
+def test_a_hot_set_converges_sooner_than_uniform_writes_at_the_same_rate():
+    uniform, hot = working_set(inputs(900)), working_set(inputs(900, pattern="hotset"))
+    assert hot.factor < uniform.factor and hot.passes[1].pages < uniform.passes[1].pages
+
+
+def test_bad_inputs_are_refused_with_the_value():
+    with pytest.raises(ValueError, match="unknown pattern 'bogus'"):
+        DirtyBehaviour(1, "bogus")
+    with pytest.raises(ValueError, match="multiple of the page size"):
+        EstimateInputs(5000, 1e6, DirtyBehaviour(1))
+    with pytest.raises(ValueError, match="bandwidth"):
+        EstimateInputs(4096, 0, DirtyBehaviour(1))
+
+
+def test_inputs_from_report_take_r_from_pass_zero():
+    scenario = Scenario(GuestSpec(4 * MIB), WorkloadSpec(rate_pages_per_s=512, pattern="uniform"),
+                        MigrationOptions(device_state_bytes=0, policy=PolicyConfig(downtime_limit_s=0.1)))
+    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB + 999, 0, 2.0, 2.1e6, 512, 512, 512.0, 0.0, 0)
+    report = Report(status="completed", scenario=scenario.to_dict(), passes=[record])
+    got = inputs_from_report(report)
+    assert got.throughput_bytes_per_s == 2 * MIB and got.lam == 1.0 and got.dirty.pattern == "uniform"
+    assert got.policy == PolicyConfig(downtime_limit_s=0.1) and got.device_state_bytes == 0
+    with pytest.raises(ValueError, match="no pre-copy pass"):
+        inputs_from_report(Report(status="failed", scenario=scenario.to_dict()))
+
+
+# the command ---------------------------------------------------------------------------------------
+ARGS = ["estimate", "--memory", "4MiB", "--bandwidth", "4MiB/s", "--dirty-rate", "512", "--pattern", "uniform",
+        "--downtime-limit", "100ms", "--device-state", "0"]
+
+
+def test_cli_estimate_json_is_the_hand_computed_case(capsys):
+    assert cli.main([*ARGS, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["lambda"] == 0.5
+    assert data["rule_of_thumb"]["low_s"] == 1.5 and data["rule_of_thumb"]["high_s"] == 3.0
+    assert [p["pages"] for p in data["geometric"]["passes"]] == [1024, 512, 256, 128]
+    assert data["geometric"]["total_s"] == 1.9375 and data["geometric"]["converges"] is True
+    assert data["working_set"]["factor"] < 1.9375
+
+
+def test_cli_estimate_prints_every_model(capsys):
+    assert cli.main(ARGS) == 0
+    out = capsys.readouterr().out
+    assert out == format_estimate(estimate(inputs(512))) + "\n"
+    assert "lambda       D / R = 0.500" in out and "x 1.5 to 3 = 1.50 s to 3.00 s" in out
+    assert "geometric         4  converged" in out
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--bandwidth", "unlimited", "--bandwidth: needs a rate"),
+    ("--bandwidth", "fast", "--bandwidth: invalid bandwidth 'fast'"),
+    ("--compression-ratio", "0", "--compression-ratio: must be > 0"),
+    ("--dirty-rate", "max", "--dirty-rate: 'max' (unpaced) has no rate to model"),
+])
+def test_cli_estimate_refuses_bad_values_naming_the_option(capsys, option, value, message):
+    assert cli.main([*ARGS, option, value]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+# against real migrations ---------------------------------------------------------------------------
+def _migrate(pattern, lam, **workload):
+    """32 MiB of random pages over a 20 MB/s raw link: pass 0 takes 1.7 s.
+
+    Small batches (32 pages, 6.5 ms of link time) keep a pass's duration close to its bytes / R:
+    the token bucket lets a batch through and charges its debt to what follows, so a pass can
+    end up to one batch early or late.
+    """
+    bandwidth = 20e6
+    scenario = Scenario(
+        GuestSpec(32 * MIB, fill="random", seed=3),
+        WorkloadSpec(rate_pages_per_s=lam * bandwidth / PAGE, pattern=pattern, seed=4, **workload),
+        MigrationOptions(codec="raw", batch_pages=32, max_bandwidth_bytes_per_s=bandwidth,
+                         policy=PolicyConfig(downtime_limit_s=0.1)))
+    report = migrate(scenario)
+    assert report.status == "completed" and report.digests_match, report.reason
+    return report, working_set(inputs_from_report(report))
+
+
+def _assert_passes_match(report, predicted):
+    measured = [(p.pages_sent, round(p.duration_s, 4)) for p in report.passes] + [report.blackout.final_pages]
+    model = [(round(p.pages), round(p.duration_s, 4)) for p in predicted.passes] + [round(predicted.final_pages)]
+    why = f"measured (pages, s) {measured}, predicted {model}"
+    assert len(report.passes) == len(predicted.passes), why
+    for got, expected in zip(report.passes[1:], predicted.passes[1:]):
+        assert got.pages_sent == pytest.approx(expected.pages, rel=0.05), why
+    # the final set comes from the shortest pass (~0.15 s), where a few ms of scheduling show
+    assert report.blackout.final_pages == pytest.approx(predicted.final_pages, rel=0.10), why
+
+
+def test_working_set_model_predicts_each_pass_of_a_uniform_writer():
+    report, predicted = _migrate("uniform", 0.5)
+    # prediction: 8192, ~3200, ~1450, ~690 pages, then ~340 in the blackout (fits 2 MB)
+    sent = [p.pages for p in predicted.passes]
+    assert len(sent) == 4 and 3000 < sent[1] < 3400 and 600 < sent[3] < 800
+    _assert_passes_match(report, predicted)
+
+
+def test_working_set_model_predicts_each_pass_of_a_hotset_writer():
+    report, predicted = _migrate("hotset", 0.6, hot_fraction=0.25, hot_share=0.75)
+    # the hot quarter is mostly dirty after pass 0; the cold pages add a slow trickle
+    assert len(predicted.passes) == 4 and predicted.passes[1].pages > 2500
+    _assert_passes_match(report, predicted)
+
+
+def test_a_sequential_writer_is_the_geometric_model():
+    # each write a new page: pass k+1 is lambda x pass k, 8192, 4096, 2048, 1024, 512, then 256
+    report, _ = _migrate("sequential", 0.5)
+    predicted = geometric(inputs_from_report(report))
+    assert len(predicted.passes) == 5
+    _assert_passes_match(report, predicted)
+
+
+def test_working_set_model_predicts_a_zipf_writer():
+    report, predicted = _migrate("zipf", 0.5)
+    # a few pages take most writes: pass 1 is only ~18% of memory, not the uniform writer's 39%
+    assert len(predicted.passes) == 2 and 1300 < predicted.passes[1].pages < 1600
+    _assert_passes_match(report, predicted)
