@@ -18,7 +18,9 @@ import argparse
 import importlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -305,6 +307,9 @@ def build_parser():
                                            "elsewhere with 'precopy receive'.")
     send.add_argument("--to", required=True, type=_endpoint_type("--to", "tcp://10.0.0.2:4444"),
                       metavar="tcp://HOST:PORT", help="the receiver's address")
+    keys = send.add_argument_group("security (CURVE; give both or neither)")
+    keys.add_argument("--key", metavar="FILE", help="this sender's secret key file (NAME.key_secret from keygen)")
+    keys.add_argument("--server-key", metavar="FILE", help="the receiver's public key file (NAME.key): pinned")
     _add_run_options(send)
 
     receive = commands.add_parser("receive", help="run the destination end and wait for a sender",
@@ -314,12 +319,28 @@ def build_parser():
                          metavar="tcp://ADDR:PORT", help="address to listen on")
     receive.add_argument("--capacity", type=_size_type("--capacity", "8GiB", minimum=1), default=None,
                          metavar="SIZE", help="largest guest memory this end accepts (default: this host's available memory)")
-    receive.add_argument("--serve", action="store_true", help="keep accepting migrations until interrupted")
-    _add_json_quiet(receive.add_argument_group("output"), what="the outcome as JSON")
+    receive.add_argument("--serve", action="store_true",
+                         help="keep accepting migrations, one after another, until interrupted")
+    receive.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
+                         metavar="DURATION", help="longest silence from a source mid-migration (default 10s)")
+    keys = receive.add_argument_group("security (CURVE)")
+    keys.add_argument("--key", metavar="FILE", help="this receiver's secret key file (NAME.key_secret from keygen)")
+    keys.add_argument("--allow", metavar="FILE", action="append", default=[],
+                      help="a sender public key file (NAME.key) to accept; repeat for several senders")
+    keys.add_argument("--insecure", action="store_true",
+                      help="without keys, listen on a non-loopback address anyway (anyone who can reach it can "
+                           "push memory into this host)")
+    _add_json_quiet(receive.add_argument_group("output"), what="each migration's outcome as a JSON line")
+
+    keygen = commands.add_parser("keygen", help="write a CURVE key pair for send/receive",
+                                 description="Write NAME.key (public: give it to the other end) and "
+                                             "NAME.key_secret (keep it here) into --dir.")
+    keygen.add_argument("name", help="name of the key pair, e.g. the host name")
+    keygen.add_argument("--dir", default=".", metavar="DIR", help="where to write the files (default .)")
 
     analysis = _add_analysis_commands(commands)
 
-    for sub in (migrate, send, receive, *analysis):
+    for sub in (migrate, send, receive, keygen, *analysis):
         # SUPPRESS: a subcommand's default must not undo a --debug given before it.
         _add_debug(sub, default=argparse.SUPPRESS)
     return parser
@@ -532,26 +553,77 @@ def _run_migrate(args):
 def _run_send(args):
     scenario = scenario_from_args(args)
     _check_report_path(args.report)
+    security = _client_security(args)
     engine = _engine()
     display = _display(args)
     if display is not None:
-        display.banner(f"sending to {args.to}: {_banner(scenario)}")
-    return _finish(engine.send(scenario, args.to, progress=display), args)
+        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}: {_banner(scenario)}")
+    return _finish(engine.send(scenario, args.to, progress=display, security=security), args)
+
+
+def _client_security(args):
+    from emulator.security import ClientSecurity
+
+    if (args.key is None) != (args.server_key is None):
+        raise UsageError("--key and --server-key go together (example: --key src.key_secret --server-key dst.key)")
+    if args.key is None:
+        return None
+    try:
+        return ClientSecurity.from_files(args.key, args.server_key)
+    except ValueError as error:
+        raise UsageError(f"--key/--server-key: {error}") from None
+
+
+def _server_security(args):
+    from emulator.security import ServerSecurity
+
+    if args.key is None:
+        if args.allow:
+            raise UsageError("--allow needs --key, this receiver's own secret key (example: --key dst.key_secret)")
+        return None
+    try:
+        return ServerSecurity.from_files(args.key, args.allow)
+    except ValueError as error:
+        raise UsageError(f"--key/--allow: {error}") from None
+
+
+def _print_outcome(outcome, as_json):
+    if as_json:
+        print(json.dumps(outcome, default=str), flush=True)
+        return
+    for key, value in outcome.items():
+        if value is not None:
+            print(f"{key:<15} {value}")
+    print(flush=True)
 
 
 def _run_receive(args):
+    security = _server_security(args)
     engine = _engine()
     display = _display(args)
-    if display is not None:
-        display.banner(f"listening on {args.listen}")
-    outcome = engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display)
-    if args.json:
-        print(json.dumps(outcome, indent=2, default=str))
-    else:
-        for key, value in outcome.items():
-            if value is not None:
-                print(f"{key:<12} {value}")
-    return EXIT_OK if outcome.get("status") == "completed" else EXIT_FAILED
+    outcomes = []
+
+    def on_outcome(outcome):
+        outcomes.append(outcome)
+        _print_outcome(outcome, args.json)
+
+    try:
+        engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display,
+                       timeout_s=args.timeout, security=security, insecure=args.insecure, on_outcome=on_outcome,
+                       ready=lambda endpoint: print(f"precopy: listening on {endpoint}"
+                                                    + (" (CURVE)" if security else ""), file=sys.stderr, flush=True))
+    except ValueError as error:
+        raise UsageError(f"--listen: {error}") from None
+    return EXIT_OK if outcomes and outcomes[-1].get("status") == "completed" else EXIT_FAILED
+
+
+def _run_keygen(args):
+    from emulator.security import generate
+
+    public_file, secret_file = generate(args.dir, args.name)
+    print(f"public key  {public_file}   (give it to the other end: --allow on a receiver, --server-key on a sender)")
+    print(f"secret key  {secret_file}   (keep it here: --key)")
+    return EXIT_OK
 
 
 def _run_estimate(args):
@@ -657,12 +729,18 @@ def _run_plot(args):
     return EXIT_OK
 
 
-_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive,
+_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive, "keygen": _run_keygen,
              "estimate": _run_estimate, "sweep": _run_sweep, "plot": _run_plot}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM cancels like Ctrl-C: both ends are told, the source guest resumes
 
 
 def main(argv=None):
     """Run the command line; return the process exit status."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
@@ -681,6 +759,9 @@ def main(argv=None):
             traceback.print_exc()
         print("precopy: cancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. piped into head: the reader left, nothing to report
+        sys.stderr.close()
+        return EXIT_FAILED
     except SystemExit as exit_:  # --help and --version exit through argparse
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     except Exception as error:  # noqa: BLE001 - a runtime failure: one line unless --debug

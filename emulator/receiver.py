@@ -177,11 +177,16 @@ class Destination:
         self.received = [0] * self.channels
         self.expected = None
         self.ending = None  # the message that closes the current pass: PASS_END or COMPLETE
+        heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
         while not self.session.finished:
-            incoming = self.link.recv()
+            remaining_s = heard_at + self.link.timeout_s - time.monotonic()
+            if remaining_s <= 0:
+                raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")
+            incoming = self.link.recv(remaining_s)
             if incoming.channel == CONTROL and incoming.peer != self.peer:
                 self._refuse_intruder(incoming)
                 continue
+            heard_at = time.monotonic()
             message = self.decoder.decode(incoming.frames)
             self.session.received(message.type)
             if incoming.channel == CONTROL:
@@ -293,7 +298,13 @@ class Destination:
             pass
 
     def _refuse_intruder(self, incoming):
-        """Another source while one migration runs: refuse it, apply nothing of it."""
+        """Another peer while one migration runs: apply nothing of it; say what was wrong, or that we are busy."""
+        try:
+            protocol.Decoder().decode(incoming.frames)
+        except RemoteProtocolError as error:
+            self.frames_refused += 1
+            self._send_abort(incoming.peer, f"protocol error: {error}")
+            return
         try:
             frames = protocol.encode_control(MsgType.REFUSE, 0, 0, {"reason": "busy with another migration"})
             self.link.send_control(incoming.peer, frames)

@@ -36,6 +36,7 @@ from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summ
 from emulator.states import SOURCE, Session
 from emulator.transport import PeerTimeout
 PROTOCOL_VERSION = protocol.VERSION
+CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
 
 class MigrationFailed(Exception):
@@ -211,7 +212,9 @@ class Source:
     def _send_pages(self, page_numbers, pass_no):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
         counter = _PassCounter(self.options.channels)
-        for batch in self.encoder.batches(page_numbers):
+        for index, batch in enumerate(self.encoder.batches(page_numbers)):
+            if index % CONTROL_CHECK_BATCHES == 0:
+                self._check_control()
             seq = self._next_data_seq()
             if batch.kind == MsgType.ZERO_PAGES:
                 frames = protocol.encode_zero_pages(seq, pass_no, batch.numbers, self.guest.page_size, batch.flags)
@@ -234,7 +237,11 @@ class Source:
         wire = sum(memoryview(frame).nbytes for frame in frames)
         self.limiter.consume(wire)
         self.session.sent(msg_type)
-        self.link.send_data(channel, frames)
+        try:
+            self.link.send_data(channel, frames)
+        except PeerTimeout:
+            self._check_control()  # a destination that gave up says why before it stops reading
+            raise
         counter.messages[channel] += 1
         counter.wire_bytes += wire
         self.next_channel = (channel + 1) % self.options.channels
@@ -312,6 +319,11 @@ class Source:
         self.link.send_control(frames)
         self.control_seq += 1
 
+    def _check_control(self):
+        """Mid-pass: act on an ABORT the destination may have sent (nothing else is due now)."""
+        while self.link.control_pending():
+            self._recv_control(MsgType.HEARTBEAT)
+
     def _recv_control(self, expected=None):
         """The next control message that is not a heartbeat, checked against the state machine."""
         decoder = protocol.Decoder()
@@ -322,6 +334,8 @@ class Source:
                 reason = f"destination aborted: {message.field('reason', str)}"
                 raise MigrationCancelled(reason) if message.body.get("cancelled") else MigrationFailed(reason)
             if message.type == MsgType.HEARTBEAT:
+                if expected == MsgType.HEARTBEAT:
+                    return message
                 continue
             if expected is not None and message.type != expected:
                 raise protocol.RemoteProtocolError("type", f"got {message.type.name}, expected {expected.name}")

@@ -115,6 +115,10 @@ class SourceLink:
         """Send a data message without copying its payload."""
         _send(self.data[channel], frames, copy=False)
 
+    def control_pending(self):
+        """True if a control message is waiting."""
+        return bool(self.control.poll(0, zmq.POLLIN))
+
     def recv_control(self, timeout_s=None):
         """The next control message's frames; PeerTimeout after `timeout_s` (default: the link's)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s

@@ -39,6 +39,9 @@ class FakeSourceLink:
     def send_data(self, channel, frames):
         self.pipe.to_destination.put(Incoming(channel, [bytes(f) for f in frames]))
 
+    def control_pending(self):
+        return not self.pipe.to_source.empty()
+
     def recv_control(self, timeout_s=None):
         return _get(self.pipe.to_source, self.timeout_s if timeout_s is None else timeout_s, "destination")
 

@@ -191,7 +191,8 @@ def test_run_command_help_lists_options_in_groups(command, capsys):
 def test_receive_help(capsys):
     assert cli.main(["receive", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--listen", "--capacity", "--serve", "--json", "--quiet"):
+    for option in ("--listen", "--capacity", "--serve", "--json", "--quiet", "--timeout", "--key", "--allow",
+                   "--insecure"):
         assert option in out
 
 
@@ -229,12 +230,16 @@ class FakeEngine(types.ModuleType):
         self._call("migrate", scenario, progress=progress)
         return self.report
 
-    def send(self, scenario, to, *, progress=None):
-        self._call("send", scenario, to, progress=progress)
+    def send(self, scenario, to, *, progress=None, security=None):
+        self._call("send", scenario, to, progress=progress, security=security)
         return self.report
 
-    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None):
-        self._call("receive", listen, capacity_bytes=capacity_bytes, serve=serve, progress=progress)
+    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, security=None,
+                insecure=False, on_outcome=None, ready=None):
+        self._call("receive", listen, capacity_bytes=capacity_bytes, serve=serve, progress=progress,
+                   timeout_s=timeout_s, security=security, insecure=insecure)
+        ready(listen)
+        on_outcome(self.outcome)
         return self.outcome
 
 
@@ -303,9 +308,11 @@ def test_receive(fake_engine, capsys):
     assert cli.main(["receive", "--listen", "tcp://*:4444", "--capacity", "2GiB", "--quiet"]) == 0
     (name, (listen,), kwargs), = fake_engine.calls
     assert (name, listen) == ("receive", "tcp://*:4444")
-    assert kwargs == {"capacity_bytes": 2 << 30, "serve": False, "progress": None}
-    out = capsys.readouterr().out
-    assert "completed" in out and "abc123" in out
+    assert kwargs == {"capacity_bytes": 2 << 30, "serve": False, "progress": None, "timeout_s": 10.0,
+                      "security": None, "insecure": False}
+    captured = capsys.readouterr()
+    assert "completed" in captured.out and "abc123" in captured.out
+    assert "listening on tcp://*:4444" in captured.err
 
 
 def test_receive_failure_and_json(fake_engine, capsys):
@@ -388,3 +395,24 @@ def test_display_messages_print_even_when_disabled():
     stream = io.StringIO()
     LiveDisplay(stream, enabled=False).message("stall detected after pass 5")
     assert stream.getvalue() == "precopy: stall detected after pass 5\n"
+
+
+def test_keygen_and_key_options(fake_engine, capsys, tmp_path):
+    assert cli.main(["keygen", "dst", "--dir", str(tmp_path)]) == 0
+    assert cli.main(["keygen", "src", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "dst.key").exists() and (tmp_path / "src.key_secret").exists()
+    capsys.readouterr()
+    assert cli.main(["send", "--to", "tcp://h:1", "--key", str(tmp_path / "src.key_secret"), "--quiet"]) == 2
+    assert "--key and --server-key go together" in capsys.readouterr().err
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:1", "--allow", str(tmp_path / "src.key")]) == 2
+    assert "--allow needs --key" in capsys.readouterr().err
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:1", "--key", str(tmp_path / "dst.key"),
+                     "--allow", str(tmp_path / "src.key")]) == 2
+    assert "holds no secret key" in capsys.readouterr().err
+    assert cli.main(["send", "--to", "tcp://h:1", "--key", str(tmp_path / "src.key_secret"),
+                     "--server-key", str(tmp_path / "dst.key"), "--quiet"]) == 0
+    security = fake_engine.calls[-1][2]["security"]
+    assert security.server_public == (tmp_path / "dst.key").read_text().split('"')[1].encode()
+    assert cli.main(["receive", "--listen", "tcp://0.0.0.0:1", "--key", str(tmp_path / "dst.key_secret"),
+                     "--allow", str(tmp_path / "src.key"), "--quiet"]) == 0
+    assert len(fake_engine.calls[-1][2]["security"].allowed) == 1

@@ -1,0 +1,110 @@
+"""Faults in every phase: the source guest must come out running and unharmed every time.
+
+The receiver (a real `precopy receive` process) is killed, or frozen (a cut
+link looks the same from here), at the start of each phase before it could
+resume the guest (setup, pre-copy, the blackout); the sender is killed mid
+pre-copy. The source must fail within its timeout with its writers
+running; a destination whose source died discards the partial guest.
+"""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from emulator.guest import GuestMemory, GuestSpec
+from emulator.migration import receive, run_source
+from emulator.policy import PolicyConfig
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import Workload, WorkloadSpec
+from tests.cli_process import PrecopyProcess
+
+TIMEOUT_S = 1.0
+
+
+def scenario():
+    # a capped link keeps pre-copy going long enough to be interrupted in each phase
+    return Scenario(GuestSpec(8 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=20_000, seed=2),
+                    MigrationOptions(codec="raw", timeout_s=TIMEOUT_S, max_bandwidth_bytes_per_s=40e6,
+                                     policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0)))
+
+
+class StrikeAt:
+    """Progress observer that hits the receiver when the source enters `phase`."""
+
+    def __init__(self, receiver, target, signum):
+        self.receiver, self.target, self.signum, self.struck = receiver, target, signum, False
+
+    def phase(self, name, elapsed_s):
+        if name == self.target and not self.struck:
+            self.receiver.signal(self.signum)
+            self.struck = True
+
+    def pass_done(self, record, page_size, total_pages):
+        pass
+
+    def message(self, text):
+        pass
+
+
+@pytest.mark.parametrize("phase", ["setup", "precopy", "blackout"])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSTOP])
+def test_receiver_lost_in_any_phase_leaves_the_source_running(phase, signum):
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--timeout", "1s", "--capacity", "64MiB")
+    try:
+        endpoint = receiver.wait_listening()
+        s = scenario()
+        guest = GuestMemory(s.guest)
+        workload = Workload(guest, s.workload)
+        strike = StrikeAt(receiver, phase, signum)
+        started = time.monotonic()
+        report = run_source(s, endpoint, guest=guest, workload=workload, progress=strike)
+        took = time.monotonic() - started
+    finally:
+        receiver.signal(signal.SIGKILL)
+        receiver.finish()
+    assert strike.struck
+    assert report.status == "failed" and report.reason
+    assert report.digests_match is not True
+    assert took < 15  # bounded by the timeouts, not hung
+    assert not workload.paused  # the guest was resumed on the source
+
+
+def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
+    outcome, ready = {}, threading.Event()
+
+    def serve():
+        outcome.update(receive("tcp://127.0.0.1:0", timeout_s=TIMEOUT_S,
+                               ready=lambda endpoint: (outcome.update(endpoint=endpoint), ready.set())))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    sender = PrecopyProcess("send", "--to", outcome["endpoint"], "--memory", "64MiB", "--fill", "random",
+                            "--codec", "raw", "--max-bandwidth", "20MB/s", "--timeout", "1s", "--quiet")
+    time.sleep(1.5)  # pre-copy of 64 MiB at 20 MB/s takes about 3 s
+    sender.signal(signal.SIGKILL)
+    sender.finish()
+    thread.join(15)
+    assert not thread.is_alive()
+    assert outcome["status"] == "failed" and "nothing from the source" in outcome["reason"]
+    assert outcome["digest"] is None and 0 < outcome["pages_applied"] < 16384
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_sigterm_on_either_side_cancels_both(side):
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--timeout", "5s", "--json")
+    endpoint = receiver.wait_listening()
+    sender = PrecopyProcess("send", "--to", endpoint, "--memory", "64MiB", "--fill", "random", "--codec", "raw",
+                            "--max-bandwidth", "20MB/s", "--timeout", "5s", "--json", "--quiet")
+    time.sleep(2.0)
+    (sender if side == "source" else receiver).signal(signal.SIGTERM)
+    sender_status, sender_out, sender_err = sender.finish()
+    receiver_status, receiver_out, receiver_err = receiver.finish()
+    report, outcome = json.loads(sender_out), json.loads(receiver_out)
+    assert report["status"] == "cancelled" and outcome["status"] == "cancelled"
+    assert f"on the {side}" in report["reason"] and f"on the {side}" in outcome["reason"]
+    assert sender_status != 0 and receiver_status != 0
+    assert "Traceback" not in sender_err + receiver_err
