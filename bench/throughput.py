@@ -38,7 +38,7 @@ from emulator import protocol
 from emulator.guest import GuestMemory, GuestSpec
 from emulator.migration import migrate
 from emulator.report import host_info
-from emulator.scenario import MigrationOptions, Scenario
+from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
 from emulator.units import format_bytes, parse_size
 from emulator.workload import WorkloadSpec
 
@@ -283,11 +283,11 @@ class PeakMemory:
         self._sample()
 
 
-def run_migration(case, size_bytes):
+def run_migration(case, size_bytes, verify):
     """Migrate an idle guest for `case`; a record of pass 0's figures, or of the failure."""
     codec, channels, fill = CASES[case]
     scenario = Scenario(GuestSpec(size_bytes, fill=fill), WorkloadSpec(rate_pages_per_s=0),
-                        MigrationOptions(codec=codec, channels=channels))
+                        MigrationOptions(codec=codec, channels=channels, verify=verify))
     record = {"case": case, "size_bytes": size_bytes}
     gc.collect()  # the previous run's guest must not count in this run's peak
     record["rss_before_bytes"] = _rss_bytes(os.getpid())  # this process's own share of the peak, for context
@@ -478,6 +478,9 @@ def parse_args(argv):
                         help=f"migration cases, comma-separated (default all: {','.join(CASES)}); "
                              + "; ".join(f"{name} = {codec}, {channels} channel(s), {fill} guest"
                                          for name, (codec, channels, fill) in CASES.items()))
+    parser.add_argument("--verify", choices=VERIFY_MODES, default="incremental",
+                        help="the migrations' memory check (default incremental, as precopy's; full hashes memory "
+                             "only in the blackout, so pre-copy carries no digest work)")
     parser.add_argument("--json", metavar="FILE", help="write every measurement and the medians to FILE")
     parser.add_argument("--quick", action="store_true", help="1 GiB only, 1 run of everything")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
@@ -507,7 +510,7 @@ def run(args):
         size_records = {case: [] for case in args.cases}
         for repeat in range(repeats):  # cases inside repeats: machine noise spreads over every case
             for case in args.cases:
-                record = run_migration(case, size)
+                record = run_migration(case, size, args.verify)
                 size_records[case].append(record)
                 outcome = (f"{record['guest_gb_s']:.2f} GB/s, peak {record['peak_x_guest']:.2f}x, "
                            f"downtime {record['downtime_ms']:.1f} ms" if record["status"] == "completed"
@@ -534,7 +537,7 @@ def main(argv=None):
     print(format_report(results["ceilings"], results["compressor"], results["table"], results["targets"]))
     print(f"\nwall time {wall_s:.0f} s")
     if args.json:
-        document = {"host": host_info(), "sizes": args.sizes, "cases": args.cases, "repeats": args.repeats,
+        document = {"host": host_info(), "sizes": args.sizes, "cases": args.cases, "verify": args.verify, "repeats": args.repeats,
                     "wall_s": wall_s, **results}
         with open(args.json, "w") as out:
             json.dump(document, out, indent=2, default=str)
