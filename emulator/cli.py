@@ -215,6 +215,22 @@ def _add_debug(parser, default):
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
 
 
+def _add_pattern_options(group):
+    """--pattern and its parameters: the same for migrations and for estimates."""
+    group.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset",
+                       help="which pages the writers dirty (default hotset)")
+    group.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
+                                                          expected="in (0, 1]"),
+                       default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
+    group.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
+                                                       expected="in [0, 1]"),
+                       default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
+    group.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
+                       help="sequential: pages per step (default 1)")
+    group.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
+                       default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
+
+
 def _add_run_options(parser):
     """The options shared by `migrate` and `send`, grouped as the help shows them."""
     guest = parser.add_argument_group("guest")
@@ -234,18 +250,7 @@ def _add_run_options(parser):
                           metavar="RATE",
                           help="page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s "
                                "(divided by the page size); max = unpaced; 0 = idle (default 50000pages/s)")
-    workload.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset",
-                          help="which pages the writers dirty (default hotset)")
-    workload.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
-                                                             expected="in (0, 1]"),
-                          default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
-    workload.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
-                                                          expected="in [0, 1]"),
-                          default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
-    workload.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
-                          help="sequential: pages per step (default 1)")
-    workload.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
-                          default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
+    _add_pattern_options(workload)
     workload.add_argument("--write-size", type=_size_type("--write-size", "64", minimum=8), default=8,
                           metavar="SIZE", help="bytes per write, a multiple of 8 up to the page size (default 8)")
 
@@ -365,17 +370,7 @@ def _add_analysis_commands(commands):
     dirty = estimate.add_argument_group("dirty behaviour")
     dirty.add_argument("--dirty-rate", type=_dirty_rate_type, default=f"{DEFAULT_DIRTY_RATE:.0f}pages/s",
                        metavar="RATE", help="page writes/s (20000pages/s) or bytes/s (100MiB/s) (default 50000pages/s)")
-    dirty.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset", help="writer pattern (default hotset)")
-    dirty.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
-                                                          expected="in (0, 1]"),
-                       default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
-    dirty.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
-                                                       expected="in [0, 1]"),
-                       default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
-    dirty.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
-                       help="sequential: pages per step (default 1)")
-    dirty.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
-                       default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
+    _add_pattern_options(dirty)
     rules = estimate.add_argument_group("policy")
     rules.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
                        default=0.3, metavar="DURATION", help="blackout budget; a bare number is ms (default 300ms)")
