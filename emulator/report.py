@@ -208,6 +208,7 @@ class Report:
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as tmp:
                 tmp.write(text)
+            os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
             os.replace(tmp_name, target)
         except BaseException:
             os.unlink(tmp_name)
@@ -217,6 +218,12 @@ class Report:
     def read(cls, path: str | os.PathLike[str]) -> Report:
         """Read a report written by ``write``."""
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _non_finite_path(value: Any, path: str) -> str | None:

@@ -333,3 +333,13 @@ def test_format_summary_of_a_bare_failure():
     assert format_summary(Report(status="cancelled")).splitlines()[-1] == (
         "digests      not compared"
     )
+
+
+def test_written_report_has_ordinary_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "run.json"
+    make_report().write(path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
