@@ -8,12 +8,15 @@ benchmarking range, on a veth pair), shapes both directions of the link with tc
 (tbf for the rate; netem for delay and loss), runs `precopy receive` in the
 destination namespace and `precopy send` in the source one, and passes every option it
 does not know to `precopy send` (so `--json`, `--report FILE`, `--memory` ... work as
-usual). The sender's output is this script's output; the script's own messages go to
-stderr. Everything it made (processes, namespaces, the veth pair) is removed on every
-way out: success, failure, Ctrl-C, SIGTERM, time limit.
+usual). Where the kernel has no netem, --loss falls back to nftables: a random drop at
+the ingress of each veth end, so both directions lose packets as on a lossy wire. The
+sender's output is this script's output; the script's own messages go to stderr.
+Everything it made (processes, namespaces, the veth pair) is removed on every way out:
+success, failure, Ctrl-C, SIGTERM, time limit.
 
-Needs root, iproute2 (`ip`, `tc`), and the netem qdisc for --delay/--loss. Standard
-library only, so it runs under any Python 3.11+, with or without the venv active.
+Needs root and iproute2 (`ip`, `tc`); --delay needs the netem qdisc, --loss netem or
+nftables (the `nft` command and nf_tables in the kernel). Standard library only, so it
+runs under any Python 3.11+, with or without the venv active.
 Exit status: the sender's (0 = migration completed), else the receiver's if it failed;
 2 bad usage; 3 the link could not be built; 124 the time limit was hit; 128 + the signal
 number when interrupted (130 for Ctrl-C, 143 for SIGTERM).
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SOURCE_ADDR = "198.18.0.1"
@@ -60,14 +63,28 @@ MIN_BURST_BYTES = 256 << 10
 TBF_LATENCY_MS = 50
 NETEM_LIMIT_PACKETS = 100_000
 
+# nftables loss: a table of this name in each namespace, whose chain on the veth end's
+# ingress hook drops a packet when a random number mod NFT_LOSS_SCALE is below
+# loss% x NFT_LOSS_SCALE / 100 (so the loss resolves to 0.0001%).
+NFT_LOSS_TABLE = "precopy_loss"
+NFT_LOSS_SCALE = 1_000_000
+LOSS_BY = ("auto", "netem", "nft")
+
 # How `precopy receive` may be told to listen without CURVE keys on a non-loopback
 # address (it refuses otherwise); the first one its --help lists is used.
 RECEIVE_OPT_IN_FLAGS = ("--insecure", "--allow-unauthenticated", "--unauthenticated")
 
 NETEM_MISSING = (
-    "the netem qdisc is not available in this kernel ({detail}); --delay and --loss need"
-    " it (CONFIG_NET_SCH_NETEM, module sch_netem: try 'modprobe sch_netem'); --rate alone"
-    " works with tbf"
+    "the netem qdisc is not available in this kernel ({detail}); --delay (and --loss-by"
+    " netem) need it"
+    " (CONFIG_NET_SCH_NETEM, module sch_netem: try 'modprobe sch_netem'); --rate alone"
+    " works with tbf, and --loss without --delay falls back to nftables where the nft"
+    " command works"
+)
+NO_LOSS_MECHANISM = (
+    "--loss needs the netem qdisc or nftables, and neither works here: netem: {netem};"
+    " nftables: {nft} (load sch_netem, or install the nftables package with a kernel that"
+    " has nf_tables)"
 )
 
 
@@ -179,17 +196,29 @@ class Shaping:
     rate_bits_per_s: tbf rate; None = unshaped.
     burst_bytes: tbf bucket size; None = BURST_TIME_S at the rate.
     delay_us: netem one-way delay (RTT = 2 x delay); None = none.
-    loss_pct: netem random loss, percent; None = none.
+    loss_pct: random loss, percent; None = none.
+    loss_by: what drops packets: "netem" (netem's loss) or "nft" (an nftables rule at
+        the ingress of each veth end).
     """
 
     rate_bits_per_s: float | None = None
     burst_bytes: int | None = None
     delay_us: int | None = None
     loss_pct: float | None = None
+    loss_by: str = "netem"
 
     @property
     def needs_netem(self) -> bool:
-        return self.delay_us is not None or self.loss_pct is not None
+        return self.delay_us is not None or (self.loss_pct is not None and self.loss_by == "netem")
+
+    @property
+    def nft_loss(self) -> bool:
+        return self.loss_pct is not None and self.loss_by == "nft"
+
+    def nft_loss_threshold(self) -> int:
+        """Drop when numgen random mod NFT_LOSS_SCALE is below this."""
+        assert self.loss_pct is not None
+        return round(self.loss_pct * NFT_LOSS_SCALE / 100)
 
     def tbf_burst_bytes(self) -> int:
         if self.burst_bytes is not None:
@@ -207,9 +236,13 @@ class Shaping:
             netem = []
             if self.delay_us is not None:
                 netem.append(f"delay {self.delay_us / 1000:g}ms")
-            if self.loss_pct is not None:
+            if self.loss_pct is not None and not self.nft_loss:
                 netem.append(f"loss {self.loss_pct:g}%")
             parts.append("netem " + " ".join(netem))
+        if self.nft_loss:
+            parts.append(f"nftables loss {self.loss_pct:g}% at ingress")
+        if self.loss_pct is not None:
+            parts.append("gso_max_segs 1")
         return ", ".join(parts) + " (each direction)" if parts else "unshaped"
 
 
@@ -221,10 +254,12 @@ def _format_rate(bits_per_s: float) -> str:
 
 
 # commands ---------------------------------------------------------------------------------
-def run(cmd: list[str], step: str) -> None:
-    """Run one ip/tc command; LinkError naming the step and tc's/ip's complaint on failure."""
+def run(cmd: list[str], step: str, stdin: str | None = None) -> str:
+    """Run one ip/tc/nft command; returns its output. LinkError naming the step and the
+    command's complaint on failure."""
     try:
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, input=stdin,
+                              timeout=COMMAND_TIMEOUT_S)
     except FileNotFoundError:
         raise LinkError(f"{step}: {cmd[0]!r} not found (install iproute2)") from None
     except subprocess.TimeoutExpired:
@@ -232,6 +267,7 @@ def run(cmd: list[str], step: str) -> None:
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip() or f"exit status {done.returncode}"
         raise LinkError(f"{step}: {' '.join(cmd)}: {detail}")
+    return done.stdout
 
 
 def missing_tools() -> list[str]:
@@ -265,21 +301,89 @@ def netns_problem() -> str | None:
     return None
 
 
-def netem_available() -> bool:
-    """Whether this kernel has the netem qdisc (tried on lo of a throwaway namespace)."""
+def netem_problem() -> str | None:
+    """Why the netem qdisc cannot be used, or None if it can (tried on lo of a throwaway
+    namespace)."""
     name = f"precopy-probe-{unique_tag()}"
     try:
         run(["ip", "netns", "add", name], "creating a network namespace")
-    except LinkError:
-        return False
+    except LinkError as error:
+        return str(error)
     try:
         run(["tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
             "adding netem")
-        return True
-    except LinkError:
-        return False
+        return None
+    except LinkError as error:
+        return str(error)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+
+
+def netem_available() -> bool:
+    """Whether this kernel has the netem qdisc."""
+    return netem_problem() is None
+
+
+def nft_loss_ruleset(dev: str, threshold: int) -> str:
+    """The nftables table that drops packets arriving on dev at random. A first rule
+    counts every packet, the second counts the ones it drops."""
+    return (f"table netdev {NFT_LOSS_TABLE} {{\n"
+            f"  chain ingress {{\n"
+            f'    type filter hook ingress device "{dev}" priority 0; policy accept;\n'
+            f"    counter\n"
+            f"    numgen random mod {NFT_LOSS_SCALE} < {threshold} counter drop\n"
+            f"  }}\n"
+            f"}}\n")
+
+
+def nft_problem() -> str | None:
+    """Why the nftables loss cannot be used, or None if it can (the same table loaded on
+    lo of a throwaway namespace)."""
+    if shutil.which("nft") is None:
+        return "the nft command is not installed (Debian/Ubuntu package nftables)"
+    name = f"precopy-probe-{unique_tag()}"
+    try:
+        run(["ip", "netns", "add", name], "creating a network namespace")
+    except LinkError as error:
+        return str(error)
+    try:
+        run(["ip", "netns", "exec", name, "nft", "-f", "-"], "loading an nftables table",
+            stdin=nft_loss_ruleset("lo", 1))
+        return None
+    except LinkError as error:
+        return str(error)
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+
+
+def nft_available() -> bool:
+    """Whether the nftables loss works here."""
+    return nft_problem() is None
+
+
+def choose_loss_by(shaping: Shaping, wanted: str) -> Shaping:
+    """Settle what drops packets for --loss: netem when it works (or is asked for), else
+    nftables; LinkError naming both when neither works. --delay always needs netem, so
+    with --delay the loss goes to netem too (and its absence is reported at shaping)."""
+    if shaping.loss_pct is None:
+        return shaping
+    if wanted == "netem" or (wanted == "auto" and shaping.delay_us is not None):
+        return replace(shaping, loss_by="netem")
+    if wanted == "auto":
+        netem = netem_problem()
+        if netem is None:
+            return replace(shaping, loss_by="netem")
+    nft_shaping = replace(shaping, loss_by="nft")
+    if nft_shaping.nft_loss_threshold() < 1:
+        nft = (f"--loss {shaping.loss_pct:g}% is below its resolution"
+               f" ({100 / NFT_LOSS_SCALE:g}%)")
+    else:
+        nft = nft_problem()
+    if nft is None:
+        return nft_shaping
+    if wanted == "nft":
+        raise LinkError(f"--loss-by nft: {nft}")
+    raise LinkError(NO_LOSS_MECHANISM.format(netem=netem, nft=nft))
 
 
 class Link:
@@ -315,9 +419,39 @@ class Link:
             raise
 
     def shape(self, shaping: Shaping) -> None:
-        """Apply the shaping to the egress of both ends."""
+        """Apply the shaping to the egress of both ends (and, for the nftables loss, to
+        the ingress of both ends: a packet lost on its way to the peer)."""
         for ns, dev in ((self.source_ns, SOURCE_DEV), (self.destination_ns, DESTINATION_DEV)):
+            if shaping.loss_pct is not None:
+                # One wire packet per skb, so that a lost "packet" is one packet: veth
+                # otherwise carries TSO/GSO skbs of up to 64 KiB, and netem or nftables
+                # would drop them whole (a burst of up to 44 packets at MTU 1500).
+                run(["ip", "-n", ns, "link", "set", "dev", dev, "gso_max_segs", "1"],
+                    f"turning segmentation offload off on {dev}")
             _shape_device(ns, dev, shaping)
+            if shaping.nft_loss:
+                run(["ip", "netns", "exec", ns, "nft", "-f", "-"],
+                    f"adding the nftables loss on {dev} in {ns}",
+                    stdin=nft_loss_ruleset(dev, shaping.nft_loss_threshold()))
+
+    def nft_loss_counts(self) -> list[tuple[str, int, int]]:
+        """For the nftables loss: (direction, packets that arrived, packets dropped) per
+        direction, read from the tables' counters; the directions it could not read are
+        left out."""
+        counts = []
+        for ns, direction in ((self.destination_ns, "source -> destination"),
+                              (self.source_ns, "destination -> source")):
+            if ns not in self._made:
+                continue
+            try:
+                listing = run(["ip", "netns", "exec", ns, "nft", "list", "table", "netdev",
+                               NFT_LOSS_TABLE], "reading the nftables counters")
+            except LinkError:
+                continue
+            packets = [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
+            if len(packets) == 2:
+                counts.append((direction, packets[0], packets[1]))
+        return counts
 
     def remove(self) -> list[str]:
         """Delete the namespaces made so far; returns the problems (empty if none)."""
@@ -495,12 +629,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Migrate between two network namespaces joined by a veth pair shaped with tc:\n"
             f"precopy receive listens on {DESTINATION_ADDR} in one, precopy send runs from"
             f" {SOURCE_ADDR} in\nthe other. Options not listed here (or everything after"
-            " '--') go to 'precopy send'.\nNeeds root and iproute2; --delay and --loss"
-            " need the netem qdisc."),
+            " '--') go to 'precopy send'.\nNeeds root and iproute2; --delay needs the netem"
+            " qdisc, --loss netem or else nftables (nft)."),
         epilog=(
             "examples:\n"
             "  scripts/netns_link.py --rate 1gbit --memory 1GiB --codec raw\n"
             "  scripts/netns_link.py --rate 10gbit --delay 1ms --loss 0.1% -- --json\n"
+            "  scripts/netns_link.py --rate 1gbit --mtu 9000 --loss 1% -- --json\n"
             "  PRECOPY=.venv/bin/precopy scripts/netns_link.py --rate 1gbit --report run.json\n"))
     link = parser.add_argument_group("link (applied to both directions)")
     link.add_argument("--rate", type=parse_rate_bits_per_s, metavar="RATE",
@@ -512,7 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
     link.add_argument("--delay", type=parse_delay_us, metavar="TIME",
                       help="netem one-way delay per direction, e.g. 2ms (RTT = 2 x delay)")
     link.add_argument("--loss", type=parse_loss_pct, metavar="PCT",
-                      help="netem random packet loss per direction, e.g. 0.1%%")
+                      help="random packet loss per direction, e.g. 0.1%%: netem's, or without"
+                           " netem an nftables drop at the ingress of each end")
+    link.add_argument("--loss-by", choices=LOSS_BY, default="auto",
+                      help="what drops packets for --loss (default auto: netem if the kernel"
+                           " has it, else nft)")
     link.add_argument("--mtu", type=parse_mtu, default=1500, help="veth MTU (default 1500)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--port", type=parse_port, default=4000,
@@ -557,6 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.burst is not None and args.rate is None:
         print("netns_link.py: error: --burst needs --rate", file=sys.stderr)
         return EXIT_USAGE
+    if args.loss_by != "auto" and args.loss is None:
+        print("netns_link.py: error: --loss-by needs --loss", file=sys.stderr)
+        return EXIT_USAGE
+    if args.loss_by == "nft" and args.delay is not None:
+        print("netns_link.py: error: --loss-by nft cannot go with --delay (netem, which"
+              " --delay needs, then drops packets too)", file=sys.stderr)
+        return EXIT_USAGE
     deadline = time.monotonic() + args.time_limit
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupted)
@@ -564,6 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = netns_problem()
         if problem is not None:
             raise LinkError(problem)
+        shaping = choose_loss_by(shaping, args.loss_by)
         precopy = find_precopy(args.precopy)
         # The opt-in is harmless when keys are given too: keys take precedence.
         receive_args = receive_opt_in(precopy) + args.receive_option
@@ -578,6 +725,11 @@ def main(argv: list[str] | None = None) -> int:
                            args.show_receiver)
         finally:
             _ignore_signals()
+            if shaping.nft_loss:
+                for direction, arrived, dropped in link.nft_loss_counts():
+                    share = f" ({100 * dropped / arrived:.2f}%)" if arrived else ""
+                    print(f"netns_link: nftables dropped {dropped} of {arrived} packets"
+                          f" {direction}{share}", file=sys.stderr)
             for problem in link.remove():
                 print(f"netns_link: {problem}", file=sys.stderr)
     except LinkError as error:
