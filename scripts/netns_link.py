@@ -152,28 +152,22 @@ def parse_size_bytes(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
 
 
-def parse_mtu(text: str) -> int:
-    """veth MTU, 68 .. 65535 bytes."""
-    try:
-        mtu = int(text)
-    except ValueError:
-        mtu = 0
-    if not 68 <= mtu <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"invalid MTU {text!r}: expected an integer from 68 to 65535, e.g. --mtu 9000")
-    return mtu
+def _int_in(what: str, low: int, high: int, example: str):
+    """An argparse type: an integer from low to high, refused with a message naming `what`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} {text!r}: expected an integer from {low} to {high}, e.g. {example}")
+        return value
+    return parse
 
 
-def parse_port(text: str) -> int:
-    """TCP port, 1 .. 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"invalid port {text!r}: expected an integer from 1 to 65535, e.g. --port 4000")
-    return port
+parse_mtu = _int_in("MTU", 68, 65535, "--mtu 9000")  # veth MTU in bytes
+parse_port = _int_in("port", 1, 65535, "--port 4000")
 
 
 def parse_seconds(text: str) -> float:
