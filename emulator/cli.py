@@ -608,7 +608,7 @@ def _run_receive(args):
                        ready=lambda endpoint: print(f"precopy: listening on {endpoint}"
                                                     + (" (CURVE)" if security else ""), file=sys.stderr, flush=True))
     except ValueError as error:
-        raise UsageError(f"--listen: {error}") from None
+        raise UsageError(f"--listen: {error} (--key FILE --allow FILE, or --insecure)") from None
     return EXIT_OK if outcomes and outcomes[-1].get("status") == "completed" else EXIT_FAILED
 
 
