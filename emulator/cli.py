@@ -278,6 +278,9 @@ def _add_run_options(parser):
                            default=256 << 10, metavar="SIZE", help="vCPU/device state sent in the blackout (default 256KiB)")
     migration.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
                            metavar="DURATION", help="longest wait for the peer; a bare number is seconds (default 10s)")
+    migration.add_argument("--auto-converge", action="store_true",
+                           help="throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's "
+                                "auto-converge (20%%, then +10%% per pass, at most 99%%)")
     migration.add_argument("--verify", choices=VERIFY_MODES, default="incremental",
                            help="memory check: incremental = running digests compared in the blackout, the paused "
                                 "source re-hashed after resume; full = all memory hashed inside the blackout "
@@ -478,7 +481,8 @@ def scenario_from_args(args):
                     max_time_s=args.max_time,
                     stall_passes=args.stall_passes or None,  # 0 = never
                     on_stall=args.on_stall)
-    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout/--verify",
+    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout/--verify/"
+                       "--auto-converge",
                        MigrationOptions,
                        codec=args.codec,
                        channels=args.channels,
@@ -487,6 +491,7 @@ def scenario_from_args(args):
                        device_state_bytes=args.device_state,
                        timeout_s=args.timeout,
                        verify=args.verify,
+                       auto_converge=args.auto_converge,
                        policy=policy)
     return Scenario(guest=guest, workload=workload, migration=migration)
 

@@ -26,6 +26,8 @@ class MigrationOptions:
     bucket rate (None = unlimited); device_state_bytes: size of the vCPU and
     device state blob sent in the blackout; timeout_s: longest wait for the
     peer on any receive; policy: when to switch over (see emulator.policy).
+    auto_converge: throttle the writers when a pass dirties more than half of what
+    it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -40,6 +42,7 @@ class MigrationOptions:
     device_state_bytes: int = 256 << 10
     timeout_s: float = 10.0
     verify: str = "incremental"
+    auto_converge: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):

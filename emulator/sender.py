@@ -207,7 +207,18 @@ class Source:
             if decision.action != "continue":
                 self.decision = decision
                 return decision
+            if self.options.auto_converge:
+                self._throttle(record)
             pass_no += 1
+
+    def _throttle(self, record):
+        """Auto-converge: slow the vCPUs when a pass dirtied more than it could afford."""
+        throttle = policy.next_throttle_pct(self.workload.throttle_pct, record.pages_dirtied * self.guest.page_size,
+                                            record.bytes_sent)
+        if throttle != self.workload.throttle_pct:
+            self.workload.set_throttle(throttle)
+            if self.progress:
+                self.progress.message(f"auto-converge: vCPUs throttled to {throttle}%")
 
     def _send_pages(self, page_numbers, pass_no):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""

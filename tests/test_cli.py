@@ -42,7 +42,7 @@ def test_every_option_maps_to_its_field():
         "--write-size", "64",
         "--codec", "raw", "--channels", "2", "--batch-pages", "128", "--downtime-limit", "50",
         "--max-passes", "5", "--max-time", "1.5min", "--on-stall", "abort", "--stall-passes", "4",
-        "--max-bandwidth", "1Gbit/s", "--device-state", "1MiB", "--timeout", "2s", "--verify", "full",
+        "--max-bandwidth", "1Gbit/s", "--device-state", "1MiB", "--timeout", "2s", "--verify", "full", "--auto-converge",
     )
     g, w, m = s.guest, s.workload, s.migration
     assert (g.memory_bytes, g.page_size, g.fill, g.seed) == (512 << 20, 8192, "text", 7)
@@ -50,7 +50,7 @@ def test_every_option_maps_to_its_field():
     assert (w.hot_fraction, w.hot_share, w.stride, w.zipf_s, w.write_size) == (0.25, 0.5, 3, 1.5, 64)
     assert (m.codec, m.channels, m.batch_pages) == ("raw", 2, 128)
     assert m.max_bandwidth_bytes_per_s == 125e6
-    assert (m.device_state_bytes, m.timeout_s, m.verify) == (1 << 20, 2.0, "full")
+    assert (m.device_state_bytes, m.timeout_s, m.verify, m.auto_converge) == (1 << 20, 2.0, "full", True)
     assert m.policy == PolicyConfig(downtime_limit_s=0.05, max_passes=5, max_time_s=90.0,
                                     stall_passes=4, on_stall="abort")
 

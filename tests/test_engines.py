@@ -216,3 +216,18 @@ def test_a_slow_setup_keeps_the_source_waiting_with_heartbeats(monkeypatch):
     report, outcome, guest, destination = run_pair(scenario(timeout_s=0.2), *link_pair(timeout_s=0.2))
     assert report.status == "completed", report.reason
     assert report.summary["setup-time"] >= 800
+
+
+def test_auto_converge_throttles_a_writer_that_outruns_the_link_until_it_converges():
+    base = dict(memory_pages=512, fill="random", rate=2000, codec="raw", max_bandwidth_bytes_per_s=4e6,
+                policy=PolicyConfig(downtime_limit_s=0.05, max_passes=15))
+    report, *_ = run_pair(scenario(**base), *link_pair())
+    assert report.switchover_reason == "stalled"  # lambda 2: without a throttle it never converges
+
+    report, outcome, guest, destination = run_pair(scenario(**base, auto_converge=True), *link_pair())
+    throttles = [p.throttle_pct for p in report.passes]
+    assert throttles[0] == 0 and throttles[1] == 20 and throttles == sorted(throttles)
+    assert all(b - a in (0, 10) for a, b in zip(throttles[1:], throttles[2:]))
+    assert report.status == "completed" and report.switchover_reason == "converged", throttles
+    assert report.summary["cpu-throttle-percentage"] == throttles[-1] >= 50
+    assert np.array_equal(destination.migrated, guest.data)
