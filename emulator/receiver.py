@@ -66,6 +66,10 @@ class Destination:
         self.pages_applied = 0
         self.frames_refused = 0
         self.interrupted = False
+        self.applier = None
+        self.device_state = b""
+        self.current_pass = 0
+        self.sent_seq = 0
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its outcome as a dict (status, reason, digest, counts)."""
@@ -91,7 +95,7 @@ class Destination:
             self.interrupted = True
         except _Mismatch as error:
             outcome["reason"] = str(error)
-        if getattr(self, "applier", None):
+        if self.applier:
             self.applier.close()
         self.link.close_data()
         if outcome["status"] != "completed":
@@ -256,7 +260,7 @@ class Destination:
             reason = f"memory digest mismatch: source {source_digest}, destination {self.digest}"
             self._abort(reason)
             raise _Mismatch(reason)
-        device_digest = hashlib.blake2b(getattr(self, "device_state", b""), digest_size=16).hexdigest()
+        device_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
         if device_digest != complete.field("device_state_digest", str):
             reason = "device state digest mismatch"
             self._abort(reason)
@@ -277,13 +281,12 @@ class Destination:
     # messages -----------------------------------------------------------------
     def _send_control(self, msg_type, body):
         self.session.sent(msg_type)
-        frames = protocol.encode_control(msg_type, self._next_seq(), getattr(self, "current_pass", 0), body)
+        frames = protocol.encode_control(msg_type, self._next_seq(), self.current_pass, body)
         self.link.send_control(self.peer, frames)
 
     def _next_seq(self):
-        seq = getattr(self, "sent_seq", 0)
-        self.sent_seq = seq + 1
-        return seq
+        self.sent_seq += 1
+        return self.sent_seq - 1
 
     def _abort(self, reason, cancelled=False):
         """Tell the source why this migration ends (best effort)."""

@@ -100,7 +100,8 @@ class Source:
         self.passes = []
         self.paused = False
         self.blackout = None
-        self.source_digest = self.destination_digest = None
+        self.source_digest = self.destination_digest = self.paused_memory_digest = None
+        self.setup_s = self.expected_downtime_s = self.decision = None
         self.harvest_buffer = np.empty(guest.n_pages, dtype=np.int64)
         self.incremental = self.options.verify == "incremental"
         self.running_digest = RunningDigest(guest.n_pages, guest.page_size) if self.incremental else None
@@ -355,16 +356,16 @@ class Source:
     # the report --------------------------------------------------------------------
     def _report(self, status, reason):
         total_s = self.timeline.now()
-        setup_s = getattr(self, "setup_s", total_s)
+        setup_s = total_s if self.setup_s is None else self.setup_s
         matched = None if self.destination_digest is None else self.source_digest == self.destination_digest
-        if getattr(self, "paused_memory_digest", self.source_digest) != self.source_digest:
+        if self.paused_memory_digest not in (None, self.source_digest):
             matched = False
         summary = summarize(
             self.passes, self.blackout, status=status, page_size=self.guest.page_size,
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,
-            expected_downtime_s=getattr(self, "expected_downtime_s", None),
+            expected_downtime_s=self.expected_downtime_s,
         )
-        decision = getattr(self, "decision", None)
+        decision = self.decision
         return Report(
             status=status, reason=reason, scenario=self.scenario.to_dict(), host=host_info(),
             passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
