@@ -283,34 +283,32 @@ def netns_problem() -> str | None:
     missing = missing_tools()
     if missing:
         return f"{' and '.join(missing)} not found (install iproute2)"
+    return _probe_in_namespace(lambda name: None)
+
+
+def _probe_in_namespace(attempt) -> str | None:
+    """Create a throwaway namespace, call attempt(name) in it, delete it; the first
+    LinkError as text, or None when everything worked."""
     name = f"precopy-probe-{unique_tag()}"
     try:
         run(["ip", "netns", "add", name], "creating a network namespace")
     except LinkError as error:
         return str(error)
     try:
+        attempt(name)
         run(["ip", "netns", "del", name], "deleting a network namespace")
-    except LinkError as error:
-        return str(error)
-    return None
-
-
-def netem_problem() -> str | None:
-    """Why the netem qdisc cannot be used, or None if it can (tried on lo of a throwaway
-    namespace)."""
-    name = f"precopy-probe-{unique_tag()}"
-    try:
-        run(["ip", "netns", "add", name], "creating a network namespace")
-    except LinkError as error:
-        return str(error)
-    try:
-        run(["tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-            "adding netem")
         return None
     except LinkError as error:
         return str(error)
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+
+
+def netem_problem() -> str | None:
+    """Why the netem qdisc cannot be used, or None if it can (tried on lo of a throwaway
+    namespace)."""
+    return _probe_in_namespace(lambda name: run(
+        ["tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], "adding netem"))
 
 
 def netem_available() -> bool:
@@ -335,19 +333,9 @@ def nft_problem() -> str | None:
     lo of a throwaway namespace)."""
     if shutil.which("nft") is None:
         return "the nft command is not installed (Debian/Ubuntu package nftables)"
-    name = f"precopy-probe-{unique_tag()}"
-    try:
-        run(["ip", "netns", "add", name], "creating a network namespace")
-    except LinkError as error:
-        return str(error)
-    try:
-        run(["ip", "netns", "exec", name, "nft", "-f", "-"], "loading an nftables table",
-            stdin=nft_loss_ruleset("lo", 1))
-        return None
-    except LinkError as error:
-        return str(error)
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+    return _probe_in_namespace(lambda name: run(
+        ["ip", "netns", "exec", name, "nft", "-f", "-"], "loading an nftables table",
+        stdin=nft_loss_ruleset("lo", 1)))
 
 
 def nft_available() -> bool:
