@@ -231,6 +231,31 @@ def _add_pattern_options(group):
                        default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
 
 
+def _add_policy_options(group):
+    """When pre-copy stops (emulator.policy): the same for migrations and for estimates."""
+    group.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
+                       default=0.3, metavar="DURATION",
+                       help="blackout budget; a bare number is milliseconds, as QEMU (default 300ms)")
+    group.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30,
+                       metavar="N", help="switch over after this many passes, pass 0 included (default 30)")
+    group.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
+                       default=None, metavar="DURATION",
+                       help="switch over after this much pre-copy; a bare number is seconds (default none)")
+    group.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
+                       help="when passes stop shrinking: force the final copy or give up (default switchover)")
+    group.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3,
+                       metavar="N", help="passes without a new minimum that mean stalled; 0 = never (default 3)")
+
+
+def _policy_from_args(args):
+    return _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
+                  downtime_limit_s=args.downtime_limit,
+                  max_passes=args.max_passes,
+                  max_time_s=args.max_time,
+                  stall_passes=args.stall_passes or None,  # 0 = never
+                  on_stall=args.on_stall)
+
+
 def _add_run_options(parser):
     """The options shared by `migrate` and `send`, grouped as the help shows them."""
     guest = parser.add_argument_group("guest")
@@ -260,18 +285,7 @@ def _add_run_options(parser):
                            metavar="N", help="data connections, as multifd (default 1)")
     migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "256", minimum=1, maximum=65536),
                            default=256, metavar="N", help="pages per data message (default 256)")
-    migration.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
-                           default=0.3, metavar="DURATION",
-                           help="blackout budget; a bare number is milliseconds, as QEMU (default 300ms)")
-    migration.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30,
-                           metavar="N", help="switch over after this many passes, pass 0 included (default 30)")
-    migration.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
-                           default=None, metavar="DURATION",
-                           help="switch over after this much pre-copy; a bare number is seconds (default none)")
-    migration.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
-                           help="when passes stop shrinking: force the final copy or give up (default switchover)")
-    migration.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3,
-                           metavar="N", help="passes without a new minimum that mean stalled; 0 = never (default 3)")
+    _add_policy_options(migration)
     migration.add_argument("--max-bandwidth", type=_bandwidth_type, default=None, metavar="RATE",
                            help="bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited (default unlimited)")
     migration.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
@@ -375,16 +389,7 @@ def _add_analysis_commands(commands):
                        metavar="RATE", help="page writes/s (20000pages/s) or bytes/s (100MiB/s) (default 50000pages/s)")
     _add_pattern_options(dirty)
     rules = estimate.add_argument_group("policy")
-    rules.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
-                       default=0.3, metavar="DURATION", help="blackout budget; a bare number is ms (default 300ms)")
-    rules.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30, metavar="N",
-                       help="switch over after this many passes (default 30)")
-    rules.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
-                       default=None, metavar="DURATION", help="switch over after this much pre-copy (default none)")
-    rules.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3, metavar="N",
-                       help="passes without a new minimum that mean stalled; 0 = never (default 3)")
-    rules.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
-                       help="when stalled: force the final copy or give up (default switchover)")
+    _add_policy_options(rules)
     rules.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
                        default=256 << 10, metavar="SIZE",
                        help="vCPU/device state sent in the blackout (default 256KiB)")
@@ -475,12 +480,7 @@ def scenario_from_args(args):
                       stride=args.stride,
                       zipf_s=args.zipf_s,
                       seed=args.seed)
-    policy = _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
-                    downtime_limit_s=args.downtime_limit,
-                    max_passes=args.max_passes,
-                    max_time_s=args.max_time,
-                    stall_passes=args.stall_passes or None,  # 0 = never
-                    on_stall=args.on_stall)
+    policy = _policy_from_args(args)
     migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout/--verify/"
                        "--auto-converge",
                        MigrationOptions,
@@ -638,9 +638,7 @@ def _run_estimate(args):
     if args.memory % args.page_size:
         raise UsageError(f"--memory: {args.memory} bytes is not a whole number of {args.page_size}-byte pages "
                          f"(example: --memory 64GiB)")
-    policy = _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
-                    downtime_limit_s=args.downtime_limit, max_passes=args.max_passes, max_time_s=args.max_time,
-                    stall_passes=args.stall_passes or None, on_stall=args.on_stall)
+    policy = _policy_from_args(args)
     inputs = _build("--memory/--bandwidth/--compression-ratio", estimate.EstimateInputs,
                     memory_bytes=args.memory, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
                     page_size=args.page_size, compression_ratio=args.compression_ratio,
