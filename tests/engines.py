@@ -9,11 +9,13 @@ from emulator.workload import Workload
 from tests.fakelink import wait_until
 
 
-def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None):
+def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
+             after=None):
     """Migrate `scenario` from a Source to a Destination thread.
 
     Returns (report, outcome, source guest, destination); `destination.migrated` holds a
     copy of the destination's memory as verified, before its own writers resumed.
+    after(workload): called once the source is done, while its writers may still run.
     """
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
@@ -27,8 +29,8 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
         if scenario.workload.rate_pages_per_s:
             wait_until(lambda: workload.writes > 0)  # the vCPUs are really running before pass 0
         report = Source(scenario, guest, workload, source_link).run()
-        running_after = workload.writes
+        if after:
+            after(workload)
     thread.join(timeout=30)
     assert not thread.is_alive(), "the destination did not finish"
-    report.scenario["writes_at_end"] = running_after
     return report, outcome, guest, destination
