@@ -341,8 +341,11 @@ def build_parser():
                          metavar="tcp://ADDR:PORT", help="address to listen on")
     receive.add_argument("--capacity", type=_size_type("--capacity", "8GiB", minimum=1), default=None,
                          metavar="SIZE", help="largest guest memory this end accepts (default: this host's available memory)")
-    receive.add_argument("--serve", action="store_true",
-                         help="keep accepting migrations, one after another, until interrupted")
+    once = receive.add_mutually_exclusive_group()
+    once.add_argument("--serve", action="store_true",
+                      help="keep accepting migrations, one after another, until interrupted")
+    once.add_argument("--wait", type=_duration_type("--wait", "5min", optional=True, positive=True), default=None,
+                      metavar="DURATION", help="how long to wait for a source to begin (default: until interrupted)")
     receive.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
                          metavar="DURATION", help="longest silence from a source mid-migration (default 10s)")
     keys = receive.add_argument_group("security (CURVE)")
@@ -609,7 +612,8 @@ def _run_receive(args):
 
     try:
         engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display,
-                       timeout_s=args.timeout, security=security, insecure=args.insecure, on_outcome=on_outcome,
+                       timeout_s=args.timeout, wait_s=args.wait, security=security, insecure=args.insecure,
+                       on_outcome=on_outcome,
                        ready=lambda endpoint: print(f"precopy: listening on {endpoint}"
                                                     + (" (CURVE)" if security else ""), file=sys.stderr, flush=True))
     except ValueError as error:

@@ -43,16 +43,20 @@ def send(scenario, to, *, progress=None, security=None):
     return run_source(scenario, to, progress=progress, security=security)
 
 
-def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, security=None,
-            insecure=False, ready=None, on_outcome=None):
+def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, wait_s=None,
+            security=None, insecure=False, ready=None, on_outcome=None):
     """The destination end: wait at `listen` for a source; return the outcome of the (last) migration.
 
     serve: keep accepting migrations one after another, whatever became of the last,
-    until interrupted. security: an emulator.security.ServerSecurity for CURVE. Without
+    until interrupted. wait_s: how long to wait for a source to begin (None: until
+    interrupted; not with serve). timeout_s: the longest silence from a source
+    mid-migration. security: an emulator.security.ServerSecurity for CURVE. Without
     it only a loopback address may be used, unless `insecure` (then anyone who can reach
     the port can push memory in). ready: called with the bound endpoint once listening;
     on_outcome: called with each migration's outcome.
     """
+    if serve and wait_s is not None:
+        raise ValueError("a serving receiver waits for sources until interrupted; wait_s is for a single migration")
     host, _ = parse_endpoint(listen)
     if security is None and not is_loopback(host) and not listen.startswith(("ipc://", "inproc://")):
         if not insecure:
@@ -70,7 +74,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
             progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
         while True:
             destination = Destination(link, capacity_bytes=capacity_bytes, progress=progress)
-            outcome = destination.run(hello_timeout_s=math.inf if serve else None)
+            outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
             if on_outcome:
                 on_outcome(outcome)
             if not serve or destination.interrupted:

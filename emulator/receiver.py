@@ -72,7 +72,11 @@ class Destination:
         self.sent_seq = 0
 
     def run(self, hello_timeout_s=None):
-        """Serve one migration; return its outcome as a dict (status, reason, digest, counts)."""
+        """Serve one migration; return its outcome as a dict (status, reason, digest, counts).
+
+        hello_timeout_s: how long to wait for a source to begin (default: the link's
+        timeout; math.inf waits until interrupted).
+        """
         outcome = {"status": "failed", "reason": None, "digest": None, "endpoint": self.link.endpoint}
         try:
             self._setup(hello_timeout_s)
@@ -146,9 +150,13 @@ class Destination:
 
     def _wait_for_hello(self, timeout_s):
         """The first valid HELLO. Anything else is answered with ABORT naming the problem, and ignored."""
-        deadline = time.monotonic() + (self.link.timeout_s if timeout_s is None else timeout_s)
+        timeout_s = self.link.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         while True:
-            incoming = self.link.recv(max(0.0, deadline - time.monotonic()))
+            try:
+                incoming = self.link.recv(max(0.0, deadline - time.monotonic()))
+            except PeerTimeout:
+                raise PeerTimeout(f"no source began a migration within {timeout_s:g} s") from None
             try:
                 message = protocol.Decoder().decode(incoming.frames)
                 if message.type != MsgType.HELLO:

@@ -234,10 +234,10 @@ class FakeEngine(types.ModuleType):
         self._call("send", scenario, to, progress=progress, security=security)
         return self.report
 
-    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, security=None,
-                insecure=False, on_outcome=None, ready=None):
+    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, wait_s=None,
+                security=None, insecure=False, on_outcome=None, ready=None):
         self._call("receive", listen, capacity_bytes=capacity_bytes, serve=serve, progress=progress,
-                   timeout_s=timeout_s, security=security, insecure=insecure)
+                   timeout_s=timeout_s, wait_s=wait_s, security=security, insecure=insecure)
         ready(listen)
         on_outcome(self.outcome)
         return self.outcome
@@ -309,10 +309,20 @@ def test_receive(fake_engine, capsys):
     (name, (listen,), kwargs), = fake_engine.calls
     assert (name, listen) == ("receive", "tcp://*:4444")
     assert kwargs == {"capacity_bytes": 2 << 30, "serve": False, "progress": None, "timeout_s": 10.0,
-                      "security": None, "insecure": False}
+                      "wait_s": None, "security": None, "insecure": False}
     captured = capsys.readouterr()
     assert "completed" in captured.out and "abc123" in captured.out
     assert "listening on tcp://*:4444" in captured.err
+
+
+def test_receive_waits_for_a_source_as_long_as_asked(fake_engine, capsys):
+    assert cli.main(["receive", "--listen", "tcp://*:4444", "--wait", "5min", "--quiet"]) == 0
+    assert fake_engine.calls[0][2]["wait_s"] == 300.0
+    capsys.readouterr()
+    for bad in (["--wait", "0s"], ["--wait", "soon"], ["--wait", "1min", "--serve"]):
+        assert cli.main(["receive", "--listen", "tcp://*:4444", *bad]) == 2
+        assert "--wait" in capsys.readouterr().err
+    assert len(fake_engine.calls) == 1
 
 
 def test_receive_failure_and_json(fake_engine, capsys):

@@ -32,7 +32,8 @@ def start_receiver(server):
         def on_ready(endpoint):
             outcome["endpoint"] = endpoint
             ready.set()
-        outcome.update(receive("tcp://127.0.0.1:0", security=server, timeout_s=3.0, ready=on_ready))
+        outcome.update(receive("tcp://127.0.0.1:0", security=server, timeout_s=3.0, wait_s=3.0,
+                               ready=on_ready))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -88,8 +89,8 @@ def test_without_keys_only_loopback_unless_insecure():
         def message(self, text):
             messages.append(text)
 
-    outcome = receive("tcp://0.0.0.0:0", insecure=True, progress=Recorder(), timeout_s=0.2)
-    assert outcome["status"] == "failed" and "nothing from the source" in outcome["reason"]
+    outcome = receive("tcp://0.0.0.0:0", insecure=True, progress=Recorder(), wait_s=0.2)
+    assert outcome["status"] == "failed" and "no source began a migration within 0.2 s" in outcome["reason"]
     assert any("UNAUTHENTICATED" in text for text in messages)
 
 
