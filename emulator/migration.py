@@ -9,6 +9,7 @@ import math
 import multiprocessing
 
 from emulator.allocator import keep_freed_buffers
+from emulator.batches import warm_up
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination
 from emulator.scenario import Scenario
@@ -20,6 +21,12 @@ from emulator.workload import Workload
 CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compile kernels
 
 
+def _ready_to_move_pages():
+    """Before either end starts: keep freed message buffers mapped, load the data path's kernels."""
+    keep_freed_buffers()
+    warm_up()
+
+
 def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None):
     """Migrate a running guest to `to`; return the Report.
 
@@ -27,7 +34,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     scenario when not given. The writers run from before the migration starts to its end.
     security: an emulator.security.ClientSecurity for CURVE, or None.
     """
-    keep_freed_buffers()
+    _ready_to_move_pages()
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
@@ -64,7 +71,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
                              "memory into this host; give keys, or accept the risk explicitly")
         if progress:
             progress.message(f"WARNING: listening on {listen} UNAUTHENTICATED and UNENCRYPTED")
-    keep_freed_buffers()
+    _ready_to_move_pages()
     link = DestinationLink(listen, timeout_s, security=security)
     outcome = None
     try:
@@ -85,7 +92,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
 
 def _receiver_child(connection, capacity_bytes, timeout_s):
     """Child process: listen on a free loopback port, report it, serve one migration, report the outcome."""
-    keep_freed_buffers()
+    _ready_to_move_pages()
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)
