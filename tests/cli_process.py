@@ -19,15 +19,23 @@ class PrecopyProcess:
 
     def wait_listening(self, timeout_s=60):
         """The endpoint a receiver reports once it listens."""
+        return self.wait_for(LISTENING, timeout_s).group(1)
+
+    def wait_for(self, pattern, timeout_s=60):
+        """Read stderr until a line matches `pattern` (a compiled regex); return the match.
+
+        The deadline is checked between lines, so a process that goes silent is caught
+        by the test's own timeout rather than here.
+        """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             line = self.proc.stderr.readline()
-            match = LISTENING.search(line)
+            match = pattern.search(line)
             if match:
-                return match.group(1)
+                return match
             if not line and self.proc.poll() is not None:
                 break
-        raise AssertionError(f"the receiver did not report listening (exit {self.proc.poll()})")
+        raise AssertionError(f"precopy never printed {pattern.pattern!r} (exit {self.proc.poll()})")
 
     def signal(self, signum):
         if self.proc.poll() is None:

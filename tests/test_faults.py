@@ -8,6 +8,7 @@ running; a destination whose source died discards the partial guest.
 """
 
 import json
+import re
 import signal
 import threading
 import time
@@ -15,13 +16,16 @@ import time
 import pytest
 
 from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import receive, run_source
+from emulator.migration import run_source
 from emulator.policy import PolicyConfig
+from emulator.receiver import Destination
 from emulator.scenario import MigrationOptions, Scenario
+from emulator.transport import DestinationLink
 from emulator.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess
 
 TIMEOUT_S = 1.0
+ACCEPTED = re.compile(r"accepted a \d+-byte guest")
 
 
 def scenario():
@@ -73,24 +77,26 @@ def test_receiver_lost_in_any_phase_leaves_the_source_running(phase, signum):
 
 
 def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
-    outcome, ready = {}, threading.Event()
-
-    def serve():
-        outcome.update(receive("tcp://127.0.0.1:0", timeout_s=TIMEOUT_S,
-                               ready=lambda endpoint: (outcome.update(endpoint=endpoint), ready.set())))
-
-    thread = threading.Thread(target=serve, daemon=True)
+    link = DestinationLink("tcp://127.0.0.1:0", timeout_s=2.0)
+    destination, outcome = Destination(link), {}
+    thread = threading.Thread(target=lambda: outcome.update(destination.run(hello_timeout_s=60)), daemon=True)
     thread.start()
-    assert ready.wait(10)
-    sender = PrecopyProcess("send", "--to", outcome["endpoint"], "--memory", "64MiB", "--fill", "random",
-                            "--codec", "raw", "--max-bandwidth", "20MB/s", "--timeout", "1s", "--quiet")
-    time.sleep(1.5)  # pre-copy of 64 MiB at 20 MB/s takes about 3 s
-    sender.signal(signal.SIGKILL)
-    sender.finish()
-    thread.join(15)
+    try:
+        sender = PrecopyProcess("send", "--to", link.endpoint, "--memory", "64MiB", "--fill", "random",
+                                "--codec", "raw", "--max-bandwidth", "20MB/s", "--timeout", "1s", "--quiet")
+        # pass 0 moves 64 MiB at 20 MB/s in about 3.4 s: strike once its first pages have landed
+        deadline = time.monotonic() + 60
+        while destination.pages_applied == 0 and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sender.signal(signal.SIGKILL)
+        sender.finish()
+        thread.join(15)
+    finally:
+        link.close()
     assert not thread.is_alive()
     assert outcome["status"] == "failed" and "nothing from the source" in outcome["reason"]
     assert outcome["digest"] is None and 0 < outcome["pages_applied"] < 16384
+    assert destination.guest is None  # discarded, never resumed
 
 
 @pytest.mark.parametrize("side", ["source", "destination"])
@@ -99,7 +105,8 @@ def test_sigterm_on_either_side_cancels_both(side):
     endpoint = receiver.wait_listening()
     sender = PrecopyProcess("send", "--to", endpoint, "--memory", "64MiB", "--fill", "random", "--codec", "raw",
                             "--max-bandwidth", "20MB/s", "--timeout", "5s", "--json", "--quiet")
-    time.sleep(2.0)
+    receiver.wait_for(ACCEPTED)
+    time.sleep(1.0)  # into pass 0, which takes about 3.4 s
     (sender if side == "source" else receiver).signal(signal.SIGTERM)
     sender_status, sender_out, sender_err = sender.finish()
     receiver_status, receiver_out, receiver_err = receiver.finish()
