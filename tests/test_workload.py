@@ -6,6 +6,7 @@ import pytest
 
 from emulator.guest import GuestMemory, GuestSpec
 from emulator.workload import Workload, WorkloadSpec
+from tests.fakelink import wait_until
 
 PAGE = 4096
 
@@ -28,7 +29,7 @@ def test_pause_means_no_writer_touches_memory(guest):
             assert np.array_equal(guest.dirty, dirty)
             workload.resume()
             time.sleep(0.002)
-    assert workload.writes > writes
+        wait_until(lambda: workload.writes > writes)  # and they write again once resumed
 
 
 def test_logged_pages_are_exactly_the_dirty_pages(guest):
