@@ -282,7 +282,7 @@ class Destination:
             "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,
             "resume_s": resume_s, "storage_token": complete.field("storage_token", str),
         })
-        self._send_control(MsgType.ANNOUNCE, {"location": f"{socket.gethostname()} {self.link.endpoint}"})
+        self._send_control(MsgType.ANNOUNCE, {"location": f"host {socket.gethostname()}, {self.link.endpoint}"})
         self._say("resumed and announced")
         self.workload.stop()  # the emulation ends here; a real guest would keep running
 

@@ -320,7 +320,7 @@ class Source:
         announce = self._recv_control(MsgType.ANNOUNCE)
         self.location = announce.field("location", str)
         if self.progress:
-            self.progress.message(f"guest announced at {self.location}")
+            self.progress.message(f"guest running on the destination: {self.location}")
 
     # messages ------------------------------------------------------------------
     def _send_control(self, msg_type, body):

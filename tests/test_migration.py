@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import re
+import socket
 
 import numpy as np
 import pytest
@@ -40,9 +43,29 @@ def test_writers_flat_out_over_tcp_arrive_byte_identical(codec, channels):
     assert report.blackout.total_s >= report.blackout.final_send_s + report.blackout.digest_check_s
 
 
+class Messages:
+    """Progress observer that keeps the engine's messages."""
+
+    def __init__(self):
+        self.texts = []
+
+    def phase(self, name, elapsed_s):
+        pass
+
+    def pass_done(self, record, page_size, total_pages):
+        pass
+
+    def message(self, text):
+        self.texts.append(text)
+
+
 def test_migrate_runs_the_receiver_in_a_child_process():
     s = Scenario(GuestSpec(4096 * PAGE, fill="mixed"), WorkloadSpec(rate_pages_per_s=20_000, pattern="hotset"))
-    report = migrate(s)
+    messages = Messages()
+    report = migrate(s, progress=messages)
+    child = re.fullmatch(r"receiver listening on (tcp://127\.0\.0\.1:\d+) \(pid (\d+)\)", messages.texts[0])
+    assert child and int(child.group(2)) != os.getpid()
+    assert messages.texts[-1] == f"guest running on the destination: host {socket.gethostname()}, {child.group(1)}"
     assert report.status == "completed" and report.digests_match
     destination = report.scenario["destination"]
     assert destination["status"] == "completed" and destination["digest"] == report.source_digest
