@@ -610,12 +610,14 @@ def _run_receive(args):
         outcomes.append(outcome)
         _print_outcome(outcome, args.json)
 
+    def on_ready(endpoint):
+        if display is None:  # the display says it otherwise; with --quiet, scripts still need the port
+            print(f"precopy: listening on {endpoint}" + (" (CURVE)" if security else ""), file=sys.stderr, flush=True)
+
     try:
         engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display,
                        timeout_s=args.timeout, wait_s=args.wait, security=security, insecure=args.insecure,
-                       on_outcome=on_outcome,
-                       ready=lambda endpoint: print(f"precopy: listening on {endpoint}"
-                                                    + (" (CURVE)" if security else ""), file=sys.stderr, flush=True))
+                       on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:
         raise UsageError(f"--listen: {error} (--key FILE --allow FILE, or --insecure)") from None
     return EXIT_OK if outcomes and outcomes[-1].get("status") == "completed" else EXIT_FAILED

@@ -325,6 +325,13 @@ def test_receive_waits_for_a_source_as_long_as_asked(fake_engine, capsys):
     assert len(fake_engine.calls) == 1
 
 
+def test_receive_says_where_it_listens_once_and_gives_up_after_wait(capsys):
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:0", "--wait", "0.2s"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("listening on tcp://127.0.0.1:") == 1
+    assert "no source began a migration within 0.2 s" in captured.out
+
+
 def test_receive_failure_and_json(fake_engine, capsys):
     fake_engine.outcome = {"status": "failed", "reason": "digest mismatch"}
     assert cli.main(["receive", "--listen", "tcp://*:4444", "--json", "--serve"]) == 1
