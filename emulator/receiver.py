@@ -25,6 +25,7 @@ from emulator.protocol import MsgType, ProtocolError, RemoteProtocolError
 from emulator.scenario import Scenario
 from emulator.states import DESTINATION, Session
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, PeerTimeout
+from emulator.units import format_bytes
 from emulator.workload import Workload
 
 
@@ -135,7 +136,8 @@ class Destination:
         self.data_seq = [0] * self.channels
         ports = self.link.open_data(self.channels)
         self._send_control(MsgType.ACCEPT, {"data": ports})
-        self._say(f"accepted a {scenario.guest.memory_bytes}-byte guest on {self.channels} channel(s)")
+        self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
+                  f"on {self.channels} channel(s)")
 
     def _while_heartbeating(self, work):
         """Run `work` (seconds of page faults for a big guest) while telling the source we are alive."""

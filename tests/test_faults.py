@@ -25,7 +25,7 @@ from emulator.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess
 
 TIMEOUT_S = 1.0
-ACCEPTED = re.compile(r"accepted a \d+-byte guest")
+ACCEPTED = re.compile(r"accepted a 64\.0 MiB guest \(16,384 pages\)")
 
 
 def scenario():
