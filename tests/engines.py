@@ -9,6 +9,19 @@ from emulator.workload import Workload
 from tests.fakelink import wait_until
 
 
+class Observer:
+    """A progress observer (see emulator.sender.Source) that ignores everything; tests override what they watch."""
+
+    def phase(self, name, elapsed_s):
+        pass
+
+    def pass_done(self, record, page_size, total_pages):
+        pass
+
+    def message(self, text):
+        pass
+
+
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
              after=None):
     """Migrate `scenario` from a Source to a Destination thread.

@@ -23,6 +23,7 @@ from emulator.scenario import MigrationOptions, Scenario
 from emulator.transport import DestinationLink
 from emulator.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess
+from tests.engines import Observer
 
 TIMEOUT_S = 1.0
 ACCEPTED = re.compile(r"accepted a 64\.0 MiB guest \(16,384 pages\)")
@@ -35,7 +36,7 @@ def scenario():
                                      policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0)))
 
 
-class StrikeAt:
+class StrikeAt(Observer):
     """Progress observer that hits the receiver when the source enters `phase`."""
 
     def __init__(self, receiver, target, signum):
@@ -45,12 +46,6 @@ class StrikeAt:
         if name == self.target and not self.struck:
             self.receiver.signal(self.signum)
             self.struck = True
-
-    def pass_done(self, record, page_size, total_pages):
-        pass
-
-    def message(self, text):
-        pass
 
 
 @pytest.mark.parametrize("phase", ["setup", "precopy", "blackout"])

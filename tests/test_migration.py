@@ -17,7 +17,7 @@ from emulator.report import Report
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.transport import DestinationLink, SourceLink
 from emulator.workload import WorkloadSpec
-from tests.engines import run_pair
+from tests.engines import Observer, run_pair
 
 PAGE = 4096
 
@@ -43,17 +43,11 @@ def test_writers_flat_out_over_tcp_arrive_byte_identical(codec, channels):
     assert report.blackout.total_s >= report.blackout.final_send_s + report.blackout.digest_check_s
 
 
-class Messages:
+class Messages(Observer):
     """Progress observer that keeps the engine's messages."""
 
     def __init__(self):
         self.texts = []
-
-    def phase(self, name, elapsed_s):
-        pass
-
-    def pass_done(self, record, page_size, total_pages):
-        pass
 
     def message(self, text):
         self.texts.append(text)
