@@ -20,6 +20,7 @@ Both sides keep a RunningDigest (emulator.digest) when asked, so the memory
 digest at the end costs nothing.
 """
 
+import functools
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,12 @@ class Batch:
     payload: object = b""
     raw_len: int = 0
     pages: int = 0
+
+    def frames(self, seq, pass_no, page_size):
+        """The batch as a data message's frames (emulator.protocol)."""
+        if self.kind == MsgType.ZERO_PAGES:
+            return protocol.encode_zero_pages(seq, pass_no, self.numbers, page_size, self.flags)
+        return protocol.encode_pages(seq, pass_no, self.numbers, self.payload, self.codec, self.raw_len, self.flags)
 
 
 def _compact(numbers, flags=Flags.NONE):
@@ -182,13 +189,15 @@ class BatchApplier:
 WARM_UP_PAGES = 64
 
 
+@functools.cache
 def warm_up():
     """Compile, or load from Numba's cache, every kernel of the data path, before any clock runs.
 
     A tiny guest crosses both ends (zero and other pages, raw and LZ4, running
     digests, a first and a later pass, a full digest), so a migration's first
     pass does not pay for first calls: about 0.15 s with a warm cache, seconds
-    without one, which would otherwise show up as pass-0 bandwidth.
+    without one, which would otherwise show up as pass-0 bandwidth. Once per process:
+    kernels stay loaded.
     """
     from emulator.digest import RunningDigest
     from emulator.guest import GuestMemory, GuestSpec
@@ -205,12 +214,7 @@ def warm_up():
             bitmap.mark_dirty(source.dirty, every_other)
             for pass_no, numbers in enumerate((np.arange(spec.n_pages, dtype=np.int64), source.harvest())):
                 for batch in encoder.batches(numbers):
-                    if batch.kind == MsgType.ZERO_PAGES:
-                        frames = protocol.encode_zero_pages(0, pass_no, batch.numbers, spec.page_size, batch.flags)
-                    else:
-                        frames = protocol.encode_pages(0, pass_no, batch.numbers, batch.payload, batch.codec,
-                                                       batch.raw_len, batch.flags)
-                    applier.apply(decoder.decode(frames))
+                    applier.apply(decoder.decode(batch.frames(0, pass_no, spec.page_size)))
                 applier.drain()
             source.dirty_count()
             encoder.digest.value(), applier.digest.value(), destination.digest()

@@ -227,13 +227,9 @@ class Source:
         for index, batch in enumerate(self.encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
-            seq = self._next_data_seq()
+            frames = batch.frames(self._next_data_seq(), pass_no, self.guest.page_size)
             if batch.kind == MsgType.ZERO_PAGES:
-                frames = protocol.encode_zero_pages(seq, pass_no, batch.numbers, self.guest.page_size, batch.flags)
                 counter.zero_pages += batch.pages
-            else:
-                frames = protocol.encode_pages(seq, pass_no, batch.numbers, batch.payload, batch.codec,
-                                               batch.raw_len, batch.flags)
             self._send_data(batch.kind, frames, counter)
             counter.pages += batch.pages
         return counter
