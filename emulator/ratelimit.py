@@ -4,7 +4,8 @@ Debt model: a message waits until the bucket holds ``min(nbytes, burst)`` tokens
 debits ``nbytes`` in full, so the balance may go negative and the next sender waits the
 debt off. Messages larger than the burst therefore pass (they just wait for a full bucket),
 and over any interval the bytes sent stay within ``burst + rate x time`` plus the last
-message.
+message. ``settle`` waits that last debt off: called at the end of a pass, it makes the
+pass last as long as the capped link would take to carry it.
 
 ``consume`` reserves under the lock and sleeps outside it: each thread debits its bytes
 at once and sleeps until its reservation is due, so threads queue behind each other's
@@ -46,6 +47,8 @@ class Limiter(Protocol):
     def delay_s(self, nbytes: int) -> float: ...
 
     def consume(self, nbytes: int) -> float: ...
+
+    def settle(self) -> float: ...
 
 
 def _check_nbytes(nbytes: object) -> int:
@@ -132,6 +135,14 @@ class TokenBucket:
             self._sleep(wait_s)
         return wait_s
 
+    def settle(self) -> float:
+        """Sleep until the debt is paid (no tokens owed); returns the seconds waited."""
+        with self._lock:
+            wait_s = max(0.0, -self._tokens_at(self._clock())) / self.rate_bytes_per_s
+        if wait_s > 0:
+            self._sleep(wait_s)
+        return wait_s
+
 
 class Unlimited:
     """The limiter for no limit: same interface as TokenBucket, never waits."""
@@ -154,6 +165,9 @@ class Unlimited:
         _check_nbytes(nbytes)
         with self._lock:
             self.consumed_bytes += nbytes
+        return 0.0
+
+    def settle(self) -> float:
         return 0.0
 
 

@@ -232,6 +232,7 @@ class Source:
                 counter.zero_pages += batch.pages
             self._send_data(batch.kind, frames, counter)
             counter.pages += batch.pages
+        self.limiter.settle()  # the pass lasts until a capped link would have carried its last byte
         return counter
 
     def _next_data_seq(self):

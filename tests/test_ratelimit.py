@@ -59,6 +59,19 @@ def test_waits_for_refill():
     assert limiter.delay_s(256) == 0.125
 
 
+def test_settle_waits_off_the_debt_and_nothing_more():
+    limiter, fake = bucket()
+    assert limiter.settle() == 0.0  # a full bucket owes nothing
+    limiter.consume(512 + 2048)  # passes on a full bucket, 2048 bytes into debt
+    assert fake.sleeps == [] and limiter.tokens() == -2048.0
+    assert limiter.settle() == 2.0
+    assert fake.sleeps == [2.0] and limiter.tokens() == 0.0
+    assert limiter.settle() == 0.0 and fake.sleeps == [2.0]
+    # 512 + 2048 bytes took 2 s: over the whole exchange, burst + rate x time exactly
+    assert limiter.consumed_bytes == 512 + 1024 * fake.now_s
+    assert Unlimited().settle() == 0.0
+
+
 def test_delay_changes_nothing():
     limiter, fake = bucket()
     limiter.consume(512)
