@@ -26,6 +26,9 @@ from emulator.security import Authenticator, secure_client, secure_server
 DATA_HWM = 8  # messages buffered per data socket and side (about 8 MiB at 256 pages)
 CONTROL = -1  # channel number of the control socket in Incoming
 HEARTBEATS_PER_TIMEOUT = 4
+# Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
+# call is only handled once the call returns: an unbounded poll would never return.
+SIGNAL_CHECK_S = 0.25
 _ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)|(?P<local>(?:ipc|inproc)://\S+))$")
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -65,7 +68,20 @@ def _send(sock, frames, copy):
 
 
 def _poll_ms(timeout_s):
-    return -1 if math.isinf(timeout_s) else max(0, int(timeout_s * 1000))
+    """Milliseconds for one poll: what is left of `timeout_s` (rounded up: a wait never
+    ends early), at most SIGNAL_CHECK_S."""
+    return max(0, math.ceil(min(timeout_s, SIGNAL_CHECK_S) * 1000))
+
+
+def _poll_in_slices(poll, timeout_s):
+    """Call poll(ms) in slices (see _poll_ms) until it returns something true or
+    `timeout_s` has passed (math.inf: for ever); return its last result."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        result = poll(_poll_ms(remaining))
+        if result or remaining <= SIGNAL_CHECK_S:
+            return result
 
 
 @dataclass
@@ -122,7 +138,7 @@ class SourceLink:
     def recv_control(self, timeout_s=None):
         """The next control message's frames; PeerTimeout after `timeout_s` (default: the link's)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        if not self.control.poll(_poll_ms(timeout_s), zmq.POLLIN):
+        if not _poll_in_slices(lambda ms: self.control.poll(ms, zmq.POLLIN), timeout_s):
             raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s{self._handshake_hint()}")
         return self.control.recv_multipart(copy=False)
 
@@ -206,17 +222,14 @@ class DestinationLink:
         math.inf waits for ever).
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ready = dict(self._poller.poll(_poll_ms(deadline - time.monotonic())))
-            if self.control in ready:
-                peer, *frames = self.control.recv_multipart(copy=False)
-                return Incoming(CONTROL, frames, peer.bytes)
-            for channel, sock in enumerate(self.data):
-                if sock in ready:
-                    return Incoming(channel, sock.recv_multipart(copy=False))
-            if time.monotonic() >= deadline:
-                raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
+        ready = dict(_poll_in_slices(self._poller.poll, timeout_s))
+        if self.control in ready:
+            peer, *frames = self.control.recv_multipart(copy=False)
+            return Incoming(CONTROL, frames, peer.bytes)
+        for channel, sock in enumerate(self.data):
+            if sock in ready:
+                return Incoming(channel, sock.recv_multipart(copy=False))
+        raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
 
     def send_control(self, peer, frames):
         try:

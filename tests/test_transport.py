@@ -1,0 +1,59 @@
+"""Waits on ZeroMQ sockets come back to Python often enough to handle signals.
+
+A signal that lands just before a poll system call is handled only when the call
+returns; `precopy receive` waits for its source for ever, so no single poll may.
+"""
+
+import math
+import threading
+import time
+
+from emulator import protocol, transport
+from emulator.protocol import MsgType
+from emulator.transport import DestinationLink, SourceLink
+
+
+class RecordingPoll:
+    """Wraps a poll(ms) function: records each timeout, answers with `result` from call `ready_at` on."""
+
+    def __init__(self, poll, ready_at=None, result=True):
+        self.poll, self.ready_at, self.result, self.timeouts_ms = poll, ready_at, result, []
+
+    def __call__(self, ms):
+        self.timeouts_ms.append(ms)
+        if self.ready_at is not None and len(self.timeouts_ms) >= self.ready_at:
+            return self.result
+        return self.poll(ms)
+
+
+def test_an_endless_wait_is_cut_into_bounded_polls():
+    poll = RecordingPoll(lambda ms: time.sleep(ms / 1000) or [], ready_at=4, result=[("sock", 1)])
+    assert transport._poll_in_slices(poll, math.inf) == [("sock", 1)]
+    assert poll.timeouts_ms == [250, 250, 250, 250]
+
+
+def test_a_timed_wait_ends_on_time_in_bounded_polls():
+    poll = RecordingPoll(lambda ms: time.sleep(ms / 1000) or [])
+    started = time.monotonic()
+    assert transport._poll_in_slices(poll, 0.6) == []
+    assert time.monotonic() - started >= 0.6
+    assert len(poll.timeouts_ms) == 3 and all(0 <= ms <= 250 for ms in poll.timeouts_ms)
+
+
+def test_a_destination_waiting_for_ever_still_returns_to_python_and_gets_its_message():
+    destination = DestinationLink("tcp://127.0.0.1:0", 5.0)
+    source = SourceLink(destination.endpoint, 5.0)
+    recording = RecordingPoll(destination._poller.poll)
+    destination._poller.poll = recording
+    hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION})
+    sender = threading.Timer(0.7, source.send_control, args=(hello,))
+    sender.start()
+    try:
+        incoming = destination.recv(math.inf)
+    finally:
+        sender.join()
+        source.close()
+        destination.close()
+    assert protocol.Decoder().decode(incoming.frames).type == MsgType.HELLO
+    assert len(recording.timeouts_ms) >= 3  # 0.7 s in slices of 0.25 s at most
+    assert all(0 <= ms <= 250 for ms in recording.timeouts_ms)
