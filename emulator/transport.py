@@ -125,7 +125,11 @@ class SourceLink:
             self.data.append(sock)
 
     def send_control(self, frames):
-        _send(self.control, frames, copy=True)
+        try:
+            self.control.send_multipart(frames, copy=True)
+        except zmq.Again:
+            raise PeerTimeout(f"no answer from the destination within {self.timeout_s:g} s: it took no control "
+                              f"message{self._handshake_hint()}") from None
 
     def send_data(self, channel, frames):
         """Send a data message without copying its payload."""

@@ -1,16 +1,20 @@
-"""Waits on ZeroMQ sockets come back to Python often enough to handle signals.
+"""The links' waits and the errors they give.
 
-A signal that lands just before a poll system call is handled only when the call
-returns; `precopy receive` waits for its source for ever, so no single poll may.
+Waits come back to Python often enough to handle signals: a signal that lands just
+before a poll system call is handled only when the call returns, and `precopy
+receive` waits for its source for ever, so no single poll may.
 """
 
 import math
 import threading
 import time
 
+import pytest
+import zmq
+
 from emulator import protocol, transport
 from emulator.protocol import MsgType
-from emulator.transport import DestinationLink, SourceLink
+from emulator.transport import DestinationLink, PeerTimeout, SourceLink
 
 
 class RecordingPoll:
@@ -57,3 +61,33 @@ def test_a_destination_waiting_for_ever_still_returns_to_python_and_gets_its_mes
     assert protocol.Decoder().decode(incoming.frames).type == MsgType.HELLO
     assert len(recording.timeouts_ms) >= 3  # 0.7 s in slices of 0.25 s at most
     assert all(0 <= ms <= 250 for ms in recording.timeouts_ms)
+
+
+class _Refusing:
+    """A control socket whose peer never takes a message, and a monitor that saw a failed handshake."""
+
+    def send_multipart(self, frames, copy):
+        raise zmq.Again()
+
+    def poll(self, timeout_ms=0):
+        return True
+
+    def close(self, linger=None):
+        pass
+
+
+def test_a_control_message_nobody_takes_is_no_answer_from_the_destination():
+    link = SourceLink("tcp://127.0.0.1:9", 1.5)
+    real_control = link.control
+    link.control = _Refusing()
+    try:
+        with pytest.raises(PeerTimeout, match=r"^no answer from the destination within 1.5 s: it took no control "
+                                              r"message$"):
+            link.send_control([b"hello"])
+        link.monitor = _Refusing()  # as on a secured link whose CURVE handshake failed
+        with pytest.raises(PeerTimeout, match="no answer from the destination within 1.5 s: it took no control "
+                                              "message; the CURVE handshake failed"):
+            link.send_control([b"hello"])
+    finally:
+        link.control, link.monitor = real_control, None
+        link.close()
