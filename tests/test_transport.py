@@ -72,9 +72,6 @@ class _Refusing:
     def poll(self, timeout_ms=0):
         return True
 
-    def close(self, linger=None):
-        pass
-
 
 def test_a_control_message_nobody_takes_is_no_answer_from_the_destination():
     link = SourceLink("tcp://127.0.0.1:9", 1.5)
