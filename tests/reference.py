@@ -47,18 +47,15 @@ def is_zero_page(memory, page_size, page):
 
 
 def page_digest(memory, page_size, page):
-    """The kernel's 4-lane multiply-rotate content hash, then the page number mixed in, with Python integers."""
+    """The kernel's keyed product-and-sum content hash, then the page number mixed in, with Python integers."""
     p1, p2, p3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
-
-    def rotl(value, bits):
-        return ((value << bits) | (value >> (64 - bits))) & MASK64
-
     words = memory[page * page_size : (page + 1) * page_size].view(np.uint64).tolist()
-    lanes = [p1, p2, p3, p1 ^ p2]
-    for block in range(0, len(words), 4):
-        for k in range(4):
-            lanes[k] = rotl((lanes[k] + words[block + k] * p2) & MASK64, 31) * p1 & MASK64
-    digest = (rotl(lanes[0], 1) + rotl(lanes[1], 7) + rotl(lanes[2], 12) + rotl(lanes[3], 18)) & MASK64
+    product = keyed_sum = 0
+    for i, word in enumerate(words):
+        keyed = word ^ ((p1 + i * p2) & MASK64)
+        product = (product + (keyed & 0xFFFFFFFF) * (keyed >> 32)) & MASK64
+        keyed_sum = (keyed_sum + keyed) & MASK64
+    digest = product ^ (keyed_sum * p3 & MASK64)
     digest = (digest + page * p1) & MASK64
     digest ^= digest >> 33
     digest = digest * p2 & MASK64

@@ -17,9 +17,9 @@ def test_running_digest_tracks_memory_through_updates():
         if rng.random() < 0.3:
             data[:] = 0
             running.update_zero(chosen)
+            pages.scatter(memory, PAGE, chosen, data)
         else:
-            running.update_batch(data, chosen)
-        pages.scatter(memory, PAGE, chosen, data)
+            running.absorb(pages.scatter_and_digest(memory, PAGE, chosen, data, running.table))
         assert running.value() == pages.memory_digest(memory, PAGE)
 
 
@@ -27,7 +27,8 @@ def test_a_page_left_stale_changes_the_digest():
     memory = np.zeros(8 * PAGE, dtype=np.uint8)
     running = RunningDigest(8, PAGE)
     data = np.ones(PAGE, dtype=np.uint8)
-    running.update_batch(data, [3])
+    elsewhere = np.zeros_like(memory)
+    running.absorb(pages.scatter_and_digest(elsewhere, PAGE, [3], data, running.table))
     assert running.value() != pages.memory_digest(memory, PAGE)  # memory never got the page
     pages.scatter(memory, PAGE, [3], data)
     assert running.value() == pages.memory_digest(memory, PAGE)

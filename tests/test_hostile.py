@@ -26,7 +26,7 @@ SMALL = Scenario(GuestSpec(256 * 4096, fill="random"), WorkloadSpec(rate_pages_p
 
 
 def valid_messages():
-    hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": 1, "session": "x", "scenario": SMALL.to_dict()})
+    hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x", "scenario": SMALL.to_dict()})
     pages = protocol.encode_pages(1, 0, np.arange(4), bytes(4 * 4096), Codec.RAW, 4 * 4096)
     zero = protocol.encode_zero_pages(2, 0, [[0, 256]], 4096, Flags.RUNS)
     pass_end = protocol.encode_control(MsgType.PASS_END, 3, 0, {"pass": 0, "messages": [1], "pages": 4})

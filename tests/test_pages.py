@@ -64,14 +64,67 @@ def test_digests_match_reference(page_size):
     assert digests.tolist() == [reference.page_digest(data, page_size, p) for p in range(8)]
 
 
-def test_batch_and_zero_digests_equal_the_memory_digests(memory):
-    selection = np.array([5, 7, 9, 10, 11, 63])
-    data = np.empty(selection.size * PAGE, dtype=np.uint8)
-    pages.gather(memory, PAGE, selection, data)
+def test_zero_digests_equal_the_memory_digests(memory):
     everything = pages.page_digests(memory, PAGE)
-    assert pages.batch_digests(data, PAGE, selection).tolist() == everything[selection].tolist()
     zero_pages = np.array([0, 5, 6, 63])
     assert pages.zero_page_digests(PAGE, zero_pages).tolist() == everything[zero_pages].tolist()
+
+
+def _digest_table(memory, page_size):
+    """A digest table as a running digest holds it, with stale entries the kernels must replace."""
+    return np.random.default_rng(3).integers(0, 2**63, memory.size // page_size, dtype=np.uint64)
+
+
+def _table_delta(before, after):
+    """What a table's sum (mod 2**64) and XOR changed by, with Python integers."""
+    mask = (1 << 64) - 1
+    total = (sum(after.tolist()) - sum(before.tolist())) & mask
+    xor = int(np.bitwise_xor.reduce(before)) ^ int(np.bitwise_xor.reduce(after))
+    return total, xor
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_split_zero_and_digest_matches_reference(memory, selection):
+    table = _digest_table(memory, PAGE)
+    before = table.copy()
+    zero, nonzero, total, xor = pages.split_zero_and_digest(memory, PAGE, selection, table)
+    assert zero.tolist() == [p for p in selection if reference.is_zero_page(memory, PAGE, p)]
+    assert nonzero.tolist() == [p for p in selection if not reference.is_zero_page(memory, PAGE, p)]
+    expected = before.copy()
+    for page in selection:
+        expected[page] = reference.page_digest(memory, PAGE, page)
+    assert table.tolist() == expected.tolist()  # the selected entries replaced, no other touched
+    assert (total, xor) == _table_delta(before, table)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_scatter_and_digest_matches_reference(memory, selection):
+    data = np.random.default_rng(1).integers(0, 256, len(selection) * PAGE, dtype=np.uint8)
+    if selection:
+        data[:PAGE] = 0  # a zero page among them
+    fast, slow = memory.copy(), memory.copy()
+    table = _digest_table(memory, PAGE)
+    before = table.copy()
+    total, xor = pages.scatter_and_digest(fast, PAGE, selection, np.frombuffer(data.tobytes(), np.uint8), table)
+    reference.scatter(slow, PAGE, selection, data)
+    assert np.array_equal(fast, slow)
+    expected = before.copy()
+    for page in selection:
+        expected[page] = reference.page_digest(slow, PAGE, page)
+    assert table.tolist() == expected.tolist()
+    assert (total, xor) == _table_delta(before, table)
+
+
+def test_replace_zero_digests_matches_reference():
+    zeros = np.zeros(16 * PAGE, dtype=np.uint8)
+    table = _digest_table(zeros, PAGE)
+    before = table.copy()
+    total, xor = pages.replace_zero_digests(PAGE, [2, 3, 15], table)
+    expected = before.copy()
+    for page in (2, 3, 15):
+        expected[page] = reference.page_digest(zeros, PAGE, page)
+    assert table.tolist() == expected.tolist()
+    assert (total, xor) == _table_delta(before, table)
 
 
 def test_memory_digest_matches_reference(memory):
@@ -99,6 +152,12 @@ def test_wrappers_reject_bad_input(memory):
         pages.page_digests(memory[:100], PAGE)
     with pytest.raises(ValueError, match="data holds"):
         pages.scatter(memory, PAGE, [1], np.empty(10, dtype=np.uint8))
+    with pytest.raises(ValueError, match="table holds"):
+        pages.split_zero_and_digest(memory, PAGE, [1], np.zeros(3, dtype=np.uint64))
+    with pytest.raises(TypeError, match="dtype uint64"):
+        pages.scatter_and_digest(memory, PAGE, [1], np.zeros(PAGE, dtype=np.uint8), np.zeros(64, dtype=np.int64))
+    with pytest.raises(IndexError, match="outside"):
+        pages.replace_zero_digests(PAGE, [64], np.zeros(64, dtype=np.uint64))
     with pytest.raises(ValueError, match="writable"):
         readonly = memory.copy()
         readonly.flags.writeable = False

@@ -81,7 +81,7 @@ def test_header_layout_is_fixed_little_endian():
     frames = encode_control(MsgType.HEARTBEAT, 0x0102030405060708, 0x0A0B0C0D, {})
     h = frames[0]
     assert h[0:4] == b"PCPY"
-    assert h[4:6] == b"\x01\x00"  # version 1, little-endian
+    assert h[4:6] == b"\x02\x00"  # version 2, little-endian
     assert h[6] == MsgType.HEARTBEAT == 13
     assert h[7] == 0
     assert h[8:16] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
