@@ -7,11 +7,12 @@ starts the guest here, migrates it, and returns the Report.
 
 import math
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.guest import GuestMemory
-from emulator.receiver import Destination
+from emulator.receiver import Destination, available_memory_bytes
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
@@ -90,13 +91,24 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
         link.close()
 
 
-def _receiver_child(connection, capacity_bytes, timeout_s):
-    """Child process: listen on a free loopback port, report it, serve one migration, report the outcome."""
+def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
+    """Child process: listen on a free loopback port, report it, serve one migration, report the outcome.
+
+    The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
+    meanwhile, while this one warms up and the source fills its guest, if it fits
+    the capacity (else HELLO is refused, as it would be).
+    """
+    prepared = None
+    if guest_spec.memory_bytes <= (available_memory_bytes() if capacity_bytes is None else capacity_bytes):
+        preallocation = ThreadPoolExecutor(1, thread_name_prefix="prealloc")
+        prepared = preallocation.submit(GuestMemory.blank, guest_spec)
+        preallocation.shutdown(wait=False)
     _ready_to_move_pages()
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)
-        outcome = Destination(link, capacity_bytes=capacity_bytes).run(hello_timeout_s=CHILD_START_TIMEOUT_S)
+        outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared).run(
+            hello_timeout_s=CHILD_START_TIMEOUT_S)
     except KeyboardInterrupt:
         outcome = {"status": "cancelled", "reason": "cancelled by the user"}
     finally:
@@ -109,16 +121,17 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
     scenario = scenario or Scenario()
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or sockets
     parent_end, child_end = context.Pipe()
-    child = context.Process(target=_receiver_child, args=(child_end, capacity_bytes, scenario.migration.timeout_s),
-                            name="precopy-receiver", daemon=True)
+    child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
+                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest))
     child.start()
     try:
+        guest = GuestMemory(scenario.guest)  # filled while the receiver starts
         if not parent_end.poll(CHILD_START_TIMEOUT_S):
             raise RuntimeError("the receiver process did not start")
         endpoint = parent_end.recv()
         if progress:
             progress.message(f"receiver listening on {endpoint} (pid {child.pid})")
-        report = run_source(scenario, endpoint, progress=progress)
+        report = run_source(scenario, endpoint, progress=progress, guest=guest)
         outcome = parent_end.recv() if parent_end.poll(scenario.migration.timeout_s + 5) else None
         report.scenario["destination"] = outcome
         return report

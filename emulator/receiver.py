@@ -54,11 +54,15 @@ class Destination:
     progress: an object with phase(name, elapsed_s) and message(text), or None.
     on_verified: called with the GuestMemory once its digest matched, just before
     the guest resumes (and its writers change it): the memory as migrated.
+    prepared: a Future of a blank GuestMemory made before HELLO for the guest that is
+    expected (see emulator.migration.migrate); used if HELLO brings that guest.
     """
 
-    def __init__(self, link, *, capacity_bytes=None, progress=None, on_verified=None, clock=time.monotonic):
+    def __init__(self, link, *, capacity_bytes=None, progress=None, on_verified=None, prepared=None,
+                 clock=time.monotonic):
         self.link = link
         self.on_verified = on_verified
+        self.prepared = prepared
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
         self.progress, self.clock = progress, clock
         self.session = Session(DESTINATION)
@@ -123,7 +127,7 @@ class Destination:
             raise
         self._say("setup: allocating guest memory")
         self.scenario = scenario
-        self.guest = self._while_heartbeating(lambda: GuestMemory.blank(scenario.guest))
+        self.guest = self._while_heartbeating(lambda: self._blank_guest(scenario.guest))
         self.workload = Workload(self.guest, scenario.workload)  # ready now, started at resume
         self.incremental = scenario.migration.verify == "incremental"
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
@@ -134,10 +138,20 @@ class Destination:
                                         max(options.batch_pages * page_size, options.device_state_bytes, 1))
         self.channels = options.channels
         self.data_seq = [0] * self.channels
-        ports = self.link.open_data(self.channels)
+        ports = self.link.open_data(self.channels, options.batch_pages * page_size)
         self._send_control(MsgType.ACCEPT, {"data": ports})
         self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {self.channels} channel(s)")
+
+    def _blank_guest(self, spec):
+        """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
+        prepared, self.prepared = self.prepared, None
+        if prepared is not None:
+            guest = prepared.result()
+            if guest.spec == spec:
+                return guest
+            del guest
+        return GuestMemory.blank(spec)
 
     def _while_heartbeating(self, work):
         """Run `work` (seconds of page faults for a big guest) while telling the source we are alive."""

@@ -43,19 +43,29 @@ def _fill_text(memory, first, nbytes, vocabulary, starts, word_table, state):
 
 
 @kernel
-def _fill(memory, page_size, kinds, state, pool):
+def _zero_words(words, first, count):
+    for i in range(first, first + count):
+        words[i] = 0
+
+
+@kernel
+def _fill(memory, page_size, first_page, kinds, state, pool):
     words = memory.view(np.uint64)
     words_per_page = page_size // 8
-    for page in range(kinds.size):
-        kind = kinds[page]
+    for i in range(kinds.size):
+        kind = kinds[i]
+        page = first_page + i
         first_word = page * words_per_page
         if kind == RANDOM:
             _fill_random_words(words, first_word, words_per_page, state)
         elif kind == HALF:
             _fill_random_words(words, first_word, words_per_page // 2, state)
+            _zero_words(words, first_word + words_per_page // 2, words_per_page // 2)
         elif kind == TEXT:
             windows = np.uint64(pool.size - page_size + 1)
             copy_bytes(memory, page * page_size, pool, np.int64(next_random(state) % windows), page_size)
+        else:
+            _zero_words(words, first_word, words_per_page)
 
 
 def text_vocabulary(seed, n_words=2000):
@@ -80,21 +90,37 @@ def text_vocabulary(seed, n_words=2000):
     return vocabulary, starts, np.minimum(word_table, n_words - 1)
 
 
-def fill_pages(memory, page_size, kinds, seed):
-    """Write every page of `memory` according to `kinds` (uint8, one of ZERO/RANDOM/HALF/TEXT per page).
+def text_pool(seed, page_size):
+    """The text that TEXT pages are page-sized windows of (TEXT_POOL_BYTES, at least one page)."""
+    pool = np.empty(max(TEXT_POOL_BYTES, require_page_size(page_size)), dtype=np.uint8)
+    _fill_text(pool, 0, pool.size, *text_vocabulary(seed), seed_state(seed, 1 << 20))
+    return pool
 
-    ZERO pages are written with zeros too, so the memory is resident afterwards.
+
+def fill_pages(memory, page_size, kinds, seed, pool, first_page=0):
+    """Write pages first_page.. of `memory` according to `kinds` (uint8, one of ZERO/RANDOM/HALF/TEXT per page).
+
+    Every byte of those pages is written (zero pages with zeros), so they are resident
+    afterwards. The content depends on `seed` and `first_page` only, so a memory filled
+    in fixed slices on any number of threads is the same every time. pool: text_pool(seed, page_size).
     """
     page_size = require_page_size(page_size)
     n_pages = require_memory("memory", memory, page_size)
     require_array("memory", memory, np.uint8, writable=True)
     require_array("kinds", kinds, np.uint8)
-    if kinds.size != n_pages:
-        raise ValueError(f"kinds has {kinds.size} entries, memory has {n_pages} pages")
+    require_array("pool", pool, np.uint8)
+    if not 0 <= first_page <= first_page + kinds.size <= n_pages:
+        raise ValueError(f"kinds for pages [{first_page}, {first_page + kinds.size}) do not fit {n_pages} pages")
     if kinds.size and kinds.max() > TEXT:
         raise ValueError(f"page kind {kinds.max()} is not one of ZERO, RANDOM, HALF, TEXT")
-    memory.fill(0)
-    state = seed_state(seed, 1 << 20)
-    pool = np.empty(max(TEXT_POOL_BYTES, page_size), dtype=np.uint8)
-    _fill_text(pool, 0, pool.size, *text_vocabulary(seed), state)
-    _fill(memory, page_size, kinds, state, pool)
+    if pool.size < page_size:
+        raise ValueError(f"the text pool holds {pool.size} bytes, less than a page")
+    _fill(memory, page_size, first_page, kinds, seed_state(seed, first_page), pool)
+
+
+def zero_fill(memory, first, count):
+    """Write zeros to bytes [first, first + count) of `memory` (uint8): they are resident afterwards."""
+    require_array("memory", memory, np.uint8, writable=True)
+    if first % 8 or count % 8 or not 0 <= first <= first + count <= memory.size or memory.size % 8:
+        raise ValueError(f"bytes [{first}, {first + count}) are not whole words inside {memory.size} bytes")
+    _zero_words(memory.view(np.uint64), first // 8, count // 8)
