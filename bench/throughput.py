@@ -3,9 +3,10 @@
 Measures, in order:
 
 1. the pyzmq ceiling: a spawned receiver process, TCP loopback, PUSH -> PULL, the
-   migration's message layout (44-byte header, 8-byte page-number frame, 1 MiB
-   payload sent with copy=False), high-water marks of 8, over 1 and 2 connections;
-2. LZ4 alone on 2 threads over 1 MiB batches of a 256 MiB guest (`half`, `text`),
+   migration's message layout (44-byte header, 8-byte page-number frame, a payload
+   of the default batch size sent with copy=False), the migration's high-water marks,
+   over 1 and 2 connections;
+2. LZ4 alone on 2 threads over batches of the default size of a 256 MiB guest (`half`, `text`),
    compressing and decompressing;
 3. pass 0 of precopy migrations with no writer (`emulator.migration.migrate`):
    guest GB/s, CPU seconds per GiB on each side, peak memory of both processes,
@@ -39,14 +40,15 @@ from emulator.allocator import keep_freed_buffers
 from emulator.guest import GuestMemory, GuestSpec
 from emulator.migration import migrate
 from emulator.report import host_info
-from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
+from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
+from emulator.transport import data_hwm
 from emulator.units import format_bytes, parse_size
 from emulator.workload import WorkloadSpec
 
 GIB = 1 << 30
-BATCH_BYTES = 1 << 20  # 256 pages of 4 KiB: one PAGES message
 PAGE_SIZE = 4096
-HWM = 8  # as emulator.transport.DATA_HWM
+BATCH_BYTES = DEFAULT_BATCH_PAGES * PAGE_SIZE  # one PAGES message of the default size
+HWM = data_hwm(BATCH_BYTES)  # as a migration's data sockets
 CEILING_BYTES = 2 * GIB  # moved per ceiling measurement
 CEILING_SOURCE_BYTES = 64 << 20  # the random buffer the ceiling's payloads are sliced from
 CEILING_TIMEOUT_S = 60.0
@@ -139,7 +141,7 @@ def _receive_messages(poller, messages):
 
 
 def _ceiling_frames(seq, payload):
-    """One PAGES message as the migration lays it out: header, one (start, count) run, 1 MiB payload."""
+    """One PAGES message as the migration lays it out: header, one (start, count) run, BATCH_BYTES payload."""
     pages = BATCH_BYTES // PAGE_SIZE
     header = protocol.HEADER.pack(protocol.MAGIC, protocol.VERSION, int(protocol.MsgType.PAGES),
                                   int(protocol.Flags.RUNS), seq, 0, pages, int(protocol.Codec.RAW),
@@ -222,7 +224,7 @@ def _on_two_threads(pool, work, items):
 
 
 def measure_compressor(fill, repeats):
-    """LZ4 block compress and decompress of every 1 MiB batch of a 256 MiB `fill` guest, 2 threads.
+    """LZ4 block compress and decompress of every BATCH_BYTES batch of a 256 MiB `fill` guest, 2 threads.
 
     Run in a spawned process (see _compressor_child), steady state as in a migration:
     freed buffers stay in the process, as both ends of a migration keep them, and an
@@ -421,7 +423,7 @@ def check_targets(rows, ceilings, compressor):
 
 
 def format_report(ceilings, compressor, rows, targets):
-    lines = ["pyzmq ceiling (TCP loopback, 1 MiB payloads, HWM 8; median GB/s): "
+    lines = [f"pyzmq ceiling (TCP loopback, {format_bytes(BATCH_BYTES)} payloads, HWM {HWM}; median GB/s): "
              + ", ".join(f"{channels} connection(s) {c['median']:.2f}" for channels, c in ceilings.items())]
     for fill, figures in compressor.items():
         lines.append(f"lz4 alone, 2 threads, {fill}: compress {figures['compress_median']:.2f} GB/s, "
@@ -457,7 +459,8 @@ def _sizes(text):
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
         if size <= 0 or size % BATCH_BYTES:
-            raise argparse.ArgumentTypeError(f"size {item.strip()!r} must be a positive multiple of 1 MiB")
+            raise argparse.ArgumentTypeError(f"size {item.strip()!r} must be a positive multiple of "
+                                             f"{format_bytes(BATCH_BYTES)}")
         sizes.append(size)
     return sizes
 

@@ -30,7 +30,8 @@ from emulator.codecs import CODEC_NAMES
 from emulator.display import LiveDisplay
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
-from emulator.scenario import DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES, MigrationOptions, Scenario
+from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES,
+                               MigrationOptions, Scenario)
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
@@ -283,8 +284,9 @@ def _add_run_options(parser):
     migration.add_argument("--codec", choices=tuple(CODEC_NAMES), default="lz4", help="page codec (default lz4)")
     migration.add_argument("--channels", type=_int_type("--channels", "4", minimum=1, maximum=64), default=1,
                            metavar="N", help="data connections, as multifd (default 1)")
-    migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "256", minimum=1, maximum=65536),
-                           default=256, metavar="N", help="pages per data message (default 256)")
+    migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "1024", minimum=1, maximum=65536),
+                           default=DEFAULT_BATCH_PAGES, metavar="N",
+                           help=f"pages per data message (default {DEFAULT_BATCH_PAGES})")
     _add_policy_options(migration)
     migration.add_argument("--max-bandwidth", type=_bandwidth_type, default=None, metavar="RATE",
                            help="bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited (default unlimited)")

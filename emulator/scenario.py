@@ -14,6 +14,7 @@ from emulator.workload import WorkloadSpec
 
 DEFAULT_MEMORY_BYTES = 1 << 30
 VERIFY_MODES = ("incremental", "full")
+DEFAULT_BATCH_PAGES = 1024  # 4 MiB messages of 4 KiB pages: the per-message cost is paid 256 times a GiB
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
 
 
@@ -37,7 +38,7 @@ class MigrationOptions:
 
     codec: str = "lz4"
     channels: int = 1
-    batch_pages: int = 256
+    batch_pages: int = DEFAULT_BATCH_PAGES
     max_bandwidth_bytes_per_s: float | None = None
     device_state_bytes: int = 256 << 10
     timeout_s: float = 10.0

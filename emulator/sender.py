@@ -162,7 +162,7 @@ class Source:
         reply = self._recv_control()
         if reply.type == MsgType.REFUSE:
             raise MigrationFailed(f"destination refused: {reply.field('reason', str)}")
-        self.link.open_data(reply.field("data", list))
+        self.link.open_data(reply.field("data", list), self.options.batch_pages * self.guest.page_size)
         self.setup_s = self.timeline.now()
 
     # phase 2: pre-copy ---------------------------------------------------------

@@ -5,8 +5,8 @@ and one PULL per data channel on free ports of the same interface; the source
 connects a DEALER and one PUSH per channel. Each link has its own context
 with an I/O thread per channel, so channels move bytes in parallel. Data
 messages go zero-copy (`copy=False`); the send and receive high-water marks
-bound how many messages each channel buffers, so a slow destination throttles
-the source instead of growing its memory. Every receive has a deadline and
+bound how many messages each channel buffers (DATA_BUFFER_BYTES worth), so a
+slow destination throttles the source instead of growing its memory. Every receive has a deadline and
 every send a timeout, and ZMTP heartbeats drop a connection whose peer stops
 answering: a dead or silent peer raises PeerTimeout, never hangs.
 With a ServerSecurity/ClientSecurity (emulator.security) every socket runs
@@ -23,7 +23,8 @@ import zmq
 
 from emulator.security import Authenticator, secure_client, secure_server
 
-DATA_HWM = 8  # messages buffered per data socket and side (about 8 MiB at 256 pages)
+DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
+MIN_DATA_HWM = 2  # messages queued per data socket and side, at least: one in flight, one ready
 CONTROL = -1  # channel number of the control socket in Incoming
 HEARTBEATS_PER_TIMEOUT = 4
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
@@ -49,6 +50,11 @@ def parse_endpoint(text):
     if port > 65535:
         raise ValueError(f"invalid endpoint {text!r}: port {port} is above 65535")
     return match["host"], port
+
+
+def data_hwm(message_bytes):
+    """High-water mark of a data socket, in messages of `message_bytes`: DATA_BUFFER_BYTES worth, at least 2."""
+    return max(MIN_DATA_HWM, DATA_BUFFER_BYTES // max(1, message_bytes))
 
 
 def _socket(context, kind, timeout_s):
@@ -114,13 +120,16 @@ class SourceLink:
             secure_client(sock, self.security)
         return sock
 
-    def open_data(self, endpoints):
-        """Connect one PUSH socket per data endpoint (ports are joined to the control host)."""
+    def open_data(self, endpoints, message_bytes):
+        """Connect one PUSH socket per data endpoint (ports are joined to the control host).
+
+        message_bytes: the largest data message's payload, which sets the high-water mark.
+        """
         for endpoint in endpoints:
             if isinstance(endpoint, int):
                 endpoint = f"tcp://{self.host}:{endpoint}"
             sock = self._socket(zmq.PUSH)
-            sock.setsockopt(zmq.SNDHWM, DATA_HWM)
+            sock.setsockopt(zmq.SNDHWM, data_hwm(message_bytes))
             sock.connect(endpoint)
             self.data.append(sock)
 
@@ -196,12 +205,15 @@ class DestinationLink:
             secure_server(sock, self.security)
         return sock
 
-    def open_data(self, channels):
-        """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints)."""
+    def open_data(self, channels, message_bytes):
+        """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints).
+
+        message_bytes: the largest data message's payload, which sets the high-water mark.
+        """
         advertised = []
         for channel in range(channels):
             sock = self._socket(zmq.PULL)
-            sock.setsockopt(zmq.RCVHWM, DATA_HWM)
+            sock.setsockopt(zmq.RCVHWM, data_hwm(message_bytes))
             if self.endpoint.startswith("tcp://"):
                 advertised.append(sock.bind_to_random_port(f"tcp://{self.host}"))
             else:

@@ -30,8 +30,8 @@ class FakeSourceLink:
     def __init__(self, pipe, timeout_s=5.0):
         self.pipe, self.timeout_s = pipe, timeout_s
 
-    def open_data(self, endpoints):
-        assert len(endpoints) == self.pipe.channels
+    def open_data(self, endpoints, message_bytes):
+        assert len(endpoints) == self.pipe.channels and message_bytes > 0
 
     def send_control(self, frames):
         self.pipe.to_destination.put(Incoming(CONTROL, [bytes(f) for f in frames], SOURCE_PEER))
@@ -55,7 +55,8 @@ class FakeDestinationLink:
     def __init__(self, pipe, timeout_s=5.0):
         self.pipe, self.timeout_s = pipe, timeout_s
 
-    def open_data(self, channels):
+    def open_data(self, channels, message_bytes):
+        assert message_bytes > 0
         self.pipe.channels = channels
         return list(range(channels))
 

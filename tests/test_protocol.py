@@ -281,10 +281,10 @@ def test_bad_magic(decoder):
     assert "b'PCPZ'" in str(err) and "b'PCPY'" in str(err)
 
 
-@pytest.mark.parametrize("version", [0, 2, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 3, 0xFFFF])
 def test_bad_version(decoder, version):
     err = expect_error(decoder, with_header(pages_frames(), version=version), "version")
-    assert f"got {version}, expected 1" in str(err)
+    assert f"got {version}, expected 2" in str(err)
 
 
 @pytest.mark.parametrize("type_id", [0, 14, 255])
