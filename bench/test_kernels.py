@@ -127,6 +127,29 @@ def test_page_digests(benchmark, report, random_guest):
     report(guest_bytes=random_guest.data.size)
 
 
+@pytest.mark.parametrize("fill", ["zero", "random"])
+def test_split_zero_and_digest(benchmark, report, request, fill):
+    """The source's scan with a running digest: zero test and hash in one read of each page."""
+    guest = request.getfixturevalue(f"{fill}_guest")
+    every_page = np.arange(guest.n_pages, dtype=np.int64)
+    table = np.zeros(guest.n_pages, dtype=np.uint64)
+    zero, nonzero, *_ = benchmark.pedantic(pages.split_zero_and_digest, (guest.data, PAGE_SIZE, every_page, table),
+                                           rounds=7, warmup_rounds=1)
+    assert (zero.size, nonzero.size) == ((guest.n_pages, 0) if fill == "zero" else (0, guest.n_pages))
+    report(guest_bytes=guest.data.size)
+
+
+@pytest.mark.parametrize("which", ["random_64k", "runs_256x256"])
+def test_scatter_and_digest(benchmark, report, random_guest, copy_buffer, page_sets, which):
+    """The destination's placement with a running digest: copy and hash in one read of each page."""
+    chosen = page_sets[which]
+    pages.gather(random_guest.data, PAGE_SIZE, chosen, copy_buffer)
+    table = np.zeros(random_guest.n_pages, dtype=np.uint64)
+    benchmark.pedantic(pages.scatter_and_digest, (random_guest.data, PAGE_SIZE, chosen, copy_buffer, table),
+                       rounds=9, warmup_rounds=1)
+    report(guest_bytes=copy_buffer.size)
+
+
 # writers ---------------------------------------------------------------------------
 
 

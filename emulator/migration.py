@@ -125,7 +125,8 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
                             args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest))
     child.start()
     try:
-        guest = GuestMemory(scenario.guest)  # filled while the receiver starts
+        _ready_to_move_pages()  # while the receiver starts, as is the fill:
+        guest = GuestMemory(scenario.guest)
         if not parent_end.poll(CHILD_START_TIMEOUT_S):
             raise RuntimeError("the receiver process did not start")
         endpoint = parent_end.recv()
