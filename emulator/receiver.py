@@ -104,6 +104,9 @@ class Destination:
             self.interrupted = True
         except _Mismatch as error:
             outcome["reason"] = str(error)
+        except Exception as error:  # a bug, or a resource this host lacks: this migration's failure, not the server's
+            outcome["reason"] = f"the destination failed: {type(error).__name__}: {error}"
+            self._abort(outcome["reason"])
         if self.applier:
             self.applier.close()
         self.link.close_data()

@@ -72,6 +72,11 @@ class Scenario:
                                                                         pattern="hotset"))
     migration: MigrationOptions = field(default_factory=MigrationOptions)
 
+    def __post_init__(self):
+        if self.workload.write_size > self.guest.page_size:
+            raise ValueError(f"write_size must be at most the page size ({self.guest.page_size} B), "
+                             f"got {self.workload.write_size!r}")
+
     def to_dict(self):
         """Plain JSON-ready data (infinite rates as the string "max")."""
         data = asdict(self)

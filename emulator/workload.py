@@ -20,6 +20,7 @@ from kernels.writers import PATTERNS, WriterPattern
 SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds pause latency
 MIN_BATCH = 16
 MAX_BATCH = 1 << 20
+MAX_VCPUS = 1024  # writer threads one guest may ask for
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,36 @@ class WorkloadSpec:
     seed: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.vcpus, int) or self.vcpus < 1:
-            raise ValueError(f"vcpus must be a whole number >= 1, got {self.vcpus!r}")
-        if not (self.rate_pages_per_s >= 0):
+        def whole(name, minimum, maximum=None):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+                    maximum is not None and value > maximum):
+                bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+                raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}")
+
+        def real(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            return value
+
+        whole("vcpus", 1, MAX_VCPUS)
+        rate = self.rate_pages_per_s
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
             raise ValueError(f"dirty rate must be >= 0 page writes/s (or inf for unpaced), got {self.rate_pages_per_s!r}")
         if self.pattern not in PATTERNS:
             raise ValueError(f"unknown pattern {self.pattern!r}: expected one of {', '.join(PATTERNS)}")
+        whole("write_size", 8)
+        if self.write_size % 8:
+            raise ValueError(f"write_size must be a multiple of 8 bytes, got {self.write_size!r}")
+        if not 0 < real("hot_fraction") <= 1:
+            raise ValueError(f"hot_fraction must be in (0, 1], got {self.hot_fraction!r}")
+        if not 0 <= real("hot_share") <= 1:
+            raise ValueError(f"hot_share must be in [0, 1], got {self.hot_share!r}")
+        whole("stride", 1)
+        if not 0 < real("zipf_s") < math.inf:
+            raise ValueError(f"zipf_s must be > 0 and finite, got {self.zipf_s!r}")
+        whole("seed", 0, 2**64 - 1)
 
     @property
     def unpaced(self):

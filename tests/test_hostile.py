@@ -89,3 +89,48 @@ def test_live_receiver_survives_hostile_frames_then_migrates():
     assert outcomes and outcomes[-1]["status"] in ("completed", "cancelled")
     assert [o["status"] for o in outcomes].count("completed") == 1  # only the valid migration resumed
     assert "Traceback" not in err
+
+
+BAD_SCENARIO_FIELDS = [
+    ("workload", "hot_fraction", 0),
+    ("workload", "hot_share", 1.5),
+    ("workload", "vcpus", 0),
+    ("workload", "write_size", 12),
+    ("workload", "stride", 0),
+    ("workload", "zipf_s", -1),
+    ("workload", "seed", -1),
+    ("workload", "pattern", "spiral"),
+    ("guest", "page_size", 3000),
+    ("migration", "channels", 1000),
+    ("migration", "codec", "zstd"),
+]
+
+
+def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_then_migrates():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--capacity", "64MiB",
+                              "--timeout", "2s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        context = zmq.Context()
+        for part, name, value in BAD_SCENARIO_FIELDS:
+            scenario = SMALL.to_dict()
+            scenario[part][name] = value
+            hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x",
+                                                                  "scenario": scenario})
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            sock.send_multipart(hello)
+            assert sock.poll(5000), f"no answer to a HELLO with {part}.{name} = {value!r}"
+            reply = protocol.Decoder().decode(sock.recv_multipart())
+            assert reply.type == MsgType.REFUSE, (name, reply.type, reply.body)
+            field = "page size" if name == "page_size" else name
+            assert field in reply.body["reason"] or name in reply.body["reason"], (name, reply.body["reason"])
+            sock.close()
+        context.term()
+        report = run_source(SMALL, endpoint)
+        assert report.status == "completed" and report.digests_match, report.reason
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    assert "Traceback" not in err

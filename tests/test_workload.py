@@ -68,6 +68,14 @@ def test_throttle_is_validated_and_slows_writers(guest):
     ({"rate_pages_per_s": -1}, "dirty rate"),
     ({"rate_pages_per_s": float("nan")}, "dirty rate"),
     ({"pattern": "bursty"}, "unknown pattern"),
+    ({"rate_pages_per_s": "fast"}, "dirty rate"),
+    ({"write_size": 12}, "write_size"),
+    ({"hot_fraction": 0}, "hot_fraction"),
+    ({"hot_share": -0.1}, "hot_share"),
+    ({"stride": 0}, "stride"),
+    ({"zipf_s": 0}, "zipf_s"),
+    ({"seed": -1}, "seed"),
+    ({"vcpus": True}, "vcpus"),
 ])
 def test_bad_workload_specs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
