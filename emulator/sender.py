@@ -300,6 +300,10 @@ class Source:
             resume_s=resumed.field("resume_s", (int, float)),
         )
         self.paused = False  # the guest now runs on the destination; the source stays stopped
+        if self.destination_digest != self.source_digest:
+            raise MigrationFailed(f"the destination resumed with memory digest {self.destination_digest}, the "
+                                  f"source's is {self.source_digest}: its memory is not the guest's (the source's "
+                                  "copy stays paused, so the guest never runs twice)")
 
     def _confirm_source_memory(self):
         """Incremental check, after the fact: the paused memory must hash to what was sent."""

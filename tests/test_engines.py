@@ -1,5 +1,6 @@
 """Source and destination engines joined in memory (no sockets)."""
 
+import json
 import math
 import time
 
@@ -182,6 +183,26 @@ def test_a_corrupted_page_is_caught_and_the_destination_never_resumes():
     assert report.status == "failed" and "digest mismatch" in report.reason
     assert outcome["status"] == "failed" and destination.guest is None and destination.migrated is None
     assert report.blackout is None and report.destination_digest is None
+
+
+class LyingDestinationLink(CorruptingLink):
+    """A destination that reports another memory digest in RESUMED than the one it checked."""
+
+    def send_control(self, peer, frames):
+        if protocol.HEADER.unpack_from(bytes(frames[0]))[2] == protocol.MsgType.RESUMED:
+            body = json.loads(bytes(frames[2]))
+            body["digest"] = "0" * 32
+            frames = protocol.encode_control(protocol.MsgType.RESUMED, protocol.HEADER.unpack_from(bytes(frames[0]))[4],
+                                             0, body)
+        self.link.send_control(peer, frames)
+
+
+def test_a_destination_that_resumes_with_another_digest_fails_the_migration():
+    source_link, destination_link = link_pair()
+    report, outcome, guest, destination = run_pair(scenario(codec="raw"), source_link,
+                                                   LyingDestinationLink(destination_link))
+    assert report.status == "failed" and report.digests_match is False
+    assert "0" * 32 in report.reason and report.source_digest in report.reason
 
 
 class GarbageLink(CorruptingLink):
