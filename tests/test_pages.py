@@ -162,3 +162,18 @@ def test_wrappers_reject_bad_input(memory):
         readonly = memory.copy()
         readonly.flags.writeable = False
         pages.scatter(readonly, PAGE, [1], np.empty(PAGE, dtype=np.uint8))
+
+
+def test_the_readme_digest_test_vectors():
+    """The wire protocol's page-hash test vectors (README, "Wire protocol"), against kernel and reference."""
+    zero = np.zeros(PAGE, dtype=np.uint8)
+    ramp = (np.arange(PAGE) % 256).astype(np.uint8)
+    ones = np.full(PAGE, 0xFF, dtype=np.uint8)
+    memory = np.concatenate([zero, ramp, ones, ramp])
+    assert pages.memory_digest(memory, PAGE) == reference.memory_digest(memory, PAGE) == \
+        "b7d3ae228b6baa0ed81072e3fb9bf430"
+    for content, page, expected in ((zero, 0, 0x773FD4DE67219863), (ramp, 1, 0x4BB2298503A3F226),
+                                    (ones, 7, 0xBED3C0238E820ED6)):
+        placed = np.zeros((page + 1) * PAGE, dtype=np.uint8)
+        placed[page * PAGE :] = content
+        assert int(pages.page_digests(placed, PAGE)[page]) == reference.page_digest(placed, PAGE, page) == expected
