@@ -204,8 +204,8 @@ def gather(memory, page_size, pages, out):
     return nbytes
 
 
-def scatter(memory, page_size, pages, data):
-    """Copy consecutive pages of `data` into `memory` at the page numbers `pages`."""
+def _scatter_args(memory, page_size, pages, data):
+    """Checked (page_size, n_pages, pages) for copying consecutive pages of `data` to `pages` of `memory`."""
     page_size = require_page_size(page_size)
     n_pages = require_memory("memory", memory, page_size)
     require_array("memory", memory, np.uint8, writable=True)
@@ -213,6 +213,12 @@ def scatter(memory, page_size, pages, data):
     require_array("data", data, np.uint8)
     if data.size != pages.size * page_size:
         raise ValueError(f"data holds {data.size} bytes, {pages.size} pages of {page_size} need {pages.size * page_size}")
+    return page_size, n_pages, pages
+
+
+def scatter(memory, page_size, pages, data):
+    """Copy consecutive pages of `data` into `memory` at the page numbers `pages`."""
+    page_size, _, pages = _scatter_args(memory, page_size, pages, data)
     _scatter(memory, page_size, pages, pages.size, data)
 
 
@@ -264,13 +270,7 @@ def scatter_and_digest(memory, page_size, pages, data, table):
 
     Every byte of `data` is read once: each page is hashed as it is copied.
     """
-    page_size = require_page_size(page_size)
-    n_pages = require_memory("memory", memory, page_size)
-    require_array("memory", memory, np.uint8, writable=True)
-    pages = _pages_arg(pages, n_pages)
-    require_array("data", data, np.uint8)
-    if data.size != pages.size * page_size:
-        raise ValueError(f"data holds {data.size} bytes, {pages.size} pages of {page_size} need {pages.size * page_size}")
+    page_size, n_pages, pages = _scatter_args(memory, page_size, pages, data)
     table = _digest_table_arg(table, n_pages)
     total, xor = _scatter_digest(memory, page_size, pages, data, table)
     return int(total), int(xor)
