@@ -74,7 +74,10 @@ class Batch:
 
 
 def _compact(numbers, flags=Flags.NONE):
-    """Page numbers as runs when that is shorter."""
+    """Page numbers (ascending, distinct) as runs when that is shorter."""
+    first = int(numbers[0])
+    if numbers.size > 2 and int(numbers[-1]) - first + 1 == numbers.size:  # one run: the common case, no scan
+        return np.array([[first, numbers.size]], dtype=protocol.PAGE_NUMBER_DTYPE), flags | Flags.RUNS
     runs = protocol.pages_to_runs(numbers)
     if runs.size < numbers.size:
         return runs, flags | Flags.RUNS
