@@ -30,6 +30,7 @@ from emulator.codecs import CODEC_NAMES
 from emulator.display import LiveDisplay
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
+from emulator.receiver import DestinationLimits
 from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES,
                                MigrationOptions, Scenario)
 from emulator.workload import WorkloadSpec
@@ -343,6 +344,23 @@ def build_parser():
                          metavar="tcp://ADDR:PORT", help="address to listen on")
     receive.add_argument("--capacity", type=_size_type("--capacity", "8GiB", minimum=1), default=None,
                          metavar="SIZE", help="largest guest memory this end accepts (default: this host's available memory)")
+    limits = receive.add_argument_group("limits: a source asking for more is refused, with the limit")
+    defaults = DestinationLimits()
+    limits.add_argument("--max-vcpus", type=_int_type("--max-vcpus", "64", minimum=1), default=defaults.max_vcpus,
+                        metavar="N", help=f"most vCPUs (writer threads) of a guest (default {defaults.max_vcpus})")
+    limits.add_argument("--max-channels", type=_int_type("--max-channels", "16", minimum=1),
+                        default=defaults.max_channels, metavar="N",
+                        help=f"most data channels of a migration (default {defaults.max_channels})")
+    limits.add_argument("--max-device-state", type=_size_type("--max-device-state", "16MiB", minimum=1),
+                        default=defaults.max_device_state_bytes, metavar="SIZE",
+                        help=f"largest vCPU/device state (default {units.format_bytes(defaults.max_device_state_bytes)})")
+    limits.add_argument("--max-message", type=_size_type("--max-message", "64MiB", minimum=1),
+                        default=defaults.max_message_bytes, metavar="SIZE",
+                        help="largest data message, batch pages x page size "
+                             f"(default {units.format_bytes(defaults.max_message_bytes)})")
+    limits.add_argument("--max-duration", type=_duration_type("--max-duration", "1h", positive=True),
+                        default=defaults.max_duration_s, metavar="DURATION",
+                        help=f"longest a migration may last from HELLO (default {defaults.max_duration_s:g}s)")
     once = receive.add_mutually_exclusive_group()
     once.add_argument("--serve", action="store_true",
                       help="keep accepting migrations, one after another, until interrupted")
@@ -617,7 +635,10 @@ def _run_receive(args):
             print(f"precopy: listening on {endpoint}" + (" (CURVE)" if security else ""), file=sys.stderr, flush=True)
 
     try:
-        engine.receive(args.listen, capacity_bytes=args.capacity, serve=args.serve, progress=display,
+        limits = DestinationLimits(max_vcpus=args.max_vcpus, max_channels=args.max_channels,
+                                   max_device_state_bytes=args.max_device_state, max_message_bytes=args.max_message,
+                                   max_duration_s=args.max_duration)
+        engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve, progress=display,
                        timeout_s=args.timeout, wait_s=args.wait, security=security, insecure=args.insecure,
                        on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:

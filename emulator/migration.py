@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.guest import GuestMemory
-from emulator.receiver import Destination, available_memory_bytes
+from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
@@ -51,12 +51,13 @@ def send(scenario, to, *, progress=None, security=None):
     return run_source(scenario, to, progress=progress, security=security)
 
 
-def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, wait_s=None,
-            security=None, insecure=False, ready=None, on_outcome=None):
+def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=False, progress=None, timeout_s=10.0,
+            wait_s=None, security=None, insecure=False, ready=None, on_outcome=None):
     """The destination end: wait at `listen` for a source; return the outcome of the (last) migration.
 
     serve: keep accepting migrations one after another, whatever became of the last,
-    until interrupted. wait_s: how long to wait for a source to begin (None: until
+    until interrupted. limits: a DestinationLimits for all a source may ask besides
+    memory. wait_s: how long to wait for a source to begin (None: until
     interrupted; not with serve). timeout_s: the longest silence from a source
     mid-migration. security: an emulator.security.ServerSecurity for CURVE. Without
     it only a loopback address may be used, unless `insecure` (then anyone who can reach
@@ -81,7 +82,7 @@ def receive(listen, *, capacity_bytes=None, serve=False, progress=None, timeout_
         if progress:
             progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
         while True:
-            destination = Destination(link, capacity_bytes=capacity_bytes, progress=progress)
+            destination = Destination(link, capacity_bytes=capacity_bytes, limits=limits, progress=progress)
             outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
             if on_outcome:
                 on_outcome(outcome)

@@ -15,6 +15,7 @@ import hashlib
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 
 from emulator import protocol
@@ -43,14 +44,57 @@ def available_memory_bytes():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+@dataclass(frozen=True)
+class DestinationLimits:
+    """What one incoming migration may ask of this destination, besides its memory capacity.
+
+    A HELLO beyond a limit is refused with the field, its value and the limit; a
+    migration that lasts longer than max_duration_s (from HELLO) is aborted.
+    """
+
+    max_vcpus: int = 64
+    max_channels: int = 16
+    max_device_state_bytes: int = 16 << 20
+    max_message_bytes: int = 64 << 20  # batch pages x page size: what one data message may decode to
+    max_duration_s: float = 3600.0
+
+    def __post_init__(self):
+        for name in ("max_vcpus", "max_channels", "max_device_state_bytes", "max_message_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if not self.max_duration_s > 0:
+            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s!r}")
+
+    def refusal(self, scenario):
+        """Why this destination will not host `scenario` within its limits, or None."""
+        options = scenario.migration
+        asked = (
+            ("workload.vcpus", scenario.workload.vcpus, self.max_vcpus, str),
+            ("migration.channels", options.channels, self.max_channels, str),
+            ("migration.device_state_bytes", options.device_state_bytes, self.max_device_state_bytes, format_bytes),
+            ("migration.batch_pages x guest.page_size", options.batch_pages * scenario.guest.page_size,
+             self.max_message_bytes, format_bytes),
+        )
+        for name, value, limit, show in asked:
+            if value > limit:
+                return f"{name} is {show(value)}, above this destination's limit of {show(limit)}"
+        return None
+
+
 class _Refused(Exception):
     """HELLO asked for something this destination cannot host."""
+
+
+class _OverTime(Exception):
+    """The migration lasted longer than the destination allows."""
 
 
 class Destination:
     """Receives one migration over `link` (a DestinationLink).
 
     capacity_bytes: the most guest memory to accept (default: available memory).
+    limits: a DestinationLimits for everything else a source may ask for.
     progress: an object with phase(name, elapsed_s) and message(text), or None.
     on_verified: called with the GuestMemory once its digest matched, just before
     the guest resumes (and its writers change it): the memory as migrated.
@@ -58,9 +102,10 @@ class Destination:
     expected (see emulator.migration.migrate); used if HELLO brings that guest.
     """
 
-    def __init__(self, link, *, capacity_bytes=None, progress=None, on_verified=None, prepared=None,
-                 clock=time.monotonic):
+    def __init__(self, link, *, capacity_bytes=None, limits=DestinationLimits(), progress=None, on_verified=None,
+                 prepared=None, clock=time.monotonic):
         self.link = link
+        self.limits = limits
         self.on_verified = on_verified
         self.prepared = prepared
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
@@ -104,6 +149,9 @@ class Destination:
             self.interrupted = True
         except _Mismatch as error:
             outcome["reason"] = str(error)
+        except _OverTime as error:
+            outcome["reason"] = str(error)
+            self._abort(outcome["reason"])
         except Exception as error:  # a bug, or a resource this host lacks: this migration's failure, not the server's
             outcome["reason"] = f"the destination failed: {type(error).__name__}: {error}"
             self._abort(outcome["reason"])
@@ -120,7 +168,7 @@ class Destination:
     # setup -------------------------------------------------------------------
     def _setup(self, hello_timeout_s):
         hello = self._wait_for_hello(hello_timeout_s)
-        self.started = self.clock()
+        self.hello_at = time.monotonic()
         self.session.received(hello.type)
         self.control_seq = protocol.expect_seq(hello, 0)
         try:
@@ -195,10 +243,13 @@ class Destination:
             scenario = Scenario.from_dict(hello.field("scenario", dict))
         except ValueError as error:
             raise _Refused(f"invalid scenario: {error}") from None
+        beyond = self.limits.refusal(scenario)
+        if beyond:
+            raise _Refused(beyond)
         needed = scenario.guest.memory_bytes
         if needed > self.capacity_bytes:
-            raise _Refused(f"the guest needs {needed} bytes of memory, this destination has capacity for "
-                           f"{self.capacity_bytes}")
+            raise _Refused(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
+                           f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
         return scenario
 
     # pre-copy, blackout, resume ------------------------------------------------
@@ -210,10 +261,20 @@ class Destination:
         self.ending = None  # the message that closes the current pass: PASS_END or COMPLETE
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
         while not self.session.finished:
-            remaining_s = heard_at + self.link.timeout_s - time.monotonic()
-            if remaining_s <= 0:
+            now = time.monotonic()
+            duration_left_s = self.hello_at + self.limits.max_duration_s - now
+            if duration_left_s <= 0:
+                raise _OverTime(f"the migration lasted longer than this destination's limit of "
+                                f"{self.limits.max_duration_s:g} s")
+            silence_left_s = heard_at + self.link.timeout_s - now
+            if silence_left_s <= 0:
                 raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")
-            incoming = self.link.recv(remaining_s)
+            try:
+                incoming = self.link.recv(min(silence_left_s, duration_left_s))
+            except PeerTimeout:
+                if duration_left_s < silence_left_s:
+                    continue  # the duration limit, not the source's silence: said at the top
+                raise
             if incoming.channel == CONTROL and incoming.peer != self.peer:
                 self._refuse_intruder(incoming)
                 continue

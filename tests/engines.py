@@ -3,7 +3,7 @@
 import threading
 
 from emulator.guest import GuestMemory
-from emulator.receiver import Destination
+from emulator.receiver import Destination, DestinationLimits
 from emulator.sender import Source
 from emulator.workload import Workload
 from tests.fakelink import wait_until
@@ -23,16 +23,17 @@ class Observer:
 
 
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
-             after=None):
+             limits=None, after=None):
     """Migrate `scenario` from a Source to a Destination thread.
 
     Returns (report, outcome, source guest, destination); `destination.migrated` holds a
     copy of the destination's memory as verified, before its own writers resumed.
+    limits: the destination's DestinationLimits (default: its defaults).
     after(workload): called once the source is done, while its writers may still run.
     """
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
-    destination = Destination(destination_link, capacity_bytes=capacity_bytes,
+    destination = Destination(destination_link, capacity_bytes=capacity_bytes, limits=limits or DestinationLimits(),
                               on_verified=lambda verified: setattr(destination, "migrated", verified.data.copy()))
     destination.migrated = None
     outcome = {}

@@ -9,6 +9,7 @@ import pytest
 from emulator import cli
 from emulator.display import LiveDisplay
 from emulator.policy import PolicyConfig
+from emulator.receiver import DestinationLimits
 from emulator.report import Blackout, PassRecord, Report, summarize
 from emulator.scenario import MigrationOptions, Scenario
 
@@ -234,9 +235,9 @@ class FakeEngine(types.ModuleType):
         self._call("send", scenario, to, progress=progress, security=security)
         return self.report
 
-    def receive(self, listen, *, capacity_bytes=None, serve=False, progress=None, timeout_s=10.0, wait_s=None,
-                security=None, insecure=False, on_outcome=None, ready=None):
-        self._call("receive", listen, capacity_bytes=capacity_bytes, serve=serve, progress=progress,
+    def receive(self, listen, *, capacity_bytes=None, limits=None, serve=False, progress=None, timeout_s=10.0,
+                wait_s=None, security=None, insecure=False, on_outcome=None, ready=None):
+        self._call("receive", listen, capacity_bytes=capacity_bytes, limits=limits, serve=serve, progress=progress,
                    timeout_s=timeout_s, wait_s=wait_s, security=security, insecure=insecure)
         ready(listen)
         on_outcome(self.outcome)
@@ -308,11 +309,20 @@ def test_receive(fake_engine, capsys):
     assert cli.main(["receive", "--listen", "tcp://*:4444", "--capacity", "2GiB", "--quiet"]) == 0
     (name, (listen,), kwargs), = fake_engine.calls
     assert (name, listen) == ("receive", "tcp://*:4444")
-    assert kwargs == {"capacity_bytes": 2 << 30, "serve": False, "progress": None, "timeout_s": 10.0,
-                      "wait_s": None, "security": None, "insecure": False}
+    assert kwargs == {"capacity_bytes": 2 << 30, "limits": DestinationLimits(), "serve": False, "progress": None,
+                      "timeout_s": 10.0, "wait_s": None, "security": None, "insecure": False}
     captured = capsys.readouterr()
     assert "completed" in captured.out and "abc123" in captured.out
     assert "listening on tcp://*:4444" in captured.err
+
+
+def test_receive_limits_reach_the_engine(fake_engine, capsys):
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:4444", "--max-vcpus", "4", "--max-channels", "2",
+                     "--max-device-state", "1MiB", "--max-message", "8MiB", "--max-duration", "10min",
+                     "--quiet"]) == 0
+    (_, _, kwargs), = fake_engine.calls
+    assert kwargs["limits"] == DestinationLimits(max_vcpus=4, max_channels=2, max_device_state_bytes=1 << 20,
+                                                 max_message_bytes=8 << 20, max_duration_s=600.0)
 
 
 def test_receive_waits_for_a_source_as_long_as_asked(fake_engine, capsys):

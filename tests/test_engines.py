@@ -1,5 +1,6 @@
 """Source and destination engines joined in memory (no sockets)."""
 
+import dataclasses
 import json
 import math
 import time
@@ -10,6 +11,7 @@ import pytest
 from emulator import protocol
 from emulator.guest import GuestMemory, GuestSpec
 from emulator.policy import PolicyConfig
+from emulator.receiver import DestinationLimits
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import Workload, WorkloadSpec
 from kernels import pages
@@ -264,3 +266,29 @@ def test_auto_converge_throttles_a_writer_that_outruns_the_link_until_it_converg
     assert report.status == "completed" and report.switchover_reason == "converged", throttles
     assert report.summary["cpu-throttle-percentage"] == throttles[-1] >= 50
     assert np.array_equal(destination.migrated, guest.data)
+
+
+@pytest.mark.parametrize("limits, asked, reason", [
+    (DestinationLimits(max_vcpus=2), {"vcpus": 3}, "workload.vcpus is 3, above this destination's limit of 2"),
+    (DestinationLimits(max_channels=2), {"channels": 3}, "migration.channels is 3, above this destination's limit of 2"),
+    (DestinationLimits(max_device_state_bytes=1 << 20), {"device_state_bytes": 2 << 20},
+     "migration.device_state_bytes is 2.00 MiB, above this destination's limit of 1.00 MiB"),
+    (DestinationLimits(max_message_bytes=1 << 20), {"batch_pages": 512},
+     "migration.batch_pages x guest.page_size is 2.00 MiB, above this destination's limit of 1.00 MiB"),
+])
+def test_a_hello_beyond_a_destination_limit_is_refused_with_the_limit(limits, asked, reason):
+    s = scenario(rate=0)
+    workload = {k: v for k, v in asked.items() if k == "vcpus"}
+    migration = {k: v for k, v in asked.items() if k != "vcpus"}
+    s = Scenario(s.guest, dataclasses.replace(s.workload, **workload), dataclasses.replace(s.migration, **migration))
+    source_link, destination_link = link_pair()
+    report, outcome, _, destination = run_pair(s, source_link, destination_link, limits=limits)
+    assert report.status == "failed" and reason in report.reason, report.reason
+    assert outcome["status"] == "failed" and reason in outcome["reason"] and not report.passes
+
+
+def test_a_migration_longer_than_the_destination_allows_is_aborted():
+    s = scenario(fill="random", rate=0, codec="raw", max_bandwidth_bytes_per_s=2e6)  # pass 0 takes about 2 s
+    report, outcome, _, destination = run_pair(s, *link_pair(), limits=DestinationLimits(max_duration_s=0.5))
+    assert outcome["status"] == "failed" and "limit of 0.5 s" in outcome["reason"]
+    assert report.status == "failed" and "limit of 0.5 s" in report.reason and destination.guest is None
