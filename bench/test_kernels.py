@@ -10,6 +10,7 @@ file takes about a minute; the table at the end comes from bench/conftest.py.
 import numpy as np
 import pytest
 
+from emulator import protocol
 from emulator.guest import GuestMemory, GuestSpec
 from kernels import bitmap, pages
 from kernels.writers import PATTERNS, WriterPattern
@@ -52,7 +53,7 @@ def page_sets():
     # one run at the start of each chosen 512-page block, so no two runs touch
     starts = np.sort(rng.choice(N_PAGES // (2 * RUN_PAGES), RUNS, replace=False)) * (2 * RUN_PAGES)
     runs = (starts[:, None] + np.arange(RUN_PAGES)).ravel().astype(np.int64)
-    assert bitmap.to_runs(runs)[0].size == RUNS
+    assert len(protocol.pages_to_runs(runs)) == RUNS
     return {"random_64k": scattered, "runs_256x256": runs}
 
 

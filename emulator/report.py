@@ -32,7 +32,6 @@ __all__ = [
     "Report",
     "SCHEMA_VERSION",
     "STATUSES",
-    "format_pass_line",
     "format_summary",
     "host_info",
     "summarize",
@@ -416,23 +415,6 @@ def host_info() -> dict[str, Any]:
 
 def _pages_rate(pages_per_s: float) -> str:
     return f"{pages_per_s:,.0f} pages/s"
-
-
-def format_pass_line(rec: PassRecord, page_size: int) -> str:
-    """One line per pass for a live display."""
-    remaining_bytes = rec.remaining_pages * page_size
-    line = (
-        f"pass {rec.pass_no:>3}  sent {format_bytes(rec.bytes_sent):>10}"
-        f"  wire {format_bytes(rec.wire_bytes):>10}"
-        f"  in {format_duration(rec.duration_s):>9}"
-        f"  at {format_rate(rec.bandwidth_bytes_per_s):>11}"
-        f"  remaining {format_bytes(remaining_bytes):>10}"
-        f" (threshold {format_bytes(rec.threshold_bytes)})"
-        f"  dirty {_pages_rate(rec.dirty_pages_rate)}"
-    )
-    if rec.throttle_pct:
-        line += f"  throttle {rec.throttle_pct}%"
-    return line
 
 
 def _ms(value: float | None) -> str:

@@ -12,7 +12,6 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from kernels.atomics import atomic_load, atomic_or, atomic_xchg
 from kernels.checks import require_array, require_pages_in_range
 from kernels.config import kernel
-from kernels.pages import run_end
 
 WORD_BITS = 64
 
@@ -70,19 +69,6 @@ def _count(bitmap):
     return total
 
 
-@kernel
-def _runs(pages, count, starts, lengths):
-    runs = 0
-    i = 0
-    while i < count:
-        j = run_end(pages, i, count)
-        starts[runs] = pages[i]
-        lengths[runs] = j - i
-        runs += 1
-        i = j
-    return runs
-
-
 def mark_dirty(bitmap, pages):
     """Set the bits of `pages` (int64 page numbers) in `bitmap`, atomically."""
     require_array("bitmap", bitmap, np.uint64, writable=True)
@@ -109,12 +95,3 @@ def count_dirty(bitmap):
     """Number of dirty pages, without clearing anything."""
     require_array("bitmap", bitmap, np.uint64)
     return int(_count(bitmap))
-
-
-def to_runs(pages):
-    """Split ascending page numbers into runs of consecutive pages: (starts, lengths), int64."""
-    pages = require_array("pages", np.ascontiguousarray(pages, dtype=np.int64), np.int64)
-    starts = np.empty(pages.size, dtype=np.int64)
-    lengths = np.empty(pages.size, dtype=np.int64)
-    runs = _runs(pages, pages.size, starts, lengths)
-    return starts[:runs], lengths[:runs]

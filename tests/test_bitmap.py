@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from emulator import protocol
 from kernels import bitmap
 from tests import reference
 
@@ -61,6 +62,6 @@ def test_wrappers_reject_bad_arrays():
 def test_runs_match_reference(seed):
     rng = np.random.default_rng(seed)
     pages = np.unique(rng.integers(0, 300, 150))
-    starts, lengths = bitmap.to_runs(pages)
-    assert (starts.tolist(), lengths.tolist()) == reference.runs(pages.tolist())
-    assert bitmap.to_runs(np.array([], dtype=np.int64))[0].size == 0
+    runs = protocol.pages_to_runs(pages)
+    assert (runs[:, 0].tolist(), runs[:, 1].tolist()) == reference.runs(pages.tolist())
+    assert protocol.pages_to_runs(np.array([], dtype=np.int64)).size == 0

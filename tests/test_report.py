@@ -13,7 +13,6 @@ from emulator.report import (
     PassRecord,
     Phase,
     Report,
-    format_pass_line,
     format_summary,
     host_info,
     summarize,
@@ -283,15 +282,6 @@ def test_host_info():
     assert info["cpu_count"] >= 1
     assert isinstance(info["hostname"], str)
     json.dumps(info)  # JSON-ready
-
-
-def test_format_pass_line():
-    line = format_pass_line(make_passes()[1], PAGE_SIZE)
-    assert line == (
-        "pass   1  sent    400 KiB  wire    200 KiB  in    250 ms  at    819 kB/s"
-        "  remaining   80.0 KiB (threshold 240 KiB)  dirty 80 pages/s  throttle 20%"
-    )
-    assert "throttle" not in format_pass_line(make_passes()[0], PAGE_SIZE)
 
 
 def test_format_summary():
