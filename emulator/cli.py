@@ -382,6 +382,7 @@ def build_parser():
                                              "NAME.key_secret (keep it here) into --dir.")
     keygen.add_argument("name", help="name of the key pair, e.g. the host name")
     keygen.add_argument("--dir", default=".", metavar="DIR", help="where to write the files (default .)")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
 
     analysis = _add_analysis_commands(commands)
 
@@ -546,7 +547,11 @@ def _banner(scenario):
 
 def _check_report_path(path):
     """Refuse an unwritable --report before the run, not after it."""
-    if path is not None and not Path(path).resolve().parent.is_dir():
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"--report: {path!r} is a directory; give a file name (example: --report {path}/run.json)")
+    if not Path(path).resolve().parent.is_dir():
         raise UsageError(f"--report: directory of {path!r} does not exist (example: --report run.json)")
 
 
@@ -649,7 +654,10 @@ def _run_receive(args):
 def _run_keygen(args):
     from emulator.security import generate
 
-    public_file, secret_file = generate(args.dir, args.name)
+    try:
+        public_file, secret_file = generate(args.dir, args.name, force=args.force)
+    except FileExistsError as error:
+        raise UsageError(f"keygen: {error}") from None
     print(f"public key  {public_file}   (give it to the other end: --allow on a receiver, --server-key on a sender)")
     print(f"secret key  {secret_file}   (keep it here: --key)")
     return EXIT_OK

@@ -26,9 +26,17 @@ class KeyPair:
     secret: bytes | None
 
 
-def generate(directory, name):
-    """Write NAME.key (public) and NAME.key_secret (both keys) into `directory`; return their paths."""
+def generate(directory, name, *, force=False):
+    """Write NAME.key (public) and NAME.key_secret (both keys) into `directory`; return their paths.
+
+    An existing pair is kept (FileExistsError) unless `force`: a replaced secret key locks
+    out every peer that was given the old public key.
+    """
     directory = Path(directory)
+    existing = [path for path in (directory / f"{name}.key", directory / f"{name}.key_secret") if path.exists()]
+    if existing and not force:
+        raise FileExistsError(f"{', '.join(map(str, existing))} already exist(s): replacing the key pair locks out "
+                              "every peer given its public key; use --force to replace it anyway")
     directory.mkdir(parents=True, exist_ok=True)
     public_file, secret_file = zmq.auth.create_certificates(directory, name)
     Path(secret_file).chmod(0o600)

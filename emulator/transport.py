@@ -185,6 +185,7 @@ class DestinationLink:
         self.authenticator = Authenticator(self.context, security) if security else None
         self.control = self._socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.data = []
         try:
             if port == 0:
                 port = self.control.bind_to_random_port(f"tcp://{self.host}")
@@ -194,8 +195,9 @@ class DestinationLink:
                 self.endpoint = listen
         except zmq.ZMQError as error:
             self.close()
-            raise OSError(f"cannot listen on {listen}: {error}") from None
-        self.data = []
+            hint = "; another process listens there: pick another port, or port 0 for a free one" if (
+                error.errno == zmq.EADDRINUSE) else ""
+            raise OSError(f"cannot listen on {listen}: {error}{hint}") from None
         self._poller = zmq.Poller()
         self._poller.register(self.control, zmq.POLLIN)
 

@@ -293,6 +293,12 @@ def test_report_in_missing_directory_is_refused_before_the_run(fake_engine, tmp_
     assert fake_engine.calls == []
 
 
+def test_report_that_is_a_directory_is_refused_before_the_run(fake_engine, tmp_path, capsys):
+    assert cli.main(["migrate", "--report", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert fake_engine.calls == []
+
+
 def test_json_prints_the_report(fake_engine, capsys):
     assert cli.main(["migrate", "--json"]) == 0
     out = capsys.readouterr().out
@@ -428,6 +434,13 @@ def test_keygen_and_key_options(fake_engine, capsys, tmp_path):
     assert cli.main(["keygen", "dst", "--dir", str(tmp_path)]) == 0
     assert cli.main(["keygen", "src", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "dst.key").exists() and (tmp_path / "src.key_secret").exists()
+    secret = (tmp_path / "dst.key_secret").read_bytes()
+    capsys.readouterr()
+    assert cli.main(["keygen", "dst", "--dir", str(tmp_path)]) == 2  # never silently replaced
+    assert "already exist" in capsys.readouterr().err and (tmp_path / "dst.key_secret").read_bytes() == secret
+    assert cli.main(["keygen", "dst", "--dir", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "dst.key_secret").read_bytes() != secret
+    assert cli.main(["keygen", "dst", "--dir", str(tmp_path)]) == 2
     capsys.readouterr()
     assert cli.main(["send", "--to", "tcp://h:1", "--key", str(tmp_path / "src.key_secret"), "--quiet"]) == 2
     assert "--key and --server-key go together" in capsys.readouterr().err

@@ -88,3 +88,12 @@ def test_a_control_message_nobody_takes_is_no_answer_from_the_destination():
     finally:
         link.control, link.monitor = real_control, None
         link.close()
+
+
+def test_a_port_in_use_is_said_so_with_the_fix():
+    first = DestinationLink("tcp://127.0.0.1:0", 1.0)
+    try:
+        with pytest.raises(OSError, match="in use.*pick another port, or port 0"):
+            DestinationLink(first.endpoint, 1.0)
+    finally:
+        first.close()
