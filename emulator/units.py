@@ -10,7 +10,8 @@ Conventions decided here (the CLI and the README rely on them):
   above (``MB/s`` = 10^6 B/s, ``MiB/s`` = 2^20 B/s); ``bit/s`` and ``bps`` forms are bits
   (``Gbit/s`` = ``Gbps`` = 10^9/8 B/s; ``Kibit/s`` style binary prefixes also work). The
   byte/bit letter is case-sensitive there, and ``Mb/s`` / ``MBps`` are refused as
-  ambiguous. A plain number is bytes/s; "unlimited" means no limit.
+  ambiguous. A plain number is refused on the command line (``100`` would be 100 B/s, never
+  what anyone means); from Python, a number is bytes/s. "unlimited" means no limit.
 - Dirty rates are page writes per second: "20000", "20000pages/s", a byte rate such as
   "100MiB/s" (divided by the page size), or "max" (writers run flat out).
 - Durations: ``ns us ms s min h`` (also ``µs``, ``sec``, ``hour``...); a bare number is in
@@ -176,6 +177,9 @@ def parse_bandwidth(text: str | float) -> float | None:
         rate = _rate_bytes_per_s(number, unit)
         if rate == 0:
             raise _Problem("must be positive")
+        if isinstance(text, str) and unit == "":
+            raise _Problem(f"a bare number cannot be meant: {text.strip()} B/s would take days per GiB; "
+                           f"give a unit ({text.strip()}MB/s or {text.strip()}Mbit/s)")
         return float(rate)
     except _Problem as problem:
         raise _invalid("bandwidth", text, _BANDWIDTH_EXPECTED, str(problem)) from None

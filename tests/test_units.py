@@ -105,7 +105,7 @@ def test_parse_size_refuses_non_numbers():
         ("8bit/s", 1.0),
         ("8Mibit/s", float(2**20)),
         ("2.5Gbit/s", 2.5e9 / 8),
-        ("1000000", 1e6),  # plain number: bytes/s
+        (1000000, 1e6),  # a number, not text: bytes/s
         ("1 GB/s", 1e9),
     ],
 )
@@ -131,6 +131,7 @@ def test_parse_bandwidth_unlimited(text):
         ("10G/s", "unknown unit 'G/s'"),
         ("fast", "expected a positive rate"),
         ("nan", "expected a positive rate"),
+        ("100", "give a unit (100MB/s or 100Mbit/s)"),
     ],
 )
 def test_parse_bandwidth_refuses(text, problem):
