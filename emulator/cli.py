@@ -568,9 +568,22 @@ def _finish(report, args):
     return EXIT_OK if report.status == "completed" else EXIT_FAILED
 
 
+def _check_memory_fits(scenario, copies, where):
+    """Refuse a guest this host cannot hold `copies` times before anything is allocated or started.
+
+    where: what needs the memory, as the start of the message."""
+    from emulator.receiver import available_memory_bytes
+
+    needed, available = copies * scenario.guest.memory_bytes, available_memory_bytes()
+    if needed > available:
+        raise UsageError(f"--memory: {where} {units.format_bytes(needed)}, this host has "
+                         f"{units.format_bytes(available)} available (example: --memory 1GiB)")
+
+
 def _run_migrate(args):
     scenario = scenario_from_args(args)
     _check_report_path(args.report)
+    _check_memory_fits(scenario, 2, "a migration on this machine holds the guest twice (source and destination):")
     engine = _engine()
     display = _display(args)
     if display is not None:
@@ -581,6 +594,7 @@ def _run_migrate(args):
 def _run_send(args):
     scenario = scenario_from_args(args)
     _check_report_path(args.report)
+    _check_memory_fits(scenario, 1, "the source guest needs")
     security = _client_security(args)
     engine = _engine()
     display = _display(args)

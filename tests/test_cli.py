@@ -456,3 +456,15 @@ def test_keygen_and_key_options(fake_engine, capsys, tmp_path):
     assert cli.main(["receive", "--listen", "tcp://0.0.0.0:1", "--key", str(tmp_path / "dst.key_secret"),
                      "--allow", str(tmp_path / "src.key"), "--quiet"]) == 0
     assert len(fake_engine.calls[-1][2]["security"].allowed) == 1
+
+
+def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_engine, capsys, monkeypatch):
+    import emulator.receiver
+
+    monkeypatch.setattr(emulator.receiver, "available_memory_bytes", lambda: 40 << 30)
+    assert cli.main(["migrate", "--memory", "30GiB", "--quiet"]) == 2  # both ends here: 60 GiB
+    assert "--memory: a migration on this machine holds the guest twice" in capsys.readouterr().err
+    assert cli.main(["send", "--to", "tcp://h:1", "--memory", "100TiB", "--quiet"]) == 2
+    assert "the source guest needs 100 TiB, this host has 40.0 GiB" in capsys.readouterr().err
+    assert fake_engine.calls == []
+    assert cli.main(["send", "--to", "tcp://h:1", "--memory", "30GiB", "--quiet"]) == 0
