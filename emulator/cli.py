@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import math
 import signal
@@ -30,6 +31,7 @@ from emulator.codecs import CODEC_NAMES
 from emulator.display import LiveDisplay
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
+from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
 from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES,
                                MigrationOptions, Scenario)
@@ -320,6 +322,8 @@ def build_parser():
                      epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: 0 completed, "
                             "1 failed or cancelled, 2 bad usage, 130 interrupted.")
     _add_debug(parser, default=False)
+    parser.add_argument("--version", action="version",
+                        version=f"precopy {importlib.metadata.version('precopy')} (wire protocol {PROTOCOL_VERSION})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     migrate = commands.add_parser("migrate", help="migrate a guest between two ends on this machine",

@@ -468,3 +468,8 @@ def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_en
     assert "the source guest needs 100 TiB, this host has 40.0 GiB" in capsys.readouterr().err
     assert fake_engine.calls == []
     assert cli.main(["send", "--to", "tcp://h:1", "--memory", "30GiB", "--quiet"]) == 0
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 2)")
