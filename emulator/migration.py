@@ -35,11 +35,11 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     scenario when not given. The writers run from before the migration starts to its end.
     security: an emulator.security.ClientSecurity for CURVE, or None.
     """
-    _ready_to_move_pages()
-    guest = guest or GuestMemory(scenario.guest)
-    workload = workload or Workload(guest, scenario.workload)
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
-    try:
+    try:  # the link first: an unreachable destination is said before gigabytes are filled
+        _ready_to_move_pages()
+        guest = guest or GuestMemory(scenario.guest)
+        workload = workload or Workload(guest, scenario.workload)
         with workload:
             return Source(scenario, guest, workload, link, progress=progress).run()
     finally:

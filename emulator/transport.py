@@ -16,6 +16,7 @@ CURVE, and the destination's authenticator admits only the allowed keys.
 import math
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 
@@ -90,6 +91,21 @@ def _poll_in_slices(poll, timeout_s):
             return result
 
 
+def _probe(host, port, timeout_s):
+    """Fail at once, saying why, when nothing can listen at HOST:PORT: the name does not resolve, or the
+    connection is refused. ZeroMQ itself would retry quietly until the first reply's deadline."""
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.gaierror as error:
+        raise PeerTimeout(f"cannot resolve the destination's host {host!r}: {error.strerror}") from None
+    except ConnectionRefusedError:
+        raise PeerTimeout(f"the connection to {host}:{port} was refused: is 'precopy receive' listening "
+                          "there (and its port open)?") from None
+    except OSError:
+        pass  # unreachable for now, or slow: ZeroMQ keeps trying until the deadline, which then speaks
+
+
 @dataclass
 class Incoming:
     """A received message: its channel (CONTROL or a data channel number), frames, sender identity."""
@@ -108,6 +124,8 @@ class SourceLink:
     def __init__(self, to, timeout_s, *, channels=1, security=None):
         self.host, self.port = parse_endpoint(to)
         self.timeout_s, self.security = timeout_s, security
+        if self.port is not None:
+            _probe(self.host, self.port, timeout_s)
         self.context = zmq.Context(io_threads=max(1, channels))
         self.control = self._socket(zmq.DEALER)
         self.monitor = self.control.get_monitor_socket(_HANDSHAKE_FAILURES) if security else None

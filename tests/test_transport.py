@@ -74,7 +74,8 @@ class _Refusing:
 
 
 def test_a_control_message_nobody_takes_is_no_answer_from_the_destination():
-    link = SourceLink("tcp://127.0.0.1:9", 1.5)
+    listening = DestinationLink("tcp://127.0.0.1:0", 1.5)  # something listens; the messages are refused below
+    link = SourceLink(listening.endpoint, 1.5)
     real_control = link.control
     link.control = _Refusing()
     try:
@@ -88,6 +89,7 @@ def test_a_control_message_nobody_takes_is_no_answer_from_the_destination():
     finally:
         link.control, link.monitor = real_control, None
         link.close()
+        listening.close()
 
 
 def test_a_port_in_use_is_said_so_with_the_fix():
@@ -97,3 +99,15 @@ def test_a_port_in_use_is_said_so_with_the_fix():
             DestinationLink(first.endpoint, 1.0)
     finally:
         first.close()
+
+
+def test_a_refused_connection_and_an_unknown_host_are_said_at_once():
+    free = DestinationLink("tcp://127.0.0.1:0", 1.0)
+    endpoint = free.endpoint
+    free.close()  # nobody listens there now
+    started = time.monotonic()
+    with pytest.raises(PeerTimeout, match="refused: is 'precopy receive' listening"):
+        SourceLink(endpoint, 10.0)
+    with pytest.raises(PeerTimeout, match="cannot resolve the destination's host 'nonexistent.invalid'"):
+        SourceLink("tcp://nonexistent.invalid:4000", 10.0)
+    assert time.monotonic() - started < 5.0  # not after the 10 s reply deadline
