@@ -438,10 +438,11 @@ def format_summary(report: Report) -> str:
             f" (expected {_ms(summary['expected-downtime'])})"
         )
         ratio = summary["compression-ratio"]
-        ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+        compressed = ratio is not None and report.scenario.get("migration", {}).get("codec") != "raw"
         lines.append(
             f"transferred  {format_bytes(ram['transferred'])} on the wire"
-            f" at {ram['mbps']:.1f} Mbit/s, compression ratio {ratio_text}"
+            f" at {format_rate(ram['mbps'] * 1e6 / 8)}"  # the pass table's unit, not QEMU's Mbit/s
+            + (f", compression ratio {ratio:.2f}" if compressed else "")
         )
         lines.append(
             f"pages        {ram['normal']:,} normal, {ram['duplicate']:,} zero,"

@@ -284,6 +284,12 @@ def test_host_info():
     json.dumps(info)  # JSON-ready
 
 
+def test_format_summary_shows_no_compression_ratio_for_raw():
+    report = make_report()
+    report.scenario = {"migration": {"codec": "raw"}}
+    assert "compression ratio" not in format_summary(report)
+
+
 def test_format_summary():
     text = format_summary(make_report())
     lines = text.splitlines()
@@ -291,7 +297,7 @@ def test_format_summary():
     assert lines[1] == "total time   3.00 s (setup 500 ms)"
     assert lines[2] == "downtime     125 ms (expected 100 ms)"
     assert lines[3] == (
-        "transferred  2.19 MiB on the wire at 7.3 Mbit/s, compression ratio 2.00"
+        "transferred  2.19 MiB on the wire at 918 kB/s, compression ratio 2.00"
     )
     assert lines[4] == "pages        906 normal, 214 zero, 3 harvests"
     assert lines[5] == "throttle     20%"
