@@ -45,6 +45,8 @@ def generate(directory, name, *, force=False):
 
 def load(path, *, need_secret=False):
     """Read a certificate file; with need_secret, refuse one that holds only a public key."""
+    if not Path(path).is_file():
+        raise ValueError(f"no CURVE key file {path}: make one with 'precopy keygen NAME --dir DIR'")
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as error:

@@ -49,8 +49,11 @@ def test_keygen_writes_a_public_and_a_private_file(keys):
     assert security.load(public_file).public == pair.public and len(pair.public) == 40
     with pytest.raises(ValueError, match="no secret key"):
         security.load(public_file, need_secret=True)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="no CURVE key file .*missing.key: make one with 'precopy keygen"):
         security.load(public_file.parent / "missing.key")
+    (public_file.parent / "garbage.key").write_text("not a key")
+    with pytest.raises(ValueError, match="cannot read"):
+        security.load(public_file.parent / "garbage.key")
 
 
 def test_authenticated_migration_completes_on_every_socket(keys):
