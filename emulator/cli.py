@@ -807,10 +807,10 @@ def main(argv=None):
     except UsageError as error:
         print(f"precopy: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if debug:
             traceback.print_exc()
-        print("precopy: cancelled", file=sys.stderr)
+        print("precopy: cancelled" + (f": {interrupt}" if str(interrupt) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. piped into head: the reader left, nothing to report
         sys.stderr.close()

@@ -430,8 +430,9 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progre
 
     migrate: the engine (default emulator.migration.migrate); progress: an object with
     started(run, total) and finished(run, total, row, seconds), or None. The CSV is
-    rewritten after every run, so an interrupted sweep keeps what it measured.
-    Returns the rows.
+    rewritten after every run, so an interrupted sweep keeps what it measured. A run
+    cancelled by the user (its report says so) ends the sweep: KeyboardInterrupt, once
+    that run's row is written. Returns the rows.
     """
     if migrate is None:
         from emulator.migration import migrate
@@ -451,6 +452,10 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progre
         write_csv(rows, out / "sweep.csv")
         if progress:
             progress.finished(run, len(runs), row, time.monotonic() - began)
+        if report.status == "cancelled":  # Ctrl-C or SIGTERM stopped this run: it stops the sweep too
+            (out / "summary.txt").write_text(summary_text(rows), encoding="utf-8")
+            raise KeyboardInterrupt(f"sweep cancelled during run {run.index} of {len(runs)}; "
+                                    f"{out / 'sweep.csv'} holds the runs so far")
     (out / "summary.txt").write_text(summary_text(rows), encoding="utf-8")
     return rows
 

@@ -246,6 +246,24 @@ def test_run_sweep_writes_reports_csv_and_summary(tmp_path):
     assert (out / "summary.txt").read_text() == sweep.summary_text(rows)
 
 
+def test_a_run_cancelled_by_the_user_ends_the_sweep_after_writing_its_row(tmp_path):
+    runs = [one_run(scenario_4mib(0.0), index, 0.0) for index in (1, 2, 3)]
+    migrated = []
+
+    def engine(scenario):
+        migrated.append(scenario)
+        report = fake_report(scenario, passes=(1024,), final=0)
+        if len(migrated) == 2:  # Ctrl-C during the second run: the engine reports it cancelled
+            report.status, report.reason = "cancelled", "cancelled by the user on the source"
+        return report
+
+    with pytest.raises(KeyboardInterrupt, match="run 2 of 3"):
+        sweep.run_sweep(runs, tmp_path / "out", migrate=engine)
+    assert len(migrated) == 2  # the third run never started
+    assert [row["run"] for row in sweep.read_csv(tmp_path / "out" / "sweep.csv")] == [1, 2]
+    assert (tmp_path / "out" / "summary.txt").exists()
+
+
 # the command -----------------------------------------------------------------------------------------
 def test_cli_sweep_dry_run_lists_the_grid_with_overrides(tmp_path, capsys):
     path = tmp_path / "grid.toml"
