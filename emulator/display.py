@@ -18,23 +18,19 @@ __all__ = ["LiveDisplay", "format_progress_line"]
 
 
 def format_progress_line(record, page_size, total_pages):
-    """One compact line for a finished pass: pages and bytes sent, remaining dirty, rates.
+    """One line (within 100 columns, indented) for a finished pass: sent, rate, what is left, page writes/s.
 
     record: a PassRecord; page_size: bytes; total_pages: the guest's page count (for the
     share of memory still dirty).
     """
     remaining_bytes = record.remaining_pages * page_size
     share = 100 * record.remaining_pages / total_pages if total_pages else 0.0
-    line = (
-        f"pass {record.pass_no:>3}  {record.pages_sent:>11,} pages {format_bytes(record.bytes_sent):>10}"
-        f" (wire {format_bytes(record.wire_bytes)})"
+    # the throttle is not repeated here: auto-converge says so in a message when it changes
+    return (
+        f"pass {record.pass_no:>3}  {format_bytes(record.bytes_sent)} ({format_bytes(record.wire_bytes)} wire)"
         f" in {format_duration(record.duration_s)} at {format_rate(record.bandwidth_bytes_per_s)}"
-        f"  remaining {record.remaining_pages:,} pages {format_bytes(remaining_bytes)} ({share:.1f}%)"
-        f"  dirty {record.dirty_pages_rate:,.0f} pages/s"
+        f"  left {format_bytes(remaining_bytes)} ({share:.1f}%)  {record.dirty_pages_rate:,.0f} writes/s"
     )
-    if record.throttle_pct:
-        line += f"  throttle {record.throttle_pct}%"
-    return line
 
 
 class LiveDisplay:
@@ -72,7 +68,7 @@ class LiveDisplay:
     def pass_done(self, record, page_size, total_pages):
         """A pre-copy pass finished (record: PassRecord; page_size in bytes)."""
         if self.enabled:
-            self._write(f"{'':14}{format_progress_line(record, page_size, total_pages)}")
+            self._write(f"  {format_progress_line(record, page_size, total_pages)}")
 
     def message(self, text):
         """A notable event: printed even when the phase and pass lines are not."""
