@@ -772,11 +772,13 @@ def _run_sweep(args):
 def _run_plot(args):
     from emulator.plot import plot_file
 
-    if args.out is not None and not Path(args.out).is_dir():
-        raise UsageError(f"--out: {args.out!r} is not a directory (example: --out bench/results)")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out: {args.out!r} is a file, not a directory (example: --out bench/results)")
     for name in args.inputs:
         if not Path(name).is_file():
             raise UsageError(f"plot: no such file {name!r}")
+    if args.out is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)  # as sweep --out does
     for name in args.inputs:
         print(plot_file(name, args.out))
     return EXIT_OK

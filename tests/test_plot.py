@@ -109,5 +109,8 @@ def test_cli_plot(tmp_path, capsys):
     assert (tmp_path / "run.png").read_bytes().startswith(PNG_MAGIC)
     assert cli.main(["plot", str(tmp_path / "none.json")]) == cli.EXIT_USAGE
     assert "no such file" in capsys.readouterr().err
-    assert cli.main(["plot", str(tmp_path / "run.json"), "--out", str(tmp_path / "nowhere")]) == cli.EXIT_USAGE
+    assert cli.main(["plot", str(tmp_path / "run.json"), "--out", str(tmp_path / "new" / "dir")]) == 0
+    assert (tmp_path / "new" / "dir" / "run.png").read_bytes().startswith(PNG_MAGIC)  # created, as sweep --out
+    capsys.readouterr()
+    assert cli.main(["plot", str(tmp_path / "run.json"), "--out", str(tmp_path / "run.json")]) == cli.EXIT_USAGE
     assert "--out: " in capsys.readouterr().err
