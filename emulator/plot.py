@@ -88,10 +88,14 @@ def _title(report: Report) -> str:
 
 
 def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPrediction]) -> None:
+    measured_passes = len(report.passes)
     series = {"measured": ([p.bytes_sent for p in report.passes],
                            report.blackout.final_bytes if report.blackout else None)}
     for name, prediction in models.items():
-        series[name] = ([p.bytes for p in prediction.passes], None if prediction.aborted else prediction.final_bytes)
+        # only as far as the run went: a model's pass 29 says nothing about a run that ended at pass 12
+        ran_past = len(prediction.passes) > measured_passes
+        series[name] = ([p.bytes for p in prediction.passes[:measured_passes]],
+                        None if prediction.aborted or ran_past else prediction.final_bytes)
     longest = max(len(passes) for passes, _ in series.values())
     width = 0.8 / len(series)
     bottom = ax.get_xaxis_transform()  # x in data, y in axes fractions
@@ -105,10 +109,10 @@ def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPredicti
         ax.bar([x for x, h in zip(xs, heights) if h > 0], [h for h in heights if h > 0], width=width,
                color=COLORS[name], label=LABELS[name], edgecolor="white", linewidth=0.3)
         for x, h in zip(xs, heights):
-            if h <= 0:  # nothing sent: no bar on a log axis, say it instead
+            if h <= 0:  # nothing sent: no bar to see, say it instead
                 ax.text(x, 0.02, "0", transform=bottom, ha="center", fontsize=8, color=COLORS[name])
-    ax.set_yscale("log")
-    _plain_log_axis(ax.yaxis)
+    # linear from zero, so a pass of 45% of pass 0 looks like 45%, and near-equal bars look equal
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("MiB sent")
     ax.set_title("bytes per pass (last group: the final pass, in the blackout)", fontsize=10, loc="left")
     step = max(1, math.ceil(longest / 16))
@@ -116,8 +120,8 @@ def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPredicti
     ax.set_xticks(ticks + [longest], [str(t) for t in ticks] + ["final"])
     ax.set_xlim(-0.5, longest + 0.5)
     ax.set_xlabel("pass")
-    ax.legend(fontsize=8, loc="upper right")
-    ax.grid(axis="y", alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never on them
+    ax.grid(axis="y", alpha=0.3)
 
 
 def _positive(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
@@ -136,21 +140,22 @@ def _remaining(ax, report: Report, models: dict[str, estimate.ModelPrediction]) 
     ax.plot(*_positive([x for x, _ in stairs], [y for _, y in stairs]), color=BLACKOUT_COLOR, linestyle=":",
             label="threshold (bandwidth x downtime limit)")
     for name, prediction in models.items():
-        ax.plot(*_positive([p.pass_no for p in prediction.passes], [p.remaining_bytes / MIB for p in prediction.passes]),
+        shown = prediction.passes[: len(report.passes)]  # as far as the run went
+        ax.plot(*_positive([p.pass_no for p in shown], [p.remaining_bytes / MIB for p in shown]),
                 "--", marker=".", color=COLORS[name], label=f"remaining, {LABELS[name]}")
     if report.switchover_reason and report.passes:
         last = report.passes[-1]
         note = f"switch-over: {report.switchover_reason}"
         if last.remaining_pages:
             ax.annotate(note, (last.pass_no, last.remaining_pages * page / MIB), textcoords="offset points",
-                        xytext=(6, 10), fontsize=8)
+                        xytext=(-4, 10), ha="right", fontsize=8)  # inside the axes, left of the last point
         else:
             ax.text(last.pass_no, 0.05, f"nothing dirty after pass {last.pass_no}: {note}",
                     transform=ax.get_xaxis_transform(), fontsize=8)
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis)
     ax.set_ylabel("MiB dirty")
-    longest = max([len(report.passes)] + [len(p.passes) for p in models.values()])
+    longest = len(report.passes)
     ax.set_xlim(-0.5, longest - 0.5)
     if longest <= 16:
         ax.set_xticks(range(longest))
@@ -158,7 +163,7 @@ def _remaining(ax, report: Report, models: dict[str, estimate.ModelPrediction]) 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("after pass")
     ax.set_title("remaining dirty bytes after each pass, against the switch-over threshold", fontsize=10, loc="left")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never on them
     ax.grid(alpha=0.3, which="both")
 
 
