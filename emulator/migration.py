@@ -7,6 +7,7 @@ starts the guest here, migrates it, and returns the Report.
 
 import math
 import multiprocessing
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from emulator.allocator import keep_freed_buffers
@@ -22,10 +23,23 @@ from emulator.workload import Workload
 CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compile kernels
 
 
-def _ready_to_move_pages():
-    """Before either end starts: keep freed message buffers mapped, load the data path's kernels."""
+COMPILE_NOTICE_AFTER_S = 1.0  # a warm-up longer than this is compiling kernels: say so
+
+
+def _ready_to_move_pages(progress=None):
+    """Before either end starts: keep freed message buffers mapped, load the data path's kernels.
+
+    On a machine's first run Numba compiles them (tens of seconds): `progress` is told,
+    so the screen does not stay blank meanwhile.
+    """
     keep_freed_buffers()
-    warm_up()
+    warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+    warming.start()
+    warming.join(COMPILE_NOTICE_AFTER_S)
+    if warming.is_alive() and progress:
+        progress.message("compiling the data path's kernels (once per machine; Numba caches them)")
+    warming.join()
+    warm_up()  # returns at once once cached; if it failed in the thread, it runs again here and its error shows
 
 
 def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None):
@@ -37,7 +51,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     """
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
-        _ready_to_move_pages()
+        _ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
         with workload:
@@ -73,7 +87,7 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
                              "memory into this host; give keys, or accept the risk explicitly")
         if progress:
             progress.message(f"WARNING: listening on {listen} UNAUTHENTICATED and UNENCRYPTED")
-    _ready_to_move_pages()
+    _ready_to_move_pages(progress)
     link = DestinationLink(listen, timeout_s, security=security)
     outcome = None
     try:
@@ -126,7 +140,7 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
                             args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest))
     child.start()
     try:
-        _ready_to_move_pages()  # while the receiver starts, as is the fill:
+        _ready_to_move_pages(progress)  # while the receiver starts, as is the fill:
         guest = GuestMemory(scenario.guest)
         if not parent_end.poll(CHILD_START_TIMEOUT_S):
             raise RuntimeError("the receiver process did not start")

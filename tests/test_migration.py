@@ -5,6 +5,7 @@ import math
 import os
 import re
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -86,3 +87,20 @@ def test_cli_dirty_rate_above_the_bandwidth_cap_stalls_and_aborts(capsys):
     remaining = [p.remaining_pages for p in report.passes]
     assert min(remaining[1:]) >= remaining[0] * 0.9  # the dirty set never shrank
     assert json.loads(report.to_json())["scenario"]["destination"]["status"] == "failed"
+
+
+def test_a_slow_warm_up_is_announced_as_compiling(monkeypatch):
+    from emulator import migration
+
+    monkeypatch.setattr(migration, "warm_up", lambda: time.sleep(migration.COMPILE_NOTICE_AFTER_S + 0.3))
+    said = []
+
+    class Progress:
+        def message(self, text):
+            said.append(text)
+
+    migration._ready_to_move_pages(Progress())
+    assert said == ["compiling the data path's kernels (once per machine; Numba caches them)"]
+    monkeypatch.setattr(migration, "warm_up", lambda: None)
+    migration._ready_to_move_pages(Progress())
+    assert len(said) == 1  # a quick warm-up says nothing
