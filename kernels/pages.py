@@ -126,10 +126,18 @@ def _zero_digests(zero_content, pages, out):
         out[i] = _finish(zero_content, pages[i])
 
 
+@inlined
+def _replace(table, page, digest):
+    """Put `digest` in the table for `page`; return what the table's sum (mod 2**64) and XOR change by."""
+    old = table[page]
+    table[page] = digest
+    return digest - old, digest ^ old
+
+
 @kernel
 def _split_zero_digest(words, words_per_page, pages, zero_out, nonzero_out, table, zero_content):
-    # One read of each page: the zero test stops at a page's first non-zero
-    # block, and the hash then reads the page while it is in cache.
+    # One read of each page: the zero test rejects most pages on their first
+    # word, and the hash then reads the page while it is in cache.
     zeros = 0
     nonzeros = 0
     total = np.uint64(0)
@@ -145,10 +153,9 @@ def _split_zero_digest(words, words_per_page, pages, zero_out, nonzero_out, tabl
             nonzero_out[nonzeros] = page
             nonzeros += 1
             digest = _finish(_content_hash(words[first : first + words_per_page]), page)
-        old = table[page]
-        table[page] = digest
-        total += digest - old
-        xor ^= digest ^ old
+        added, flipped = _replace(table, page, digest)
+        total += added
+        xor ^= flipped
     return zeros, nonzeros, total, xor
 
 
@@ -164,10 +171,9 @@ def _scatter_digest(memory, page_size, pages, data, table):
         copy_bytes(memory, page * page_size, data, i * page_size, page_size)
         first = i * words_per_page
         digest = _finish(_content_hash(data_words[first : first + words_per_page]), page)
-        old = table[page]
-        table[page] = digest
-        total += digest - old
-        xor ^= digest ^ old
+        added, flipped = _replace(table, page, digest)
+        total += added
+        xor ^= flipped
     return total, xor
 
 
@@ -178,10 +184,9 @@ def _replace_zero_digests(zero_content, pages, table):
     for i in range(pages.size):
         page = pages[i]
         digest = _finish(zero_content, page)
-        old = table[page]
-        table[page] = digest
-        total += digest - old
-        xor ^= digest ^ old
+        added, flipped = _replace(table, page, digest)
+        total += added
+        xor ^= flipped
     return total, xor
 
 
