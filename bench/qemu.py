@@ -73,8 +73,10 @@ from emulator.guest import GuestMemory, GuestSpec
 from emulator.migration import migrate
 from emulator.report import host_info
 from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
-from emulator.units import format_bytes, parse_size
+from emulator.units import format_bytes
 from emulator.workload import WorkloadSpec
+
+from arguments import cell, choice_list, progress, repeats, size_list, started_at  # bench/, beside this script
 
 QEMU = "qemu-system-x86_64"
 QEMU_PACKAGE = "qemu-system-x86"  # Debian's
@@ -107,11 +109,6 @@ CASES = {
     "zero": ("zero", ("qemu-1stream",), (("raw", 1),), "qemu-1stream"),
 }
 
-_START = time.monotonic()
-
-
-def progress(text):
-    print(f"[{time.monotonic() - _START:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 def median(values):
@@ -464,9 +461,6 @@ def summarize(records, size_bytes, case, variants):
     return rows
 
 
-def _fmt(value, spec=".2f"):
-    return "n/a" if value is None else format(value, spec)
-
 
 def format_report(host, rows):
     model, avx512f = host["cpu_model"], host["avx512f"]
@@ -480,13 +474,13 @@ def format_report(host, rows):
               f"{'src s/GiB':>9} {'dst s/GiB':>9} {'down ms':>7} {'runs':>5}")
     lines += [header, "-" * len(header)]
     for row in rows:
-        rate = (f"{_fmt(row['guest_gb_s'])} ({_fmt(row['guest_gb_s_min'])}-{_fmt(row['guest_gb_s_max'])})"
+        rate = (f"{cell(row['guest_gb_s'])} ({cell(row['guest_gb_s_min'])}-{cell(row['guest_gb_s_max'])})"
                 if row["completed"] else "n/a")
-        versus = "ref" if row["variant"] == row["reference"] else _fmt(row["vs_reference"])
+        versus = "ref" if row["variant"] == row["reference"] else cell(row["vs_reference"])
         lines.append(
             f"{row['case']:<5} {format_bytes(row['size_bytes']):>9} {row['variant']:<28} {rate:<22} {versus:>7} "
-            f"{_fmt(row['source_cpu_s_per_gib']):>9} {_fmt(row['destination_cpu_s_per_gib']):>9} "
-            f"{_fmt(row['downtime_ms'], '.1f'):>7} {str(row['completed']) + '/' + str(row['runs']):>5}")
+            f"{cell(row['source_cpu_s_per_gib']):>9} {cell(row['destination_cpu_s_per_gib']):>9} "
+            f"{cell(row['downtime_ms'], '.1f'):>7} {str(row['completed']) + '/' + str(row['runs']):>5}")
         for failure in row["failures"]:
             lines.append(f"      {failure}")
     return "\n".join(lines)
@@ -495,37 +489,10 @@ def format_report(host, rows):
 # command line -------------------------------------------------------------------------
 
 
-def _sizes(text):
-    sizes = []
-    for item in text.split(","):
-        try:
-            size = parse_size(item.strip())
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        if size <= 0 or size % MIB:
-            raise argparse.ArgumentTypeError(f"size {item.strip()!r} must be a positive multiple of 1 MiB")
-        sizes.append(size)
-    return sizes
 
 
-def _choices(known, what):
-    def parse(text):
-        items = [item.strip() for item in text.split(",")]
-        unknown = [item for item in items if item not in known]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}: expected some of {','.join(known)}")
-        return list(dict.fromkeys(items))
-    return parse
 
 
-def _repeats(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--repeats must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def parse_args(argv):
@@ -536,15 +503,15 @@ def parse_args(argv):
                     "interleaved, as a table of median guest GB/s, CPU s/GiB per side, downtime and the "
                     "precopy/QEMU ratio per repeat. Progress goes to stderr.",
     )
-    parser.add_argument("--sizes", type=_sizes, default=None, help="guest sizes, comma-separated (default 1GiB)")
-    parser.add_argument("--repeats", type=_repeats, default=None,
+    parser.add_argument("--sizes", type=size_list(MIB), default=None, help="guest sizes, comma-separated (default 1GiB)")
+    parser.add_argument("--repeats", type=repeats, default=None,
                         help=f"runs of every variant per case and size (default {DEFAULT_REPEATS})")
-    parser.add_argument("--cases", type=_choices(CASES, "case(s)"), default=list(CASES),
+    parser.add_argument("--cases", type=choice_list(CASES, "case(s)"), default=list(CASES),
                         help=f"cases, comma-separated (default all: {','.join(CASES)}); "
                              + "; ".join(f"{name} = {fill} guest, {', '.join(qemu)} vs precopy "
                                          + ", ".join(f"{codec} x{channels}" for codec, channels in ours)
                                          for name, (fill, qemu, ours, _) in CASES.items()))
-    parser.add_argument("--verify", type=_choices(VERIFY_MODES, "verify mode(s)"), default=list(VERIFY_MODES),
+    parser.add_argument("--verify", type=choice_list(VERIFY_MODES, "verify mode(s)"), default=list(VERIFY_MODES),
                         help="precopy's memory check(s), comma-separated, each a variant of its own (default "
                              "incremental,full; incremental is precopy's default, full moves all hashing into "
                              "the blackout)")
@@ -564,8 +531,8 @@ def parse_args(argv):
 def _outcome(record):
     if record["status"] != "completed":
         return f"{record['status']}: {record['reason']}"
-    return (f"{_fmt(record['guest_gb_s'])} GB/s, CPU s/GiB source {record['source_cpu_s_per_gib']:.2f} "
-            f"destination {record['destination_cpu_s_per_gib']:.2f}, downtime {_fmt(record['downtime_ms'], '.1f')} ms")
+    return (f"{cell(record['guest_gb_s'])} GB/s, CPU s/GiB source {record['source_cpu_s_per_gib']:.2f} "
+            f"destination {record['destination_cpu_s_per_gib']:.2f}, downtime {cell(record['downtime_ms'], '.1f')} ms")
 
 
 def run(args):
@@ -614,7 +581,7 @@ def main(argv=None):
             traceback.print_exc()
         print(f"qemu.py: error: {error}", file=sys.stderr)
         return 1
-    wall_s = time.monotonic() - _START
+    wall_s = time.monotonic() - started_at()
     print(format_report(host, rows))
     print(f"\nwall time {wall_s:.0f} s")
     if args.json:

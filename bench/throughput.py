@@ -42,8 +42,10 @@ from emulator.migration import migrate
 from emulator.report import host_info
 from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
 from emulator.transport import data_hwm
-from emulator.units import format_bytes, parse_size
+from emulator.units import format_bytes
 from emulator.workload import WorkloadSpec
+
+from arguments import cell, choice_list, keep_clock, progress, repeats, size_list, started_at  # bench/, beside this script
 
 GIB = 1 << 30
 PAGE_SIZE = 4096
@@ -75,11 +77,6 @@ ZERO_MIN_GB_S = 10.0
 PEAK_MAX_X_GUEST = 2.2
 DOWNTIME_MAX_MS = 5.0
 
-_START = time.monotonic()
-
-
-def progress(text):
-    print(f"[{time.monotonic() - _START:7.1f} s] {text}", file=sys.stderr, flush=True)
 
 
 def median(values):
@@ -232,14 +229,13 @@ def measure_compressor(fill, repeats):
     whose page faults, not LZ4, set the pace (decompression ran 7x slower).
     """
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_compressor_child, _START, fill, repeats).result()
+        return pool.submit(_compressor_child, started_at(), fill, repeats).result()
 
 
 def _compressor_child(start, fill, repeats):
     """Child process: measure_compressor's work. Its kept buffers leave with it, so the
     migrations measured next do not carry them in their peak memory."""
-    global _START
-    _START = start  # progress lines keep the parent's clock
+    keep_clock(start)
     keep_freed_buffers()
     guest = GuestMemory(GuestSpec(COMPRESSOR_GUEST_BYTES, fill=fill))
     batches = [guest.data[i : i + BATCH_BYTES] for i in range(0, guest.data.size, BATCH_BYTES)]
@@ -358,9 +354,6 @@ def _target(name, passed, detail):
     return {"target": name, "passed": passed, "detail": detail}
 
 
-def _fmt(value, spec=".2f"):
-    return "n/a" if value is None else format(value, spec)
-
 
 def check_targets(rows, ceilings, compressor):
     """A list of {target, passed (True/False, None = not measured), detail}."""
@@ -393,17 +386,17 @@ def check_targets(rows, ceilings, compressor):
         rate = row["guest_gb_s"]
         if row["case"] == "lz4-half":
             results.append(_target(f"lz4-half, {size}: >= {LZ4_HALF_MIN_GB_S} GB/s",
-                                   rate is not None and rate >= LZ4_HALF_MIN_GB_S, f"{_fmt(rate)} GB/s"))
+                                   rate is not None and rate >= LZ4_HALF_MIN_GB_S, f"{cell(rate)} GB/s"))
         if row["case"] in ("lz4-half", "lz4-text"):
             alone = compressor[CASES[row["case"]][2]]["compress_median"]
             share = rate / alone if rate is not None else None
             results.append(_target(
                 f"{row['case']}, {size}: >= {LZ4_MIN_COMPRESSOR_SHARE:.0%} of lz4 alone on 2 threads",
                 share is not None and share >= LZ4_MIN_COMPRESSOR_SHARE,
-                f"{_fmt(rate)} vs {alone:.2f} GB/s ({_fmt(share, '.0%')})"))
+                f"{cell(rate)} vs {alone:.2f} GB/s ({cell(share, '.0%')})"))
         if row["case"] == "zero":
             results.append(_target(f"zero, {size}: >= {ZERO_MIN_GB_S:g} GB/s",
-                                   rate is not None and rate >= ZERO_MIN_GB_S, f"{_fmt(rate)} GB/s"))
+                                   rate is not None and rate >= ZERO_MIN_GB_S, f"{cell(rate)} GB/s"))
     for name, limit, unit in (("peak_x_guest", PEAK_MAX_X_GUEST, "x guest"), ("downtime_ms", DOWNTIME_MAX_MS, "ms")):
         worst = [row for row in rows if row[name] is not None]
         worst = max(worst, key=lambda row: row[name]) if worst else None
@@ -411,7 +404,7 @@ def check_targets(rows, ceilings, compressor):
         missing = [f"{row['case']}/{format_bytes(row['size_bytes'])}" for row in rows if not row["completed"]]
         detail = "no completed run" if worst is None else (
             f"worst {worst[name]:.2f} {unit} ({worst['case']}, {format_bytes(worst['size_bytes'])}); "
-            + ", ".join(f"{row['case']}/{format_bytes(row['size_bytes'])} {_fmt(row[name])}" for row in rows))
+            + ", ".join(f"{row['case']}/{format_bytes(row['size_bytes'])} {cell(row[name])}" for row in rows))
         if missing and worst is not None:
             detail += f"; not measured (no completed run): {', '.join(missing)}"
         results.append(_target(f"{label} <= {limit:g} {unit}, every case",
@@ -434,10 +427,10 @@ def format_report(ceilings, compressor, rows, targets):
     lines += [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row['case']:<9} {format_bytes(row['size_bytes']):>9} {_fmt(row['guest_gb_s']):>6} "
-            f"{_fmt(row['vs_ceiling'], '.0%'):>7} {_fmt(row['source_cpu_s_per_gib'], '.3f'):>9} "
-            f"{_fmt(row['destination_cpu_s_per_gib'], '.3f'):>9} {_fmt(row['peak_x_guest']):>6} "
-            f"{_fmt(row['setup_ms'], '.0f'):>8} {_fmt(row['downtime_ms'], '.1f'):>7} "
+            f"{row['case']:<9} {format_bytes(row['size_bytes']):>9} {cell(row['guest_gb_s']):>6} "
+            f"{cell(row['vs_ceiling'], '.0%'):>7} {cell(row['source_cpu_s_per_gib'], '.3f'):>9} "
+            f"{cell(row['destination_cpu_s_per_gib'], '.3f'):>9} {cell(row['peak_x_guest']):>6} "
+            f"{cell(row['setup_ms'], '.0f'):>8} {cell(row['downtime_ms'], '.1f'):>7} "
             f"{row['completed']}/{row['runs']:<3}")
         for failure in row["failures"]:
             lines.append(f"          {failure}")
@@ -451,36 +444,10 @@ def format_report(ceilings, compressor, rows, targets):
 # command line -----------------------------------------------------------------------
 
 
-def _sizes(text):
-    sizes = []
-    for item in text.split(","):
-        try:
-            size = parse_size(item.strip())
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        if size <= 0 or size % BATCH_BYTES:
-            raise argparse.ArgumentTypeError(f"size {item.strip()!r} must be a positive multiple of "
-                                             f"{format_bytes(BATCH_BYTES)}")
-        sizes.append(size)
-    return sizes
 
 
-def _cases(text):
-    cases = [item.strip() for item in text.split(",")]
-    unknown = [case for case in cases if case not in CASES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}: expected some of {','.join(CASES)}")
-    return cases
 
 
-def _repeats(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--repeats must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def parse_args(argv):
@@ -492,12 +459,12 @@ def parse_args(argv):
                     "check of the targets. Targets are reported, not enforced (exit 0; 2 on bad arguments). "
                     "Takes several minutes with the defaults; progress goes to stderr.",
     )
-    parser.add_argument("--sizes", type=_sizes, default=None,
+    parser.add_argument("--sizes", type=size_list(BATCH_BYTES), default=None,
                         help="guest sizes, comma-separated (default 1GiB,4GiB)")
-    parser.add_argument("--repeats", type=_repeats, default=None,
+    parser.add_argument("--repeats", type=repeats, default=None,
                         help="runs per case and size (default 3 for sizes <= 1 GiB, 1 above); also the runs of "
                              "the ceiling and the compressor (default 3)")
-    parser.add_argument("--cases", type=_cases, default=list(CASES),
+    parser.add_argument("--cases", type=choice_list(CASES, "case(s)"), default=list(CASES),
                         help=f"migration cases, comma-separated (default all: {','.join(CASES)}); "
                              + "; ".join(f"{name} = {codec}, {channels} channel(s), {fill} guest"
                                          for name, (codec, channels, fill) in CASES.items()))
@@ -556,7 +523,7 @@ def main(argv=None):
             traceback.print_exc()
         print(f"throughput.py: error: {error}", file=sys.stderr)
         return 1
-    wall_s = time.monotonic() - _START
+    wall_s = time.monotonic() - started_at()
     print(format_report(results["ceilings"], results["compressor"], results["table"], results["targets"]))
     print(f"\nwall time {wall_s:.0f} s")
     if args.json:
