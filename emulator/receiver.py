@@ -22,9 +22,10 @@ from emulator import protocol
 from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
-from emulator.protocol import MsgType, ProtocolError, RemoteProtocolError
+from emulator.protocol import ProtocolError, RemoteProtocolError
+from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
+                                       SourceAborted, Switchover, stranger_abort, stranger_refusal)
 from emulator.scenario import Scenario
-from emulator.states import DESTINATION, Session
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, PeerTimeout
 from emulator.units import format_bytes
 from emulator.workload import Workload
@@ -110,7 +111,7 @@ class Destination:
         self.prepared = prepared
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
         self.progress, self.clock = progress, clock
-        self.session = Session(DESTINATION)
+        self.protocol = DestinationProtocol()
         self.peer = None
         self.guest = None
         self.pages_applied = 0
@@ -118,8 +119,6 @@ class Destination:
         self.interrupted = False
         self.applier = None
         self.device_state = b""
-        self.current_pass = 0
-        self.sent_seq = 0
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its outcome as a dict (status, reason, digest, counts).
@@ -169,12 +168,11 @@ class Destination:
     def _setup(self, hello_timeout_s):
         hello = self._wait_for_hello(hello_timeout_s)
         self.hello_at = time.monotonic()
-        self.session.received(hello.type)
-        self.control_seq = protocol.expect_seq(hello, 0)
+        self.protocol.receive_hello(hello)
         try:
             scenario = self._check_hello(hello)
         except _Refused as refusal:
-            self._send_control(MsgType.REFUSE, {"reason": str(refusal)})
+            self._send(self.protocol.refuse(str(refusal)))
             raise
         self._say("setup: allocating guest memory")
         self.scenario = scenario
@@ -184,15 +182,10 @@ class Destination:
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
         self.applier = BatchApplier(self.guest, self.running_digest)
         options = scenario.migration
-        page_size = scenario.guest.page_size
-        self.decoder = protocol.Decoder(page_size, self.guest.n_pages,
-                                        max(options.batch_pages * page_size, options.device_state_bytes, 1))
-        self.channels = options.channels
-        self.data_seq = [0] * self.channels
-        ports = self.link.open_data(self.channels, options.batch_pages * page_size)
-        self._send_control(MsgType.ACCEPT, {"data": ports})
+        ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
+        self._send(self.protocol.accept(scenario, ports))
         self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
-                  f"on {self.channels} channel(s)")
+                  f"on {options.channels} channel(s)")
 
     def _blank_guest(self, spec):
         """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
@@ -210,7 +203,7 @@ class Destination:
         worker = threading.Thread(target=lambda: result.update(value=work()), name="setup")
         worker.start()
         while worker.join(self.link.timeout_s / HEARTBEATS_PER_TIMEOUT) or worker.is_alive():
-            self._send_control(MsgType.HEARTBEAT, {})
+            self._send(self.protocol.heartbeat())
         if "value" not in result:
             raise MemoryError("the destination could not allocate the guest's memory")
         return result["value"]
@@ -225,9 +218,7 @@ class Destination:
             except PeerTimeout:
                 raise PeerTimeout(f"no source began a migration within {timeout_s:g} s") from None
             try:
-                message = protocol.Decoder().decode(incoming.frames)
-                if message.type != MsgType.HELLO:
-                    raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO: no migration in progress")
+                message = self.protocol.check_hello(incoming.frames)
                 self.peer = incoming.peer
                 return message
             except RemoteProtocolError as error:
@@ -255,12 +246,8 @@ class Destination:
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
         self.pass_cpu_started = time.process_time()
-        self.current_pass = 0
-        self.received = [0] * self.channels
-        self.expected = None
-        self.ending = None  # the message that closes the current pass: PASS_END or COMPLETE
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
-        while not self.session.finished:
+        while not self.protocol.finished:
             now = time.monotonic()
             duration_left_s = self.hello_at + self.limits.max_duration_s - now
             if duration_left_s <= 0:
@@ -275,68 +262,36 @@ class Destination:
                 if duration_left_s < silence_left_s:
                     continue  # the duration limit, not the source's silence: said at the top
                 raise
-            if incoming.channel == CONTROL and incoming.peer != self.peer:
-                self._refuse_intruder(incoming)
-                continue
-            heard_at = time.monotonic()
-            message = self.decoder.decode(incoming.frames)
-            self.session.received(message.type)
             if incoming.channel == CONTROL:
-                self.control_seq = protocol.expect_seq(message, self.control_seq)
-                self._on_control(message)
+                if incoming.peer != self.peer:
+                    self._refuse_intruder(incoming)
+                    continue
+                events = self.protocol.receive_control(incoming.frames)
             else:
-                self.data_seq[incoming.channel] = protocol.expect_seq(message, self.data_seq[incoming.channel])
-                self._on_data(incoming.channel, message)
-            self._close_pass_if_complete()
+                events = self.protocol.receive_data(incoming.channel, incoming.frames)
+            heard_at = time.monotonic()
+            for event in events:
+                self._on_event(event)
 
-    def _on_data(self, channel, message):
-        if message.type not in (MsgType.PAGES, MsgType.ZERO_PAGES):
-            raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
-        if message.pass_no != self.current_pass:
-            raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.current_pass}")
-        self.applier.apply(message)
-        self.pages_applied += message.page_count
-        self.received[channel] += 1
-        if self.expected is not None and self.received[channel] > self.expected[channel]:
-            raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
-                                             f"{self.current_pass}")
-
-    def _on_control(self, message):
-        if message.type in (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER):
-            announced = message.field("pass", int)
-            if announced != self.current_pass:
-                raise RemoteProtocolError("body.pass", f"got {announced}, the current pass is {self.current_pass}")
-        if message.type == MsgType.SWITCHOVER:
-            self.switchover_at = self.clock()
-            self._say(f"blackout: final pass {self.current_pass}")
-        elif message.type == MsgType.DEVICE_STATE:
-            if message.raw_len != self.scenario.migration.device_state_bytes:
-                raise RemoteProtocolError("raw_len", f"device state of {message.raw_len} bytes, negotiated "
-                                                     f"{self.scenario.migration.device_state_bytes}")
-            self.device_state = bytes(message.payload)
-        elif message.type in (MsgType.PASS_END, MsgType.COMPLETE):
-            counts = message.field("messages", list)
-            if len(counts) != self.channels or not all(isinstance(c, int) and c >= 0 for c in counts):
-                raise RemoteProtocolError("body.messages", f"expected {self.channels} message counts, got {counts!r:.80}")
-            if any(got > want for got, want in zip(self.received, counts)):
-                raise RemoteProtocolError("body.messages", f"announced {counts}, already received {self.received}")
-            self.expected, self.ending = counts, message
-        elif message.type == MsgType.ABORT:
-            raise _SourceAborted(message.field("reason", str), bool(message.body.get("cancelled")))
-
-    def _close_pass_if_complete(self):
-        if self.expected is None or self.received != self.expected:
-            return
-        ending, self.expected, self.received = self.ending, None, [0] * self.channels
-        self.applier.drain()
-        if ending.type == MsgType.PASS_END:
+    def _on_event(self, event):
+        if type(event) is DataPages:
+            self.applier.apply(event.message)
+            self.pages_applied += event.message.page_count
+        elif type(event) is PassComplete:
+            self.applier.drain()
             cpu_now = time.process_time()
-            self._send_control(MsgType.PASS_END, {"pass": self.current_pass, "pages_applied": self.pages_applied,
-                                                  "cpu_s": cpu_now - self.pass_cpu_started})
-            self.current_pass += 1
+            self._send(self.protocol.acknowledge_pass(self.pages_applied, cpu_now - self.pass_cpu_started))
             self.pass_cpu_started = cpu_now
-        else:
-            self._verify_and_resume(ending)
+        elif type(event) is FinalPassComplete:
+            self.applier.drain()
+            self._verify_and_resume(event.complete)
+        elif type(event) is Switchover:
+            self.switchover_at = self.clock()
+            self._say(f"blackout: final pass {event.pass_no}")
+        elif type(event) is DeviceState:
+            self.device_state = bytes(event.message.payload)
+        elif type(event) is SourceAborted:
+            raise _SourceAborted(event.reason, event.cancelled)
 
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
@@ -358,33 +313,33 @@ class Destination:
         started = self.clock()
         self.workload.start()  # the guest runs here now
         resume_s = self.clock() - started
-        self._send_control(MsgType.RESUMED, {
+        self._send(self.protocol.resumed({
             "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,
             "resume_s": resume_s, "storage_token": complete.field("storage_token", str),
-        })
-        self._send_control(MsgType.ANNOUNCE, {"location": f"host {socket.gethostname()}, {self.link.endpoint}"})
+        }))
+        self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
         self._say("resumed and announced")
         self.workload.stop()  # the emulation ends here; a real guest would keep running
 
     # messages -----------------------------------------------------------------
-    def _send_control(self, msg_type, body):
-        self.session.sent(msg_type)
-        frames = protocol.encode_control(msg_type, self._next_seq(), self.current_pass, body)
+    def _send(self, frames):
         self.link.send_control(self.peer, frames)
-
-    def _next_seq(self):
-        self.sent_seq += 1
-        return self.sent_seq - 1
 
     def _abort(self, reason, cancelled=False):
         """Tell the source why this migration ends (best effort)."""
-        if self.peer is not None and not (self.session.finished and self.session.state != "FAILED"):
-            self._send_abort(self.peer, reason, cancelled)
+        if self.peer is None:
+            return
+        frames = self.protocol.abort(reason, cancelled)
+        if frames is not None:
+            self._send_frames(self.peer, frames)
 
-    def _send_abort(self, peer, reason, cancelled=False):
-        body = {"reason": reason, "cancelled": True} if cancelled else {"reason": reason}
+    def _send_abort(self, peer, reason):
+        """ABORT to a peer that has no migration here (best effort)."""
+        self._send_frames(peer, stranger_abort(reason))
+
+    def _send_frames(self, peer, frames):
         try:
-            self.link.send_control(peer, protocol.encode_control(MsgType.ABORT, self._next_seq(), 0, body))
+            self.link.send_control(peer, frames)
         except (PeerTimeout, ProtocolError):
             pass
 
@@ -397,8 +352,7 @@ class Destination:
             self._send_abort(incoming.peer, f"protocol error: {error}")
             return
         try:
-            frames = protocol.encode_control(MsgType.REFUSE, 0, 0, {"reason": "busy with another migration"})
-            self.link.send_control(incoming.peer, frames)
+            self.link.send_control(incoming.peer, stranger_refusal("busy with another migration"))
         except PeerTimeout:
             pass
 

@@ -31,11 +31,11 @@ from emulator.batches import BatchEncoder
 from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
 from emulator.protocol import MsgType, ProtocolError
+from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
-from emulator.states import SOURCE, Session
 from emulator.transport import PeerTimeout
-PROTOCOL_VERSION = protocol.VERSION
+
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
 
@@ -72,8 +72,7 @@ class _Timeline:
 class _PassCounter:
     """What one pass (or the blackout) put on the wire."""
 
-    def __init__(self, channels):
-        self.messages = [0] * channels
+    def __init__(self):
         self.pages = 0
         self.zero_pages = 0
         self.wire_bytes = 0
@@ -93,10 +92,7 @@ class Source:
         self.progress, self.clock = progress, clock
         self.codec = codec_from_name(self.options.codec)
         self.limiter = make_limiter(self.options.max_bandwidth_bytes_per_s)
-        self.session = Session(SOURCE)
-        self.control_seq = 0
-        self.data_seq = [0] * self.options.channels
-        self.next_channel = 0
+        self.protocol = SourceProtocol(self.options.channels, guest.page_size)
         self.passes = []
         self.paused = False
         self.blackout = None
@@ -140,9 +136,9 @@ class Source:
 
     def _abort(self, reason, cancelled=False):
         """Tell the destination (best effort) and keep the guest running here."""
-        if not self.session.finished:
+        if not self.protocol.finished:
             try:
-                self._send_control(MsgType.ABORT, {"reason": reason, "cancelled": True} if cancelled else {"reason": reason})
+                self.link.send_control(self.protocol.abort(reason, cancelled))
             except (PeerTimeout, ProtocolError):
                 pass
         if self.paused:
@@ -154,11 +150,7 @@ class Source:
     # phase 1: setup ----------------------------------------------------------
     def _setup(self):
         self.timeline.begin("setup")
-        self._send_control(MsgType.HELLO, {
-            "protocol": PROTOCOL_VERSION,
-            "session": uuid.uuid4().hex,
-            "scenario": self.scenario.to_dict(),
-        })
+        self.link.send_control(self.protocol.hello(self.scenario.to_dict(), uuid.uuid4().hex))
         reply = self._recv_control()
         if reply.type == MsgType.REFUSE:
             raise MigrationFailed(f"destination refused: {reply.field('reason', str)}")
@@ -177,12 +169,9 @@ class Source:
             writes_before = self.workload.writes
             harvested = self.guest.harvest(self.harvest_buffer)
             to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
-            counter = self._send_pages(to_send, pass_no)
-            self._send_control(MsgType.PASS_END, {"pass": pass_no, "messages": counter.messages,
-                                                  "pages": counter.pages})
-            ack = self._recv_control(MsgType.PASS_END)
-            if ack.field("pass", int) != pass_no:
-                raise protocol.RemoteProtocolError("body.pass", f"acknowledged pass {ack.body['pass']}, expected {pass_no}")
+            counter = self._send_pages(to_send)
+            self.link.send_control(self.protocol.pass_end(counter.pages))
+            ack = self._recv_control()
             duration_s = max(self.clock() - started, 1e-9)
             remaining = self.guest.dirty_count()
             sent_bytes += counter.pages * self.guest.page_size
@@ -221,39 +210,29 @@ class Source:
             if self.progress:
                 self.progress.message(f"auto-converge: vCPUs throttled to {throttle}%")
 
-    def _send_pages(self, page_numbers, pass_no):
+    def _send_pages(self, page_numbers):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
-        counter = _PassCounter(self.options.channels)
+        counter = _PassCounter()
         for index, batch in enumerate(self.encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
-            frames = batch.frames(self._next_data_seq(), pass_no, self.guest.page_size)
             if batch.kind == MsgType.ZERO_PAGES:
                 counter.zero_pages += batch.pages
-            self._send_data(batch.kind, frames, counter)
+            self._send_data(batch, counter)
             counter.pages += batch.pages
         self.limiter.settle()  # the pass lasts until a capped link would have carried its last byte
         return counter
 
-    def _next_data_seq(self):
-        channel = self.next_channel
-        seq = self.data_seq[channel]
-        self.data_seq[channel] += 1
-        return seq
-
-    def _send_data(self, msg_type, frames, counter):
-        channel = self.next_channel
+    def _send_data(self, batch, counter):
+        channel, frames = self.protocol.data(batch)
         wire = sum(memoryview(frame).nbytes for frame in frames)
         self.limiter.consume(wire)
-        self.session.sent(msg_type)
         try:
             self.link.send_data(channel, frames)
         except PeerTimeout:
             self._check_control()  # a destination that gave up says why before it stops reading
             raise
-        counter.messages[channel] += 1
         counter.wire_bytes += wire
-        self.next_channel = (channel + 1) % self.options.channels
 
     # phases 3-5: blackout, handover, resume ---------------------------------------
     def _blackout(self):
@@ -261,31 +240,25 @@ class Source:
         self.workload.pause()
         self.paused = True
         self.timeline.begin("blackout")
-        final_pass = len(self.passes)
-        self._send_control(MsgType.SWITCHOVER, {"pass": final_pass, "reason": self.decision.reason})
+        self.link.send_control(self.protocol.switchover(self.decision.reason))
         final = self.guest.harvest(self.harvest_buffer)
         if self.incremental:
-            counter = self._send_pages(final, final_pass)
+            counter = self._send_pages(final)
             self.source_digest = self.running_digest.value()
         else:
             digest = {}
             digester = threading.Thread(target=lambda: digest.update(value=self.guest.digest()), name="source-digest")
             digester.start()  # hashes the paused memory while the final pages travel
-            counter = self._send_pages(final, final_pass)
+            counter = self._send_pages(final)
             digester.join()
             self.source_digest = digest["value"]
         device_started = self.clock()
-        self._send_control_frames(MsgType.DEVICE_STATE,
-                                  protocol.encode_device_state(self.control_seq, final_pass, self.device_state))
+        self.link.send_control(self.protocol.device_state(self.device_state))
         device_state_s = self.clock() - device_started
         token = uuid.uuid4().hex
-        self._send_control(MsgType.COMPLETE, {
-            "pass": final_pass, "messages": counter.messages, "pages": counter.pages,
-            "digest": self.source_digest, "device_state_digest": self.device_state_digest,
-            "storage_token": token,
-        })
+        self.link.send_control(self.protocol.complete(counter.pages, self.source_digest, self.device_state_digest, token))
         self.timeline.begin("handover")
-        resumed = self._recv_control(MsgType.RESUMED)
+        resumed = self._recv_control()
         resumed_at = self.clock()
         self.destination_digest = resumed.field("digest", str)
         if resumed.field("storage_token", str) != token:
@@ -318,41 +291,30 @@ class Source:
     # phase 6: announce ----------------------------------------------------------
     def _announce(self):
         self.timeline.begin("announce")
-        announce = self._recv_control(MsgType.ANNOUNCE)
+        announce = self._recv_control()
         self.location = announce.field("location", str)
         if self.progress:
             self.progress.message(f"guest running on the destination: {self.location}")
 
     # messages ------------------------------------------------------------------
-    def _send_control(self, msg_type, body):
-        self._send_control_frames(msg_type, protocol.encode_control(msg_type, self.control_seq, len(self.passes), body))
-
-    def _send_control_frames(self, msg_type, frames):
-        self.session.sent(msg_type)
-        self.link.send_control(frames)
-        self.control_seq += 1
-
     def _check_control(self):
-        """Mid-pass: act on an ABORT the destination may have sent (nothing else is due now)."""
+        """Mid-pass: act on an ABORT the destination may have sent (only heartbeats are due otherwise)."""
         while self.link.control_pending():
-            self._recv_control(MsgType.HEARTBEAT)
+            self._receive_one()
 
-    def _recv_control(self, expected=None):
-        """The next control message that is not a heartbeat, checked against the state machine."""
-        decoder = protocol.Decoder()
+    def _recv_control(self):
+        """The next control message that is not a heartbeat, checked by the protocol engine."""
         while True:
-            message = decoder.decode(self.link.recv_control())
-            self.session.received(message.type)
-            if message.type == MsgType.ABORT:
-                reason = f"destination aborted: {message.field('reason', str)}"
-                raise MigrationCancelled(reason) if message.body.get("cancelled") else MigrationFailed(reason)
-            if message.type == MsgType.HEARTBEAT:
-                if expected == MsgType.HEARTBEAT:
-                    return message
-                continue
-            if expected is not None and message.type != expected:
-                raise protocol.RemoteProtocolError("type", f"got {message.type.name}, expected {expected.name}")
-            return message
+            message = self._receive_one()
+            if message.type != MsgType.HEARTBEAT:
+                return message
+
+    def _receive_one(self):
+        message = self.protocol.receive(self.link.recv_control())
+        if message.type == MsgType.ABORT:
+            reason = f"destination aborted: {message.field('reason', str)}"
+            raise MigrationCancelled(reason) if message.body.get("cancelled") else MigrationFailed(reason)
+        return message
 
     # the report --------------------------------------------------------------------
     def _report(self, status, reason):

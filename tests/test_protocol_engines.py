@@ -1,0 +1,130 @@
+"""The protocol engines driven directly, and joined to each other in memory: no sockets."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from emulator import protocol
+from emulator.guest import GuestSpec
+from emulator.protocol import Flags, MsgType, RemoteProtocolError
+from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete,
+                                       SourceProtocol, Switchover)
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+
+PAGE = 4096
+SCENARIO = Scenario(GuestSpec(64 * PAGE), WorkloadSpec(), MigrationOptions(channels=2))
+
+
+@dataclass
+class ZeroBatch:
+    """A batch (emulator.batches.Batch) of zero pages starting at `first`."""
+    first: int
+    kind: MsgType = MsgType.ZERO_PAGES
+
+    def frames(self, seq, pass_no, page_size):
+        return protocol.encode_zero_pages(seq, pass_no, [self.first, self.first + 1], page_size, Flags.NONE)
+
+
+def joined():
+    """(source, destination) engines past HELLO and ACCEPT."""
+    source, destination = SourceProtocol(2, PAGE), DestinationProtocol()
+    hello = destination.check_hello(source.hello(SCENARIO.to_dict(), "s"))
+    destination.receive_hello(hello)
+    assert source.receive(destination.accept(SCENARIO, [0, 1])).type == MsgType.ACCEPT
+    return source, destination
+
+
+def send_data(source, destination, n):
+    return [destination.receive_data(*source.data(ZeroBatch(2 * i))) for i in range(n)]
+
+
+def test_a_short_migration_end_to_end():
+    source, destination = joined()
+    events = send_data(source, destination, 3)
+    assert [[type(e) for e in es] for es in events] == [[DataPages]] * 3
+    assert [es[0].channel for es in events] == [0, 1, 0]
+    assert destination.receive_control(source.pass_end(6)) == (PassComplete(0),)
+    ack = source.receive(destination.acknowledge_pass(6, 0.1))
+    assert (ack.type, ack.body["pass"], source.pass_no, destination.current_pass) == (MsgType.PASS_END, 0, 1, 1)
+    assert destination.receive_control(source.switchover("converged")) == (Switchover(1),)
+    held = [source.data(ZeroBatch(0)), source.data(ZeroBatch(2))]
+    events = [destination.receive_data(*held[0])]
+    events.append(destination.receive_control(source.device_state(bytes(SCENARIO.migration.device_state_bytes))))
+    events.append(destination.receive_control(source.complete(2, "d", "dd", "t")))
+    assert events[-1] == ()  # the second message has not arrived yet
+    last = destination.receive_data(*held[1])
+    assert source.messages == [1, 1] and type(last[-1]) is FinalPassComplete
+    assert last[-1].complete.body["messages"] == [1, 1]
+    assert source.receive(destination.resumed({"digest": "d"})).type == MsgType.RESUMED
+    assert source.receive(destination.announce("here")).type == MsgType.ANNOUNCE
+    assert source.state == destination.state == "DONE"
+
+
+def test_pass_end_before_its_data_completes_when_the_last_message_arrives():
+    source, destination = joined()
+    frames = [source.data(ZeroBatch(2 * i)) for i in range(2)]
+    assert destination.receive_control(source.pass_end(4)) == ()
+    assert len(destination.receive_data(*frames[0])) == 1
+    assert destination.receive_data(*frames[1])[-1] == PassComplete(0)
+
+
+def error_of(call, *args):
+    with pytest.raises(RemoteProtocolError) as caught:
+        call(*args)
+    return caught.value.field, str(caught.value)
+
+
+def test_a_wrong_seq_on_a_data_channel():
+    source, destination = joined()
+    channel, frames = source.data(ZeroBatch(0))
+    destination.receive_data(channel, frames)
+    field, text = error_of(destination.receive_data, channel, frames)
+    assert field == "seq" and "got 0, expected 1" in text and destination.state == "FAILED"
+
+
+def test_data_for_another_pass():
+    source, destination = joined()
+    frames = protocol.encode_zero_pages(0, 1, [0, 1], PAGE, Flags.NONE)
+    assert error_of(destination.receive_data, 0, frames)[0] == "pass_no"
+
+
+def test_pass_end_with_wrong_length_counts():
+    source, destination = joined()
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0], "pages": 0})
+    field, text = error_of(destination.receive_control, frames)
+    assert field == "body.messages" and "expected 2 message counts, got [0]" in text
+
+
+def test_more_messages_than_announced():
+    source, destination = joined()
+    send_data(source, destination, 1)
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [1, 1], "pages": 0})
+    assert destination.receive_control(frames) == ()
+    extra = protocol.encode_zero_pages(1, 0, [4, 5], PAGE, Flags.NONE)
+    field, text = error_of(destination.receive_data, 0, extra)
+    assert field == "seq" and "more messages than announced" in text
+
+
+def test_data_before_accept():
+    destination = DestinationProtocol()
+    destination.receive_hello(destination.check_hello(SourceProtocol(2, PAGE).hello(SCENARIO.to_dict(), "s")))
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0, 0], "pages": 0})
+    field, text = error_of(destination.receive_control, frames)
+    assert field == "type" and "PASS_END in state SETUP" in text
+
+
+def test_complete_with_the_wrong_pass():
+    source, destination = joined()
+    destination.receive_control(source.switchover("converged"))
+    frames = protocol.encode_control(MsgType.COMPLETE, 2, 0, {"pass": 3, "messages": [0, 0]})
+    field, text = error_of(destination.receive_control, frames)
+    assert field == "body.pass" and "got 3, the current pass is 0" in text
+
+
+def test_an_ack_of_another_pass_on_the_source():
+    source, destination = joined()
+    source.pass_end(0)
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 1, "pages_applied": 0, "cpu_s": 0})
+    field, text = error_of(source.receive, frames)
+    assert field == "body.pass" and "acknowledged pass 1, expected 0" in text and source.state == "FAILED"
