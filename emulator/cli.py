@@ -33,8 +33,8 @@ from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
-from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, VERIFY_MODES,
-                               MigrationOptions, Scenario)
+from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, DEFAULT_MESSAGE_BYTES,
+                               VERIFY_MODES, MigrationOptions, Scenario, default_batch_pages)
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
@@ -288,8 +288,9 @@ def _add_run_options(parser):
     migration.add_argument("--channels", type=_int_type("--channels", "4", minimum=1, maximum=64), default=1,
                            metavar="N", help="data connections, as multifd (default 1)")
     migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "1024", minimum=1, maximum=65536),
-                           default=DEFAULT_BATCH_PAGES, metavar="N",
-                           help=f"pages per data message (default {DEFAULT_BATCH_PAGES})")
+                           default=None, metavar="N",
+                           help=f"pages per data message (default {DEFAULT_MESSAGE_BYTES >> 20} MiB worth: "
+                                f"{DEFAULT_BATCH_PAGES} of 4 KiB)")
     _add_policy_options(migration)
     migration.add_argument("--max-bandwidth", type=_bandwidth_type, default=None, metavar="RATE",
                            help="bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited (default unlimited)")
@@ -514,7 +515,7 @@ def scenario_from_args(args):
                        MigrationOptions,
                        codec=args.codec,
                        channels=args.channels,
-                       batch_pages=args.batch_pages,
+                       batch_pages=args.batch_pages or default_batch_pages(args.page_size),
                        max_bandwidth_bytes_per_s=args.max_bandwidth,
                        device_state_bytes=args.device_state,
                        timeout_s=args.timeout,

@@ -14,7 +14,15 @@ from emulator.workload import WorkloadSpec
 
 DEFAULT_MEMORY_BYTES = 1 << 30
 VERIFY_MODES = ("incremental", "full")
-DEFAULT_BATCH_PAGES = 1024  # 4 MiB messages of 4 KiB pages: the per-message cost is paid 256 times a GiB
+DEFAULT_MESSAGE_BYTES = 4 << 20  # per data message: the per-message cost is paid 256 times a GiB
+
+
+def default_batch_pages(page_size):
+    """Pages per data message by default: DEFAULT_MESSAGE_BYTES worth, at least one page."""
+    return max(1, DEFAULT_MESSAGE_BYTES // page_size)
+
+
+DEFAULT_BATCH_PAGES = default_batch_pages(4096)  # 1024, for the default page size
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
 
 

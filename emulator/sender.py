@@ -35,6 +35,7 @@ from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
 from emulator.transport import PeerTimeout
+from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
@@ -98,7 +99,8 @@ class Source:
         self.blackout = None
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
         self.setup_s = self.expected_downtime_s = self.decision = None
-        self.harvest_buffer = np.empty(guest.n_pages, dtype=np.int64)
+        # as many numbers as the bitmap has bits: its last word may reach past the last page
+        self.harvest_buffer = np.empty(guest.dirty.size * bitmap.WORD_BITS, dtype=np.int64)
         self.incremental = self.options.verify == "incremental"
         self.running_digest = RunningDigest(guest.n_pages, guest.page_size) if self.incremental else None
         self.encoder = BatchEncoder(guest, self.codec, self.options.batch_pages, self.running_digest)

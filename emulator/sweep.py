@@ -43,7 +43,7 @@ from typing import Any
 from emulator import estimate, units
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
-from emulator.scenario import DEFAULT_BATCH_PAGES, MigrationOptions, Scenario
+from emulator.scenario import MigrationOptions, Scenario, default_batch_pages
 from emulator.workload import WorkloadSpec
 
 __all__ = [
@@ -277,7 +277,7 @@ def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> Sw
                          hot_share=point.get("hot_share", 0.9), stride=point.get("stride", 1),
                          zipf_s=point.get("zipf_s", 1.0), seed=seed),
             MigrationOptions(codec=point.get("codec", "lz4"), channels=point.get("channels", 1),
-                             batch_pages=point.get("batch_pages", DEFAULT_BATCH_PAGES), max_bandwidth_bytes_per_s=bandwidth,
+                             batch_pages=point.get("batch_pages", default_batch_pages(page_size)), max_bandwidth_bytes_per_s=bandwidth,
                              device_state_bytes=point.get("device_state", 256 << 10),
                              timeout_s=point.get("timeout", 10.0), verify=point.get("verify", "incremental"),
                              policy=policy),

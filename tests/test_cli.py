@@ -474,3 +474,10 @@ def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_en
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 2)")
+
+
+def test_the_default_message_size_follows_the_page_size(fake_engine, capsys):
+    assert cli.main(["migrate", "--memory", "64MiB", "--page-size", "2MiB", "--quiet"]) == 0
+    assert cli.main(["migrate", "--memory", "64MiB", "--quiet"]) == 0
+    assert cli.main(["migrate", "--memory", "64MiB", "--batch-pages", "8", "--quiet"]) == 0
+    assert [call[1][0].migration.batch_pages for call in fake_engine.calls] == [2, 1024, 8]  # 4 MiB, or as given

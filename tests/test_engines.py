@@ -292,3 +292,11 @@ def test_a_migration_longer_than_the_destination_allows_is_aborted():
     report, outcome, _, destination = run_pair(s, *link_pair(), limits=DestinationLimits(max_duration_s=0.5))
     assert outcome["status"] == "failed" and "limit of 0.5 s" in outcome["reason"]
     assert report.status == "failed" and "limit of 0.5 s" in report.reason and destination.guest is None
+
+
+@pytest.mark.parametrize("memory_pages", [1, 16, 65])
+def test_a_guest_smaller_than_a_bitmap_word_migrates(memory_pages):
+    """The last bitmap word reaches past the last page: the source's harvest must have room for it."""
+    s = scenario(memory_pages=memory_pages, fill="random", rate=2000, codec="raw")
+    report, outcome, guest, destination = run_pair(s, *link_pair())
+    assert report.status == "completed" and report.digests_match, report.reason
