@@ -281,6 +281,7 @@ def summarize(
     expected_downtime_s: float | None = None,
     throttle_pct: int | None = None,
     dirty_sync_count: int | None = None,
+    unrecorded_wire_bytes: int = 0,
 ) -> dict[str, Any]:
     """QEMU query-migrate style totals over the records of a run.
 
@@ -316,6 +317,8 @@ def summarize(
     ============================ ========================================================
 
     Device state is not RAM: it is in the blackout record, not in ``ram.transferred``.
+    unrecorded_wire_bytes: what a pass cut short by a failure sent before it ended (no
+    record holds it): counted in transferred and precopy-bytes.
     """
     if status not in STATUSES:
         raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -326,7 +329,7 @@ def summarize(
     final_pages = blackout.final_pages if blackout else 0
     final_zero_pages = blackout.final_zero_pages if blackout else 0
     downtime_wire_bytes = blackout.final_wire_bytes if blackout else 0
-    precopy_wire_bytes = sum(p.wire_bytes for p in passes)
+    precopy_wire_bytes = sum(p.wire_bytes for p in passes) + unrecorded_wire_bytes
     transferred = precopy_wire_bytes + downtime_wire_bytes
     pages_sent = sum(p.pages_sent for p in passes) + final_pages
     duplicate = sum(p.zero_pages for p in passes) + final_zero_pages

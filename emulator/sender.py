@@ -95,6 +95,7 @@ class Source:
         self.limiter = make_limiter(self.options.max_bandwidth_bytes_per_s)
         self.protocol = SourceProtocol(self.options.channels, guest.page_size)
         self.passes = []
+        self.unrecorded = None  # the _PassCounter of a pass (or blackout) still being sent
         self.paused = False
         self.blackout = None
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
@@ -191,6 +192,7 @@ class Source:
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
             self.passes.append(record)
+            self.unrecorded = None
             self.expected_downtime_s = policy.expected_downtime_s(remaining * self.guest.page_size, bandwidth)
             if self.progress:
                 self.progress.pass_done(record, self.guest.page_size, self.guest.n_pages)
@@ -214,7 +216,7 @@ class Source:
 
     def _send_pages(self, page_numbers):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
-        counter = _PassCounter()
+        counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
         for index, batch in enumerate(self.encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
@@ -275,6 +277,7 @@ class Source:
             resume_s=resumed.field("resume_s", (int, float)),
         )
         self.paused = False  # the guest now runs on the destination; the source stays stopped
+        self.unrecorded = None  # the blackout record holds the final pass
         if self.destination_digest != self.source_digest:
             raise MigrationFailed(f"the destination resumed with memory digest {self.destination_digest}, the "
                                   f"source's is {self.source_digest}: its memory is not the guest's (the source's "
@@ -329,6 +332,7 @@ class Source:
             self.passes, self.blackout, status=status, page_size=self.guest.page_size,
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,
             expected_downtime_s=self.expected_downtime_s,
+            unrecorded_wire_bytes=self.unrecorded.wire_bytes if self.unrecorded else 0,
         )
         decision = self.decision
         return Report(

@@ -219,6 +219,8 @@ def test_a_bad_frame_aborts_cleanly_with_the_field_named():
     report, outcome, guest, destination = run_pair(scenario(), GarbageLink(source_link), destination_link)
     assert outcome["status"] == "failed" and outcome["reason"].startswith("protocol error: version")
     assert report.status == "failed" and "destination aborted: protocol error: version" in report.reason
+    # no pass was recorded, but what went out is counted, not "0 B on the wire"
+    assert not report.passes and report.summary["ram"]["transferred"] > 0
 
 
 def test_a_silent_destination_fails_the_source_within_its_timeout():
