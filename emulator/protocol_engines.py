@@ -103,14 +103,18 @@ class _Engine:
         seq, self._sent_seq = self._sent_seq, self._sent_seq + 1
         return seq
 
-    def _receive_control(self, frames, decoder):
-        message = decoder.decode(frames)
-        self.session.received(message.type)
+    def _expect_seq(self, message, expected):
+        """The seq after `message`'s, which must be `expected`; a gap fails this side."""
         try:
-            self._peer_seq = expect_seq(message, self._peer_seq)
+            return expect_seq(message, expected)
         except RemoteProtocolError:
             self.session.state = FAILED
             raise
+
+    def _receive_control(self, frames, decoder):
+        message = decoder.decode(frames)
+        self.session.received(message.type)
+        self._peer_seq = self._expect_seq(message, self._peer_seq)
         return message
 
 
@@ -139,7 +143,7 @@ class DestinationProtocol(_Engine):
     def receive_hello(self, hello):
         """Begin the migration `hello` (from check_hello) asks for."""
         self.session.received(hello.type)
-        self._peer_seq = expect_seq(hello, 0)
+        self._peer_seq = self._expect_seq(hello, 0)
 
     def accept(self, scenario, ports):
         """ACCEPT frames for `scenario` with data endpoints `ports`; data messages are decoded from now on."""
@@ -164,11 +168,7 @@ class DestinationProtocol(_Engine):
         """Events for a message on data channel `channel`: DataPages, then maybe (Final)PassComplete."""
         message = self._decoder.decode(frames)
         self.session.received(message.type)
-        try:
-            self._data_seq[channel] = expect_seq(message, self._data_seq[channel])
-        except RemoteProtocolError:
-            self.session.state = FAILED
-            raise
+        self._data_seq[channel] = self._expect_seq(message, self._data_seq[channel])
         if message.type not in _DATA:
             raise self._fail("type", f"{message.type.name} on data channel {channel}")
         if message.pass_no != self.current_pass:

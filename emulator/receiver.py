@@ -331,13 +331,13 @@ class Destination:
             return
         frames = self.protocol.abort(reason, cancelled)
         if frames is not None:
-            self._send_frames(self.peer, frames)
+            self._send_best_effort(self.peer, frames)
 
     def _send_abort(self, peer, reason):
         """ABORT to a peer that has no migration here (best effort)."""
-        self._send_frames(peer, stranger_abort(reason))
+        self._send_best_effort(peer, stranger_abort(reason))
 
-    def _send_frames(self, peer, frames):
+    def _send_best_effort(self, peer, frames):
         try:
             self.link.send_control(peer, frames)
         except (PeerTimeout, ProtocolError):
@@ -351,10 +351,7 @@ class Destination:
             self.frames_refused += 1
             self._send_abort(incoming.peer, f"protocol error: {error}")
             return
-        try:
-            self.link.send_control(incoming.peer, stranger_refusal("busy with another migration"))
-        except PeerTimeout:
-            pass
+        self._send_best_effort(incoming.peer, stranger_refusal("busy with another migration"))
 
     def _say(self, text):
         if self.progress:
