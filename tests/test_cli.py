@@ -137,6 +137,12 @@ def test_send_and_receive_arguments():
         (["receive"], "--listen"),
         (["receive", "--listen", "tcp://*:99999"], "--listen"),
         (["receive", "--listen", "tcp://*:1", "--capacity", "lots"], "--capacity"),
+        (["receive", "--listen", "tcp://*:1", "--max-vcpus", "0"], "--max-vcpus"),
+        (["receive", "--listen", "tcp://*:1", "--max-channels", "many"], "--max-channels"),
+        (["receive", "--listen", "tcp://*:1", "--max-device-state", "0"], "--max-device-state"),
+        (["receive", "--listen", "tcp://*:1", "--max-message", "1.5B"], "--max-message"),
+        (["receive", "--listen", "tcp://*:1", "--max-duration", "0"], "--max-duration"),
+        (["migrate", "--max-bandwidth", "100"], "--max-bandwidth"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(argv, option, capsys, fake_engine):
