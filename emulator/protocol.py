@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from emulator.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
 __all__ = [
     "MAGIC",
     "VERSION",
@@ -135,31 +137,6 @@ _PAGE_TYPES = frozenset({MsgType.PAGES, MsgType.ZERO_PAGES})
 _KNOWN_FLAGS = int(Flags.RUNS | Flags.RAW_FALLBACK)
 _KNOWN_CODECS = frozenset(int(c) for c in Codec)
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
-
-
-# --------------------------------------------------------------------------
-# Errors
-
-
-class ProtocolError(Exception):
-    """A message that breaks the wire protocol.
-
-    Attributes:
-        field: name of the offending header field or frame, e.g. "magic",
-            "raw_len", "page_numbers", "payload", "body.page_size".
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-class LocalProtocolError(ProtocolError):
-    """We were asked to send something the protocol does not allow."""
-
-
-class RemoteProtocolError(ProtocolError):
-    """The peer sent something the protocol does not allow."""
 
 
 # --------------------------------------------------------------------------

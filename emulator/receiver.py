@@ -22,11 +22,12 @@ from emulator import protocol
 from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
-from emulator.protocol import ProtocolError, RemoteProtocolError
+from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
+from emulator.protocol import RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
                                        SourceAborted, Switchover, stranger_abort, stranger_refusal)
 from emulator.scenario import Scenario
-from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, PeerTimeout
+from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
 from emulator.units import format_bytes
 from emulator.workload import Workload
 
@@ -83,14 +84,6 @@ class DestinationLimits:
         return None
 
 
-class _Refused(Exception):
-    """HELLO asked for something this destination cannot host."""
-
-
-class _OverTime(Exception):
-    """The migration lasted longer than the destination allows."""
-
-
 class Destination:
     """Receives one migration over `link` (a DestinationLink).
 
@@ -127,33 +120,22 @@ class Destination:
         timeout; math.inf waits until interrupted).
         """
         outcome = {"status": "failed", "reason": None, "digest": None, "endpoint": self.link.endpoint}
+        failure = None
         try:
             self._setup(hello_timeout_s)
             self._receive()
             outcome.update(status="completed", digest=self.digest)
-        except _Refused as refusal:
-            outcome["reason"] = f"refused: {refusal}"
-        except RemoteProtocolError as error:
-            outcome["reason"] = f"protocol error: {error}"
-            self._abort(outcome["reason"])
-        except PeerTimeout as error:
-            outcome["reason"] = str(error)
-        except _SourceAborted as error:
-            outcome["reason"] = f"source aborted: {error}"
-            if error.cancelled:
-                outcome["status"] = "cancelled"
         except KeyboardInterrupt:
-            outcome.update(status="cancelled", reason="cancelled by the user on the destination")
-            self._abort(outcome["reason"], cancelled=True)
+            failure = Cancelled("cancelled by the user on the destination")
             self.interrupted = True
-        except _Mismatch as error:
-            outcome["reason"] = str(error)
-        except _OverTime as error:
-            outcome["reason"] = str(error)
-            self._abort(outcome["reason"])
+        except MigrationError as error:
+            failure = error
         except Exception as error:  # a bug, or a resource this host lacks: this migration's failure, not the server's
-            outcome["reason"] = f"the destination failed: {type(error).__name__}: {error}"
-            self._abort(outcome["reason"])
+            failure = MigrationError(f"the destination failed: {type(error).__name__}: {error}")
+        if failure:
+            outcome.update(status=failure.status, reason=failure.reason)
+            if not failure.answered:
+                self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
         if self.applier:
             self.applier.close()
         self.link.close_data()
@@ -171,7 +153,7 @@ class Destination:
         self.protocol.receive_hello(hello)
         try:
             scenario = self._check_hello(hello)
-        except _Refused as refusal:
+        except Refused as refusal:
             self._send(self.protocol.refuse(str(refusal)))
             raise
         self._say("setup: allocating guest memory")
@@ -229,17 +211,17 @@ class Destination:
     def _check_hello(self, hello):
         version = hello.field("protocol", int)
         if version != protocol.VERSION:
-            raise _Refused(f"protocol version {version} is not supported (this destination speaks {protocol.VERSION})")
+            raise Refused(f"protocol version {version} is not supported (this destination speaks {protocol.VERSION})")
         try:
             scenario = Scenario.from_dict(hello.field("scenario", dict))
         except ValueError as error:
-            raise _Refused(f"invalid scenario: {error}") from None
+            raise Refused(f"invalid scenario: {error}") from None
         beyond = self.limits.refusal(scenario)
         if beyond:
-            raise _Refused(beyond)
+            raise Refused(beyond)
         needed = scenario.guest.memory_bytes
         if needed > self.capacity_bytes:
-            raise _Refused(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
+            raise Refused(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
                            f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
         return scenario
 
@@ -251,7 +233,7 @@ class Destination:
             now = time.monotonic()
             duration_left_s = self.hello_at + self.limits.max_duration_s - now
             if duration_left_s <= 0:
-                raise _OverTime(f"the migration lasted longer than this destination's limit of "
+                raise MigrationError(f"the migration lasted longer than this destination's limit of "
                                 f"{self.limits.max_duration_s:g} s")
             silence_left_s = heard_at + self.link.timeout_s - now
             if silence_left_s <= 0:
@@ -291,7 +273,7 @@ class Destination:
         elif type(event) is DeviceState:
             self.device_state = bytes(event.message.payload)
         elif type(event) is SourceAborted:
-            raise _SourceAborted(event.reason, event.cancelled)
+            raise PeerAborted(event.reason, "source", event.cancelled)
 
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
@@ -300,14 +282,10 @@ class Destination:
         digest_check_s = self.clock() - started
         source_digest = complete.field("digest", str)
         if self.digest != source_digest:
-            reason = f"memory digest mismatch: source {source_digest}, destination {self.digest}"
-            self._abort(reason)
-            raise _Mismatch(reason)
+            raise Mismatch(f"memory digest mismatch: source {source_digest}, destination {self.digest}")
         device_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
         if device_digest != complete.field("device_state_digest", str):
-            reason = "device state digest mismatch"
-            self._abort(reason)
-            raise _Mismatch(reason)
+            raise Mismatch("device state digest mismatch")
         if self.on_verified:
             self.on_verified(self.guest)
         started = self.clock()
@@ -340,7 +318,7 @@ class Destination:
     def _send_best_effort(self, peer, frames):
         try:
             self.link.send_control(peer, frames)
-        except (PeerTimeout, ProtocolError):
+        except MigrationError:
             pass
 
     def _refuse_intruder(self, incoming):
@@ -356,15 +334,3 @@ class Destination:
     def _say(self, text):
         if self.progress:
             self.progress.message(text)
-
-
-class _SourceAborted(Exception):
-    """The source sent ABORT (cancelled: because its user cancelled)."""
-
-    def __init__(self, reason, cancelled=False):
-        super().__init__(reason)
-        self.cancelled = cancelled
-
-
-class _Mismatch(Exception):
-    """The destination's memory or device state differs from the source's."""

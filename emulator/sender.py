@@ -30,22 +30,14 @@ from emulator import policy, protocol
 from emulator.batches import BatchEncoder
 from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
-from emulator.protocol import MsgType, ProtocolError
+from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
+from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
-from emulator.transport import PeerTimeout
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
-
-
-class MigrationFailed(Exception):
-    """The migration cannot go on; the message is the reason given in the report."""
-
-
-class MigrationCancelled(Exception):
-    """The user cancelled the migration."""
 
 
 class _Timeline:
@@ -113,42 +105,39 @@ class Source:
     def run(self):
         """Migrate; return the Report (status completed, failed or cancelled)."""
         self.timeline = _Timeline(self.clock, self.progress)
-        status, reason = "completed", None
+        failure = None
         try:
             self._setup()
             decision = self._precopy()
             if decision.action == "abort":
-                raise MigrationFailed(f"pre-copy {decision.reason}: remaining dirty set did not shrink "
-                                      f"for {self.options.policy.stall_passes} passes (on-stall abort)")
+                raise MigrationError(f"pre-copy {decision.reason}: remaining dirty set did not shrink "
+                                     f"for {self.options.policy.stall_passes} passes (on-stall abort)")
             self._blackout()
             self._announce()
             self._confirm_source_memory()
-        except (MigrationFailed, PeerTimeout, ProtocolError) as error:
-            status, reason = "failed", str(error)
-            self._abort(reason)
-        except MigrationCancelled as cancelled:
-            status, reason = "cancelled", str(cancelled)
-            self._abort(reason)
         except KeyboardInterrupt:
-            status, reason = "cancelled", "cancelled by the user on the source"
-            self._abort(reason, cancelled=True)
+            failure = Cancelled("cancelled by the user on the source")
+        except MigrationError as error:
+            failure = error
         finally:
             self.encoder.close()
+        if failure:
+            self._abort(failure)
         self.timeline.end_current()
-        return self._report(status, reason)
+        return self._report(failure.status if failure else "completed", failure.reason if failure else None)
 
-    def _abort(self, reason, cancelled=False):
-        """Tell the destination (best effort) and keep the guest running here."""
-        if not self.protocol.finished:
+    def _abort(self, failure):
+        """Tell the destination why (best effort, unless it knows) and keep the guest running here."""
+        if not failure.answered and not self.protocol.finished:
             try:
-                self.link.send_control(self.protocol.abort(reason, cancelled))
-            except (PeerTimeout, ProtocolError):
+                self.link.send_control(self.protocol.abort(failure.reason, isinstance(failure, Cancelled)))
+            except MigrationError:
                 pass
         if self.paused:
             self.workload.resume()
             self.paused = False
         if self.progress:
-            self.progress.message(f"migration stopped: {reason}; the guest keeps running on the source")
+            self.progress.message(f"migration stopped: {failure.reason}; the guest keeps running on the source")
 
     # phase 1: setup ----------------------------------------------------------
     def _setup(self):
@@ -156,7 +145,7 @@ class Source:
         self.link.send_control(self.protocol.hello(self.scenario.to_dict(), uuid.uuid4().hex))
         reply = self._recv_control()
         if reply.type == MsgType.REFUSE:
-            raise MigrationFailed(f"destination refused: {reply.field('reason', str)}")
+            raise Refused(reply.field("reason", str), by="destination")
         self.link.open_data(reply.field("data", list), self.options.batch_pages * self.guest.page_size)
         self.setup_s = self.timeline.now()
 
@@ -279,9 +268,9 @@ class Source:
         self.paused = False  # the guest now runs on the destination; the source stays stopped
         self.unrecorded = None  # the blackout record holds the final pass
         if self.destination_digest != self.source_digest:
-            raise MigrationFailed(f"the destination resumed with memory digest {self.destination_digest}, the "
-                                  f"source's is {self.source_digest}: its memory is not the guest's (the source's "
-                                  "copy stays paused, so the guest never runs twice)")
+            raise Mismatch(f"the destination resumed with memory digest {self.destination_digest}, the "
+                           f"source's is {self.source_digest}: its memory is not the guest's (the source's "
+                           "copy stays paused, so the guest never runs twice)")
 
     def _confirm_source_memory(self):
         """Incremental check, after the fact: the paused memory must hash to what was sent."""
@@ -289,7 +278,7 @@ class Source:
             return
         self.paused_memory_digest = self.guest.digest()
         if self.paused_memory_digest != self.source_digest:
-            raise MigrationFailed(
+            raise Mismatch(
                 f"the source memory at pause ({self.paused_memory_digest}) differs from the pages sent "
                 f"({self.source_digest}): a write escaped the dirty tracking")
 
@@ -317,8 +306,7 @@ class Source:
     def _receive_one(self):
         message = self.protocol.receive(self.link.recv_control())
         if message.type == MsgType.ABORT:
-            reason = f"destination aborted: {message.field('reason', str)}"
-            raise MigrationCancelled(reason) if message.body.get("cancelled") else MigrationFailed(reason)
+            raise PeerAborted(message.field("reason", str), "destination", bool(message.body.get("cancelled")))
         return message
 
     # the report --------------------------------------------------------------------

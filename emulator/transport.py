@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from emulator.errors import PeerTimeout
 from emulator.security import Authenticator, secure_client, secure_server
 
 DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
@@ -34,10 +35,6 @@ SIGNAL_CHECK_S = 0.25
 _ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)|(?P<local>(?:ipc|inproc)://\S+))$")
 _HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-
-
-class PeerTimeout(Exception):
-    """The peer did not answer (or accept data) within the deadline."""
 
 
 def parse_endpoint(text):
