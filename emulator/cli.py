@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 
 from emulator import units
@@ -636,9 +637,9 @@ def _server_security(args):
 
 def _print_outcome(outcome, as_json):
     if as_json:
-        print(json.dumps(outcome, default=str), flush=True)
+        print(json.dumps(asdict(outcome)), flush=True)
         return
-    for key, value in outcome.items():
+    for key, value in asdict(outcome).items():
         if value is not None:
             print(f"{key:<15} {value}")
     print(flush=True)
@@ -667,7 +668,7 @@ def _run_receive(args):
                        on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:
         raise UsageError(f"--listen: {error} (--key FILE --allow FILE, or --insecure)") from None
-    return EXIT_OK if outcomes and outcomes[-1].get("status") == "completed" else EXIT_FAILED
+    return EXIT_OK if outcomes and outcomes[-1].status == "completed" else EXIT_FAILED
 
 
 def _run_keygen(args):

@@ -343,19 +343,19 @@ def inputs_from_report(report) -> EstimateInputs:
     """
     if not report.passes:
         raise ValueError("the report has no pre-copy pass: nothing to measure the throughput from")
-    scenario = report.scenario
-    guest, workload, migration = scenario["guest"], scenario["workload"], scenario["migration"]
+    if report.scenario is None:
+        raise ValueError("the report has no scenario: nothing to model")
+    guest, workload, migration = report.scenario.guest, report.scenario.workload, report.scenario.migration
     first = report.passes[0]
-    rate = workload["rate_pages_per_s"]
-    if rate == "max":
+    if workload.unpaced:
         raise ValueError("the run's writers were unpaced (dirty rate 'max'): no dirty rate to model")
-    dirty = DirtyBehaviour(rate_pages_per_s=float(rate), pattern=workload["pattern"],
-                           hot_fraction=workload["hot_fraction"], hot_share=workload["hot_share"],
-                           stride=workload["stride"], zipf_s=workload["zipf_s"])
+    dirty = DirtyBehaviour(rate_pages_per_s=workload.rate_pages_per_s, pattern=workload.pattern,
+                           hot_fraction=workload.hot_fraction, hot_share=workload.hot_share,
+                           stride=workload.stride, zipf_s=workload.zipf_s)
     return EstimateInputs(
-        memory_bytes=guest["memory_bytes"], bandwidth_bytes_per_s=first.bytes_sent / first.duration_s,
-        dirty=dirty, page_size=guest["page_size"], compression_ratio=1.0,
-        device_state_bytes=migration["device_state_bytes"], policy=PolicyConfig(**migration["policy"]),
+        memory_bytes=guest.memory_bytes, bandwidth_bytes_per_s=first.bytes_sent / first.duration_s,
+        dirty=dirty, page_size=guest.page_size, compression_ratio=1.0,
+        device_state_bytes=migration.device_state_bytes, policy=migration.policy,
     )
 
 

@@ -14,6 +14,7 @@ from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
+from emulator.report import DestinationOutcome
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
@@ -125,7 +126,7 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
         outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared).run(
             hello_timeout_s=CHILD_START_TIMEOUT_S)
     except KeyboardInterrupt:
-        outcome = {"status": "cancelled", "reason": "cancelled by the user"}
+        outcome = DestinationOutcome("cancelled", "cancelled by the user", endpoint=link.endpoint)
     finally:
         link.close()
     connection.send(outcome)
@@ -149,7 +150,7 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
             progress.message(f"receiver listening on {endpoint} (pid {child.pid})")
         report = run_source(scenario, endpoint, progress=progress, guest=guest)
         outcome = parent_end.recv() if parent_end.poll(scenario.migration.timeout_s + 5) else None
-        report.scenario["destination"] = outcome
+        report.destination = outcome
         return report
     finally:
         child.join(timeout=5)

@@ -67,17 +67,16 @@ def _predictions(report: Report) -> dict[str, estimate.ModelPrediction]:
 
 
 def _title(report: Report) -> str:
-    scenario = report.scenario
-    guest, workload, migration = scenario["guest"], scenario["workload"], scenario["migration"]
-    rate = workload["rate_pages_per_s"]
-    load = "unpaced" if rate == "max" else f"{rate * guest['page_size'] / 1e6:.0f} MB/s dirty"
-    if report.passes and rate != "max":
+    guest, workload, migration = report.scenario.guest, report.scenario.workload, report.scenario.migration
+    rate = workload.rate_pages_per_s
+    load = "unpaced" if workload.unpaced else f"{rate * guest.page_size / 1e6:.0f} MB/s dirty"
+    if report.passes and not workload.unpaced:
         first = report.passes[0]
-        load += f" (lambda {rate * guest['page_size'] * first.duration_s / first.bytes_sent:.2f})"
-    cap = units.format_rate(migration["max_bandwidth_bytes_per_s"])
-    head = (f"{units.format_bytes(guest['memory_bytes'])} guest, {workload['pattern']} writer, {load};"
-            f" link cap {cap}, {migration['codec']}, downtime limit"
-            f" {units.format_duration(migration['policy']['downtime_limit_s'])}")
+        load += f" (lambda {rate * guest.page_size * first.duration_s / first.bytes_sent:.2f})"
+    cap = units.format_rate(migration.max_bandwidth_bytes_per_s)
+    head = (f"{units.format_bytes(guest.memory_bytes)} guest, {workload.pattern} writer, {load};"
+            f" link cap {cap}, {migration.codec}, downtime limit"
+            f" {units.format_duration(migration.policy.downtime_limit_s)}")
     tail = f"{report.status}"
     if report.summary:
         tail += f" in {units.format_duration(report.summary['total-time'] / 1e3)}"
@@ -131,7 +130,7 @@ def _positive(xs: list[float], ys: list[float]) -> tuple[list[float], list[float
 
 
 def _remaining(ax, report: Report, models: dict[str, estimate.ModelPrediction]) -> None:
-    page = report.scenario["guest"]["page_size"]
+    page = report.scenario.guest.page_size
     numbers = [p.pass_no for p in report.passes]
     ax.plot(*_positive(numbers, [p.remaining_pages * page / MIB for p in report.passes]), "o-",
             color=COLORS["measured"], label="remaining, measured", zorder=3)

@@ -26,6 +26,7 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
                                        SourceAborted, Switchover, stranger_abort, stranger_refusal)
+from emulator.report import DestinationOutcome
 from emulator.scenario import Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
 from emulator.units import format_bytes
@@ -114,17 +115,15 @@ class Destination:
         self.device_state = b""
 
     def run(self, hello_timeout_s=None):
-        """Serve one migration; return its outcome as a dict (status, reason, digest, counts).
+        """Serve one migration; return its DestinationOutcome.
 
         hello_timeout_s: how long to wait for a source to begin (default: the link's
         timeout; math.inf waits until interrupted).
         """
-        outcome = {"status": "failed", "reason": None, "digest": None, "endpoint": self.link.endpoint}
         failure = None
         try:
             self._setup(hello_timeout_s)
             self._receive()
-            outcome.update(status="completed", digest=self.digest)
         except KeyboardInterrupt:
             failure = Cancelled("cancelled by the user on the destination")
             self.interrupted = True
@@ -132,18 +131,18 @@ class Destination:
             failure = error
         except Exception as error:  # a bug, or a resource this host lacks: this migration's failure, not the server's
             failure = MigrationError(f"the destination failed: {type(error).__name__}: {error}")
-        if failure:
-            outcome.update(status=failure.status, reason=failure.reason)
-            if not failure.answered:
-                self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
+        if failure and not failure.answered:
+            self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
         if self.applier:
             self.applier.close()
         self.link.close_data()
-        if outcome["status"] != "completed":
+        if failure:
             self.guest = None  # the partial guest is discarded, never resumed
-        outcome["pages_applied"] = self.pages_applied
-        outcome["frames_refused"] = self.frames_refused
-        self._say(f"migration {outcome['status']}" + (f": {outcome['reason']}" if outcome["reason"] else ""))
+        outcome = DestinationOutcome(
+            status=failure.status if failure else "completed", reason=failure.reason if failure else None,
+            digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,
+            frames_refused=self.frames_refused)
+        self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
     # setup -------------------------------------------------------------------

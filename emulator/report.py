@@ -6,6 +6,9 @@ unknown schema versions and unknown or missing fields, naming them.
 
 Schema history:
     1: first version.
+    2: the destination's outcome is its own field (it was scenario["destination"]);
+       PassRecord.pages_dirtied is gone (it always equalled remaining_pages);
+       the source records where the guest runs now (location). Schema 1 reads back.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from emulator.scenario import Scenario
 from emulator.units import format_bytes, format_duration, format_rate
 
 __all__ = [
     "Blackout",
+    "DestinationOutcome",
     "PHASES",
     "PassRecord",
     "Phase",
@@ -37,7 +42,8 @@ __all__ = [
     "summarize",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # 1 is upgraded as it is read
 STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled")
 PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce")
 Status = Literal["completed", "failed", "cancelled"]
@@ -54,8 +60,8 @@ class PassRecord:
     zero_pages: pages sent as zero pages (no payload).
     duration_s: wall time of the pass, seconds.
     bandwidth_bytes_per_s: wire_bytes / duration_s (0.0 if the duration is 0).
-    pages_dirtied: distinct pages dirtied during the pass (the size of the next harvest).
-    remaining_pages: dirty pages at the end of the pass.
+    remaining_pages: dirty pages at the end of the pass (distinct pages dirtied during
+        it: the size of the next harvest).
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
     threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
@@ -70,7 +76,6 @@ class PassRecord:
     zero_pages: int
     duration_s: float
     bandwidth_bytes_per_s: float
-    pages_dirtied: int
     remaining_pages: int
     dirty_pages_rate: float
     threshold_bytes: float
@@ -108,6 +113,23 @@ class Blackout:
 
 
 @dataclass
+class DestinationOutcome:
+    """What became of one migration on the destination, as the destination saw it.
+
+    status, reason: as a Report's. digest: the memory digest it verified (None unless
+    completed). endpoint: where it listened. pages_applied: pages written into its guest,
+    zero pages included. frames_refused: messages from strangers it refused meanwhile.
+    """
+
+    status: Status
+    reason: str | None = None
+    digest: str | None = None
+    endpoint: str | None = None
+    pages_applied: int = 0
+    frames_refused: int = 0
+
+
+@dataclass
 class Phase:
     """One of the six phases, in seconds from the migration start."""
 
@@ -128,8 +150,10 @@ class Phase:
 class Report:
     """Everything one migration run produced.
 
-    scenario: every option of the run, the seed and the versions (what was run).
+    scenario: every option of the run and the seed (what was run; None if unknown).
     host: where it ran (``host_info()``).
+    destination: the destination's own outcome, when this process heard it (``migrate``).
+    location: where the guest runs after the migration, as the destination announced it.
     phases: the six phases in order, as far as the run got.
     blackout: None if the run never paused the guest.
     switchover_reason: why pre-copy ended: converged, max-passes, max-time or stalled
@@ -141,8 +165,10 @@ class Report:
     schema: int = SCHEMA_VERSION
     status: Status
     reason: str | None = None
-    scenario: dict[str, Any] = field(default_factory=dict)
+    scenario: Scenario | None = None
     host: dict[str, Any] = field(default_factory=dict)
+    destination: DestinationOutcome | None = None
+    location: str | None = None
     passes: list[PassRecord] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     blackout: Blackout | None = None
@@ -166,6 +192,8 @@ class Report:
     def to_json(self) -> str:
         """The report as standard JSON (NaN and infinity are refused, naming the field)."""
         data = asdict(self)
+        if self.scenario is not None:
+            data["scenario"] = self.scenario.to_dict()
         bad = _non_finite_path(data, "report")
         if bad is not None:
             raise ValueError(f"{bad} is not finite; JSON cannot hold NaN or infinity")
@@ -180,13 +208,22 @@ class Report:
             raise ValueError(f"not a precopy report: invalid JSON ({error})") from None
         if not isinstance(data, dict) or "schema" not in data:
             raise ValueError("not a precopy report: no 'schema' field")
-        if type(data["schema"]) is not int or data["schema"] != SCHEMA_VERSION:
+        if type(data["schema"]) is not int or data["schema"] not in READABLE_SCHEMAS:
             raise ValueError(
-                f"unsupported report schema {data['schema']!r}: this precopy reads schema"
-                f" {SCHEMA_VERSION}"
+                f"unsupported report schema {data['schema']!r}: this precopy reads schemas"
+                f" {', '.join(map(str, READABLE_SCHEMAS))}"
             )
+        if data["schema"] == 1:
+            data = _upgraded_from_schema_1(data)
         _check_fields(cls, data, "report")
         data = dict(data)
+        if data.get("scenario") is not None:
+            try:
+                data["scenario"] = Scenario.from_dict(data["scenario"])
+            except ValueError as error:
+                raise ValueError(f"report.scenario: {error}") from None
+        if data.get("destination") is not None:
+            data["destination"] = _build(DestinationOutcome, data["destination"], "report.destination")
         data["passes"] = [
             _build(PassRecord, item, f"report.passes[{i}]")
             for i, item in enumerate(_as_list(data.get("passes", []), "report.passes"))
@@ -217,6 +254,20 @@ class Report:
     def read(cls, path: str | os.PathLike[str]) -> Report:
         """Read a report written by ``write``."""
         return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+
+def _upgraded_from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 report's data as schema 2 holds it."""
+    data = dict(data, schema=SCHEMA_VERSION)
+    if isinstance(data.get("scenario"), dict):
+        data["scenario"] = dict(data["scenario"])
+        data["destination"] = data["scenario"].pop("destination", None)
+        if not data["scenario"]:
+            data["scenario"] = None
+    if isinstance(data.get("passes"), list):
+        data["passes"] = [{k: v for k, v in item.items() if k != "pages_dirtied"} if isinstance(item, dict) else item
+                          for item in data["passes"]]
+    return data
 
 
 def _umask() -> int:
@@ -441,7 +492,7 @@ def format_summary(report: Report) -> str:
             f" (expected {_ms(summary['expected-downtime'])})"
         )
         ratio = summary["compression-ratio"]
-        compressed = ratio is not None and report.scenario.get("migration", {}).get("codec") != "raw"
+        compressed = ratio is not None and report.scenario is not None and report.scenario.migration.codec != "raw"
         lines.append(
             f"transferred  {format_bytes(ram['transferred'])} on the wire"
             f" at {format_rate(ram['mbps'] * 1e6 / 8)}"  # the pass table's unit, not QEMU's Mbit/s

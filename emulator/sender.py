@@ -91,7 +91,7 @@ class Source:
         self.paused = False
         self.blackout = None
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
-        self.setup_s = self.expected_downtime_s = self.decision = None
+        self.setup_s = self.expected_downtime_s = self.decision = self.location = None
         # as many numbers as the bitmap has bits: its last word may reach past the last page
         self.harvest_buffer = np.empty(guest.dirty.size * bitmap.WORD_BITS, dtype=np.int64)
         self.incremental = self.options.verify == "incremental"
@@ -174,8 +174,8 @@ class Source:
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
-                bandwidth_bytes_per_s=counter.wire_bytes / duration_s, pages_dirtied=remaining,
-                remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
+                bandwidth_bytes_per_s=counter.wire_bytes / duration_s, remaining_pages=remaining,
+                dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
                 threshold_bytes=decision.threshold_bytes, throttle_pct=self.workload.throttle_pct,
                 source_cpu_s=time.process_time() - cpu_started,
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
@@ -196,7 +196,7 @@ class Source:
 
     def _throttle(self, record):
         """Auto-converge: slow the vCPUs when a pass dirtied more than it could afford."""
-        throttle = policy.next_throttle_pct(self.workload.throttle_pct, record.pages_dirtied * self.guest.page_size,
+        throttle = policy.next_throttle_pct(self.workload.throttle_pct, record.remaining_pages * self.guest.page_size,
                                             record.bytes_sent)
         if throttle != self.workload.throttle_pct:
             self.workload.set_throttle(throttle)
@@ -324,7 +324,7 @@ class Source:
         )
         decision = self.decision
         return Report(
-            status=status, reason=reason, scenario=self.scenario.to_dict(), host=host_info(),
+            status=status, reason=reason, scenario=self.scenario, host=host_info(), location=self.location,
             passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
             switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,

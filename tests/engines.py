@@ -36,8 +36,8 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
     destination = Destination(destination_link, capacity_bytes=capacity_bytes, limits=limits or DestinationLimits(),
                               on_verified=lambda verified: setattr(destination, "migrated", verified.data.copy()))
     destination.migrated = None
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(destination.run(hello_timeout_s=10)), daemon=True)
+    ended = {}
+    thread = threading.Thread(target=lambda: ended.update(outcome=destination.run(hello_timeout_s=10)), daemon=True)
     thread.start()
     with workload:
         if scenario.workload.rate_pages_per_s:
@@ -47,4 +47,4 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
             after(workload)
     thread.join(timeout=30)
     assert not thread.is_alive(), "the destination did not finish"
-    return report, outcome, guest, destination
+    return report, ended["outcome"], guest, destination

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import math
@@ -10,7 +11,7 @@ from emulator import cli
 from emulator.display import LiveDisplay
 from emulator.policy import PolicyConfig
 from emulator.receiver import DestinationLimits
-from emulator.report import Blackout, PassRecord, Report, summarize
+from emulator.report import Blackout, DestinationOutcome, PassRecord, Report, summarize
 from emulator.scenario import MigrationOptions, Scenario
 
 PAGE_SIZE = 4096
@@ -207,14 +208,14 @@ def test_receive_help(capsys):
 def make_report(status="completed", reason=None):
     passes = [
         PassRecord(pass_no=0, pages_sent=256, bytes_sent=256 * PAGE_SIZE, wire_bytes=500_000, zero_pages=100,
-                   duration_s=0.5, bandwidth_bytes_per_s=1e6, pages_dirtied=10, remaining_pages=10,
+                   duration_s=0.5, bandwidth_bytes_per_s=1e6, remaining_pages=10,
                    dirty_pages_rate=20.0, threshold_bytes=300_000.0, throttle_pct=0),
     ]
     blackout = Blackout(total_s=0.01, final_pages=10, final_bytes=10 * PAGE_SIZE, final_wire_bytes=20_000,
                         final_zero_pages=0, final_send_s=0.005, device_state_bytes=1024, device_state_s=0.001,
                         digest_check_s=0.001, resume_s=0.001) if status == "completed" else None
     return Report(
-        status=status, reason=reason, scenario=Scenario().to_dict(), passes=passes, blackout=blackout,
+        status=status, reason=reason, scenario=Scenario(), passes=passes, blackout=blackout,
         summary=summarize(passes, blackout, status=status, page_size=PAGE_SIZE, total_pages=256,
                           setup_s=0.01, total_s=0.6),
     )
@@ -225,7 +226,7 @@ class FakeEngine(types.ModuleType):
         super().__init__("emulator.migration")
         self.calls = []
         self.report = make_report()
-        self.outcome = {"status": "completed", "reason": None, "digest": "abc123"}
+        self.outcome = DestinationOutcome("completed", digest="abc123")
         self.error = None
 
     def _call(self, name, *args, **kwargs):
@@ -355,9 +356,9 @@ def test_receive_says_where_it_listens_once_and_gives_up_after_wait(capsys):
 
 
 def test_receive_failure_and_json(fake_engine, capsys):
-    fake_engine.outcome = {"status": "failed", "reason": "digest mismatch"}
+    fake_engine.outcome = DestinationOutcome("failed", "digest mismatch")
     assert cli.main(["receive", "--listen", "tcp://*:4444", "--json", "--serve"]) == 1
-    assert json.loads(capsys.readouterr().out) == fake_engine.outcome
+    assert json.loads(capsys.readouterr().out) == dataclasses.asdict(fake_engine.outcome)
     assert fake_engine.calls[0][2]["serve"] is True
 
 

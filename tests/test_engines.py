@@ -34,7 +34,7 @@ def scenario(memory_pages=1024, fill="mixed", rate=0.0, pattern="uniform", **mig
 def test_idle_guest_arrives_byte_identical(codec, channels, verify):
     s = scenario(codec=codec, channels=channels, verify=verify)
     report, outcome, guest, destination = run_pair(s, *link_pair())
-    assert report.status == "completed" and outcome["status"] == "completed"
+    assert report.status == "completed" and outcome.status == "completed"
     assert np.array_equal(destination.migrated, guest.data)
     assert report.digests_match and report.source_digest == guest.digest()
     zero, _ = pages.split_zero_pages(guest.data, PAGE, np.arange(guest.n_pages))
@@ -120,7 +120,7 @@ def test_stall_switches_over_or_aborts_as_configured():
         after=keeps_writing)
     assert report.status == "failed" and "stalled" in report.reason
     assert report.switchover_reason == "stalled" and report.blackout is None
-    assert outcome["status"] == "failed" and "source aborted" in outcome["reason"]
+    assert outcome.status == "failed" and "source aborted" in outcome.reason
     assert destination.guest is None and destination.migrated is None  # discarded, never resumed
     assert writes_after and writes_after[0] > 0
 
@@ -130,7 +130,7 @@ def test_refusal_leaves_the_source_running_and_unharmed():
     report, outcome, guest, destination = run_pair(s, *link_pair(), capacity_bytes=100 * PAGE)
     assert report.status == "failed"
     assert "refused" in report.reason and "capacity" in report.reason
-    assert outcome["status"] == "failed" and not report.passes and report.blackout is None
+    assert outcome.status == "failed" and not report.passes and report.blackout is None
 
 
 class LeakyGuest(GuestMemory):
@@ -158,7 +158,7 @@ def test_a_write_that_escapes_dirty_tracking_is_caught(verify):
         # digests differ, so the destination never resumes
         assert destination.migrated is None
     else:  # written after its send: the transport was right, so it resumed; the source's re-hash finds it
-        assert "escaped the dirty tracking" in report.reason and outcome["status"] == "completed"
+        assert "escaped the dirty tracking" in report.reason and outcome.status == "completed"
 
 
 class CorruptingLink:
@@ -183,7 +183,7 @@ def test_a_corrupted_page_is_caught_and_the_destination_never_resumes():
     source_link, destination_link = link_pair()
     report, outcome, guest, destination = run_pair(s, CorruptingLink(source_link), destination_link)
     assert report.status == "failed" and "digest mismatch" in report.reason
-    assert outcome["status"] == "failed" and destination.guest is None and destination.migrated is None
+    assert outcome.status == "failed" and destination.guest is None and destination.migrated is None
     assert report.blackout is None and report.destination_digest is None
 
 
@@ -217,7 +217,7 @@ class GarbageLink(CorruptingLink):
 def test_a_bad_frame_aborts_cleanly_with_the_field_named():
     source_link, destination_link = link_pair()
     report, outcome, guest, destination = run_pair(scenario(), GarbageLink(source_link), destination_link)
-    assert outcome["status"] == "failed" and outcome["reason"].startswith("protocol error: version")
+    assert outcome.status == "failed" and outcome.reason.startswith("protocol error: version")
     assert report.status == "failed" and "destination aborted: protocol error: version" in report.reason
     # no pass was recorded, but what went out is counted, not "0 B on the wire"
     assert not report.passes and report.summary["ram"]["transferred"] > 0
@@ -286,13 +286,13 @@ def test_a_hello_beyond_a_destination_limit_is_refused_with_the_limit(limits, as
     source_link, destination_link = link_pair()
     report, outcome, _, destination = run_pair(s, source_link, destination_link, limits=limits)
     assert report.status == "failed" and reason in report.reason, report.reason
-    assert outcome["status"] == "failed" and reason in outcome["reason"] and not report.passes
+    assert outcome.status == "failed" and reason in outcome.reason and not report.passes
 
 
 def test_a_migration_longer_than_the_destination_allows_is_aborted():
     s = scenario(fill="random", rate=0, codec="raw", max_bandwidth_bytes_per_s=2e6)  # pass 0 takes about 2 s
     report, outcome, _, destination = run_pair(s, *link_pair(), limits=DestinationLimits(max_duration_s=0.5))
-    assert outcome["status"] == "failed" and "limit of 0.5 s" in outcome["reason"]
+    assert outcome.status == "failed" and "limit of 0.5 s" in outcome.reason
     assert report.status == "failed" and "limit of 0.5 s" in report.reason and destination.guest is None
 
 

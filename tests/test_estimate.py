@@ -165,13 +165,13 @@ def test_bad_inputs_are_refused_with_the_value():
 def test_inputs_from_report_take_r_from_pass_zero():
     scenario = Scenario(GuestSpec(4 * MIB), WorkloadSpec(rate_pages_per_s=512, pattern="uniform"),
                         MigrationOptions(device_state_bytes=0, policy=PolicyConfig(downtime_limit_s=0.1)))
-    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB + 999, 0, 2.0, 2.1e6, 512, 512, 512.0, 0.0, 0)
-    report = Report(status="completed", scenario=scenario.to_dict(), passes=[record])
+    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB + 999, 0, 2.0, 2.1e6, 512, 512.0, 0.0, 0)
+    report = Report(status="completed", scenario=scenario, passes=[record])
     got = inputs_from_report(report)
     assert got.throughput_bytes_per_s == 2 * MIB and got.lam == 1.0 and got.dirty.pattern == "uniform"
     assert got.policy == PolicyConfig(downtime_limit_s=0.1) and got.device_state_bytes == 0
     with pytest.raises(ValueError, match="no pre-copy pass"):
-        inputs_from_report(Report(status="failed", scenario=scenario.to_dict()))
+        inputs_from_report(Report(status="failed", scenario=scenario))
 
 
 # the command ---------------------------------------------------------------------------------------

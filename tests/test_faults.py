@@ -73,8 +73,8 @@ def test_receiver_lost_in_any_phase_leaves_the_source_running(phase, signum):
 
 def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s=2.0)
-    destination, outcome = Destination(link), {}
-    thread = threading.Thread(target=lambda: outcome.update(destination.run(hello_timeout_s=60)), daemon=True)
+    destination, ended = Destination(link), {}
+    thread = threading.Thread(target=lambda: ended.update(outcome=destination.run(hello_timeout_s=60)), daemon=True)
     thread.start()
     try:
         sender = PrecopyProcess("send", "--to", link.endpoint, "--memory", "64MiB", "--fill", "random",
@@ -89,8 +89,9 @@ def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
     finally:
         link.close()
     assert not thread.is_alive()
-    assert outcome["status"] == "failed" and "nothing from the source" in outcome["reason"]
-    assert outcome["digest"] is None and 0 < outcome["pages_applied"] < 16384
+    outcome = ended["outcome"]
+    assert outcome.status == "failed" and "nothing from the source" in outcome.reason
+    assert outcome.digest is None and 0 < outcome.pages_applied < 16384
     assert destination.guest is None  # discarded, never resumed
 
 

@@ -10,6 +10,7 @@ from emulator.report import (
     PHASES,
     SCHEMA_VERSION,
     Blackout,
+    DestinationOutcome,
     PassRecord,
     Phase,
     Report,
@@ -17,6 +18,10 @@ from emulator.report import (
     host_info,
     summarize,
 )
+from emulator.guest import GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
 
 PAGE_SIZE = 4096
 TOTAL_PAGES = 1000
@@ -32,7 +37,6 @@ def make_passes():
             zero_pages=200,
             duration_s=2.0,
             bandwidth_bytes_per_s=1_024_000.0,
-            pages_dirtied=100,
             remaining_pages=100,
             dirty_pages_rate=50.0,
             threshold_bytes=307_200.0,
@@ -46,7 +50,6 @@ def make_passes():
             zero_pages=10,
             duration_s=0.25,
             bandwidth_bytes_per_s=819_200.0,
-            pages_dirtied=20,
             remaining_pages=20,
             dirty_pages_rate=80.0,
             threshold_bytes=245_760.0,
@@ -75,7 +78,7 @@ def make_report():
     return Report(
         status="completed",
         reason=None,
-        scenario={"memory": "4000KiB", "seed": 42, "codec": "lz4", "versions": {"precopy": "0"}},
+        scenario=Scenario(GuestSpec(TOTAL_PAGES * PAGE_SIZE, seed=42), migration=MigrationOptions(codec="lz4")),
         host={"hostname": "source", "cpu_count": 8},
         passes=passes,
         phases=[Phase(name, float(i), float(i) + 0.5) for i, name in enumerate(PHASES)],
@@ -195,7 +198,7 @@ def test_round_trip_every_field():
 def test_json_shape():
     data = json.loads(make_report().to_json())
     assert list(data)[:3] == ["schema", "status", "reason"]
-    assert data["schema"] == SCHEMA_VERSION == 1
+    assert data["schema"] == SCHEMA_VERSION == 2
     assert data["phases"][2] == {"phase": "blackout", "start_s": 2.0, "end_s": 2.5}
     assert data["passes"][0]["pass_no"] == 0
     assert data["blackout"]["final_wire_bytes"] == 40_960
@@ -217,12 +220,52 @@ def test_minimal_report_round_trip():
 
 def test_unknown_schema_version_refused():
     data = json.loads(make_report().to_json())
-    data["schema"] = 2
+    data["schema"] = 3
     with pytest.raises(ValueError) as info:
         Report.from_json(json.dumps(data))
-    assert str(info.value) == "unsupported report schema 2: this precopy reads schema 1"
+    assert str(info.value) == "unsupported report schema 3: this precopy reads schemas 1, 2"
     with pytest.raises(ValueError, match="unsupported report schema 7"):
         Report(schema=7, status="completed")
+
+
+def test_records_are_typed_end_to_end_and_read_back_equal():
+    report = make_report()
+    report.scenario = Scenario(workload=WorkloadSpec(rate_pages_per_s=math.inf, pattern="zipf", zipf_s=1.2))
+    report.destination = DestinationOutcome("completed", digest="ab" * 16, endpoint="tcp://127.0.0.1:4000",
+                                            pages_applied=1200, frames_refused=3)
+    report.location = "host b, tcp://127.0.0.1:4000"
+    data = json.loads(report.to_json())
+    assert data["scenario"]["workload"]["rate_pages_per_s"] == "max"  # JSON has no infinity
+    assert data["destination"]["pages_applied"] == 1200 and data["location"] == report.location
+    again = Report.from_json(report.to_json())
+    assert again == report and isinstance(again.scenario, Scenario)
+    assert isinstance(again.destination, DestinationOutcome) and again.scenario.workload.unpaced
+
+
+@pytest.mark.parametrize("scenario", [
+    Scenario(),
+    Scenario(GuestSpec(64 << 20, page_size=2 << 20, fill="random", seed=7),
+             WorkloadSpec(rate_pages_per_s=math.inf, pattern="uniform", vcpus=4),
+             MigrationOptions(codec="raw", channels=3, max_bandwidth_bytes_per_s=1e8, verify="full",
+                              auto_converge=True, policy=PolicyConfig(max_passes=5, stall_passes=None))),
+])
+def test_scenario_round_trips_through_its_dict_and_json(scenario):
+    assert Scenario.from_dict(scenario.to_dict()) == scenario
+    assert Scenario.from_dict(json.loads(json.dumps(scenario.to_dict(), allow_nan=False))) == scenario
+
+
+def test_a_schema_1_report_reads_back_upgraded():
+    data = json.loads(make_report().to_json())
+    data["schema"] = 1
+    del data["destination"], data["location"]
+    data["scenario"]["destination"] = {"status": "completed", "reason": None, "digest": "ab" * 16,
+                                       "endpoint": "tcp://127.0.0.1:4000", "pages_applied": 5, "frames_refused": 0}
+    for record in data["passes"]:
+        record["pages_dirtied"] = record["remaining_pages"]
+    report = Report.from_json(json.dumps(data))
+    assert report.schema == 2 and report.destination == DestinationOutcome(
+        "completed", digest="ab" * 16, endpoint="tcp://127.0.0.1:4000", pages_applied=5)
+    assert report.scenario == make_report().scenario and report.passes == make_report().passes
 
 
 def test_not_a_report_refused():
@@ -286,7 +329,7 @@ def test_host_info():
 
 def test_format_summary_shows_no_compression_ratio_for_raw():
     report = make_report()
-    report.scenario = {"migration": {"codec": "raw"}}
+    report.scenario = Scenario(migration=MigrationOptions(codec="raw"))
     assert "compression ratio" not in format_summary(report)
 
 

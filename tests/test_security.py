@@ -1,6 +1,7 @@
 """CURVE on every socket: the right keys migrate, any other key gets nothing in."""
 
 import threading
+from dataclasses import asdict
 
 import pytest
 
@@ -32,8 +33,8 @@ def start_receiver(server):
         def on_ready(endpoint):
             outcome["endpoint"] = endpoint
             ready.set()
-        outcome.update(receive("tcp://127.0.0.1:0", security=server, timeout_s=3.0, wait_s=3.0,
-                               ready=on_ready))
+        outcome.update(asdict(receive("tcp://127.0.0.1:0", security=server, timeout_s=3.0, wait_s=3.0,
+                                      ready=on_ready)))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -93,7 +94,7 @@ def test_without_keys_only_loopback_unless_insecure():
             messages.append(text)
 
     outcome = receive("tcp://0.0.0.0:0", insecure=True, progress=Recorder(), wait_s=0.2)
-    assert outcome["status"] == "failed" and "no source began a migration within 0.2 s" in outcome["reason"]
+    assert outcome.status == "failed" and "no source began a migration within 0.2 s" in outcome.reason
     assert any("UNAUTHENTICATED" in text for text in messages)
 
 

@@ -51,7 +51,7 @@ def fake_report(scenario, *, passes=(1024, 512), final=256, r0=4 * MIB, blackout
     for number, pages in enumerate(passes):
         left = passes[number + 1] if number + 1 < len(passes) else final
         duration = pages * page / r0
-        records.append(PassRecord(number, pages, pages * page, pages * page + 64, 0, duration, r0, left, left,
+        records.append(PassRecord(number, pages, pages * page, pages * page + 64, 0, duration, r0, left,
                                   scenario.workload.rate_pages_per_s, r0 * 0.1, 0))
     precopy_end = setup_s + sum(r.duration_s for r in records)
     end = precopy_end + blackout_s
@@ -62,7 +62,7 @@ def fake_report(scenario, *, passes=(1024, 512), final=256, r0=4 * MIB, blackout
               Phase("announce", end, end + 0.01)]
     summary = summarize(records, blackout, status="completed", page_size=page, total_pages=scenario.guest.n_pages,
                         setup_s=setup_s, total_s=end + 0.01)
-    return Report(status="completed", scenario=scenario.to_dict(), passes=records, phases=phases, blackout=blackout,
+    return Report(status="completed", scenario=scenario, passes=records, phases=phases, blackout=blackout,
                   switchover_reason="converged", digests_match=True, source_digest="ab", destination_digest="ab",
                   summary=summary)
 
@@ -159,7 +159,7 @@ def test_the_rule_of_thumb_verdict_measures_the_distance_to_the_band():
 
 def test_a_failed_run_has_no_factor():
     s = scenario_4mib()
-    failed = Report(status="failed", reason="destination refused: too big", scenario=s.to_dict())
+    failed = Report(status="failed", reason="destination refused: too big", scenario=s)
     row = sweep.row_for(one_run(s), failed, "reports/x.json")
     assert (row["status"], row["reason"], row["measured_factor"], row["geometric_factor"]) == \
         ("failed", "destination refused: too big", None, None)
@@ -169,7 +169,7 @@ def test_a_failed_run_has_no_factor():
 def test_the_csv_reads_back_typed(tmp_path):
     s = scenario_4mib()
     rows = [sweep.row_for(one_run(s, 1), fake_report(s), "reports/a.json"),
-            sweep.row_for(one_run(s, 2), Report(status="failed", reason="x, y", scenario=s.to_dict()),
+            sweep.row_for(one_run(s, 2), Report(status="failed", reason="x, y", scenario=s),
                           "reports/b.json")]
     sweep.write_csv(rows, tmp_path / "sweep.csv")
     back = sweep.read_csv(tmp_path / "sweep.csv")
@@ -309,7 +309,7 @@ def test_cli_sweep_runs_real_migrations(tmp_path, capsys):
     assert busy["measured_factor"] > idle["measured_factor"] and busy["guest_bytes"] > 8 * MIB
     for row in rows:
         report = Report.read(out / row["report"])
-        assert report.passes[0].pages_sent == 2048 and report.scenario["migration"]["codec"] == "raw"
+        assert report.passes[0].pages_sent == 2048 and report.scenario.migration.codec == "raw"
         assert row["pass0_throughput_bytes_per_s"] == pytest.approx(2048 * PAGE / report.passes[0].duration_s, rel=1e-5)
     assert printed.startswith(sweep.summary_text(rows)) and "wrote" in printed
     # lambda as the models see it: the dirty rate over pass 0's measured throughput (a short pass 0

@@ -42,7 +42,7 @@ before = signatures()
 results = []
 for s, guest, workload in runs:
     report, outcome, _, _ = run_pair(s, *link_pair(), guest=guest, workload=workload)
-    results.append((report.status, outcome["status"], report.digests_match,
+    results.append((report.status, outcome.status, report.digests_match,
                     [record.pages_sent for record in report.passes]))
 print(json.dumps({"before": before, "after": signatures(), "results": results}))
 """
