@@ -44,7 +44,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_NO_LIMIT_WORDS = ("none", "off", "unlimited")
 
 
 class UsageError(Exception):
@@ -121,7 +120,7 @@ def _float_type(option, example, *, check, expected):
 
 def _duration_type(option, example, *, default_unit="s", optional=False, positive=False):
     def parse(text):
-        if optional and text.strip().lower() in _NO_LIMIT_WORDS:
+        if optional and units.means_no_limit(text):
             return None
         try:
             value = units.parse_duration(text, default_unit)

@@ -166,9 +166,10 @@ def _saturating(pages: float, writes: float) -> float:
 
 @functools.lru_cache(maxsize=4)
 def _zipf_probabilities(n_pages: int, s: float) -> np.ndarray:
-    """Each page's share of the writes under Zipf's law (the writers' zipf_cdf, differenced)."""
-    weights = 1.0 / np.arange(1, n_pages + 1, dtype=np.float64) ** s
-    return weights / weights.sum()
+    """Each page's share of the writes under Zipf's law: the writers' own zipf_cdf, differenced."""
+    from kernels.writers import zipf_cdf  # here: the kernels' import (Numba) only when a zipf is modelled
+
+    return np.diff(zipf_cdf(n_pages, s), prepend=0.0)
 
 
 def distinct_dirty_pages(dirty: DirtyBehaviour, n_pages: int, seconds: float) -> float:

@@ -113,7 +113,7 @@ def _text(value: Any) -> str:
 
 
 def _optional_duration(value: Any) -> float | None:
-    if isinstance(value, str) and value.strip().lower() in ("none", "off", "unlimited"):
+    if units.means_no_limit(value):
         return None
     return units.parse_duration(value)
 

@@ -80,8 +80,15 @@ for _names, _factor in (
 ):
     for _name in _names:
         _DURATION_UNITS[_name] = _factor
-_UNLIMITED_WORDS = ("unlimited", "none", "off")
+NO_LIMIT_WORDS = ("unlimited", "none", "off")
 _PAGE_RATE_UNITS = ("pages/s", "page/s")
+
+
+
+def means_no_limit(text: object) -> bool:
+    """True for a word that lifts a limit (NO_LIMIT_WORDS, any case and spacing)."""
+    return isinstance(text, str) and text.strip().lower() in NO_LIMIT_WORDS
+
 
 _NUMBER_AND_UNIT = re.compile(
     r"^(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>.*?)$"
@@ -170,7 +177,7 @@ def parse_bandwidth(text: str | float) -> float | None:
     Returns None for "unlimited" (also "none", "off"). Zero is refused: a zero limit would
     never send anything; say "unlimited" to lift the limit.
     """
-    if isinstance(text, str) and text.strip().lower() in _UNLIMITED_WORDS:
+    if means_no_limit(text):
         return None
     try:
         number, unit = _split(text)
