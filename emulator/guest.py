@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator import fields
 from kernels import bitmap, fill, pages
 from kernels.checks import require_page_size
 
 FILL_PROFILES = ("zero", "random", "half", "text", "mixed")
 MIXED_SHARES = {fill.ZERO: 0.40, fill.TEXT: 0.25, fill.HALF: 0.20, fill.RANDOM: 0.15}
+MAX_PAGES = 1 << 32  # page numbers are 32-bit on the wire (emulator.protocol.PAGE_NUMBER_DTYPE)
 FILL_SLICE_PAGES = 16384  # pages written per task when filling or zeroing: 64 MiB of 4 KiB pages
 _UNIFORM_KINDS = {"zero": fill.ZERO, "random": fill.RANDOM, "half": fill.HALF, "text": fill.TEXT}
 
@@ -47,13 +49,17 @@ class GuestSpec:
     seed: int = 0
 
     def __post_init__(self):
+        fields.whole("page_size", self.page_size, 1)
         require_page_size(self.page_size)
-        if self.memory_bytes <= 0 or self.memory_bytes % self.page_size:
+        if fields.whole("memory_bytes", self.memory_bytes, 1) % self.page_size:
             raise ValueError(
                 f"memory size must be a positive multiple of the page size ({self.page_size} B), got {self.memory_bytes}"
             )
-        if self.fill not in FILL_PROFILES:
-            raise ValueError(f"unknown fill profile {self.fill!r}: expected one of {', '.join(FILL_PROFILES)}")
+        if self.n_pages > MAX_PAGES:
+            raise ValueError(f"a guest has at most {MAX_PAGES:,} pages (page numbers are 32-bit on the wire), "
+                             f"got {self.n_pages:,} of {self.page_size} B")
+        fields.one_of("fill profile", self.fill, FILL_PROFILES)
+        fields.whole("seed", self.seed, 0, 2**64 - 1)
 
     @property
     def n_pages(self):

@@ -7,6 +7,7 @@ and is written whole into the report.
 
 from dataclasses import asdict, dataclass, field
 
+from emulator import fields
 from emulator.codecs import CODEC_NAMES
 from emulator.guest import GuestSpec
 from emulator.policy import PolicyConfig
@@ -55,20 +56,19 @@ class MigrationOptions:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
-        if self.codec not in CODEC_NAMES:
-            raise ValueError(f"unknown codec {self.codec!r}: expected one of {', '.join(CODEC_NAMES)}")
-        if not isinstance(self.channels, int) or not 1 <= self.channels <= 64:
-            raise ValueError(f"channels must be a whole number from 1 to 64, got {self.channels!r}")
-        if not isinstance(self.batch_pages, int) or not 1 <= self.batch_pages <= 65536:
-            raise ValueError(f"batch pages must be a whole number from 1 to 65536, got {self.batch_pages!r}")
-        if self.max_bandwidth_bytes_per_s is not None and not self.max_bandwidth_bytes_per_s > 0:
-            raise ValueError(f"max bandwidth must be > 0 bytes/s or None, got {self.max_bandwidth_bytes_per_s!r}")
-        if not isinstance(self.device_state_bytes, int) or not 0 <= self.device_state_bytes <= 64 << 20:
-            raise ValueError(f"device state must be 0 to 64 MiB, got {self.device_state_bytes!r}")
-        if not self.timeout_s > 0:
+        fields.one_of("codec", self.codec, CODEC_NAMES)
+        fields.whole("channels", self.channels, 1, 64)
+        fields.whole("batch_pages", self.batch_pages, 1, 65536)
+        bandwidth = self.max_bandwidth_bytes_per_s
+        if bandwidth is not None and not fields.number("max_bandwidth_bytes_per_s", bandwidth) > 0:
+            raise ValueError(f"max bandwidth must be > 0 bytes/s or None, got {bandwidth!r}")
+        fields.whole("device_state_bytes", self.device_state_bytes, 0, 64 << 20)
+        if not fields.number("timeout_s", self.timeout_s) > 0:
             raise ValueError(f"timeout must be > 0 s, got {self.timeout_s!r}")
-        if self.verify not in VERIFY_MODES:
-            raise ValueError(f"unknown verify mode {self.verify!r}: expected one of {', '.join(VERIFY_MODES)}")
+        fields.one_of("verify mode", self.verify, VERIFY_MODES)
+        fields.flag("auto_converge", self.auto_converge)
+        if not isinstance(self.policy, PolicyConfig):
+            raise ValueError(f"policy must be a PolicyConfig, got {self.policy!r}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emulator import fields
 from kernels.writers import PATTERNS, WriterPattern
 
 SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds pause latency
@@ -45,24 +46,16 @@ class WorkloadSpec:
 
     def __post_init__(self):
         def whole(name, minimum, maximum=None):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-                    maximum is not None and value > maximum):
-                bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-                raise ValueError(f"{name} must be a whole number {bounds}, got {value!r}")
+            fields.whole(name, getattr(self, name), minimum, maximum)
 
         def real(name):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            return value
+            return fields.number(name, getattr(self, name))
 
         whole("vcpus", 1, MAX_VCPUS)
         rate = self.rate_pages_per_s
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
             raise ValueError(f"dirty rate must be >= 0 page writes/s (or inf for unpaced), got {self.rate_pages_per_s!r}")
-        if self.pattern not in PATTERNS:
-            raise ValueError(f"unknown pattern {self.pattern!r}: expected one of {', '.join(PATTERNS)}")
+        fields.one_of("pattern", self.pattern, PATTERNS)
         whole("write_size", 8)
         if self.write_size % 8:
             raise ValueError(f"write_size must be a multiple of 8 bytes, got {self.write_size!r}")

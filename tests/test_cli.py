@@ -472,8 +472,10 @@ def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_en
     monkeypatch.setattr(emulator.receiver, "available_memory_bytes", lambda: 40 << 30)
     assert cli.main(["migrate", "--memory", "30GiB", "--quiet"]) == 2  # both ends here: 60 GiB
     assert "--memory: a migration on this machine holds the guest twice" in capsys.readouterr().err
+    assert cli.main(["send", "--to", "tcp://h:1", "--memory", "10TiB", "--quiet"]) == 2
+    assert "the source guest needs 10.0 TiB, this host has 40.0 GiB" in capsys.readouterr().err
     assert cli.main(["send", "--to", "tcp://h:1", "--memory", "100TiB", "--quiet"]) == 2
-    assert "the source guest needs 100 TiB, this host has 40.0 GiB" in capsys.readouterr().err
+    assert "a guest has at most 4,294,967,296 pages" in capsys.readouterr().err
     assert fake_engine.calls == []
     assert cli.main(["send", "--to", "tcp://h:1", "--memory", "30GiB", "--quiet"]) == 0
 
