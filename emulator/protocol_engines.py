@@ -18,14 +18,25 @@ Rules:
 * Per data message the work is O(1): a seq check, a pass check, a count.
 """
 
+import functools
 from dataclasses import dataclass
 
-from emulator.protocol import (VERSION, Decoder, LocalProtocolError, Message, MsgType, RemoteProtocolError,
-                               encode_control, encode_device_state, expect_seq)
+from emulator.protocol import (VERSION, Decoder, LocalProtocolError, Message, MsgType, ProtocolError,
+                               RemoteProtocolError, encode_control, encode_device_state, expect_seq)
 from emulator.states import DESTINATION, DONE, FAILED, SOURCE, Session
 
 _DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
 _PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER)
+_NUMBER = (int, float)
+_REPLY_FIELDS = {  # what the source reads of each destination message, and its type
+    MsgType.ACCEPT: (("data", list),),
+    MsgType.REFUSE: (("reason", str),),
+    MsgType.PASS_END: (("pass", int), ("pages_applied", int), ("cpu_s", _NUMBER)),
+    MsgType.RESUMED: (("digest", str), ("storage_token", str), ("final_pages_s", _NUMBER),
+                      ("digest_check_s", _NUMBER), ("resume_s", _NUMBER)),
+    MsgType.ANNOUNCE: (("location", str),),
+    MsgType.ABORT: (("reason", str),),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +82,29 @@ class Heartbeat:
     """The source is alive."""
 
 
+def _is_data_endpoint(value):
+    """A TCP port (joined to the control host) or an endpoint string, as ACCEPT lists them."""
+    if isinstance(value, str):
+        return 0 < len(value) <= 256
+    return type(value) is int and 0 < value < 65536
+
+
 def _abort_body(reason, cancelled):
     return {"reason": reason, "cancelled": True} if cancelled else {"reason": reason}
+
+
+def _failing(method):
+    """An engine method whose protocol error (ours or the peer's) moves the side to FAILED."""
+
+    @functools.wraps(method)
+    def failing(self, *args):
+        try:
+            return method(self, *args)
+        except ProtocolError:
+            self.session.state = FAILED
+            raise
+
+    return failing
 
 
 class _Engine:
@@ -91,9 +123,16 @@ class _Engine:
     def finished(self):
         return self.session.finished
 
-    def _fail(self, field, text):
-        self.session.state = FAILED
-        return RemoteProtocolError(field, text)
+    def abort(self, reason, cancelled=False):
+        """ABORT frames telling the peer why the migration ends; None once it completed.
+
+        Also after this side failed: a protocol error is then the reason.
+        """
+        if self.state == DONE:
+            return None
+        if not self.finished:
+            self.session.sent(MsgType.ABORT)
+        return encode_control(MsgType.ABORT, self._next_seq(), self.pass_no, _abort_body(reason, cancelled))
 
     def _control(self, msg_type, pass_no, body):
         self.session.sent(msg_type)
@@ -103,18 +142,10 @@ class _Engine:
         seq, self._sent_seq = self._sent_seq, self._sent_seq + 1
         return seq
 
-    def _expect_seq(self, message, expected):
-        """The seq after `message`'s, which must be `expected`; a gap fails this side."""
-        try:
-            return expect_seq(message, expected)
-        except RemoteProtocolError:
-            self.session.state = FAILED
-            raise
-
     def _receive_control(self, frames, decoder):
         message = decoder.decode(frames)
         self.session.received(message.type)
-        self._peer_seq = self._expect_seq(message, self._peer_seq)
+        self._peer_seq = expect_seq(message, self._peer_seq)
         return message
 
 
@@ -123,14 +154,16 @@ class DestinationProtocol(_Engine):
 
     def __init__(self):
         super().__init__(DESTINATION)
-        self.current_pass = 0
+        self.pass_no = 0
         self._decoder = Decoder()
         self._channels = 0
         self._device_state_bytes = 0
         self._data_seq = []
-        self._received = []
-        self._expected = None  # the counts the closing PASS_END or COMPLETE promised
-        self._ending = None
+        self._pass = _PassCount(0)
+
+    @property
+    def current_pass(self):  # the pass whose data is being received
+        return self.pass_no
 
     @staticmethod
     def check_hello(frames):
@@ -140,115 +173,153 @@ class DestinationProtocol(_Engine):
             raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO: no migration in progress")
         return message
 
+    @_failing
     def receive_hello(self, hello):
         """Begin the migration `hello` (from check_hello) asks for."""
         self.session.received(hello.type)
-        self._peer_seq = self._expect_seq(hello, 0)
+        self._peer_seq = expect_seq(hello, 0)
 
     def accept(self, scenario, ports):
         """ACCEPT frames for `scenario` with data endpoints `ports`; data messages are decoded from now on."""
         options, page_size = scenario.migration, scenario.guest.page_size
-        frames = self._control(MsgType.ACCEPT, self.current_pass, {"data": ports})
+        frames = self._control(MsgType.ACCEPT, self.pass_no, {"data": ports})
         self._decoder = Decoder(page_size, scenario.guest.n_pages,
                                 max(options.batch_pages * page_size, options.device_state_bytes, 1))
         self._channels = options.channels
         self._device_state_bytes = options.device_state_bytes
         self._data_seq = [0] * self._channels
-        self._received = [0] * self._channels
+        self._pass = _PassCount(self._channels)
         return frames
 
     def refuse(self, reason):
         """REFUSE frames giving `reason`."""
-        return self._control(MsgType.REFUSE, self.current_pass, {"reason": reason})
+        return self._control(MsgType.REFUSE, self.pass_no, {"reason": reason})
 
     def heartbeat(self):
-        return self._control(MsgType.HEARTBEAT, self.current_pass, {})
+        return self._control(MsgType.HEARTBEAT, self.pass_no, {})
 
+    @_failing
     def receive_data(self, channel, frames):
         """Events for a message on data channel `channel`: DataPages, then maybe (Final)PassComplete."""
+        if not 0 <= channel < self._channels:
+            raise LocalProtocolError("channel", f"data channel {channel} was not negotiated ({self._channels} were)")
         message = self._decoder.decode(frames)
         self.session.received(message.type)
-        self._data_seq[channel] = self._expect_seq(message, self._data_seq[channel])
+        self._data_seq[channel] = expect_seq(message, self._data_seq[channel])
         if message.type not in _DATA:
-            raise self._fail("type", f"{message.type.name} on data channel {channel}")
-        if message.pass_no != self.current_pass:
-            raise self._fail("pass_no", f"got {message.pass_no}, the current pass is {self.current_pass}")
-        self._received[channel] += 1
-        expected = self._expected
-        if expected is None:
-            return (DataPages(channel, message),)
-        if self._received[channel] > expected[channel]:
-            raise self._fail("seq", f"channel {channel} sent more messages than announced for pass "
-                                    f"{self.current_pass}")
+            raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
+        if message.pass_no != self.pass_no:
+            raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
+        count = self._pass
+        if not count.take(channel, message.page_count):
+            raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
+                                             f"{self.pass_no}")
         return (DataPages(channel, message), *self._closing())
 
+    @_failing
     def receive_control(self, frames):
         """Events for a message on the control socket."""
         message = self._receive_control(frames, self._decoder)
         msg_type = message.type
         if msg_type in _PASS_CARRIERS:
             announced = message.field("pass", int)
-            if announced != self.current_pass:
-                raise self._fail("body.pass", f"got {announced}, the current pass is {self.current_pass}")
+            if announced != self.pass_no:
+                raise RemoteProtocolError("body.pass", f"got {announced}, the current pass is {self.pass_no}")
         if msg_type == MsgType.HEARTBEAT:
             return (Heartbeat(),)
         if msg_type == MsgType.SWITCHOVER:
-            return (Switchover(self.current_pass),)
+            return (Switchover(self.pass_no),)
         if msg_type == MsgType.DEVICE_STATE:
             if message.raw_len != self._device_state_bytes:
-                raise self._fail("raw_len", f"device state of {message.raw_len} bytes, negotiated "
-                                            f"{self._device_state_bytes}")
+                raise RemoteProtocolError("raw_len", f"device state of {message.raw_len} bytes, negotiated "
+                                                     f"{self._device_state_bytes}")
+            if self._pass.device_state:
+                raise RemoteProtocolError("type", "a second DEVICE_STATE")
+            self._pass.device_state = True
             return (DeviceState(message),)
         if msg_type in (MsgType.PASS_END, MsgType.COMPLETE):
-            counts = message.field("messages", list)
-            if len(counts) != self._channels or not all(type(c) is int and c >= 0 for c in counts):
-                raise self._fail("body.messages", f"expected {self._channels} message counts, got {counts!r:.80}")
-            if any(got > want for got, want in zip(self._received, counts)):
-                raise self._fail("body.messages", f"announced {counts}, already received {self._received}")
-            self._expected, self._ending = counts, message
+            if msg_type == MsgType.COMPLETE and not self._pass.device_state:
+                raise RemoteProtocolError("type", "COMPLETE before DEVICE_STATE")
+            self._pass.announce(message, message.field("messages", list), message.field("pages", int))
             return self._closing()
         if msg_type == MsgType.ABORT:
-            return (SourceAborted(message.field("reason", str), bool(message.body.get("cancelled"))),)
-        raise self._fail("type", f"{msg_type.name} on the control channel")
+            return (SourceAborted(message.field("reason", str), message.body.get("cancelled") is True),)
+        raise RemoteProtocolError("type", f"{msg_type.name} on the control channel")
 
     def _closing(self):
         """(PassComplete,) or (FinalPassComplete,) once the announced counts arrived, else ()."""
-        if self._received != self._expected:
+        ending = self._pass.completed()
+        if ending is None:
             return ()
-        ending, self._expected, self._ending = self._ending, None, None
-        self._received = [0] * self._channels
         if ending.type == MsgType.PASS_END:
-            return (PassComplete(self.current_pass),)
+            return (PassComplete(self.pass_no),)
         return (FinalPassComplete(ending),)
 
+    @_failing
     def acknowledge_pass(self, pages_applied, cpu_s):
         """PASS_END frames acknowledging the complete pass; the next pass begins."""
-        self._require_complete()
-        frames = self._control(MsgType.PASS_END, self.current_pass,
-                               {"pass": self.current_pass, "pages_applied": pages_applied, "cpu_s": cpu_s})
-        self.current_pass += 1
+        self._require_complete(MsgType.PASS_END)
+        frames = self._control(MsgType.PASS_END, self.pass_no,
+                               {"pass": self.pass_no, "pages_applied": pages_applied, "cpu_s": cpu_s})
+        self.pass_no += 1
+        self._pass = _PassCount(self._channels)
         return frames
 
+    @_failing
     def resumed(self, body):
         """RESUMED frames with `body` (digest, timings, storage token)."""
-        self._require_complete()
-        return self._control(MsgType.RESUMED, self.current_pass, body)
+        self._require_complete(MsgType.COMPLETE)
+        return self._control(MsgType.RESUMED, self.pass_no, body)
 
     def announce(self, location):
-        return self._control(MsgType.ANNOUNCE, self.current_pass, {"location": location})
+        return self._control(MsgType.ANNOUNCE, self.pass_no, {"location": location})
 
-    def abort(self, reason, cancelled=False):
-        """ABORT frames telling the source why the migration ends; None once it completed."""
-        if self.state == DONE:
+    def _require_complete(self, ending_type):
+        ending = self._pass.ending
+        if ending is None or ending.type != ending_type or not self._pass.complete:
+            raise LocalProtocolError("type", f"pass {self.pass_no} did not complete with {ending_type.name}: "
+                                             f"received {self._pass.messages}, announced {self._pass.expected}")
+
+
+class _PassCount:
+    """One pass on the destination: data messages and pages per channel against what PASS_END or COMPLETE
+    promised. Complete when every channel delivered exactly its count; nothing may arrive after that."""
+
+    def __init__(self, channels):
+        self.messages = [0] * channels
+        self.pages = 0
+        self.expected = None  # the message counts the closing PASS_END or COMPLETE promised
+        self.ending = None  # that message
+        self.complete = False
+        self.device_state = False
+
+    def take(self, channel, pages):
+        """Count a data message; False if it is one more than announced."""
+        if self.complete:
+            return False
+        self.messages[channel] += 1
+        self.pages += pages
+        return self.expected is None or self.messages[channel] <= self.expected[channel]
+
+    def announce(self, ending, counts, pages):
+        if len(counts) != len(self.messages) or not all(type(c) is int and c >= 0 for c in counts):
+            raise RemoteProtocolError("body.messages", f"expected {len(self.messages)} message counts, got "
+                                                       f"{counts!r:.80}")
+        if any(got > want for got, want in zip(self.messages, counts)):
+            raise RemoteProtocolError("body.messages", f"announced {counts}, already received {self.messages}")
+        if pages < 0:
+            raise RemoteProtocolError("body.pages", f"got {pages}")
+        self.expected, self.ending, self.promised_pages = counts, ending, pages
+
+    def completed(self):
+        """The closing message once the pass just became complete, else None."""
+        if self.complete or self.messages != self.expected:
             return None
-        if not self.finished:
-            self.session.sent(MsgType.ABORT)
-        return encode_control(MsgType.ABORT, self._next_seq(), 0, _abort_body(reason, cancelled))
-
-    def _require_complete(self):
-        if self._expected is not None:
-            raise LocalProtocolError("type", f"pass {self.current_pass} is not complete: received {self._received}, "
-                                             f"announced {self._expected}")
+        if self.pages != self.promised_pages:
+            raise RemoteProtocolError("body.pages", f"announced {self.promised_pages} pages, the messages held "
+                                                    f"{self.pages}")
+        self.complete = True
+        return self.ending
 
 
 def stranger_abort(reason):
@@ -306,15 +377,21 @@ class SourceProtocol(_Engine):
             "device_state_digest": device_state_digest, "storage_token": storage_token,
         })
 
-    def abort(self, reason, cancelled=False):
-        return self._control(MsgType.ABORT, self.pass_no, _abort_body(reason, cancelled))
-
+    @_failing
     def receive(self, frames):
-        """The destination's control message, checked (type, seq, acknowledged pass)."""
+        """The destination's control message, checked (type, seq, acknowledged pass, body fields)."""
         message = self._receive_control(frames, self._decoder)
+        for name, kind in _REPLY_FIELDS.get(message.type, ()):
+            message.field(name, kind)
+        if message.type == MsgType.ACCEPT:
+            endpoints = message.body["data"]
+            if len(endpoints) != self.channels or not all(map(_is_data_endpoint, endpoints)):
+                raise RemoteProtocolError("body.data", f"expected {self.channels} data endpoints (TCP ports, or "
+                                                       f"endpoint strings), got {endpoints!r:.80}")
         if message.type == MsgType.PASS_END:
-            if message.field("pass", int) != self.pass_no:
-                raise self._fail("body.pass", f"acknowledged pass {message.body['pass']}, expected {self.pass_no}")
+            if message.body["pass"] != self.pass_no:
+                raise RemoteProtocolError("body.pass", f"acknowledged pass {message.body['pass']}, "
+                                                       f"expected {self.pass_no}")
             self.pass_no += 1
             self.messages = [0] * self.channels
         return message

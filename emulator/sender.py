@@ -128,9 +128,10 @@ class Source:
 
     def _abort(self, failure):
         """Tell the destination why (best effort, unless it knows) and keep the guest running here."""
-        if not failure.answered and not self.protocol.finished:
+        frames = None if failure.answered else self.protocol.abort(failure.reason, isinstance(failure, Cancelled))
+        if frames is not None:
             try:
-                self.link.send_control(self.protocol.abort(failure.reason, isinstance(failure, Cancelled)))
+                self.link.send_control(frames)
             except MigrationError:
                 pass
         if self.paused:
@@ -253,6 +254,7 @@ class Source:
         self.timeline.begin("handover")
         resumed = self._recv_control()
         resumed_at = self.clock()
+        self.paused = False  # the guest runs on the destination now: whatever follows, it must not run here too
         self.destination_digest = resumed.field("digest", str)
         if resumed.field("storage_token", str) != token:
             raise protocol.RemoteProtocolError("body.storage_token", "the destination took another storage token")
@@ -265,7 +267,6 @@ class Source:
             digest_check_s=resumed.field("digest_check_s", (int, float)),
             resume_s=resumed.field("resume_s", (int, float)),
         )
-        self.paused = False  # the guest now runs on the destination; the source stays stopped
         self.unrecorded = None  # the blackout record holds the final pass
         if self.destination_digest != self.source_digest:
             raise Mismatch(f"the destination resumed with memory digest {self.destination_digest}, the "

@@ -58,7 +58,7 @@ class FakeDestinationLink:
     def open_data(self, channels, message_bytes):
         assert message_bytes > 0
         self.pipe.channels = channels
-        return list(range(channels))
+        return [f"inproc://fake-data-{channel}" for channel in range(channels)]
 
     def recv(self, timeout_s=None):
         return _get(self.pipe.to_destination, self.timeout_s if timeout_s is None else timeout_s, "source")

@@ -13,6 +13,7 @@ from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 
 PAGE = 4096
+RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.01, "digest_check_s": 0.0, "resume_s": 0.001}
 SCENARIO = Scenario(GuestSpec(64 * PAGE), WorkloadSpec(), MigrationOptions(channels=2))
 
 
@@ -31,7 +32,7 @@ def joined():
     source, destination = SourceProtocol(2, PAGE), DestinationProtocol()
     hello = destination.check_hello(source.hello(SCENARIO.to_dict(), "s"))
     destination.receive_hello(hello)
-    assert source.receive(destination.accept(SCENARIO, [0, 1])).type == MsgType.ACCEPT
+    assert source.receive(destination.accept(SCENARIO, [5001, 5002])).type == MsgType.ACCEPT
     return source, destination
 
 
@@ -51,12 +52,12 @@ def test_a_short_migration_end_to_end():
     held = [source.data(ZeroBatch(0)), source.data(ZeroBatch(2))]
     events = [destination.receive_data(*held[0])]
     events.append(destination.receive_control(source.device_state(bytes(SCENARIO.migration.device_state_bytes))))
-    events.append(destination.receive_control(source.complete(2, "d", "dd", "t")))
+    events.append(destination.receive_control(source.complete(4, "d", "dd", "t")))
     assert events[-1] == ()  # the second message has not arrived yet
     last = destination.receive_data(*held[1])
     assert source.messages == [1, 1] and type(last[-1]) is FinalPassComplete
     assert last[-1].complete.body["messages"] == [1, 1]
-    assert source.receive(destination.resumed({"digest": "d"})).type == MsgType.RESUMED
+    assert source.receive(destination.resumed(RESUMED_BODY)).type == MsgType.RESUMED
     assert source.receive(destination.announce("here")).type == MsgType.ANNOUNCE
     assert source.state == destination.state == "DONE"
 
@@ -128,3 +129,91 @@ def test_an_ack_of_another_pass_on_the_source():
     frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 1, "pages_applied": 0, "cpu_s": 0})
     field, text = error_of(source.receive, frames)
     assert field == "body.pass" and "acknowledged pass 1, expected 0" in text and source.state == "FAILED"
+
+
+@pytest.mark.parametrize("endpoints", [[5001], [5001, 5002, 5003], [5001, True], [5001, 0], [5001, 70000],
+                                       [5001, ""], [5001, None], "5001,5002"])
+def test_the_source_refuses_an_accept_whose_data_endpoints_are_not_one_per_channel(endpoints):
+    source, destination = SourceProtocol(2, PAGE), DestinationProtocol()
+    destination.receive_hello(destination.check_hello(source.hello(SCENARIO.to_dict(), "s")))
+    accept = protocol.encode_control(MsgType.ACCEPT, 0, 0, {"data": endpoints})
+    field, _ = error_of(source.receive, accept)
+    assert field == "body.data" and source.state == "FAILED"
+
+
+def test_a_failed_source_still_tells_the_destination_why():
+    source, destination = joined()
+    assert destination.receive_control(source.pass_end(0)) == (PassComplete(0),)
+    with pytest.raises(RemoteProtocolError):
+        source.receive(protocol.encode_control(MsgType.PASS_END, 7, 0, {"pass": 0}))  # seq 7: a gap
+    abort = destination.receive_control(source.abort("protocol error: seq: got 7, expected 1"))
+    assert abort[0].reason == "protocol error: seq: got 7, expected 1" and destination.finished
+
+
+def local_error_of(call, *args):
+    with pytest.raises(protocol.LocalProtocolError) as caught:
+        call(*args)
+    return caught.value.field, str(caught.value)
+
+
+def test_a_second_pass_end_for_one_pass():
+    source, destination = joined()
+    destination.receive_control(source.pass_end(0))
+    again = protocol.encode_control(MsgType.PASS_END, 2, 0, {"pass": 0, "messages": [0, 0], "pages": 0})
+    field, text = error_of(destination.receive_control, again)
+    assert field == "type" and "cannot receive PASS_END in state PASS_SYNC" in text and destination.state == "FAILED"
+
+
+def test_data_after_the_pass_completed_and_before_its_acknowledge():
+    source, destination = joined()
+    send_data(source, destination, 1)
+    assert destination.receive_control(source.pass_end(2)) == (PassComplete(0),)  # counts [1, 0]
+    extra = protocol.encode_zero_pages(0, 0, [4, 5], PAGE, Flags.NONE)
+    field, text = error_of(destination.receive_data, 1, extra)
+    assert field == "seq" and "more messages than announced for pass 0" in text
+
+
+def test_pages_announced_must_be_the_pages_the_messages_held():
+    source, destination = joined()
+    send_data(source, destination, 2)  # 4 pages
+    field, text = error_of(destination.receive_control, source.pass_end(5))
+    assert field == "body.pages" and "announced 5 pages, the messages held 4" in text
+
+
+def test_device_state_exactly_once_before_complete():
+    source, destination = joined()
+    destination.receive_control(source.switchover("converged"))
+    field, text = error_of(destination.receive_control, source.complete(0, "d", "dd", "t"))
+    assert field == "type" and "COMPLETE before DEVICE_STATE" in text
+    source, destination = joined()
+    destination.receive_control(source.switchover("converged"))
+    blob = bytes(SCENARIO.migration.device_state_bytes)
+    destination.receive_control(source.device_state(blob))
+    field, text = error_of(destination.receive_control, source.device_state(blob))
+    assert field == "type" and "a second DEVICE_STATE" in text
+
+
+@pytest.mark.parametrize("frames", [[b"garbage"], protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0})])
+def test_a_message_that_does_not_decode_or_lacks_a_field_fails_the_side(frames):
+    source, destination = joined()
+    error_of(destination.receive_control, frames)
+    assert destination.state == "FAILED"
+    error_of(destination.receive_control, source.pass_end(0))  # and it stays failed
+
+
+def test_our_own_misuse_is_a_local_error_that_fails_the_side():
+    source, destination = joined()
+    field, _ = local_error_of(destination.acknowledge_pass, 0, 0.0)  # pass 0 did not complete
+    assert field == "type" and destination.state == "FAILED"
+    source, destination = joined()
+    field, text = local_error_of(destination.receive_data, 2, source.data(ZeroBatch(0))[1])
+    assert field == "channel" and "data channel 2 was not negotiated (2 were)" in text
+
+
+def test_the_source_checks_the_fields_it_reads_of_resumed():
+    source, destination = joined()
+    destination.receive_control(source.switchover("converged"))
+    destination.receive_control(source.device_state(bytes(SCENARIO.migration.device_state_bytes)))
+    destination.receive_control(source.complete(0, "d", "dd", "t"))
+    field, _ = error_of(source.receive, destination.resumed(dict(RESUMED_BODY, resume_s="soon")))
+    assert field == "body.resume_s" and source.state == "FAILED"
