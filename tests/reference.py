@@ -47,9 +47,13 @@ def is_zero_page(memory, page_size, page):
 
 
 def page_digest(memory, page_size, page):
-    """The kernel's keyed product-and-sum content hash, then the page number mixed in, with Python integers."""
+    return page_hash(memory[page * page_size : (page + 1) * page_size], page)
+
+
+def page_hash(content, page):
+    """The kernel's keyed product-and-sum hash of one page's bytes, then its number mixed in, with Python integers."""
     p1, p2, p3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
-    words = memory[page * page_size : (page + 1) * page_size].view(np.uint64).tolist()
+    words = np.ascontiguousarray(content).view("<u8").tolist()
     product = keyed_sum = 0
     for i, word in enumerate(words):
         keyed = word ^ ((p1 + i * p2) & MASK64)

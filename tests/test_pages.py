@@ -1,3 +1,7 @@
+import hashlib
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,16 +168,66 @@ def test_wrappers_reject_bad_input(memory):
         pages.scatter(readonly, PAGE, [1], np.empty(PAGE, dtype=np.uint8))
 
 
-def test_the_readme_digest_test_vectors():
-    """The wire protocol's page-hash test vectors (README, "Wire protocol"), against kernel and reference."""
-    zero = np.zeros(PAGE, dtype=np.uint8)
-    ramp = (np.arange(PAGE) % 256).astype(np.uint8)
-    ones = np.full(PAGE, 0xFF, dtype=np.uint8)
-    memory = np.concatenate([zero, ramp, ones, ramp])
-    assert pages.memory_digest(memory, PAGE) == reference.memory_digest(memory, PAGE) == \
-        "b7d3ae228b6baa0ed81072e3fb9bf430"
-    for content, page, expected in ((zero, 0, 0x773FD4DE67219863), (ramp, 1, 0x4BB2298503A3F226),
-                                    (ones, 7, 0xBED3C0238E820ED6)):
-        placed = np.zeros((page + 1) * PAGE, dtype=np.uint8)
-        placed[page * PAGE :] = content
-        assert int(pages.page_digests(placed, PAGE)[page]) == reference.page_digest(placed, PAGE, page) == expected
+README = Path(__file__).resolve().parent.parent / "README.md"
+_PAGE_CONTENT = {  # the README's words for a page's bytes, for a page of n bytes
+    "all zero": lambda n: np.zeros(n, dtype=np.uint8),
+    "ramp": lambda n: (np.arange(n) % 256).astype(np.uint8),
+    "all `0xFF`": lambda n: np.full(n, 0xFF, dtype=np.uint8),
+    "byte 0 = 1": lambda n: np.eye(1, n, 0, dtype=np.uint8)[0],
+    "byte 4088 = 1": lambda n: np.eye(1, n, 4088, dtype=np.uint8)[0],
+    "bytes 0, 1, ..., 63": lambda n: np.arange(n, dtype=np.uint8),
+}
+
+
+def _readme_rows(first_header):
+    """The rows of the README table whose header row starts with `first_header`, as lists of cells."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            return rows
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _page(description):
+    size = 64 if description.startswith("64-byte page, ") else PAGE
+    return _PAGE_CONTENT[description.removeprefix("64-byte page, ")](size), size
+
+
+def test_the_readme_page_digest_vectors():
+    """Every page-hash test vector the wire protocol gives (README), against the kernel and the reference."""
+    rows = _readme_rows("page content")
+    assert len(rows) >= 9
+    for description, number, digest in rows:
+        content, size = _page(description)
+        number = int(number)
+        placed = np.zeros(size * (min(number, 7) + 1), dtype=np.uint8)
+        placed[-size:] = content  # the page's own number is what is hashed in, not its place here
+        expected = int(digest.strip("`"), 16)
+        assert reference.page_hash(content, number) == expected, description
+        if number < 8:
+            assert int(pages.page_digests(placed, size)[number]) == expected, description
+
+
+def test_the_readme_memory_digest_vectors():
+    rows = _readme_rows("memory (4096-byte pages)")
+    contents = {"zero": np.zeros(PAGE, dtype=np.uint8), "ramp": _PAGE_CONTENT["ramp"](PAGE),
+                "`0xFF`": np.full(PAGE, 0xFF, dtype=np.uint8)}
+    memories = [np.concatenate([contents[name] for name in ("zero", "ramp", "`0xFF`", "ramp")]),
+                np.zeros(4 * PAGE, dtype=np.uint8)]
+    assert len(rows) == len(memories)
+    for (_, page_digests, digest), memory in zip(rows, memories):
+        digest = digest.strip("`")
+        assert pages.memory_digest(memory, PAGE) == reference.memory_digest(memory, PAGE) == digest
+        if page_digests:
+            listed = [int(d.strip(" `"), 16) for d in page_digests.split(",")]
+            assert [int(d) for d in pages.page_digests(memory, PAGE)] == listed
+
+
+def test_the_readme_device_state_digest_vectors():
+    text = README.read_text(encoding="utf-8")
+    empty, abc = re.search(r"empty input `([0-9a-f]{32})`; the 3\s+bytes `abc` `([0-9a-f]{32})`", text).groups()
+    assert hashlib.blake2b(b"", digest_size=16).hexdigest() == empty
+    assert hashlib.blake2b(b"abc", digest_size=16).hexdigest() == abc
