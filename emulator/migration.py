@@ -103,6 +103,7 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
                 on_outcome(outcome)
             if not serve or destination.interrupted:
                 return outcome
+            del destination  # its guest's memory goes back before the next source is awaited
     finally:
         link.close()
 

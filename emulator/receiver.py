@@ -136,8 +136,8 @@ class Destination:
         if self.applier:
             self.applier.close()
         self.link.close_data()
-        if failure:
-            self.guest = None  # the partial guest is discarded, never resumed
+        if failure:  # the partial guest is discarded, never resumed: nothing may keep its memory
+            self.guest = self.workload = self.applier = self.running_digest = None
         outcome = DestinationOutcome(
             status=failure.status if failure else "completed", reason=failure.reason if failure else None,
             digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,

@@ -103,6 +103,10 @@ BAD_SCENARIO_FIELDS = [
     ("guest", "page_size", 3000),
     ("migration", "channels", 1000),
     ("migration", "codec", "zstd"),
+    ("guest", "memory_bytes", 8192.0),
+    ("guest", "seed", "7"),
+    ("migration", "channels", True),
+    ("migration", "auto_converge", "yes"),
 ]
 
 
@@ -134,3 +138,38 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
         receiver.signal(signal.SIGTERM)
         status, out, err = receiver.finish()
     assert "Traceback" not in err
+
+
+def resident_mib(pid, field="VmRSS"):
+    """A process's resident memory (VmRSS) or its peak (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
+
+
+def test_a_serving_receiver_returns_a_failed_migrations_memory():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "2s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        before = resident_mib(receiver.proc.pid)
+        big = Scenario(GuestSpec(512 << 20), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(timeout_s=3.0))
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
+            "protocol": protocol.VERSION, "session": "x", "scenario": big.to_dict()}))
+        while True:  # heartbeats while the 512 MiB are made resident, then ACCEPT
+            assert sock.poll(20000), "no ACCEPT"
+            if protocol.Decoder().decode(sock.recv_multipart()).type == MsgType.ACCEPT:
+                break
+        sock.send_multipart(protocol.encode_control(MsgType.ABORT, 1, 0, {"reason": "changed my mind"}))
+        sock.close()
+        context.term()
+        assert resident_mib(receiver.proc.pid, "VmHWM") > before + 400  # the guest was really there
+        deadline = time.monotonic() + 10
+        while resident_mib(receiver.proc.pid) >= before + 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert resident_mib(receiver.proc.pid) < before + 64  # and went with its migration
+    finally:
+        receiver.signal(signal.SIGTERM)
+        receiver.finish()
