@@ -654,7 +654,10 @@ def _run_receive(args):
         outcomes.append(outcome)
         _print_outcome(outcome, args.json)
 
+    listening = []
+
     def on_ready(endpoint):
+        listening.append(endpoint)
         if display is None:  # the display says it otherwise; with --quiet, scripts still need the port
             print(f"precopy: listening on {endpoint}" + (" (CURVE)" if security else ""), file=sys.stderr, flush=True)
 
@@ -666,6 +669,8 @@ def _run_receive(args):
                        timeout_s=args.timeout, wait_s=args.wait, security=security, insecure=args.insecure,
                        on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:
+        if listening:  # past setup: not a problem with --listen
+            raise
         raise UsageError(f"--listen: {error} (--key FILE --allow FILE, or --insecure)") from None
     return EXIT_OK if outcomes and outcomes[-1].status == "completed" else EXIT_FAILED
 

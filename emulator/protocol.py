@@ -476,7 +476,10 @@ def encode_control(msg_type: MsgType, seq: int, pass_no: int, body: dict[str, An
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise LocalProtocolError("body", f"not serializable as JSON: {exc}") from None
-    payload = text.encode("utf-8")
+    try:
+        payload = text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no text, though Python strings may hold one
+        raise LocalProtocolError("body", f"not UTF-8 text: {exc}") from None
     if len(payload) > MAX_CONTROL_BYTES:
         raise LocalProtocolError(
             "body", f"JSON is {len(payload)} bytes, expected <= {MAX_CONTROL_BYTES}"
@@ -769,4 +772,9 @@ def _parse_body(payload: memoryview) -> dict[str, Any]:
         raise _fail("payload", f"not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise _fail("payload", f"got JSON {type(body).__name__}, expected an object")
+    if "\\u" in text:  # an escape may be a lone surrogate, which decodes but is no text to pass on
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _fail("payload", "JSON holds a lone surrogate escape (\\ud800-\\udfff), which is not text") from None
     return body

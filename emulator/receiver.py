@@ -85,6 +85,9 @@ class DestinationLimits:
         return None
 
 
+REFUSAL_NOTICE_S = 1.0  # the most often a serving receiver says it refused strangers' messages
+
+
 class Destination:
     """Receives one migration over `link` (a DestinationLink).
 
@@ -110,6 +113,7 @@ class Destination:
         self.guest = None
         self.pages_applied = 0
         self.frames_refused = 0
+        self._refusals_said, self._refusal_notice_at = 0, 0.0
         self.interrupted = False
         self.applier = None
         self.device_state = b""
@@ -203,9 +207,7 @@ class Destination:
                 self.peer = incoming.peer
                 return message
             except RemoteProtocolError as error:
-                self.frames_refused += 1
-                self._say(f"refused a message before HELLO: {error}")
-                self._send_abort(incoming.peer, f"protocol error: {error}")
+                self._refuse_stranger(incoming.peer, error)
 
     def _check_hello(self, hello):
         version = hello.field("protocol", int)
@@ -304,19 +306,22 @@ class Destination:
 
     def _abort(self, reason, cancelled=False):
         """Tell the source why this migration ends (best effort)."""
-        if self.peer is None:
-            return
-        frames = self.protocol.abort(reason, cancelled)
-        if frames is not None:
-            self._send_best_effort(self.peer, frames)
+        if self.peer is not None:
+            self._send_best_effort(self.peer, lambda: self.protocol.abort(reason, cancelled))
 
     def _send_abort(self, peer, reason):
         """ABORT to a peer that has no migration here (best effort)."""
-        self._send_best_effort(peer, stranger_abort(reason))
+        self._send_best_effort(peer, lambda: stranger_abort(reason))
 
-    def _send_best_effort(self, peer, frames):
+    def _send_best_effort(self, peer, frames_of):
+        """Send frames_of() if it can be built and `peer` takes it at once; else drop it.
+
+        Never waits: a peer that does not read must not hold up the server.
+        """
         try:
-            self.link.send_control(peer, frames)
+            frames = frames_of()
+            if frames is not None:
+                self.link.send_control(peer, frames, wait=False)
         except MigrationError:
             pass
 
@@ -325,10 +330,20 @@ class Destination:
         try:
             protocol.Decoder().decode(incoming.frames)
         except RemoteProtocolError as error:
-            self.frames_refused += 1
-            self._send_abort(incoming.peer, f"protocol error: {error}")
+            self._refuse_stranger(incoming.peer, error)
             return
-        self._send_best_effort(incoming.peer, stranger_refusal("busy with another migration"))
+        self._send_best_effort(incoming.peer, lambda: stranger_refusal("busy with another migration"))
+
+    def _refuse_stranger(self, peer, error):
+        """A bad message from a peer with no migration here: ABORT naming `error`; said at most once a second."""
+        self.frames_refused += 1
+        self._send_abort(peer, f"protocol error: {error}")
+        now = time.monotonic()
+        if now >= self._refusal_notice_at:
+            unsaid = self.frames_refused - self._refusals_said - 1
+            self._say(f"refused a message from a peer with no migration here: {error}"
+                      + (f" (and {unsaid} more since the last notice)" if unsaid else ""))
+            self._refusals_said, self._refusal_notice_at = self.frames_refused, now + REFUSAL_NOTICE_S
 
     def _say(self, text):
         if self.progress:

@@ -264,9 +264,10 @@ class DestinationLink:
                 return Incoming(channel, sock.recv_multipart(copy=False))
         raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
 
-    def send_control(self, peer, frames):
+    def send_control(self, peer, frames, wait=True):
+        """Send to `peer`; wait: up to the timeout for room in its queue, else PeerTimeout at once."""
         try:
-            self.control.send_multipart([peer, *frames], copy=True)
+            self.control.send_multipart([peer, *frames], flags=0 if wait else zmq.DONTWAIT, copy=True)
         except zmq.Again:
             raise PeerTimeout("the source did not take a control message within the timeout") from None
         except zmq.ZMQError as error:  # ROUTER_MANDATORY: the peer is gone

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emulator import fields
-from kernels.writers import PATTERNS, WriterPattern
+from kernels.writers import PATTERNS, WriterPattern, zipf_cdf
 
 SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds pause latency
 MIN_BATCH = 16
@@ -89,12 +89,13 @@ class Workload:
         """guest: GuestMemory; spec: WorkloadSpec; log_capacity: pages each writer records (tests)."""
         self.guest = guest
         self.spec = spec
+        zipf_table = zipf_cdf(guest.n_pages, spec.zipf_s) if spec.pattern == "zipf" else None  # one for all
         self._writers = [
             _Writer(
                 WriterPattern(
                     guest.data, guest.page_size, guest.dirty, spec.pattern, seed=spec.seed, stream=index,
                     write_size=spec.write_size, hot_fraction=spec.hot_fraction, hot_share=spec.hot_share,
-                    stride=spec.stride, zipf_s=spec.zipf_s, start_page=index * guest.n_pages // spec.vcpus,
+                    stride=spec.stride, zipf_s=spec.zipf_s, zipf_table=zipf_table, start_page=index * guest.n_pages // spec.vcpus,
                     log=np.empty(log_capacity, dtype=np.int64) if log_capacity else None,
                 )
             )

@@ -110,12 +110,14 @@ class WriterPattern:
     memory: flat uint8 guest memory; bitmap: its dirty bitmap; pattern: a name in
     PATTERNS; write_size: bytes per write, a multiple of 8 from 8 to page_size;
     hot_fraction/hot_share: hotset parameters (share of pages, share of writes);
-    stride: pages per step (sequential); zipf_s: zipf exponent; spread_seed picks
-    where hot pages lie; log: optional int64 array that records written pages.
+    stride: pages per step (sequential); zipf_s: zipf exponent; zipf_table: its
+    zipf_cdf(n_pages, zipf_s), to share one (8 bytes a page) between writers, made
+    here if None; spread_seed picks where hot pages lie; log: optional int64 array
+    that records written pages.
     """
 
     def __init__(self, memory, page_size, bitmap, pattern="uniform", *, seed=0, stream=0, write_size=8,
-                 hot_fraction=0.1, hot_share=0.9, stride=1, zipf_s=1.0, start_page=0, log=None):
+                 hot_fraction=0.1, hot_share=0.9, stride=1, zipf_s=1.0, zipf_table=None, start_page=0, log=None):
         self.page_size = require_page_size(page_size)
         self.n_pages = require_memory("memory", memory, self.page_size)
         require_array("memory", memory, np.uint8, writable=True)
@@ -137,7 +139,14 @@ class WriterPattern:
         self.hot_share = float(hot_share)
         self.stride = int(stride)
         self.spread, self.offset = _spread(self.n_pages, seed)
-        self.cdf = zipf_cdf(self.n_pages, zipf_s) if pattern == "zipf" else np.empty(0, dtype=np.float64)
+        if pattern != "zipf":
+            self.cdf = np.empty(0, dtype=np.float64)
+        elif zipf_table is None:
+            self.cdf = zipf_cdf(self.n_pages, zipf_s)
+        else:
+            self.cdf = require_array("zipf_table", zipf_table, np.float64)
+            if zipf_table.size != self.n_pages:
+                raise ValueError(f"zipf_table has {zipf_table.size} entries, memory has {self.n_pages} pages")
         self.state = seed_state(seed, stream)
         self.cursor = np.array([start_page % self.n_pages], dtype=np.int64)
         self.log = np.empty(0, dtype=np.int64) if log is None else require_array("log", log, np.int64, writable=True)

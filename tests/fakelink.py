@@ -63,7 +63,7 @@ class FakeDestinationLink:
     def recv(self, timeout_s=None):
         return _get(self.pipe.to_destination, self.timeout_s if timeout_s is None else timeout_s, "source")
 
-    def send_control(self, peer, frames):
+    def send_control(self, peer, frames, wait=True):
         assert peer == SOURCE_PEER
         self.pipe.to_source.put([bytes(f) for f in frames])
 

@@ -173,3 +173,34 @@ def test_a_serving_receiver_returns_a_failed_migrations_memory():
     finally:
         receiver.signal(signal.SIGTERM)
         receiver.finish()
+
+
+def test_a_peer_that_never_reads_does_not_hold_up_the_server():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "2s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        context = zmq.Context()
+        deaf = context.socket(zmq.DEALER)  # every garbage frame earns it an ABORT it never takes
+        deaf.setsockopt(zmq.LINGER, 0)
+        deaf.setsockopt(zmq.RCVHWM, 1)
+        deaf.setsockopt(zmq.SNDHWM, 0)
+        deaf.connect(endpoint)
+        for _ in range(40_000):
+            deaf.send_multipart([b"x"])
+        time.sleep(3)  # long enough for the server to fill every queue towards it
+        probe = context.socket(zmq.DEALER)
+        probe.setsockopt(zmq.LINGER, 0)
+        probe.connect(endpoint)
+        started = time.monotonic()
+        probe.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": 0, "session": "p",
+                                                                           "scenario": {}}))
+        assert probe.poll(20_000), "the server stalled on a peer that does not read"
+        reply = protocol.Decoder().decode(probe.recv_multipart())
+        assert reply.type == MsgType.REFUSE and "protocol version 0" in reply.body["reason"]
+        assert time.monotonic() - started < 1.0  # a send to the deaf peer waits for nothing
+        deaf.close()
+        probe.close()
+        context.term()
+    finally:
+        receiver.signal(signal.SIGTERM)
+        receiver.finish()

@@ -542,6 +542,22 @@ def test_control_invalid_utf8():
     assert "not UTF-8" in str(err)
 
 
+@pytest.mark.parametrize("body", [b'{"reason": "\\ud800"}', b'{"\\udfff": 1}', b'{"a": ["x", {"b": "\\udbff"}]}'])
+def test_control_json_with_a_lone_surrogate_is_refused(body):
+    err = expect_error(Decoder(), control_frames(body), "payload")
+    assert "lone surrogate" in str(err)
+
+
+def test_control_json_with_escapes_that_are_text_is_taken():
+    message = Decoder().decode(control_frames(b'{"reason": "\\u00e9\\ud83d\\ude00"}'))
+    assert message.body["reason"] == "\u00e9\U0001f600"
+
+
+def test_a_body_that_is_not_text_cannot_be_sent():
+    with pytest.raises(LocalProtocolError, match="not UTF-8 text"):
+        encode_control(MsgType.ABORT, 0, 0, {"reason": "\ud800"})
+
+
 def test_control_payload_too_large():
     body = b'{"a":"' + b"x" * MAX_CONTROL_BYTES + b'"}'
     expect_error(Decoder(), control_frames(body), "encoded_len")

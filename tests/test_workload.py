@@ -16,6 +16,13 @@ def guest():
     return GuestMemory(GuestSpec(256 * PAGE, fill="random", seed=1))
 
 
+def test_zipf_writers_share_one_table():
+    guest = GuestMemory(GuestSpec(1024 * PAGE))
+    workload = Workload(guest, WorkloadSpec(vcpus=8, rate_pages_per_s=0, pattern="zipf"))
+    tables = {id(writer.pattern.cdf) for writer in workload._writers}
+    assert len(tables) == 1 and workload._writers[0].pattern.cdf.size == 1024  # 8 KiB, not 8 x 8 KiB
+
+
 def test_pause_means_no_writer_touches_memory(guest):
     with Workload(guest, WorkloadSpec(vcpus=2, rate_pages_per_s=math.inf, pattern="uniform")) as workload:
         time.sleep(0.05)
