@@ -39,10 +39,17 @@ from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
-EXIT_OK = 0
+EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+_EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED}
+
+
+def exit_status(statuses):
+    """The exit status for migrations that ended with `statuses`: any cancelled, else any failed, else 0."""
+    codes = {_EXIT_FOR_STATUS[status] for status in statuses}
+    return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes, default=EXIT_OK)
 
 
 
@@ -570,7 +577,7 @@ def _finish(report, args):
     sys.stdout.flush()
     if args.report is not None:
         report.write(args.report)
-    return EXIT_OK if report.status == "completed" else EXIT_FAILED
+    return exit_status([report.status])
 
 
 def _check_memory_fits(scenario, copies, where):
@@ -665,14 +672,14 @@ def _run_receive(args):
         limits = DestinationLimits(max_vcpus=args.max_vcpus, max_channels=args.max_channels,
                                    max_device_state_bytes=args.max_device_state, max_message_bytes=args.max_message,
                                    max_duration_s=args.max_duration)
-        engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve, progress=display,
-                       timeout_s=args.timeout, wait_s=args.wait, security=security, insecure=args.insecure,
-                       on_outcome=on_outcome, ready=on_ready)
+        last = engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve,
+                              progress=display, timeout_s=args.timeout, wait_s=args.wait, security=security,
+                              insecure=args.insecure, on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:
         if listening:  # past setup: not a problem with --listen
             raise
         raise UsageError(f"--listen: {error} (--key FILE --allow FILE, or --insecure)") from None
-    return EXIT_OK if outcomes and outcomes[-1].status == "completed" else EXIT_FAILED
+    return EXIT_OK if last is None else exit_status([last.status])  # None: stopped between migrations
 
 
 def _run_keygen(args):
@@ -772,7 +779,7 @@ def _run_sweep(args):
     rows = sweep.run_sweep(runs, out, migrate=_engine().migrate, progress=progress)
     print(sweep.summary_text(rows), end="")
     print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.txt'} and {len(rows)} reports in {out / 'reports'}")
-    return EXIT_OK if all(row["status"] == "completed" for row in rows) else EXIT_FAILED
+    return exit_status(row["status"] for row in rows)
 
 
 def _run_plot(args):

@@ -5,8 +5,10 @@ starts a receiver in a child process listening on TCP loopback, builds and
 starts the guest here, migrates it, and returns the Report.
 """
 
+import contextlib
 import math
 import multiprocessing
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +16,6 @@ from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
-from emulator.report import DestinationOutcome
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
@@ -70,6 +71,9 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             wait_s=None, security=None, insecure=False, ready=None, on_outcome=None):
     """The destination end: wait at `listen` for a source; return the outcome of the (last) migration.
 
+    Ctrl-C while waiting: a serving receiver returns None (it stopped between
+    migrations), a single one raises KeyboardInterrupt.
+
     serve: keep accepting migrations one after another, whatever became of the last,
     until interrupted. limits: a DestinationLimits for all a source may ask besides
     memory. wait_s: how long to wait for a source to begin (None: until
@@ -90,7 +94,6 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             progress.message(f"WARNING: listening on {listen} UNAUTHENTICATED and UNENCRYPTED")
     _ready_to_move_pages(progress)
     link = DestinationLink(listen, timeout_s, security=security)
-    outcome = None
     try:
         if ready:
             ready(link.endpoint)
@@ -98,7 +101,14 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
         while True:
             destination = Destination(link, capacity_bytes=capacity_bytes, limits=limits, progress=progress)
-            outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
+            try:
+                outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
+            except KeyboardInterrupt:
+                if serve:
+                    if progress:
+                        progress.message("stopped; no migration was in progress")
+                    return None
+                raise
             if on_outcome:
                 on_outcome(outcome)
             if not serve or destination.interrupted:
@@ -113,7 +123,8 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
 
     The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
     meanwhile, while this one warms up and the source fills its guest, if it fits
-    the capacity (else HELLO is refused, as it would be).
+    the capacity (else HELLO is refused, as it would be). It ignores Ctrl-C (see
+    _ctrl_c_left_to_this_process): a cancelled source tells it with ABORT.
     """
     prepared = None
     if guest_spec.memory_bytes <= (available_memory_bytes() if capacity_bytes is None else capacity_bytes):
@@ -126,11 +137,23 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
         connection.send(link.endpoint)
         outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared).run(
             hello_timeout_s=CHILD_START_TIMEOUT_S)
-    except KeyboardInterrupt:
-        outcome = DestinationOutcome("cancelled", "cancelled by the user", endpoint=link.endpoint)
     finally:
         link.close()
     connection.send(outcome)
+
+
+@contextlib.contextmanager
+def _ctrl_c_left_to_this_process():
+    """Processes started inside ignore SIGINT: a Ctrl-C reaches the whole process group, and the
+    source, not the receiver it spawned, cancels (with ABORT) and then ends the child."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals; it is the one a Ctrl-C interrupts
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def migrate(scenario=None, *, progress=None, capacity_bytes=None):
@@ -140,7 +163,8 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
     parent_end, child_end = context.Pipe()
     child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
                             args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest))
-    child.start()
+    with _ctrl_c_left_to_this_process():
+        child.start()
     try:
         _ready_to_move_pages(progress)  # while the receiver starts, as is the fill:
         guest = GuestMemory(scenario.guest)

@@ -129,6 +129,8 @@ class Destination:
             self._setup(hello_timeout_s)
             self._receive()
         except KeyboardInterrupt:
+            if self.peer is None:
+                raise  # no migration began: nothing was cancelled, the caller stops
             failure = Cancelled("cancelled by the user on the destination")
             self.interrupted = True
         except MigrationError as error:

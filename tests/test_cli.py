@@ -247,7 +247,8 @@ class FakeEngine(types.ModuleType):
         self._call("receive", listen, capacity_bytes=capacity_bytes, limits=limits, serve=serve, progress=progress,
                    timeout_s=timeout_s, wait_s=wait_s, security=security, insecure=insecure)
         ready(listen)
-        on_outcome(self.outcome)
+        if self.outcome is not None:  # None: stopped before any migration
+            on_outcome(self.outcome)
         return self.outcome
 
 
@@ -282,9 +283,9 @@ def test_failed_migration_exits_1(fake_engine, capsys):
     assert "failed (destination refused: not enough memory)" in capsys.readouterr().out
 
 
-def test_cancelled_migration_exits_1(fake_engine, capsys):
+def test_cancelled_migration_exits_130(fake_engine, capsys):
     fake_engine.report = make_report("cancelled", "cancelled by the user")
-    assert cli.main(["migrate", "--quiet"]) == 1
+    assert cli.main(["migrate", "--quiet"]) == 130
 
 
 def test_report_file_reads_back(fake_engine, tmp_path, capsys):
@@ -490,3 +491,16 @@ def test_the_default_message_size_follows_the_page_size(fake_engine, capsys):
     assert cli.main(["migrate", "--memory", "64MiB", "--quiet"]) == 0
     assert cli.main(["migrate", "--memory", "64MiB", "--batch-pages", "8", "--quiet"]) == 0
     assert [call[1][0].migration.batch_pages for call in fake_engine.calls] == [2, 1024, 8]  # 4 MiB, or as given
+
+
+@pytest.mark.parametrize("statuses, code", [
+    (["completed"], 0), (["failed"], 1), (["cancelled"], 130), ([], 0),
+    (["completed", "failed", "completed"], 1), (["failed", "cancelled"], 130),
+])
+def test_one_exit_status_table(statuses, code):
+    assert cli.exit_status(statuses) == code
+
+
+def test_a_serving_receiver_stopped_between_migrations_exits_0(fake_engine):
+    fake_engine.outcome = None
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:4444", "--serve", "--quiet"]) == 0

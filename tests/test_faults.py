@@ -111,3 +111,29 @@ def test_sigterm_on_either_side_cancels_both(side):
     assert f"on the {side}" in report["reason"] and f"on the {side}" in outcome["reason"]
     assert sender_status != 0 and receiver_status != 0
     assert "Traceback" not in sender_err + receiver_err
+
+
+def test_ctrl_c_on_an_idle_serving_receiver_stops_it_with_status_0():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve")
+    receiver.wait_listening()
+    receiver.signal(signal.SIGINT)
+    status, out, err = receiver.finish()
+    assert status == 0 and "Traceback" not in err and "no migration was in progress" in err
+    assert "cancelled" not in out  # nothing was cancelled: no outcome is printed
+
+
+def test_ctrl_c_on_a_receiver_waiting_for_its_one_source_is_a_cancel():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0")
+    receiver.wait_listening()
+    receiver.signal(signal.SIGINT)
+    status, _, err = receiver.finish()
+    assert status == 130 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("after_s", [1.0, 2.0, 4.0])
+def test_ctrl_c_early_in_migrate_ends_both_processes_without_a_traceback(after_s):
+    migrate = PrecopyProcess("migrate", "--memory", "64MiB", "--max-bandwidth", "20MB/s", "--codec", "raw")
+    time.sleep(after_s)  # while the receiver process starts, or in pass 0 (the parent has imported by 1 s)
+    migrate.signal(signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C
+    status, _, err = migrate.finish()
+    assert status == 130 and "Traceback" not in err, err[-2000:]
