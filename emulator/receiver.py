@@ -85,7 +85,7 @@ class DestinationLimits:
         return None
 
 
-REFUSAL_NOTICE_S = 1.0  # the most often a serving receiver says it refused strangers' messages
+NOTICE_EVERY_S = 1.0  # the most often a receiver says it refused a stranger or turned a connection away
 
 
 class Destination:
@@ -113,7 +113,8 @@ class Destination:
         self.guest = None
         self.pages_applied = 0
         self.frames_refused = 0
-        self._refusals_said, self._refusal_notice_at = 0, 0.0
+        self._unsaid, self._notice_at = 0, 0.0
+        link.on_turned_away = self._turned_away
         self.interrupted = False
         self.applier = None
         self.device_state = b""
@@ -337,15 +338,23 @@ class Destination:
         self._send_best_effort(incoming.peer, lambda: stranger_refusal("busy with another migration"))
 
     def _refuse_stranger(self, peer, error):
-        """A bad message from a peer with no migration here: ABORT naming `error`; said at most once a second."""
+        """A bad message from a peer with no migration here: ABORT naming `error`."""
         self.frames_refused += 1
         self._send_abort(peer, f"protocol error: {error}")
+        self._notice(f"refused a message from a peer with no migration here: {error}")
+
+    def _turned_away(self, why):
+        """The link turned away a connection whose handshake failed (`why`: who it was)."""
+        self._notice(f"turned away {why}")
+
+    def _notice(self, text):
+        """Say `text` unless something was said less than NOTICE_EVERY_S ago; then count it for the next."""
         now = time.monotonic()
-        if now >= self._refusal_notice_at:
-            unsaid = self.frames_refused - self._refusals_said - 1
-            self._say(f"refused a message from a peer with no migration here: {error}"
-                      + (f" (and {unsaid} more since the last notice)" if unsaid else ""))
-            self._refusals_said, self._refusal_notice_at = self.frames_refused, now + REFUSAL_NOTICE_S
+        if now < self._notice_at:
+            self._unsaid += 1
+            return
+        self._say(text + (f" (and {self._unsaid} more since the last notice)" if self._unsaid else ""))
+        self._unsaid, self._notice_at = 0, now + NOTICE_EVERY_S
 
     def _say(self, text):
         if self.progress:

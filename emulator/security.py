@@ -128,6 +128,39 @@ class Authenticator:
         self.thread.stop()
 
 
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)  # the socket-monitor events of a refused handshake
+
+
+def why_handshake_failed(event, value, *, server, secured):
+    """What a failed ZMTP handshake (a socket-monitor event and its value) means, in words for this side.
+
+    server: we are the destination (None: a connection that closed before its handshake,
+    as the source's reachability probe does); secured: we have CURVE keys.
+    """
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the destination's allow list said no
+        return ("a source whose key is not in --allow" if server
+                else "the destination does not accept our key: its --allow must list this sender's NAME.key")
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:  # one end has keys, the other none
+        if server:
+            return ("a source without CURVE keys (it needs --key and --server-key)" if secured
+                    else "a source with CURVE keys (this receiver has none: --key and --allow)")
+        return ("the destination uses no CURVE keys: drop --key and --server-key, or give it --key and --allow"
+                if secured else _NEEDS_KEYS)
+    if server:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            return None
+        return "a source whose CURVE handshake failed (it pinned another receiver's key with --server-key)"
+    if secured:
+        return ("the CURVE handshake failed: the destination is not the server whose key --server-key pins, "
+                "or it uses no keys")
+    return _NEEDS_KEYS  # a CURVE server closes a plain client's connection without saying why
+
+
+_NEEDS_KEYS = ("the destination requires CURVE keys: give --key (this sender's NAME.key_secret) and --server-key "
+               "(its NAME.key)")
+
+
 def is_loopback(host):
     """True for 127.0.0.0/8, ::1 and localhost."""
     if host == "localhost":

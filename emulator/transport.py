@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from emulator.errors import PeerTimeout
-from emulator.security import Authenticator, secure_client, secure_server
+from emulator.security import HANDSHAKE_FAILURES, Authenticator, secure_client, secure_server, why_handshake_failed
 
 DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
 MIN_DATA_HWM = 2  # messages queued per data socket and side, at least: one in flight, one ready
@@ -33,8 +34,6 @@ HEARTBEATS_PER_TIMEOUT = 4
 # call is only handled once the call returns: an unbounded poll would never return.
 SIGNAL_CHECK_S = 0.25
 _ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)|(?P<local>(?:ipc|inproc)://\S+))$")
-_HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
 
 def parse_endpoint(text):
@@ -69,6 +68,13 @@ def _send(sock, frames, copy):
         sock.send_multipart(frames, copy=copy)
     except zmq.Again:
         raise PeerTimeout("the peer did not take data within the timeout") from None
+
+
+def _poller(*sockets_and_flags):
+    poller = zmq.Poller()
+    for sock, flag in sockets_and_flags:
+        poller.register(sock, flag)
+    return poller
 
 
 def _poll_ms(timeout_s):
@@ -125,7 +131,10 @@ class SourceLink:
             _probe(self.host, self.port, timeout_s)
         self.context = zmq.Context(io_threads=max(1, channels))
         self.control = self._socket(zmq.DEALER)
-        self.monitor = self.control.get_monitor_socket(_HANDSHAKE_FAILURES) if security else None
+        self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES)  # says at once why keys do not match
+        self.refused = None  # why the destination's end turned us away, once it did
+        self._waiting = {flag: _poller((self.control, flag), (self.monitor, zmq.POLLIN))
+                         for flag in (zmq.POLLIN, zmq.POLLOUT)}
         self.control.connect(to)
         self.data = []
 
@@ -149,11 +158,10 @@ class SourceLink:
             self.data.append(sock)
 
     def send_control(self, frames):
-        try:
-            self.control.send_multipart(frames, copy=True)
-        except zmq.Again:
+        if not self._wait(zmq.POLLOUT, self.timeout_s):
             raise PeerTimeout(f"no answer from the destination within {self.timeout_s:g} s: it took no control "
-                              f"message{self._handshake_hint()}") from None
+                              "message")
+        self.control.send_multipart(frames, flags=zmq.DONTWAIT, copy=True)
 
     def send_data(self, channel, frames):
         """Send a data message without copying its payload."""
@@ -166,21 +174,27 @@ class SourceLink:
     def recv_control(self, timeout_s=None):
         """The next control message's frames; PeerTimeout after `timeout_s` (default: the link's)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        if not _poll_in_slices(lambda ms: self.control.poll(ms, zmq.POLLIN), timeout_s):
-            raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s{self._handshake_hint()}")
+        if not self._wait(zmq.POLLIN, timeout_s):
+            raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s")
         return self.control.recv_multipart(copy=False)
 
-    def _handshake_hint(self):
-        """Why a secured connection never came up, if its monitor saw a failed handshake."""
-        if self.monitor is None or not self.monitor.poll(0):
-            return ""
-        return ("; the CURVE handshake failed: the destination does not accept our key, "
-                "or it is not the server whose key we pinned")
+    def _wait(self, flag, timeout_s):
+        """True once the control socket can `flag` (POLLIN, POLLOUT) within `timeout_s`, False after it.
+
+        A failed handshake, on the way or before, is PeerTimeout at once, saying what it means.
+        """
+        if self.refused is None:
+            ready = dict(_poll_in_slices(self._waiting[flag].poll, timeout_s))
+            if self.monitor not in ready:
+                return self.control in ready
+            event = recv_monitor_message(self.monitor)
+            self.refused = why_handshake_failed(event["event"], event["value"], server=False,
+                                                secured=self.security is not None)
+        raise PeerTimeout(self.refused)
 
     def close(self):
-        if self.monitor is not None:
-            self.control.disable_monitor()
-            self.monitor.close(linger=0)
+        self.control.disable_monitor()
+        self.monitor.close(linger=0)
         for sock in [self.control, *self.data]:
             sock.close(linger=0)
         self.context.term()
@@ -200,6 +214,8 @@ class DestinationLink:
         self.authenticator = Authenticator(self.context, security) if security else None
         self.control = self._socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES)
+        self.on_turned_away = None  # called with why, each time a connection's handshake fails
         self.data = []
         try:
             if port == 0:
@@ -213,8 +229,7 @@ class DestinationLink:
             hint = "; another process listens there: pick another port, or port 0 for a free one" if (
                 error.errno == zmq.EADDRINUSE) else ""
             raise OSError(f"cannot listen on {listen}: {error}{hint}") from None
-        self._poller = zmq.Poller()
-        self._poller.register(self.control, zmq.POLLIN)
+        self._poller = _poller((self.control, zmq.POLLIN), (self.monitor, zmq.POLLIN))
 
     def _socket(self, kind):
         sock = _socket(self.context, kind, self.timeout_s)
@@ -255,7 +270,13 @@ class DestinationLink:
         math.inf waits for ever).
         """
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         ready = dict(_poll_in_slices(self._poller.poll, timeout_s))
+        while ready.keys() == {self.monitor}:  # a connection turned away: say so, wait on
+            self._turned_away()
+            ready = dict(_poll_in_slices(self._poller.poll, max(0.0, deadline - time.monotonic())))
+        if self.monitor in ready:
+            self._turned_away()
         if self.control in ready:
             peer, *frames = self.control.recv_multipart(copy=False)
             return Incoming(CONTROL, frames, peer.bytes)
@@ -263,6 +284,12 @@ class DestinationLink:
             if sock in ready:
                 return Incoming(channel, sock.recv_multipart(copy=False))
         raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
+
+    def _turned_away(self):
+        event = recv_monitor_message(self.monitor)
+        why = why_handshake_failed(event["event"], event["value"], server=True, secured=self.security is not None)
+        if why and self.on_turned_away:
+            self.on_turned_away(why)
 
     def send_control(self, peer, frames, wait=True):
         """Send to `peer`; wait: up to the timeout for room in its queue, else PeerTimeout at once."""
@@ -274,7 +301,8 @@ class DestinationLink:
             raise PeerTimeout(f"the source is unreachable: {error}") from None
 
     def close(self):
-        for sock in [self.control, *self.data]:
+        self.control.disable_monitor()
+        for sock in [self.monitor, self.control, *self.data]:
             sock.close(linger=0)
         if self.authenticator:
             self.authenticator.stop()

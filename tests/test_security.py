@@ -1,6 +1,7 @@
 """CURVE on every socket: the right keys migrate, any other key gets nothing in."""
 
 import threading
+import time
 from dataclasses import asdict
 
 import pytest
@@ -25,7 +26,15 @@ def scenario(channels=2, timeout_s=3.0):
                     MigrationOptions(channels=channels, timeout_s=timeout_s))
 
 
-def start_receiver(server):
+class Messages:
+    def __init__(self):
+        self.texts = []
+
+    def message(self, text):
+        self.texts.append(text)
+
+
+def start_receiver(server, messages=None):
     """A one-shot receiver on a free loopback port in a thread; returns (endpoint, outcome dict, thread)."""
     ready, outcome = threading.Event(), {}
 
@@ -34,7 +43,7 @@ def start_receiver(server):
             outcome["endpoint"] = endpoint
             ready.set()
         outcome.update(asdict(receive("tcp://127.0.0.1:0", security=server, timeout_s=3.0, wait_s=3.0,
-                                      ready=on_ready)))
+                                      ready=on_ready, progress=messages)))
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -67,20 +76,41 @@ def test_authenticated_migration_completes_on_every_socket(keys):
     assert outcome["status"] == "completed" and outcome["digest"] == report.source_digest
 
 
-@pytest.mark.parametrize("who", ["stranger", "plain", "wrong-pin"])
-def test_other_keys_are_refused_and_nothing_is_applied(keys, who):
-    server = security.ServerSecurity.from_files(keys["receiver"][1], [keys["sender"][0]])
-    endpoint, outcome, thread = start_receiver(server)
+@pytest.mark.parametrize("who, source_says, destination_says", [
+    ("stranger", ["the destination does not accept our key: its --allow must list this sender's NAME.key"],
+     "turned away a source whose key is not in --allow"),
+    ("wrong-pin", ["the CURVE handshake failed: the destination is not the server whose key --server-key pins"],
+     "turned away a source whose CURVE handshake failed (it pinned another receiver's key with --server-key)"),
+    # one end has keys, the other none: whichever end sees it first closes, and the other may see only that
+    ("plain", ["the destination requires CURVE keys: give --key (this sender's NAME.key_secret) and --server-key"],
+     None),
+    ("keys-to-plain", ["the destination uses no CURVE keys: drop --key and --server-key, or give it --key and --allow",
+                       "the CURVE handshake failed: the destination is not the server whose key --server-key "
+                       "pins, or it uses no keys"], None),
+])
+def test_other_keys_are_refused_at_once_both_ends_say_why_and_nothing_is_applied(keys, who, source_says,
+                                                                                  destination_says):
+    server = None if who == "keys-to-plain" else security.ServerSecurity.from_files(keys["receiver"][1],
+                                                                                     [keys["sender"][0]])
+    messages = Messages()
+    endpoint, outcome, thread = start_receiver(server, messages)
     client = {
         "stranger": security.ClientSecurity.from_files(keys["stranger"][1], keys["receiver"][0]),
         "plain": None,
         "wrong-pin": security.ClientSecurity.from_files(keys["sender"][1], keys["stranger"][0]),
+        "keys-to-plain": security.ClientSecurity.from_files(keys["sender"][1], keys["receiver"][0]),
     }[who]
-    report = run_source(scenario(timeout_s=1.0), endpoint, security=client)
+    started = time.monotonic()
+    report = run_source(scenario(timeout_s=5.0), endpoint, security=client)
+    took = time.monotonic() - started
     thread.join(10)
-    assert report.status == "failed" and "no answer from the destination" in report.reason
-    if who == "stranger":
-        assert "CURVE handshake failed" in report.reason
+    assert report.status == "failed" and report.reason.startswith(tuple(source_says)), report.reason
+    assert took < 4.0  # said when the handshake failed, not after the 5 s timeout
+    turned_away = [text for text in messages.texts if text.startswith("turned away")]
+    if destination_says:
+        assert turned_away and turned_away[0].startswith(destination_says), messages.texts
+    else:
+        assert all("without CURVE keys" in text or "with CURVE keys" in text for text in turned_away), turned_away
     assert outcome["status"] == "failed" and outcome["pages_applied"] == 0 and outcome["digest"] is None
 
 
