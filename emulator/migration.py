@@ -101,19 +101,18 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
         while True:
             destination = Destination(link, capacity_bytes=capacity_bytes, limits=limits, progress=progress)
-            try:
-                outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
-            except KeyboardInterrupt:
-                if serve:
-                    if progress:
-                        progress.message("stopped; no migration was in progress")
-                    return None
-                raise
+            outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
             if on_outcome:
                 on_outcome(outcome)
             if not serve or destination.interrupted:
                 return outcome
             del destination  # its guest's memory goes back before the next source is awaited
+    except KeyboardInterrupt:  # not inside a migration: Destination.run reports those
+        if not serve:
+            raise
+        if progress:
+            progress.message("stopped; no migration was in progress")
+        return None
     finally:
         link.close()
 
