@@ -161,10 +161,6 @@ class DestinationProtocol(_Engine):
         self._data_seq = []
         self._pass = _PassCount(0)
 
-    @property
-    def current_pass(self):  # the pass whose data is being received
-        return self.pass_no
-
     @staticmethod
     def check_hello(frames):
         """The HELLO in `frames`; RemoteProtocolError if they are anything else (no state changes)."""

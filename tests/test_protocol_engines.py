@@ -47,7 +47,7 @@ def test_a_short_migration_end_to_end():
     assert [es[0].channel for es in events] == [0, 1, 0]
     assert destination.receive_control(source.pass_end(6)) == (PassComplete(0),)
     ack = source.receive(destination.acknowledge_pass(6, 0.1))
-    assert (ack.type, ack.body["pass"], source.pass_no, destination.current_pass) == (MsgType.PASS_END, 0, 1, 1)
+    assert (ack.type, ack.body["pass"], source.pass_no, destination.pass_no) == (MsgType.PASS_END, 0, 1, 1)
     assert destination.receive_control(source.switchover("converged")) == (Switchover(1),)
     held = [source.data(ZeroBatch(0)), source.data(ZeroBatch(2))]
     events = [destination.receive_data(*held[0])]
