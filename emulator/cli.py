@@ -29,7 +29,7 @@ from pathlib import Path
 
 from emulator import units
 from emulator.codecs import CODEC_NAMES
-from emulator.display import LiveDisplay
+from emulator.display import DEFAULT_INTERVAL_S, JsonStream, LiveDisplay
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
 from emulator.protocol import VERSION as PROTOCOL_VERSION
@@ -316,6 +316,13 @@ def _add_run_options(parser):
     output = parser.add_argument_group("output")
     output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
     _add_json_quiet(output, what="the report JSON")
+    output.add_argument("--json-stream", action="store_true",
+                        help="print the migration as it runs as newline-delimited JSON events on stdout (start, "
+                             "interval, pass, blackout, message, end) instead of the live display and summary")
+    output.add_argument("--interval", metavar="DURATION", default=DEFAULT_INTERVAL_S,
+                        type=_duration_type("--interval", "1s"),
+                        help="a status line this often during a pass: pages sent, rate, dirty pages, time left "
+                             f"(0 = one line per pass; default {DEFAULT_INTERVAL_S:g}s)")
 
 
 def _add_json_quiet(group, what):
@@ -548,6 +555,15 @@ def _display(args):
     return None if args.quiet else LiveDisplay()
 
 
+def _source_display(args):
+    """The source's progress: a JSON event stream, the live display with interval lines, or none."""
+    if args.json_stream:
+        if args.json:
+            raise UsageError("--json-stream: give it or --json, not both (its end event holds the summary)")
+        return JsonStream(interval_s=args.interval)
+    return None if args.quiet else LiveDisplay(interval_s=args.interval)
+
+
 def _banner(scenario):
     guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
     rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
@@ -567,10 +583,12 @@ def _check_report_path(path):
         raise UsageError(f"--report: directory of {path!r} does not exist (example: --report run.json)")
 
 
-def _finish(report, args):
+def _finish(report, args, display):
     from emulator.report import format_summary
 
-    if args.json:
+    if isinstance(display, JsonStream):
+        display.end(report)
+    elif args.json:
         sys.stdout.write(report.to_json())
     else:
         print(format_summary(report))
@@ -597,10 +615,10 @@ def _run_migrate(args):
     _check_report_path(args.report)
     _check_memory_fits(scenario, 2, "a migration on this machine holds the guest twice (source and destination):")
     engine = _engine()
-    display = _display(args)
+    display = _source_display(args)
     if display is not None:
         display.banner(_banner(scenario))
-    return _finish(engine.migrate(scenario, progress=display), args)
+    return _finish(engine.migrate(scenario, progress=display), args, display)
 
 
 def _run_send(args):
@@ -609,10 +627,10 @@ def _run_send(args):
     _check_memory_fits(scenario, 1, "the source guest needs")
     security = _client_security(args)
     engine = _engine()
-    display = _display(args)
+    display = _source_display(args)
     if display is not None:
         display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}: {_banner(scenario)}")
-    return _finish(engine.send(scenario, args.to, progress=display, security=security), args)
+    return _finish(engine.send(scenario, args.to, progress=display, security=security), args, display)
 
 
 def _client_security(args):

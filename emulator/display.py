@@ -9,12 +9,16 @@ the engine no display at all.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
+from dataclasses import asdict
 
 from emulator.units import format_bytes, format_duration, format_rate
 
-__all__ = ["LiveDisplay", "format_progress_line"]
+__all__ = ["JsonStream", "LiveDisplay", "format_interval_line", "format_progress_line"]
+
+DEFAULT_INTERVAL_S = 1.0  # a status line this often during a pass, as iperf3's interval reports
 
 
 def format_progress_line(record, page_size, total_pages):
@@ -33,16 +37,30 @@ def format_progress_line(record, page_size, total_pages):
     )
 
 
+def format_interval_line(sample, page_size):
+    """One line (within 100 columns, indented) for a pass in progress (sample: a report.Interval)."""
+    done = f"{format_bytes(sample.pages_sent * page_size)} of {format_bytes(sample.pass_pages * page_size)}"
+    if sample.pass_left_s is None:
+        when = "no rate yet"
+    else:
+        when = (f"pass left {format_duration(sample.pass_left_s)}, end ~{format_duration(sample.end_s)}"
+                + ("" if sample.firm else " (guess)"))
+    return (f"  ... {done} at {format_rate(sample.wire_bytes_per_s)}"
+            f"  dirty {format_bytes(sample.dirty_pages * page_size)}  {when}")
+
+
 class LiveDisplay:
     """Prints a migration's progress to a stream, one flushed line at a time.
 
     stream: where to write (default sys.stderr, looked up when the display is made);
     enabled: print phase and pass lines; None = only if the stream is a terminal.
+    interval_s: a line this often during a pass (0: per pass only).
     Safe to call from several threads (each line is written whole).
     """
 
-    def __init__(self, stream=None, enabled=None):
+    def __init__(self, stream=None, enabled=None, interval_s=DEFAULT_INTERVAL_S):
         self.stream = sys.stderr if stream is None else stream
+        self.interval_s = interval_s
         if enabled is None:
             isatty = getattr(self.stream, "isatty", None)
             enabled = bool(isatty and isatty())
@@ -70,6 +88,52 @@ class LiveDisplay:
         if self.enabled:
             self._write(f"  {format_progress_line(record, page_size, total_pages)}")
 
+    def interval(self, sample, page_size):
+        """A pass in progress (sample: report.Interval)."""
+        if self.enabled:
+            self._write(format_interval_line(sample, page_size))
+
     def message(self, text):
         """A notable event: printed even when the phase and pass lines are not."""
         self._write(f"precopy: {text}")
+
+
+class JsonStream:
+    """The migration as newline-delimited JSON events on `stream` (default stdout), for dashboards and scripts.
+
+    Events, each an object with "event" and "elapsed_s" where known: start (what runs,
+    before anything else), phase (each phase but the blackout), interval (report.Interval's
+    fields), pass (a PassRecord's), blackout, message (text), end (status, reason and the
+    summary).
+    """
+
+    def __init__(self, stream=None, interval_s=DEFAULT_INTERVAL_S):
+        self.stream = sys.stdout if stream is None else stream
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+
+    def _emit(self, event, **fields):
+        with self._lock:
+            self.stream.write(json.dumps({"event": event, **fields}, allow_nan=False) + "\n")
+            self.stream.flush()
+
+    def banner(self, text):
+        self._emit("start", text=text)
+
+    def phase(self, name, elapsed_s):
+        if name == "blackout":
+            self._emit("blackout", elapsed_s=elapsed_s)
+        else:
+            self._emit("phase", phase=name, elapsed_s=elapsed_s)
+
+    def pass_done(self, record, page_size, total_pages):
+        self._emit("pass", **asdict(record), page_size=page_size, total_pages=total_pages)
+
+    def interval(self, sample, page_size):
+        self._emit("interval", **asdict(sample), page_size=page_size)
+
+    def message(self, text):
+        self._emit("message", text=text)
+
+    def end(self, report):
+        self._emit("end", status=report.status, reason=report.reason, summary=report.summary)

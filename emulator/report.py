@@ -31,6 +31,7 @@ from emulator.units import format_bytes, format_duration, format_rate
 __all__ = [
     "Blackout",
     "DestinationOutcome",
+    "Interval",
     "PHASES",
     "PassRecord",
     "Phase",
@@ -110,6 +111,28 @@ class Blackout:
     device_state_s: float
     digest_check_s: float
     resume_s: float
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A pass in progress, sampled every --interval seconds (live only, not in the report).
+
+    pass_no; elapsed_s: since the migration started; pages_sent, pass_pages: of this pass;
+    wire_bytes_per_s: on the wire since the last sample; dirty_pages: dirty now (the next
+    pass, so far); pass_left_s: the rest of this pass at its rate so far; end_s: the
+    migration's end if the next pass were the last (a guess while the guest dirties pages:
+    `firm` False); both None before the pass has a rate.
+    """
+
+    pass_no: int
+    elapsed_s: float
+    pages_sent: int
+    pass_pages: int
+    wire_bytes_per_s: float
+    dirty_pages: int
+    pass_left_s: float | None
+    end_s: float | None
+    firm: bool
 
 
 @dataclass

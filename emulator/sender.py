@@ -34,7 +34,7 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
-from emulator.report import Blackout, PassRecord, Phase, Report, host_info, summarize
+from emulator.report import Blackout, Interval, PassRecord, Phase, Report, host_info, summarize
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -71,11 +71,39 @@ class _PassCounter:
         self.wire_bytes = 0
 
 
+class _IntervalSampler:
+    """Gives the progress an Interval every progress.interval_s seconds of one pass (none if 0 or absent)."""
+
+    def __init__(self, source, pass_pages):
+        self.source, self.pass_pages = source, pass_pages
+        self.every_s = getattr(source.progress, "interval_s", 0) or 0  # a progress without intervals has none
+        self.started = self.last = source.clock()
+        self.last_wire = 0
+
+    def sample(self, counter):
+        now = self.source.clock()
+        if not self.every_s or now - self.last < self.every_s:
+            return
+        source = self.source
+        rate = counter.pages / max(now - self.started, 1e-9)  # pages/s of this pass so far
+        dirty = source.guest.dirty_count()
+        pass_left_s = (self.pass_pages - counter.pages) / rate if rate else None
+        source.progress.interval(page_size=source.guest.page_size, sample=Interval(
+            pass_no=source.protocol.pass_no, elapsed_s=source.timeline.now(), pages_sent=counter.pages,
+            pass_pages=self.pass_pages, wire_bytes_per_s=(counter.wire_bytes - self.last_wire) / (now - self.last),
+            dirty_pages=dirty, pass_left_s=pass_left_s,
+            end_s=None if pass_left_s is None else pass_left_s + dirty / rate,
+            firm=not source.scenario.workload.rate_pages_per_s,
+        ))
+        self.last, self.last_wire = now, counter.wire_bytes
+
+
 class Source:
     """Migrates `guest` (running `workload`) over `link` according to `scenario`.
 
     progress: an object with phase(name, elapsed_s), pass_done(record, page_size,
-    total_pages) and message(text), or None.
+    total_pages) and message(text), or None; if it has interval_s (> 0) and
+    interval(sample), it gets a report.Interval that often during each pass.
     """
 
     def __init__(self, scenario, guest, workload, link, *, progress=None, clock=time.monotonic):
@@ -207,6 +235,7 @@ class Source:
     def _send_pages(self, page_numbers):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
         counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
+        sampler = None if self.paused else _IntervalSampler(self, len(page_numbers))
         for index, batch in enumerate(self.encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
@@ -214,6 +243,8 @@ class Source:
                 counter.zero_pages += batch.pages
             self._send_data(batch, counter)
             counter.pages += batch.pages
+            if sampler:
+                sampler.sample(counter)
         self.limiter.settle()  # the pass lasts until a capped link would have carried its last byte
         return counter
 

@@ -11,7 +11,7 @@ from emulator import cli
 from emulator.display import LiveDisplay
 from emulator.policy import PolicyConfig
 from emulator.receiver import DestinationLimits
-from emulator.report import Blackout, DestinationOutcome, PassRecord, Report, summarize
+from emulator.report import Blackout, DestinationOutcome, Interval, PassRecord, Report, summarize
 from emulator.scenario import MigrationOptions, Scenario
 
 PAGE_SIZE = 4096
@@ -431,6 +431,22 @@ def test_display_prints_a_line_per_phase_and_pass():
         assert "left 40.0 KiB (3.9%)" in line
         assert "1.00 MB/s" in line and "20 writes/s" in line
         assert len(line) <= 100
+
+
+@pytest.mark.parametrize("pass_left_s, firm, says", [
+    (None, False, "no rate yet"), (1.53, False, "pass left 1.53 s, end ~12 min 00 s (guess)"),
+    (0.2, True, "pass left 200 ms, end ~12 min 00 s"),
+])
+def test_interval_lines_say_what_is_left_and_when_it_is_a_guess(pass_left_s, firm, says):
+    stream = io.StringIO()
+    display = LiveDisplay(stream=stream, enabled=True)
+    sample = Interval(pass_no=12, elapsed_s=3.0, pages_sent=131_072 * 1024, pass_pages=262_144 * 1024,
+                      wire_bytes_per_s=1.234e9, dirty_pages=123_456_789, pass_left_s=pass_left_s,
+                      end_s=None if pass_left_s is None else 720.0, firm=firm)
+    display.interval(sample, PAGE_SIZE)
+    line = stream.getvalue().rstrip("\n")
+    assert line.startswith("  ... 512 GiB of 1.00 TiB at 1.23 GB/s  dirty 471 GiB  ")
+    assert line.endswith(says) and len(line) <= 100, line
 
 
 def test_display_messages_print_even_when_disabled():

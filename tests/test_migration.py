@@ -1,6 +1,7 @@
 """Real migrations over TCP loopback: engines on ZeroMQ sockets, the child-process receiver, the CLI."""
 
 import math
+import json
 import os
 import re
 import socket
@@ -102,3 +103,26 @@ def test_a_slow_warm_up_is_announced_as_compiling(monkeypatch):
     monkeypatch.setattr(migration, "warm_up", lambda: None)
     migration._ready_to_move_pages(Progress())
     assert len(said) == 1  # a quick warm-up says nothing
+
+
+def test_json_stream_gives_interval_events_at_the_interval_and_parses_line_by_line(capsys):
+    # a random 64 MiB guest at 20 MB/s: pass 0 lasts about 3.4 s, the writers are idle
+    status = main(["migrate", "--memory", "64MiB", "--fill", "random", "--codec", "raw", "--dirty-rate", "0",
+                   "--max-bandwidth", "20MB/s", "--json-stream", "--interval", "0.5"])
+    lines = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON event
+    names = [event["event"] for event in events]
+    assert status == 0 and names[0] == "start" and names[-1] == "end" and events[-1]["status"] == "completed"
+    assert "blackout" in names and names.count("pass") == 1
+    intervals = [event for event in events if event["event"] == "interval"]
+    assert 5 <= len(intervals) <= 7, [round(event["elapsed_s"], 2) for event in intervals]
+    gaps = [later["elapsed_s"] - earlier["elapsed_s"] for earlier, later in zip(intervals, intervals[1:])]
+    assert all(0.45 <= gap <= 0.75 for gap in gaps), gaps
+    assert [event["pages_sent"] for event in intervals] == sorted(event["pages_sent"] for event in intervals)
+    assert all(event["firm"] and event["pass_pages"] == 16384 for event in intervals)  # idle writers: no guess
+    assert 15e6 < intervals[len(intervals) // 2]["wire_bytes_per_s"] < 25e6
+
+
+def test_json_stream_and_json_are_not_given_together(capsys):
+    assert main(["migrate", "--memory", "4MiB", "--json", "--json-stream"]) == 2
+    assert "--json-stream: give it or --json, not both" in capsys.readouterr().err
