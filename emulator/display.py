@@ -10,6 +10,7 @@ the engine no display at all.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from dataclasses import asdict
@@ -35,6 +36,16 @@ def format_progress_line(record, page_size, total_pages):
         f" in {format_duration(record.duration_s)} at {format_rate(record.bandwidth_bytes_per_s)}"
         f"  left {format_bytes(remaining_bytes)} ({share:.1f}%)  {record.dirty_pages_rate:,.0f} writes/s"
     )
+
+
+def process_age_s():
+    """Seconds since this process started (Linux: /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def format_interval_line(sample, page_size):
@@ -80,8 +91,11 @@ class LiveDisplay:
     # Progress ------------------------------------------------------------------------
     def phase(self, name, elapsed_s):
         """A phase started, `elapsed_s` seconds after the migration did."""
-        if self.enabled:
-            self._write(f"[{elapsed_s:9.3f} s] {name}")
+        if not self.enabled:
+            return
+        age = process_age_s() if name == "setup" else None
+        self._write(f"[{elapsed_s:9.3f} s] {name}"  # what the clock on the wall adds to the report's times:
+                    + (f" (after {format_duration(age)} of start-up: imports, receiver, kernels)" if age else ""))
 
     def pass_done(self, record, page_size, total_pages):
         """A pre-copy pass finished (record: PassRecord; page_size in bytes)."""

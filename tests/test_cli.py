@@ -2,6 +2,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import sys
 import types
 
@@ -520,3 +521,21 @@ def test_one_exit_status_table(statuses, code):
 def test_a_serving_receiver_stopped_between_migrations_exits_0(fake_engine):
     fake_engine.outcome = None
     assert cli.main(["receive", "--listen", "tcp://127.0.0.1:4444", "--serve", "--quiet"]) == 0
+
+
+def test_the_start_up_time_is_this_process_age():
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    age = float(subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5); from emulator.display import "
+                                "process_age_s; print(process_age_s())"], capture_output=True, text=True,
+                               check=True).stdout)
+    assert 0.5 <= age <= time.monotonic() - started + 0.05
+
+
+def test_the_setup_line_says_how_long_start_up_took():
+    stream = io.StringIO()
+    LiveDisplay(stream=stream, enabled=True).phase("setup", 0.0)
+    assert re.fullmatch(r"\[    0\.000 s\] setup \(after [\d.]+ \w+ of start-up: imports, receiver, kernels\)\n",
+                        stream.getvalue())
