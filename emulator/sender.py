@@ -35,8 +35,10 @@ from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, Interval, PassRecord, Phase, Report, host_info, summarize
+from emulator.units import format_rate
 from kernels import bitmap
 
+CAP_MET_SHARE = 0.9  # a pass 0 on the wire below this share of --max-bandwidth was held back by the CPU
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
 
@@ -214,6 +216,8 @@ class Source:
             self.expected_downtime_s = policy.expected_downtime_s(remaining * self.guest.page_size, bandwidth)
             if self.progress:
                 self.progress.pass_done(record, self.guest.page_size, self.guest.n_pages)
+                if pass_no == 0:
+                    self._say_if_cpu_bound(record)
                 if decision.reason in ("stalled", "max-passes", "max-time"):
                     self.progress.message(f"pre-copy {decision.reason}: {decision.action}")
             if decision.action != "continue":
@@ -222,6 +226,15 @@ class Source:
             if self.options.auto_converge:
                 self._throttle(record)
             pass_no += 1
+
+    def _say_if_cpu_bound(self, record):
+        """Pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link."""
+        cap = self.options.max_bandwidth_bytes_per_s
+        if cap and record.bandwidth_bytes_per_s < CAP_MET_SHARE * cap:
+            self.progress.message(
+                f"pass 0 ran at {format_rate(record.bandwidth_bytes_per_s)} on the wire, "
+                f"{record.bandwidth_bytes_per_s / cap:.0%} of the {format_rate(cap)} cap: this machine's CPU, "
+                "not the cap, set the pace")
 
     def _throttle(self, record):
         """Auto-converge: slow the vCPUs when a pass dirtied more than it could afford."""

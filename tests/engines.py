@@ -23,13 +23,14 @@ class Observer:
 
 
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
-             limits=None, after=None):
+             limits=None, after=None, progress=None):
     """Migrate `scenario` from a Source to a Destination thread.
 
     Returns (report, outcome, source guest, destination); `destination.migrated` holds a
     copy of the destination's memory as verified, before its own writers resumed.
     limits: the destination's DestinationLimits (default: its defaults).
     after(workload): called once the source is done, while its writers may still run.
+    progress: the source's progress observer (an Observer), or None.
     """
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
@@ -42,7 +43,7 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
     with workload:
         if scenario.workload.rate_pages_per_s:
             wait_until(lambda: workload.writes > 0)  # the vCPUs are really running before pass 0
-        report = Source(scenario, guest, workload, source_link).run()
+        report = Source(scenario, guest, workload, source_link, progress=progress).run()
         if after:
             after(workload)
     thread.join(timeout=30)
