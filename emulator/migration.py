@@ -107,6 +107,8 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             if not serve or destination.interrupted:
                 return outcome
             del destination  # its guest's memory goes back before the next source is awaited
+            if progress:
+                progress.message(f"---- ready for the next source on {link.endpoint}")
     except KeyboardInterrupt:  # not inside a migration: Destination.run reports those
         if not serve:
             raise

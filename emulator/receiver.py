@@ -208,9 +208,10 @@ class Destination:
             try:
                 message = self.protocol.check_hello(incoming.frames)
                 self.peer = incoming.peer
+                self._say(f"a source at {incoming.address or 'a local endpoint'} began a migration")
                 return message
             except RemoteProtocolError as error:
-                self._refuse_stranger(incoming.peer, error)
+                self._refuse_stranger(incoming, error)
 
     def _check_hello(self, hello):
         version = hello.field("protocol", int)
@@ -333,15 +334,16 @@ class Destination:
         try:
             protocol.Decoder().decode(incoming.frames)
         except RemoteProtocolError as error:
-            self._refuse_stranger(incoming.peer, error)
+            self._refuse_stranger(incoming, error)
             return
         self._send_best_effort(incoming.peer, lambda: stranger_refusal("busy with another migration"))
 
-    def _refuse_stranger(self, peer, error):
+    def _refuse_stranger(self, incoming, error):
         """A bad message from a peer with no migration here: ABORT naming `error`."""
         self.frames_refused += 1
-        self._send_abort(peer, f"protocol error: {error}")
-        self._notice(f"refused a message from a peer with no migration here: {error}")
+        self._send_abort(incoming.peer, f"protocol error: {error}")
+        self._notice(f"refused a message from {incoming.address or 'a local peer'}, which has no migration here: "
+                     f"{error}")
 
     def _turned_away(self, why):
         """The link turned away a connection whose handshake failed (`why`: who it was)."""

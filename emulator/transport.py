@@ -70,6 +70,14 @@ def _send(sock, frames, copy):
         raise PeerTimeout("the peer did not take data within the timeout") from None
 
 
+def _peer_address(frame):
+    """The IP address a received frame came from (ZeroMQ's Peer-Address property), or None."""
+    try:
+        return frame.get("Peer-Address")
+    except (zmq.ZMQError, KeyError, AttributeError):
+        return None
+
+
 def _poller(*sockets_and_flags):
     poller = zmq.Poller()
     for sock, flag in sockets_and_flags:
@@ -111,11 +119,13 @@ def _probe(host, port, timeout_s):
 
 @dataclass
 class Incoming:
-    """A received message: its channel (CONTROL or a data channel number), frames, sender identity."""
+    """A received message: its channel (CONTROL or a data channel number), frames, sender identity,
+    and on the control socket the sender's address (an IP, or None where the transport has none)."""
 
     channel: int
     frames: list
     peer: bytes | None = None
+    address: str | None = None
 
 
 class SourceLink:
@@ -279,7 +289,7 @@ class DestinationLink:
             self._turned_away()
         if self.control in ready:
             peer, *frames = self.control.recv_multipart(copy=False)
-            return Incoming(CONTROL, frames, peer.bytes)
+            return Incoming(CONTROL, frames, peer.bytes, _peer_address(peer))
         for channel, sock in enumerate(self.data):
             if sock in ready:
                 return Incoming(channel, sock.recv_multipart(copy=False))

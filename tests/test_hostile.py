@@ -138,6 +138,9 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
         receiver.signal(signal.SIGTERM)
         status, out, err = receiver.finish()
     assert "Traceback" not in err
+    # every source is named as it begins, and migrations are set apart
+    assert err.count("a source at 127.0.0.1 began a migration") == len(BAD_SCENARIO_FIELDS) + 1
+    assert err.count("---- ready for the next source on tcp://127.0.0.1:") == len(BAD_SCENARIO_FIELDS) + 1
 
 
 def resident_mib(pid, field="VmRSS"):
