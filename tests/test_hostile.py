@@ -25,6 +25,16 @@ SMALL = Scenario(GuestSpec(256 * 4096, fill="random"), WorkloadSpec(rate_pages_p
                  MigrationOptions(timeout_s=3.0))
 
 
+def peer(context, endpoint, **options):
+    """A DEALER connected to `endpoint`, as a source's control socket, with ZeroMQ `options` set first."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    sock.connect(endpoint)
+    return sock
+
+
 def valid_messages():
     hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x", "scenario": SMALL.to_dict()})
     pages = protocol.encode_pages(1, 0, np.arange(4), bytes(4 * 4096), Codec.RAW, 4 * 4096)
@@ -62,9 +72,7 @@ def test_live_receiver_survives_hostile_frames_then_migrates():
         context = zmq.Context()
         replies = {}
         for frames in mutations(np.random.default_rng(7)):
-            sock = context.socket(zmq.DEALER)  # a fresh peer each time: a new identity, a clean slate
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
+            sock = peer(context, endpoint)  # a fresh peer each time: a new identity, a clean slate
             sock.send_multipart(frames)
             assert sock.poll(5000), f"no answer to {frames!r:.200}"
             reply = protocol.Decoder().decode(sock.recv_multipart())
@@ -121,9 +129,7 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
             scenario[part][name] = value
             hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x",
                                                                   "scenario": scenario})
-            sock = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
+            sock = peer(context, endpoint)
             sock.send_multipart(hello)
             assert sock.poll(5000), f"no answer to a HELLO with {part}.{name} = {value!r}"
             reply = protocol.Decoder().decode(sock.recv_multipart())
@@ -156,9 +162,7 @@ def test_a_serving_receiver_returns_a_failed_migrations_memory():
         before = resident_mib(receiver.proc.pid)
         big = Scenario(GuestSpec(512 << 20), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(timeout_s=3.0))
         context = zmq.Context()
-        sock = context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        sock = peer(context, endpoint)
         sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
             "protocol": protocol.VERSION, "session": "x", "scenario": big.to_dict()}))
         while True:  # heartbeats while the 512 MiB are made resident, then ACCEPT
@@ -183,17 +187,11 @@ def test_a_peer_that_never_reads_does_not_hold_up_the_server():
     try:
         endpoint = receiver.wait_listening()
         context = zmq.Context()
-        deaf = context.socket(zmq.DEALER)  # every garbage frame earns it an ABORT it never takes
-        deaf.setsockopt(zmq.LINGER, 0)
-        deaf.setsockopt(zmq.RCVHWM, 1)
-        deaf.setsockopt(zmq.SNDHWM, 0)
-        deaf.connect(endpoint)
+        deaf = peer(context, endpoint, RCVHWM=1, SNDHWM=0)  # every garbage frame earns an ABORT it never takes
         for _ in range(40_000):
             deaf.send_multipart([b"x"])
         time.sleep(3)  # long enough for the server to fill every queue towards it
-        probe = context.socket(zmq.DEALER)
-        probe.setsockopt(zmq.LINGER, 0)
-        probe.connect(endpoint)
+        probe = peer(context, endpoint)
         started = time.monotonic()
         probe.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": 0, "session": "p",
                                                                            "scenario": {}}))
