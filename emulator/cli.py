@@ -403,9 +403,23 @@ def build_parser():
     keygen.add_argument("--dir", default=".", metavar="DIR", help="where to write the files (default .)")
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair of that name")
 
+    status = commands.add_parser("status", help="where a running migration is (as QEMU's info migrate)",
+                                 description="Ask a migrate or send running on this host, as this user, where it "
+                                             "is: phase, pass, bytes moved and dirty, bandwidth, dirty rate.")
+    setter = commands.add_parser("set", help="change a running migration's downtime limit or bandwidth cap",
+                                 description="Change a running migrate or send on this host (as QEMU's "
+                                             "migrate-set-parameters); the report records when.")
+    for sub in (status, setter):
+        sub.add_argument("--pid", type=int, metavar="PID", help="which migration, when several run")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    setter.add_argument("--downtime-limit", metavar="DURATION", type=_duration_type("--downtime-limit", "500ms"),
+                        default=argparse.SUPPRESS, help="the new downtime limit")
+    setter.add_argument("--max-bandwidth", metavar="RATE", type=_bandwidth_type, default=argparse.SUPPRESS,
+                        help="the new bandwidth cap (or unlimited)")
+
     analysis = _add_analysis_commands(commands)
 
-    for sub in (migrate, send, receive, keygen, *analysis):
+    for sub in (migrate, send, receive, keygen, status, setter, *analysis):
         # SUPPRESS: a subcommand's default must not undo a --debug given before it.
         _add_debug(sub, default=argparse.SUPPRESS)
     return parser
@@ -815,8 +829,61 @@ def _run_plot(args):
     return EXIT_OK
 
 
+def _running_migration(args):
+    from emulator import control
+
+    running = control.running()
+    if args.pid is not None:
+        if args.pid not in running:
+            raise UsageError(f"--pid: no migration of yours runs as process {args.pid} (running: "
+                             f"{', '.join(map(str, sorted(running))) or 'none'})")
+        return running[args.pid]
+    if len(running) != 1:
+        raise UsageError("no migrate or send of yours is running on this host" if not running else
+                         f"{len(running)} migrations run (processes {', '.join(map(str, sorted(running)))}): "
+                         "give --pid")
+    return next(iter(running.values()))
+
+
+def _run_status(args):
+    from emulator import control
+
+    status = control.ask(_running_migration(args), {"get": "status"})
+    if args.json:
+        print(json.dumps(status))
+        return EXIT_OK
+    page = status["page_size"]
+    rate = status["bandwidth_bytes_per_s"]
+    print(f"phase        {status['phase']} after {units.format_duration(status['elapsed_s'])}, pass {status['pass']} "
+          f"({units.format_bytes(status['pass_pages_sent'] * page)} of it sent)")
+    print(f"transferred  {units.format_bytes(status['transferred_bytes'])} on the wire")
+    print(f"remaining    {units.format_bytes(status['remaining_pages'] * page)} dirty "
+          f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)")
+    if rate is not None:
+        print(f"last pass    {units.format_rate(rate)}, {status['dirty_pages_rate']:,.0f} page writes/s")
+    print(f"parameters   downtime limit {units.format_duration(status['downtime_limit_s'])}, "
+          f"bandwidth cap {units.format_rate(status['max_bandwidth_bytes_per_s'])}")
+    return EXIT_OK
+
+
+def _run_set(args):
+    from emulator import control
+
+    given = vars(args)  # an option not given is absent (argparse.SUPPRESS): unlimited is None, and given
+    changes = {name: given[option] for option, name in (("downtime_limit", "downtime_limit_s"),
+                                                         ("max_bandwidth", "max_bandwidth_bytes_per_s"))
+               if option in given}
+    if not changes:
+        raise UsageError("set: give --downtime-limit or --max-bandwidth (example: precopy set --downtime-limit 1s)")
+    answer = control.ask(_running_migration(args), {"set": changes})
+    if "error" in answer:
+        raise UsageError(f"set: {answer['error']}")
+    return EXIT_OK
+
+
 _COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive, "keygen": _run_keygen,
-             "estimate": _run_estimate, "sweep": _run_sweep, "plot": _run_plot}
+             "status": _run_status, "set": _run_set, "estimate": _run_estimate, "sweep": _run_sweep,
+             "plot": _run_plot}
 
 
 def _interrupt(signum, frame):

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
+from emulator.control import ControlServer
 from emulator.guest import GuestMemory
 from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
 from emulator.scenario import Scenario
@@ -56,8 +57,9 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
         _ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
-        with workload:
-            return Source(scenario, guest, workload, link, progress=progress).run()
+        source = Source(scenario, guest, workload, link, progress=progress)
+        with workload, ControlServer(source):  # precopy status and set talk to it
+            return source.run()
     finally:
         link.close()
 

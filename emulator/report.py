@@ -32,6 +32,7 @@ __all__ = [
     "Blackout",
     "DestinationOutcome",
     "Interval",
+    "ParameterChange",
     "PHASES",
     "PassRecord",
     "Phase",
@@ -136,6 +137,16 @@ class Interval:
 
 
 @dataclass
+class ParameterChange:
+    """A parameter changed while the migration ran (`precopy set`): when, in which pass, to what."""
+
+    time_s: float
+    pass_no: int
+    name: str
+    value: float | None
+
+
+@dataclass
 class DestinationOutcome:
     """What became of one migration on the destination, as the destination saw it.
 
@@ -176,6 +187,7 @@ class Report:
     scenario: every option of the run and the seed (what was run; None if unknown).
     host: where it ran (``host_info()``).
     destination: the destination's own outcome, when this process heard it (``migrate``).
+    parameter_changes: what `precopy set` changed during the run, in order.
     location: where the guest runs after the migration, as the destination announced it.
     phases: the six phases in order, as far as the run got.
     blackout: None if the run never paused the guest.
@@ -192,6 +204,7 @@ class Report:
     host: dict[str, Any] = field(default_factory=dict)
     destination: DestinationOutcome | None = None
     location: str | None = None
+    parameter_changes: list[ParameterChange] = field(default_factory=list)
     passes: list[PassRecord] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     blackout: Blackout | None = None
@@ -245,6 +258,10 @@ class Report:
                 data["scenario"] = Scenario.from_dict(data["scenario"])
             except ValueError as error:
                 raise ValueError(f"report.scenario: {error}") from None
+        data["parameter_changes"] = [
+            _build(ParameterChange, item, f"report.parameter_changes[{i}]")
+            for i, item in enumerate(_as_list(data.get("parameter_changes", []), "report.parameter_changes"))
+        ]
         if data.get("destination") is not None:
             data["destination"] = _build(DestinationOutcome, data["destination"], "report.destination")
         data["passes"] = [
@@ -568,5 +585,10 @@ def format_summary(report: Report) -> str:
         )
     if report.switchover_reason:
         lines.append(f"switchover   {report.switchover_reason}")
+    for change in report.parameter_changes:
+        value = (format_duration(change.value) if change.name == "downtime_limit_s"
+                 else format_rate(change.value))
+        lines.append(f"set          {change.name} to {value} at {format_duration(change.time_s)} "
+                     f"(pass {change.pass_no})")
     lines.append(f"digests      {digests}")
     return "\n".join(lines)

@@ -19,7 +19,9 @@ tracking. Any failure before RESUMED resumes the source's writers: the guest
 keeps running here, unharmed.
 """
 
+import dataclasses
 import hashlib
+import queue
 import threading
 import time
 import uuid
@@ -34,7 +36,7 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol
 from emulator.ratelimit import make_limiter
-from emulator.report import Blackout, Interval, PassRecord, Phase, Report, host_info, summarize
+from emulator.report import Blackout, Interval, ParameterChange, PassRecord, Phase, Report, host_info, summarize
 from emulator.units import format_rate
 from kernels import bitmap
 
@@ -121,7 +123,10 @@ class Source:
         self.paused = False
         self.blackout = None
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
-        self.setup_s = self.expected_downtime_s = self.decision = self.location = None
+        self.setup_s = self.expected_downtime_s = self.decision = self.location = self.timeline = None
+        self.downtime_limit_s = self.options.policy.downtime_limit_s  # precopy set may change it, and the cap
+        self.parameter_changes = []
+        self._changes = queue.SimpleQueue()  # from the control thread to this one
         # as many numbers as the bitmap has bits: its last word may reach past the last page
         self.harvest_buffer = np.empty(guest.dirty.size * bitmap.WORD_BITS, dtype=np.int64)
         self.incremental = self.options.verify == "incremental"
@@ -201,6 +206,9 @@ class Source:
             sent_s += duration_s
             bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages
             remaining_history.append(remaining * self.guest.page_size)
+            self._apply_changes()
+            if policy_config.downtime_limit_s != self.downtime_limit_s:
+                policy_config = dataclasses.replace(policy_config, downtime_limit_s=self.downtime_limit_s)
             decision = policy.decide(policy_config, remaining_history, bandwidth, self.timeline.now() - self.setup_s)
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
@@ -262,6 +270,7 @@ class Source:
         return counter
 
     def _send_data(self, batch, counter):
+        self._apply_changes()
         channel, frames = self.protocol.data(batch)
         wire = sum(memoryview(frame).nbytes for frame in frames)
         self.limiter.consume(wire)
@@ -271,6 +280,37 @@ class Source:
             self._check_control()  # a destination that gave up says why before it stops reading
             raise
         counter.wire_bytes += wire
+
+    # status and live parameters (emulator.control) -------------------------------
+    def status(self):
+        """Where the migration is now, as `precopy status` shows it (called from the control thread)."""
+        counter, passes = self.unrecorded, list(self.passes)
+        last = passes[-1] if passes else None
+        return {
+            "phase": self.timeline.phases[-1].phase if self.timeline and self.timeline.phases else "starting",
+            "elapsed_s": self.timeline.now() if self.timeline else 0.0, "pass": self.protocol.pass_no,
+            "pass_pages_sent": counter.pages if counter else 0, "page_size": self.guest.page_size,
+            "total_pages": self.guest.n_pages, "remaining_pages": self.guest.dirty_count(),
+            "transferred_bytes": sum(p.wire_bytes for p in passes) + (counter.wire_bytes if counter else 0),
+            "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
+            "dirty_pages_rate": last.dirty_pages_rate if last else None,
+            "downtime_limit_s": self.downtime_limit_s, "max_bandwidth_bytes_per_s": self.limiter.rate_bytes_per_s,
+        }
+
+    def change(self, name, value):
+        """Make `name` (emulator.control.SETTABLE, value checked) `value`, from the next data message on."""
+        self._changes.put((name, value))
+
+    def _apply_changes(self):
+        while not self._changes.empty():
+            name, value = self._changes.get()
+            if name == "downtime_limit_s":
+                self.downtime_limit_s = value
+            else:
+                self.limiter = make_limiter(value)
+            self.parameter_changes.append(ParameterChange(self.timeline.now(), self.protocol.pass_no, name, value))
+            if self.progress:
+                self.progress.message(f"set {name} to {value!r} in pass {self.protocol.pass_no}")
 
     # phases 3-5: blackout, handover, resume ---------------------------------------
     def _blackout(self):
@@ -373,4 +413,5 @@ class Source:
             passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
             switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
+            parameter_changes=self.parameter_changes,
         )

@@ -1,0 +1,131 @@
+"""A running migration's local control socket: `precopy status` asks it, `precopy set` adjusts it.
+
+As QEMU's `info migrate` and `migrate-set-parameters`: while a source runs, a thread
+answers on a ZeroMQ REP socket at ipc://RUNTIME/precopy/PID.ipc (RUNTIME:
+$XDG_RUNTIME_DIR, or /tmp/precopy-UID; the directory is the user's alone). A request
+is one JSON object: {"get": "status"}, or {"set": {NAME: VALUE}} with NAME one of
+SETTABLE; the answer is one JSON object, {"error": text} when it was refused. Changes
+take effect between two data messages and are recorded in the report.
+"""
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import zmq
+
+from emulator.policy import PolicyConfig
+
+SETTABLE = ("downtime_limit_s", "max_bandwidth_bytes_per_s")  # what a running migration may change
+POLL_MS = 250  # how often the serving thread looks for its stop
+
+
+def runtime_dir():
+    """Where running migrations' control sockets are (made, private to this user, if missing)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    directory = Path(base) / "precopy" if base else Path(tempfile.gettempdir()) / f"precopy-{os.getuid()}"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory
+
+
+def checked_change(name, value):
+    """`value` for setting `name` on a running migration; ValueError naming what is wrong."""
+    if name not in SETTABLE:
+        raise ValueError(f"{name!r} cannot be changed while a migration runs: only {', '.join(SETTABLE)}")
+    if name == "downtime_limit_s":
+        return PolicyConfig(downtime_limit_s=value).downtime_limit_s
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ValueError(f"max_bandwidth_bytes_per_s must be > 0 bytes/s or null (unlimited), got {value!r}")
+    return value
+
+
+class ControlServer:
+    """Answers status and set requests for `source` (an emulator.sender.Source) on a thread, until stopped."""
+
+    def __init__(self, source, path=None):
+        self.source = source
+        self.path = path or runtime_dir() / f"{os.getpid()}.ipc"
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        try:
+            self.socket.bind(f"ipc://{self.path}")
+        except zmq.ZMQError:  # another migration of this process has it: this one runs without
+            self._stop.set()
+        self._thread.start()
+
+    def _serve(self):
+        while not self._stop.is_set():
+            if self.socket.poll(POLL_MS):
+                self.socket.send_string(json.dumps(self._answer(self.socket.recv())))
+
+    def _answer(self, request):
+        try:
+            request = json.loads(request)
+            if request == {"get": "status"}:
+                return self.source.status()
+            changes = request["set"] if isinstance(request, dict) and set(request) == {"set"} else None
+            if not isinstance(changes, dict) or not changes:
+                raise ValueError('expected {"get": "status"} or {"set": {NAME: VALUE}}')
+            for name, value in changes.items():
+                self.source.change(name, checked_change(name, value))
+            return {"ok": True}
+        except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            return {"error": str(error)}
+
+    def close(self):
+        bound = not self._stop.is_set()
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+        self.context.term()
+        if bound:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def running():
+    """The control sockets of this user's running migrations, as {pid: path}; stale ones are removed."""
+    found = {}
+    for path in runtime_dir().glob("*.ipc"):
+        pid = int(path.stem) if path.stem.isdigit() else None
+        if pid is not None and _alive(pid):
+            found[pid] = path
+        else:
+            path.unlink(missing_ok=True)
+    return found
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ask(path, request, timeout_s=5.0):
+    """Send `request` (a dict) to the control socket at `path`; its answer (a dict)."""
+    context = zmq.Context()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(f"ipc://{path}")
+        sock.send_string(json.dumps(request))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"the migration at {path} did not answer within {timeout_s:g} s")
+        return json.loads(sock.recv())
+    finally:
+        sock.close()
+        context.term()

@@ -1,0 +1,83 @@
+"""A running migration's control socket: precopy status and precopy set, on real sockets."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from emulator import control
+from emulator.cli import main
+from emulator.guest import GuestSpec
+from emulator.migration import migrate
+from emulator.report import format_summary
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+
+
+class FakeSource:
+    def __init__(self):
+        self.changes = []
+
+    def status(self):
+        return {"phase": "precopy", "pass": 3}
+
+    def change(self, name, value):
+        self.changes.append((name, value))
+
+
+@pytest.fixture
+def served(tmp_path):
+    source = FakeSource()
+    with control.ControlServer(source, path=tmp_path / "1.ipc") as server:
+        yield source, server.path
+
+
+def test_status_and_set_are_answered_and_bad_requests_refused_naming_why(served):
+    source, path = served
+    assert control.ask(path, {"get": "status"}) == {"phase": "precopy", "pass": 3}
+    assert control.ask(path, {"set": {"downtime_limit_s": 0.5, "max_bandwidth_bytes_per_s": None}}) == {"ok": True}
+    assert source.changes == [("downtime_limit_s", 0.5), ("max_bandwidth_bytes_per_s", None)]
+    for request, says in [({"set": {"channels": 4}}, "'channels' cannot be changed while a migration runs"),
+                          ({"set": {"downtime_limit_s": -1}}, "downtime_limit_s"),
+                          ({"set": {"max_bandwidth_bytes_per_s": 0}}, "must be > 0 bytes/s or null"),
+                          ({"set": {}}, 'expected {"get": "status"}'), ({"get": "everything"}, "expected"),
+                          ([1, 2], "expected")]:
+        answer = control.ask(path, request)
+        assert says in answer["error"], (request, answer)
+    assert len(source.changes) == 2  # nothing refused was applied
+
+
+def test_a_running_migration_is_found_asked_and_adjusted_and_the_report_says_when():
+    # a random 64 MiB guest capped at 10 MB/s: pass 0 would take about 6.7 s
+    s = Scenario(GuestSpec(64 << 20, fill="random"), WorkloadSpec(rate_pages_per_s=0),
+                 MigrationOptions(codec="raw", max_bandwidth_bytes_per_s=10e6))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=migrate(s)))
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 30
+    while os.getpid() not in control.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    path = control.running()[os.getpid()]
+    while control.ask(path, {"get": "status"})["phase"] != "precopy" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = control.ask(path, {"get": "status"})
+    assert status["pass"] == 0 and status["max_bandwidth_bytes_per_s"] == 10e6 and status["total_pages"] == 16384
+    assert control.ask(path, {"set": {"max_bandwidth_bytes_per_s": None, "downtime_limit_s": 1.0}}) == {"ok": True}
+    thread.join(60)
+    report = result["report"]
+    assert report.status == "completed" and time.monotonic() - started < 6  # the cap was lifted mid-pass
+    assert [(c.name, c.value, c.pass_no) for c in report.parameter_changes] == [
+        ("max_bandwidth_bytes_per_s", None, 0), ("downtime_limit_s", 1.0, 0)]
+    assert all(0 < c.time_s < report.passes[0].duration_s + 1 for c in report.parameter_changes)
+    assert "set          downtime_limit_s to 1.00 s at" in format_summary(report)
+    assert os.getpid() not in control.running()  # the socket went with the migration
+
+
+def test_status_and_set_without_a_running_migration_or_a_change_are_usage_errors(capsys):
+    assert control.running().get(os.getpid()) is None
+    assert main(["set", "--pid", str(os.getpid()), "--downtime-limit", "1s"]) == 2
+    assert f"--pid: no migration of yours runs as process {os.getpid()}" in capsys.readouterr().err
+    assert main(["set"]) == 2
+    assert "set: give --downtime-limit or --max-bandwidth" in capsys.readouterr().err
