@@ -84,9 +84,18 @@ _KEYS: dict[str, str] = {
     "on_stall": "switchover or abort",
     "device_state": "a size such as 256KiB",
     "verify": "incremental or full",
+    "auto_converge": "true or false",
     "timeout": "a duration such as 10s",
     "repeats": "a whole number >= 1",
 }
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "on", "false", "off"):
+        return value.strip().lower() in ("true", "on")
+    raise ValueError("expected true or false")
 
 
 def _whole(value: Any, minimum: int) -> int:
@@ -143,6 +152,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "on_stall": _text,
     "device_state": units.parse_size,
     "verify": _text,
+    "auto_converge": _flag,
     "timeout": units.parse_duration,
     "repeats": lambda v: _whole(v, 1),
 }
@@ -280,7 +290,7 @@ def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> Sw
                              batch_pages=point.get("batch_pages", default_batch_pages(page_size)), max_bandwidth_bytes_per_s=bandwidth,
                              device_state_bytes=point.get("device_state", 256 << 10),
                              timeout_s=point.get("timeout", 10.0), verify=point.get("verify", "incremental"),
-                             policy=policy),
+                             auto_converge=point.get("auto_converge", False), policy=policy),
         )
     except (ValueError, TypeError) as error:
         shown = ", ".join(f"{key}={value!r}" for key, value in point.items())

@@ -326,3 +326,25 @@ def test_cli_sweep_whole_number_axes_multiply_the_runs(capsys):
     assert len(lines) == 16
     assert lines[0].endswith("8.00 MiB hotset 100 pages/s at unlimited lz4, downtime limit 20.0 ms, seed 0")
     assert lines[-1].endswith("8.00 MiB hotset 2,000 pages/s at unlimited lz4, downtime limit 1.00 s, seed 0")
+
+
+SWEEP_KEY_OF_OPTION = {"max_bandwidth": "bandwidth"}  # the one run option whose sweep key has another name
+
+
+def test_every_run_option_of_migrate_is_a_sweep_key():
+    from emulator import cli
+
+    migrate = next(action for action in cli.build_parser()._subparsers._group_actions[0].choices.values()
+                   if action.prog.endswith(" migrate"))
+    run_groups = [group for group in migrate._action_groups if group.title in ("guest", "workload", "migration")]
+    options = [action.dest for group in run_groups for action in group._group_actions]
+    assert len(options) > 20
+    missing = [option for option in options if SWEEP_KEY_OF_OPTION.get(option, option) not in sweep._KEYS]
+    assert missing == [], f"run options a sweep cannot set: {missing}"
+
+
+def test_a_sweep_sets_auto_converge():
+    runs = sweep.expand([{"memory": "8MiB", "auto_converge": ["on", False]}], where="test")
+    assert [run.scenario.migration.auto_converge for run in runs] == [True, False]
+    with pytest.raises(ValueError, match="auto_converge = 'maybe': expected true or false"):
+        sweep.expand([{"memory": "8MiB", "auto_converge": "maybe"}], where="test")
