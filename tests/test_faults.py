@@ -8,8 +8,11 @@ running; a destination whose source died discards the partial guest.
 """
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -137,3 +140,14 @@ def test_ctrl_c_early_in_migrate_ends_both_processes_without_a_traceback(after_s
     migrate.signal(signal.SIGINT)  # the whole process group, as a terminal's Ctrl-C
     status, _, err = migrate.finish()
     assert status == 130 and "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("after_s", [0.1, 0.2, 0.3])
+def test_ctrl_c_while_the_command_loads_is_a_quiet_cancel(after_s):
+    command = subprocess.Popen([sys.executable, "-c", "import sys; from emulator.launch import main; sys.exit(main())",
+                                "migrate", "--memory", "64MiB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    time.sleep(after_s)  # Python has started; the command line's imports are loading
+    os.killpg(command.pid, signal.SIGINT)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 130 and "Traceback" not in err and "cancelled" in err, err[-2000:]
