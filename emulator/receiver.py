@@ -164,8 +164,7 @@ class Destination:
             raise
         self._say("setup: allocating guest memory")
         self.scenario = scenario
-        self.guest = self._while_heartbeating(lambda: self._blank_guest(scenario.guest))
-        self.workload = Workload(self.guest, scenario.workload)  # ready now, started at resume
+        self.guest, self.workload = self._while_heartbeating(lambda: self._hosted(scenario))
         self.incremental = scenario.migration.verify == "incremental"
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
         self.applier = BatchApplier(self.guest, self.running_digest)
@@ -174,6 +173,11 @@ class Destination:
         self._send(self.protocol.accept(scenario, ports))
         self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {options.channels} channel(s)")
+
+    def _hosted(self, scenario):
+        """The guest's blank memory and its workload, ready (started at resume): seconds for a big guest."""
+        guest = self._blank_guest(scenario.guest)
+        return guest, Workload(guest, scenario.workload)
 
     def _blank_guest(self, spec):
         """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
@@ -186,14 +190,22 @@ class Destination:
         return GuestMemory.blank(spec)
 
     def _while_heartbeating(self, work):
-        """Run `work` (seconds of page faults for a big guest) while telling the source we are alive."""
+        """Run `work` (seconds of page faults for a big guest) while telling the source we are alive;
+        its result, or its exception raised here."""
         result = {}
-        worker = threading.Thread(target=lambda: result.update(value=work()), name="setup")
+
+        def run():
+            try:
+                result["value"] = work()
+            except Exception as error:  # noqa: BLE001 - raised again below, in this thread
+                result["error"] = error
+
+        worker = threading.Thread(target=run, name="setup")
         worker.start()
         while worker.join(self.link.timeout_s / HEARTBEATS_PER_TIMEOUT) or worker.is_alive():
             self._send(self.protocol.heartbeat())
-        if "value" not in result:
-            raise MemoryError("the destination could not allocate the guest's memory")
+        if "error" in result:
+            raise result["error"]
         return result["value"]
 
     def _wait_for_hello(self, timeout_s):
