@@ -46,16 +46,16 @@ class ControlServer:
 
     def __init__(self, source, path=None):
         self.source = source
-        self.path = path or runtime_dir() / f"{os.getpid()}.ipc"
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         try:
+            self.path = path or runtime_dir() / f"{os.getpid()}.ipc"
             self.socket.bind(f"ipc://{self.path}")
-        except zmq.ZMQError:  # another migration of this process has it: this one runs without
-            self._stop.set()
+        except (OSError, zmq.ZMQError):  # no runtime directory, or another migration here has the socket:
+            self._stop.set()  # this one runs without
         self._thread.start()
 
     def _serve(self):

@@ -81,3 +81,13 @@ def test_status_and_set_without_a_running_migration_or_a_change_are_usage_errors
     assert f"--pid: no migration of yours runs as process {os.getpid()}" in capsys.readouterr().err
     assert main(["set"]) == 2
     assert "set: give --downtime-limit or --max-bandwidth" in capsys.readouterr().err
+
+
+def test_a_migration_runs_without_a_control_socket_where_none_can_be_made(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(blocked))  # a file: no directory can be made under it
+    server = control.ControlServer(FakeSource())
+    server.close()  # nothing was bound, nothing to remove
+    report = migrate(Scenario(GuestSpec(4 << 20), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(codec="raw")))
+    assert report.status == "completed"
