@@ -22,14 +22,14 @@ import math
 import signal
 import sys
 import threading
-import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
 
 from emulator import units
 from emulator.codecs import CODEC_NAMES
-from emulator.display import DEFAULT_INTERVAL_S, JsonStream, LiveDisplay
+from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, SweepProgress, describe_scenario,
+                              format_status)
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
 from emulator.protocol import VERSION as PROTOCOL_VERSION
@@ -578,15 +578,6 @@ def _source_display(args):
     return None if args.quiet else LiveDisplay(interval_s=args.interval)
 
 
-def _banner(scenario):
-    guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
-    rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
-    return (f"guest {units.format_bytes(guest.memory_bytes)} ({guest.page_size} B pages, {guest.fill}), "
-            f"{workload.vcpus} vCPU(s) {workload.pattern} at {rate}; {migration.codec}, "
-            f"{migration.channels} channel(s), "
-            f"downtime limit {units.format_duration(migration.policy.downtime_limit_s)}")
-
-
 def _check_report_path(path):
     """Refuse an unwritable --report before the run, not after it."""
     if path is None:
@@ -631,7 +622,7 @@ def _run_migrate(args):
     engine = _engine()
     display = _source_display(args)
     if display is not None:
-        display.banner(_banner(scenario))
+        display.banner(describe_scenario(scenario))
     return _finish(engine.migrate(scenario, progress=display), args, display)
 
 
@@ -643,7 +634,7 @@ def _run_send(args):
     engine = _engine()
     display = _source_display(args)
     if display is not None:
-        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}: {_banner(scenario)}")
+        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}: {describe_scenario(scenario)}")
     return _finish(engine.send(scenario, args.to, progress=display, security=security), args, display)
 
 
@@ -757,30 +748,6 @@ _SWEEP_AXES = (("memory", "memory"), ("lam", "lambda"), ("dirty_rate", "dirty_ra
                ("max_passes", "max_passes"), ("repeats", "repeats"), ("seed", "seed"))
 
 
-class _SweepProgress:
-    """A line per run on stderr: what starts, then what it measured and the time left."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.began = None
-
-    def started(self, run, total):
-        self.began = self.began or time.monotonic()
-        print(f"[{run.index:>{len(str(total))}}/{total}] {run.describe()} ...", file=self.stream, flush=True)
-
-    def finished(self, run, total, row, seconds):
-        elapsed = time.monotonic() - self.began
-        left = elapsed / run.index * (total - run.index)
-        if row.get("measured_factor") is not None:
-            result = (f"factor {row['measured_factor']:.2f} (geometric {row['geometric_factor']:.2f},"
-                      f" working set {row['working_set_factor']:.2f}), {row['passes']} passes,"
-                      f" blackout {units.format_duration(row['blackout_s'])}")
-        else:
-            result = f"{row['status']}: {row['reason']}"
-        print(f"{'':>{2 * len(str(total)) + 3}} {units.format_duration(seconds)}: {result};"
-              f" about {units.format_duration(left)} left", file=self.stream, flush=True)
-
-
 def _run_sweep(args):
     from emulator import sweep
 
@@ -807,7 +774,7 @@ def _run_sweep(args):
             print(f"{run.index:>4} {run.describe()}")
         return EXIT_OK
     out = Path(args.out)
-    progress = None if args.quiet or not sys.stderr.isatty() else _SweepProgress(sys.stderr)
+    progress = None if args.quiet or not sys.stderr.isatty() else SweepProgress(sys.stderr)
     rows = sweep.run_sweep(runs, out, migrate=_engine().migrate, progress=progress)
     print(sweep.summary_text(rows), end="")
     print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.txt'} and {len(rows)} reports in {out / 'reports'}")
@@ -852,17 +819,7 @@ def _run_status(args):
     if args.json:
         print(json.dumps(status))
         return EXIT_OK
-    page = status["page_size"]
-    rate = status["bandwidth_bytes_per_s"]
-    print(f"phase        {status['phase']} after {units.format_duration(status['elapsed_s'])}, pass {status['pass']} "
-          f"({units.format_bytes(status['pass_pages_sent'] * page)} of it sent)")
-    print(f"transferred  {units.format_bytes(status['transferred_bytes'])} on the wire")
-    print(f"remaining    {units.format_bytes(status['remaining_pages'] * page)} dirty "
-          f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)")
-    if rate is not None:
-        print(f"last pass    {units.format_rate(rate)}, {status['dirty_pages_rate']:,.0f} page writes/s")
-    print(f"parameters   downtime limit {units.format_duration(status['downtime_limit_s'])}, "
-          f"bandwidth cap {units.format_rate(status['max_bandwidth_bytes_per_s'])}")
+    print(format_status(status))
     return EXIT_OK
 
 

@@ -1,4 +1,6 @@
-"""The live display of a migration: one line per phase and one per pass (the engine's Progress).
+"""What a person or a script sees of a migration while it runs: the live display (a line per
+phase, per interval and per pass: the engine's Progress), the JSON event stream, a sweep's
+progress lines, and the texts of `precopy status` and the start banner.
 
 Line-oriented on purpose (no curses, no carriage returns): the output reads the same in a
 terminal, a log file and a CI transcript. Phase and pass lines appear only when enabled,
@@ -13,11 +15,13 @@ import json
 import os
 import sys
 import threading
+import time
 from dataclasses import asdict
 
 from emulator.units import format_bytes, format_duration, format_rate
 
-__all__ = ["JsonStream", "LiveDisplay", "format_interval_line", "format_progress_line"]
+__all__ = ["JsonStream", "LiveDisplay", "SweepProgress", "describe_scenario", "format_interval_line",
+           "format_progress_line", "format_status"]
 
 DEFAULT_INTERVAL_S = 1.0  # a status line this often during a pass, as iperf3's interval reports
 
@@ -58,6 +62,32 @@ def format_interval_line(sample, page_size):
                 + ("" if sample.firm else " (guess)"))
     return (f"  ... {done} at {format_rate(sample.wire_bytes_per_s)}"
             f"  dirty {format_bytes(sample.dirty_pages * page_size)}  {when}")
+
+
+def describe_scenario(scenario):
+    """One line of what a migration runs: guest, writers, codec, channels, downtime limit."""
+    guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
+    rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
+    return (f"guest {format_bytes(guest.memory_bytes)} ({guest.page_size} B pages, {guest.fill}), "
+            f"{workload.vcpus} vCPU(s) {workload.pattern} at {rate}; {migration.codec}, "
+            f"{migration.channels} channel(s), "
+            f"downtime limit {format_duration(migration.policy.downtime_limit_s)}")
+
+
+def format_status(status):
+    """`precopy status`'s text for a running migration's status (emulator.control)."""
+    page = status["page_size"]
+    rate = status["bandwidth_bytes_per_s"]
+    lines = [f"phase        {status['phase']} after {format_duration(status['elapsed_s'])}, pass {status['pass']} "
+             f"({format_bytes(status['pass_pages_sent'] * page)} of it sent)",
+             f"transferred  {format_bytes(status['transferred_bytes'])} on the wire",
+             f"remaining    {format_bytes(status['remaining_pages'] * page)} dirty "
+             f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)"]
+    if rate is not None:
+        lines.append(f"last pass    {format_rate(rate)}, {status['dirty_pages_rate']:,.0f} page writes/s")
+    lines.append(f"parameters   downtime limit {format_duration(status['downtime_limit_s'])}, "
+                 f"bandwidth cap {format_rate(status['max_bandwidth_bytes_per_s'])}")
+    return "\n".join(lines)
 
 
 class LiveDisplay:
@@ -151,3 +181,27 @@ class JsonStream:
 
     def end(self, report):
         self._emit("end", status=report.status, reason=report.reason, summary=report.summary)
+
+
+class SweepProgress:
+    """A line per run on stderr: what starts, then what it measured and the time left."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.began = None
+
+    def started(self, run, total):
+        self.began = self.began or time.monotonic()
+        print(f"[{run.index:>{len(str(total))}}/{total}] {run.describe()} ...", file=self.stream, flush=True)
+
+    def finished(self, run, total, row, seconds):
+        elapsed = time.monotonic() - self.began
+        left = elapsed / run.index * (total - run.index)
+        if row.get("measured_factor") is not None:
+            result = (f"factor {row['measured_factor']:.2f} (geometric {row['geometric_factor']:.2f},"
+                      f" working set {row['working_set_factor']:.2f}), {row['passes']} passes,"
+                      f" blackout {format_duration(row['blackout_s'])}")
+        else:
+            result = f"{row['status']}: {row['reason']}"
+        print(f"{'':>{2 * len(str(total)) + 3}} {format_duration(seconds)}: {result};"
+              f" about {format_duration(left)} left", file=self.stream, flush=True)

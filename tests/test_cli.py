@@ -539,3 +539,19 @@ def test_the_setup_line_says_how_long_start_up_took():
     LiveDisplay(stream=stream, enabled=True).phase("setup", 0.0)
     assert re.fullmatch(r"\[    0\.000 s\] setup \(after [\d.]+ \w+ of start-up: imports, receiver, kernels\)\n",
                         stream.getvalue())
+
+
+def test_status_text_names_the_phase_pass_bytes_and_parameters():
+    from emulator.display import format_status
+
+    text = format_status({"phase": "precopy", "elapsed_s": 2.5, "pass": 1, "pass_pages_sent": 256, "page_size": 4096,
+                          "total_pages": 1024, "remaining_pages": 128, "transferred_bytes": 5 << 20,
+                          "bandwidth_bytes_per_s": 2e8, "dirty_pages_rate": 5000.0, "downtime_limit_s": 0.3,
+                          "max_bandwidth_bytes_per_s": None})
+    assert text.splitlines() == [
+        "phase        precopy after 2.50 s, pass 1 (1.00 MiB of it sent)",
+        "transferred  5.00 MiB on the wire",
+        "remaining    512 KiB dirty (128 of 1,024 pages)",
+        "last pass    200 MB/s, 5,000 page writes/s",
+        "parameters   downtime limit 300 ms, bandwidth cap unlimited",
+    ]
