@@ -89,6 +89,11 @@ def _is_data_endpoint(value):
     return type(value) is int and 0 < value < 65536
 
 
+def aborted(message):
+    """An ABORT's reason, and whether the peer's user cancelled (only a JSON true says so)."""
+    return message.field("reason", str), message.body.get("cancelled") is True
+
+
 def _abort_body(reason, cancelled):
     return {"reason": reason, "cancelled": True} if cancelled else {"reason": reason}
 
@@ -206,8 +211,7 @@ class DestinationProtocol(_Engine):
             raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
         if message.pass_no != self.pass_no:
             raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
-        count = self._pass
-        if not count.take(channel, message.page_count):
+        if not self._pass.take(channel, message.page_count):
             raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
                                              f"{self.pass_no}")
         return (DataPages(channel, message), *self._closing())
@@ -239,7 +243,7 @@ class DestinationProtocol(_Engine):
             self._pass.announce(message, message.field("messages", list), message.field("pages", int))
             return self._closing()
         if msg_type == MsgType.ABORT:
-            return (SourceAborted(message.field("reason", str), message.body.get("cancelled") is True),)
+            return (SourceAborted(*aborted(message)),)
         raise RemoteProtocolError("type", f"{msg_type.name} on the control channel")
 
     def _closing(self):
@@ -285,14 +289,13 @@ class _PassCount:
         self.messages = [0] * channels
         self.pages = 0
         self.expected = None  # the message counts the closing PASS_END or COMPLETE promised
+        self.promised_pages = None  # and the pages
         self.ending = None  # that message
         self.complete = False
         self.device_state = False
 
     def take(self, channel, pages):
-        """Count a data message; False if it is one more than announced."""
-        if self.complete:
-            return False
+        """Count a data message; False if it is one more than announced (after completion too)."""
         self.messages[channel] += 1
         self.pages += pages
         return self.expected is None or self.messages[channel] <= self.expected[channel]

@@ -34,7 +34,7 @@ from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
 from emulator.protocol import MsgType
-from emulator.protocol_engines import SourceProtocol
+from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
 from emulator.report import Blackout, Interval, ParameterChange, PassRecord, Phase, Report, host_info, summarize
 from emulator.units import format_rate
@@ -391,7 +391,8 @@ class Source:
     def _receive_one(self):
         message = self.protocol.receive(self.link.recv_control())
         if message.type == MsgType.ABORT:
-            raise PeerAborted(message.field("reason", str), "destination", bool(message.body.get("cancelled")))
+            reason, cancelled = aborted(message)
+            raise PeerAborted(reason, "destination", cancelled)
         return message
 
     # the report --------------------------------------------------------------------

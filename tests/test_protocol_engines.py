@@ -7,7 +7,7 @@ import pytest
 from emulator import protocol
 from emulator.guest import GuestSpec
 from emulator.protocol import Flags, MsgType, RemoteProtocolError
-from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete,
+from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, aborted,
                                        SourceProtocol, Switchover)
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
@@ -217,3 +217,11 @@ def test_the_source_checks_the_fields_it_reads_of_resumed():
     destination.receive_control(source.complete(0, "d", "dd", "t"))
     field, _ = error_of(source.receive, destination.resumed(dict(RESUMED_BODY, resume_s="soon")))
     assert field == "body.resume_s" and source.state == "FAILED"
+
+
+@pytest.mark.parametrize("body, cancelled", [({"reason": "r", "cancelled": True}, True), ({"reason": "r"}, False),
+                                             ({"reason": "r", "cancelled": 1}, False),
+                                             ({"reason": "r", "cancelled": "yes"}, False)])
+def test_only_a_json_true_says_an_abort_was_cancelled_on_both_sides(body, cancelled):
+    message = protocol.Decoder().decode(protocol.encode_control(MsgType.ABORT, 0, 0, body))
+    assert aborted(message) == ("r", cancelled)
