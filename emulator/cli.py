@@ -678,10 +678,8 @@ def _run_receive(args):
     security = _server_security(args)
     engine = _engine()
     display = _display(args)
-    outcomes = []
 
     def on_outcome(outcome):
-        outcomes.append(outcome)
         _print_outcome(outcome, args.json)
 
     listening = []

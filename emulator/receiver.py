@@ -239,7 +239,7 @@ class Destination:
         needed = scenario.guest.memory_bytes
         if needed > self.capacity_bytes:
             raise Refused(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
-                           f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
+                          f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
         return scenario
 
     # pre-copy, blackout, resume ------------------------------------------------
@@ -251,7 +251,7 @@ class Destination:
             duration_left_s = self.hello_at + self.limits.max_duration_s - now
             if duration_left_s <= 0:
                 raise MigrationError(f"the migration lasted longer than this destination's limit of "
-                                f"{self.limits.max_duration_s:g} s")
+                                     f"{self.limits.max_duration_s:g} s")
             silence_left_s = heard_at + self.link.timeout_s - now
             if silence_left_s <= 0:
                 raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")

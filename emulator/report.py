@@ -8,7 +8,8 @@ Schema history:
     1: first version.
     2: the destination's outcome is its own field (it was scenario["destination"]);
        PassRecord.pages_dirtied is gone (it always equalled remaining_pages);
-       the source records where the guest runs now (location). Schema 1 reads back.
+       the source records where the guest runs now (location) and what `precopy set`
+       changed (parameter_changes). Schema 1 reads back.
 """
 
 from __future__ import annotations
@@ -258,20 +259,11 @@ class Report:
                 data["scenario"] = Scenario.from_dict(data["scenario"])
             except ValueError as error:
                 raise ValueError(f"report.scenario: {error}") from None
-        data["parameter_changes"] = [
-            _build(ParameterChange, item, f"report.parameter_changes[{i}]")
-            for i, item in enumerate(_as_list(data.get("parameter_changes", []), "report.parameter_changes"))
-        ]
         if data.get("destination") is not None:
             data["destination"] = _build(DestinationOutcome, data["destination"], "report.destination")
-        data["passes"] = [
-            _build(PassRecord, item, f"report.passes[{i}]")
-            for i, item in enumerate(_as_list(data.get("passes", []), "report.passes"))
-        ]
-        data["phases"] = [
-            _build(Phase, item, f"report.phases[{i}]")
-            for i, item in enumerate(_as_list(data.get("phases", []), "report.phases"))
-        ]
+        for name, record in (("passes", PassRecord), ("phases", Phase), ("parameter_changes", ParameterChange)):
+            data[name] = [_build(record, item, f"report.{name}[{i}]")
+                          for i, item in enumerate(_as_list(data.get(name, []), f"report.{name}"))]
         if data.get("blackout") is not None:
             data["blackout"] = _build(Blackout, data["blackout"], "report.blackout")
         return cls(**data)

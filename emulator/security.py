@@ -135,8 +135,8 @@ HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAIL
 def why_handshake_failed(event, value, *, server, secured):
     """What a failed ZMTP handshake (a socket-monitor event and its value) means, in words for this side.
 
-    server: we are the destination (None: a connection that closed before its handshake,
-    as the source's reachability probe does); secured: we have CURVE keys.
+    server: we are the destination; secured: we have CURVE keys. None (on the server) for a
+    connection that closed before its handshake, as the source's reachability probe does.
     """
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the destination's allow list said no
         return ("a source whose key is not in --allow" if server

@@ -84,7 +84,6 @@ NO_LIMIT_WORDS = ("unlimited", "none", "off")
 _PAGE_RATE_UNITS = ("pages/s", "page/s")
 
 
-
 def means_no_limit(text: object) -> bool:
     """True for a word that lifts a limit (NO_LIMIT_WORDS, any case and spacing)."""
     return isinstance(text, str) and text.strip().lower() in NO_LIMIT_WORDS

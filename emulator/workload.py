@@ -95,7 +95,8 @@ class Workload:
                 WriterPattern(
                     guest.data, guest.page_size, guest.dirty, spec.pattern, seed=spec.seed, stream=index,
                     write_size=spec.write_size, hot_fraction=spec.hot_fraction, hot_share=spec.hot_share,
-                    stride=spec.stride, zipf_s=spec.zipf_s, zipf_table=zipf_table, start_page=index * guest.n_pages // spec.vcpus,
+                    stride=spec.stride, zipf_s=spec.zipf_s, zipf_table=zipf_table,
+                    start_page=index * guest.n_pages // spec.vcpus,
                     log=np.empty(log_capacity, dtype=np.int64) if log_capacity else None,
                 )
             )
