@@ -555,3 +555,14 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
         "last pass    200 MB/s, 5,000 page writes/s",
         "parameters   downtime limit 300 ms, bandwidth cap unlimited",
     ]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["migrate", "--interval", "-1s"], "--interval"),
+    (["migrate", "--interval", "often"], "--interval"),
+    (["set", "--downtime-limit", "soon"], "--downtime-limit"),
+    (["set", "--max-bandwidth", "100"], "--max-bandwidth"),
+])
+def test_bad_interval_and_set_values_are_refused_naming_the_option(argv, says, capsys):
+    assert cli.main(argv) == 2
+    assert says in capsys.readouterr().err
