@@ -558,10 +558,10 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["migrate", "--interval", "-1s"], "--interval"),
-    (["migrate", "--interval", "often"], "--interval"),
-    (["set", "--downtime-limit", "soon"], "--downtime-limit"),
-    (["set", "--max-bandwidth", "100"], "--max-bandwidth"),
+    (["migrate", "--interval=-1s"], "--interval: invalid duration '-1s': must not be negative"),
+    (["migrate", "--interval", "often"], "--interval: invalid duration 'often'"),
+    (["set", "--downtime-limit", "soon"], "--downtime-limit: invalid duration"),
+    (["set", "--max-bandwidth", "100"], "--max-bandwidth: invalid bandwidth '100': a bare number"),
 ])
 def test_bad_interval_and_set_values_are_refused_naming_the_option(argv, says, capsys):
     assert cli.main(argv) == 2
