@@ -12,12 +12,12 @@ Content profiles (the `fill` option):
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from emulator import fields
 from kernels import bitmap, fill, pages
-from kernels.checks import require_page_size
 
 FILL_PROFILES = ("zero", "random", "half", "text", "mixed")
 MIXED_SHARES = {fill.ZERO: 0.40, fill.TEXT: 0.25, fill.HALF: 0.20, fill.RANDOM: 0.15}
@@ -48,18 +48,22 @@ class GuestSpec:
     fill: str = "mixed"
     seed: int = 0
 
+    RULES: ClassVar[dict] = {
+        "memory_bytes": fields.size(1),
+        "page_size": fields.power_of_two(64),  # the page kernels' minimum (kernels.checks)
+        "fill": fields.one_of(FILL_PROFILES),
+        "seed": fields.whole(0, 2**64 - 1),
+    }
+
     def __post_init__(self):
-        fields.whole("page_size", self.page_size, 1)
-        require_page_size(self.page_size)
-        if fields.whole("memory_bytes", self.memory_bytes, 1) % self.page_size:
+        fields.check(self, self.RULES)
+        if self.memory_bytes % self.page_size:
             raise ValueError(
                 f"memory size must be a positive multiple of the page size ({self.page_size} B), got {self.memory_bytes}"
             )
         if self.n_pages > MAX_PAGES:
             raise ValueError(f"a guest has at most {MAX_PAGES:,} pages (page numbers are 32-bit on the wire), "
                              f"got {self.n_pages:,} of {self.page_size} B")
-        fields.one_of("fill profile", self.fill, FILL_PROFILES)
-        fields.whole("seed", self.seed, 0, 2**64 - 1)
 
     @property
     def n_pages(self):

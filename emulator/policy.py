@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
+
+from emulator import fields
 
 __all__ = [
     "ACTIONS",
@@ -79,23 +81,17 @@ class PolicyConfig:
     stall_passes: int | None = 3
     on_stall: Literal["switchover", "abort"] = "switchover"
 
-    def __post_init__(self) -> None:
+    RULES: ClassVar[dict] = {
         # Zero is allowed: with no downtime budget only an empty dirty set converges.
-        _check_number("downtime_limit_s", self.downtime_limit_s)
-        if not _is_int(self.max_passes) or self.max_passes < 1:
-            raise ValueError(f"max_passes must be an integer >= 1, got {self.max_passes!r}")
-        if self.max_time_s is not None:
-            _check_number("max_time_s", self.max_time_s, positive=True)
-        if self.stall_passes is not None and (
-            not _is_int(self.stall_passes) or self.stall_passes < 1
-        ):
-            raise ValueError(
-                f"stall_passes must be an integer >= 1 or None, got {self.stall_passes!r}"
-            )
-        if self.on_stall not in _STALL_ACTIONS:
-            raise ValueError(
-                f"on_stall must be 'switchover' or 'abort', got {self.on_stall!r}"
-            )
+        "downtime_limit_s": fields.real(0, below=True),
+        "max_passes": fields.whole(1),
+        "max_time_s": fields.optional(fields.real(0, above=True, below=True), "no limit"),
+        "stall_passes": fields.optional(fields.whole(1), "never stalled"),
+        "on_stall": fields.one_of(_STALL_ACTIONS),
+    }
+
+    def __post_init__(self) -> None:
+        fields.check(self, self.RULES)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ and is written whole into the report.
 """
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 from emulator import fields
 from emulator.codecs import CODEC_NAMES
@@ -55,18 +56,19 @@ class MigrationOptions:
     auto_converge: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
+    RULES: ClassVar[dict] = {
+        "codec": fields.one_of(CODEC_NAMES),
+        "channels": fields.whole(1, 64),
+        "batch_pages": fields.whole(1, 65536),
+        "max_bandwidth_bytes_per_s": fields.optional(fields.real(0, above=True), "unlimited"),
+        "device_state_bytes": fields.size(0, 64 << 20),
+        "timeout_s": fields.real(0, above=True, below=True),
+        "verify": fields.one_of(VERIFY_MODES),
+        "auto_converge": fields.flag,
+    }
+
     def __post_init__(self):
-        fields.one_of("codec", self.codec, CODEC_NAMES)
-        fields.whole("channels", self.channels, 1, 64)
-        fields.whole("batch_pages", self.batch_pages, 1, 65536)
-        bandwidth = self.max_bandwidth_bytes_per_s
-        if bandwidth is not None and not fields.number("max_bandwidth_bytes_per_s", bandwidth) > 0:
-            raise ValueError(f"max bandwidth must be > 0 bytes/s or None, got {bandwidth!r}")
-        fields.whole("device_state_bytes", self.device_state_bytes, 0, 64 << 20)
-        if not fields.number("timeout_s", self.timeout_s) > 0:
-            raise ValueError(f"timeout must be > 0 s, got {self.timeout_s!r}")
-        fields.one_of("verify mode", self.verify, VERIFY_MODES)
-        fields.flag("auto_converge", self.auto_converge)
+        fields.check(self, self.RULES)
         if not isinstance(self.policy, PolicyConfig):
             raise ValueError(f"policy must be a PolicyConfig, got {self.policy!r}")
 

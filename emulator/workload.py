@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -44,29 +45,20 @@ class WorkloadSpec:
     zipf_s: float = 1.0
     seed: int = 0
 
+    RULES: ClassVar[dict] = {
+        "vcpus": fields.whole(1, MAX_VCPUS),
+        "rate_pages_per_s": fields.real(0),  # inf = unpaced
+        "pattern": fields.one_of(PATTERNS),
+        "write_size": fields.whole(8, multiple_of=8),
+        "hot_fraction": fields.real(0, 1, above=True),
+        "hot_share": fields.real(0, 1),
+        "stride": fields.whole(1),
+        "zipf_s": fields.real(0, above=True, below=True),
+        "seed": fields.whole(0, 2**64 - 1),
+    }
+
     def __post_init__(self):
-        def whole(name, minimum, maximum=None):
-            fields.whole(name, getattr(self, name), minimum, maximum)
-
-        def real(name):
-            return fields.number(name, getattr(self, name))
-
-        whole("vcpus", 1, MAX_VCPUS)
-        rate = self.rate_pages_per_s
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate >= 0:
-            raise ValueError(f"dirty rate must be >= 0 page writes/s (or inf for unpaced), got {self.rate_pages_per_s!r}")
-        fields.one_of("pattern", self.pattern, PATTERNS)
-        whole("write_size", 8)
-        if self.write_size % 8:
-            raise ValueError(f"write_size must be a multiple of 8 bytes, got {self.write_size!r}")
-        if not 0 < real("hot_fraction") <= 1:
-            raise ValueError(f"hot_fraction must be in (0, 1], got {self.hot_fraction!r}")
-        if not 0 <= real("hot_share") <= 1:
-            raise ValueError(f"hot_share must be in [0, 1], got {self.hot_share!r}")
-        whole("stride", 1)
-        if not 0 < real("zipf_s") < math.inf:
-            raise ValueError(f"zipf_s must be > 0 and finite, got {self.zipf_s!r}")
-        whole("seed", 0, 2**64 - 1)
+        fields.check(self, self.RULES)
 
     @property
     def unpaced(self):

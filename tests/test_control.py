@@ -40,9 +40,9 @@ def test_status_and_set_are_answered_and_bad_requests_refused_naming_why(served)
     assert source.changes == [("downtime_limit_s", 0.5), ("max_bandwidth_bytes_per_s", None)]
     for request, says in [({"set": {"channels": 4}}, "'channels' cannot be changed while a migration runs"),
                           ({"set": {"downtime_limit_s": -1}}, "downtime_limit_s"),
-                          ({"set": {"max_bandwidth_bytes_per_s": 0}}, "max bandwidth must be > 0 bytes/s or None"),
+                          ({"set": {"max_bandwidth_bytes_per_s": 0}}, "max_bandwidth_bytes_per_s must be a number > 0, got 0 (or none: unlimited)"),
                           ({"set": {"max_bandwidth_bytes_per_s": "fast"}},
-                           "max_bandwidth_bytes_per_s must be a number, got 'fast'"),
+                           "max_bandwidth_bytes_per_s must be a number > 0, got 'fast' (or none: unlimited)"),
                           ({"set": {}}, 'expected {"get": "status"}'), ({"get": "everything"}, "expected"),
                           ([1, 2], "expected")]:
         answer = control.ask(path, request)

@@ -47,13 +47,13 @@ def test_mixed_has_the_documented_shares():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"memory_bytes": 0}, "memory_bytes must be a whole number >= 1, got 0"),
-    ({"memory_bytes": 8192.0}, "memory_bytes must be a whole number >= 1, got 8192.0"),
-    ({"memory_bytes": True}, "memory_bytes must be a whole number >= 1, got True"),
+    ({"memory_bytes": 0}, "memory_bytes must be a size at least 1 B, got 0 B"),
+    ({"memory_bytes": 8192.0}, "memory_bytes must be a size at least 1 B, got 8192.0"),
+    ({"memory_bytes": True}, "memory_bytes must be a size at least 1 B, got True"),
     ({"memory_bytes": 5000}, "positive multiple"),
-    ({"memory_bytes": 8192, "page_size": 3000}, "power of two"),
-    ({"memory_bytes": 8192, "page_size": "4096"}, "page_size must be a whole number >= 1, got '4096'"),
-    ({"memory_bytes": 8192, "fill": "ones"}, "unknown fill"),
+    ({"memory_bytes": 8192, "page_size": 3000}, "page_size must be a power of two >= 64 bytes, got 3000"),
+    ({"memory_bytes": 8192, "page_size": "4096"}, "page_size must be a power of two >= 64 bytes, got '4096'"),
+    ({"memory_bytes": 8192, "fill": "ones"}, "fill must be one of zero, random, half, text, mixed, got 'ones'"),
     ({"memory_bytes": 8192, "seed": -1}, r"seed must be a whole number from 0 to 18446744073709551615, got -1"),
     ({"memory_bytes": 8192, "seed": "7"}, "seed must be a whole number"),
     ({"memory_bytes": (1 << 32) * 4096 + 4096}, "a guest has at most 4,294,967,296 pages"),

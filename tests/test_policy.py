@@ -31,27 +31,23 @@ def test_config_is_frozen():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"downtime_limit_s": -0.1}, "downtime_limit_s must be a finite number >= 0, got -0.1"),
-        ({"downtime_limit_s": math.nan}, "downtime_limit_s must be a finite number >= 0"),
-        ({"downtime_limit_s": math.inf}, "downtime_limit_s must be a finite number >= 0"),
-        ({"max_passes": 0}, "max_passes must be an integer >= 1, got 0"),
-        ({"max_passes": 2.0}, "max_passes must be an integer >= 1, got 2.0"),
-        ({"max_passes": True}, "max_passes must be an integer >= 1, got True"),
-        ({"max_time_s": 0}, "max_time_s must be a finite number > 0, got 0"),
-        ({"max_time_s": -5.0}, "max_time_s must be a finite number > 0"),
-        ({"stall_passes": 0}, "stall_passes must be an integer >= 1 or None, got 0"),
-        ({"on_stall": "pause"}, "on_stall must be 'switchover' or 'abort', got 'pause'"),
+        ({"downtime_limit_s": -0.1}, "downtime_limit_s must be a number >= 0 and finite, got -0.1"),
+        ({"downtime_limit_s": math.nan}, "downtime_limit_s must be a number >= 0 and finite, got nan"),
+        ({"downtime_limit_s": math.inf}, "downtime_limit_s must be a number >= 0 and finite, got inf"),
+        ({"downtime_limit_s": "300ms"}, "downtime_limit_s must be a number >= 0 and finite, got '300ms'"),
+        ({"max_passes": 0}, "max_passes must be a whole number >= 1, got 0"),
+        ({"max_passes": 2.0}, "max_passes must be a whole number >= 1, got 2.0"),
+        ({"max_passes": True}, "max_passes must be a whole number >= 1, got True"),
+        ({"max_time_s": 0}, "max_time_s must be a number > 0 and finite, got 0 (or none: no limit)"),
+        ({"max_time_s": -5.0}, "max_time_s must be a number > 0 and finite, got -5.0"),
+        ({"stall_passes": 0}, "stall_passes must be a whole number >= 1, got 0 (or none: never stalled)"),
+        ({"on_stall": "pause"}, "on_stall must be one of switchover, abort, got 'pause'"),
     ],
 )
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError) as info:
         PolicyConfig(**kwargs)
     assert message in str(info.value)
-
-
-def test_config_type_errors():
-    with pytest.raises(TypeError, match="downtime_limit_s must be a number, got '300ms'"):
-        PolicyConfig(downtime_limit_s="300ms")
 
 
 def test_config_accepts_edges():

@@ -72,10 +72,10 @@ def test_throttle_is_validated_and_slows_writers(guest):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"vcpus": 0}, "vcpus"),
-    ({"rate_pages_per_s": -1}, "dirty rate"),
-    ({"rate_pages_per_s": float("nan")}, "dirty rate"),
-    ({"pattern": "bursty"}, "unknown pattern"),
-    ({"rate_pages_per_s": "fast"}, "dirty rate"),
+    ({"rate_pages_per_s": -1}, "rate_pages_per_s must be a number >= 0, got -1"),
+    ({"rate_pages_per_s": float("nan")}, "rate_pages_per_s must be a number >= 0, got nan"),
+    ({"pattern": "bursty"}, "pattern must be one of uniform, hotset, sequential, zipf, got 'bursty'"),
+    ({"rate_pages_per_s": "fast"}, "rate_pages_per_s must be a number >= 0, got 'fast'"),
     ({"write_size": 12}, "write_size"),
     ({"hot_fraction": 0}, "hot_fraction"),
     ({"hot_share": -0.1}, "hot_share"),
