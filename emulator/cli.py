@@ -26,18 +26,11 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from emulator import units
-from emulator.codecs import CODEC_NAMES
+from emulator import run_options, units
 from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, SweepProgress, describe_scenario,
                               format_status)
-from emulator.guest import FILL_PROFILES, GuestSpec
-from emulator.policy import PolicyConfig
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
-from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_DIRTY_RATE, DEFAULT_MEMORY_BYTES, DEFAULT_MESSAGE_BYTES,
-                               VERIFY_MODES, MigrationOptions, Scenario, default_batch_pages)
-from emulator.workload import WorkloadSpec
-from kernels.writers import PATTERNS
 
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
@@ -87,17 +80,6 @@ def _size_type(option, example, *, minimum=0, maximum=None):
     return parse
 
 
-def _page_size_type(text):
-    example = "4KiB"
-    try:
-        value = units.parse_size(text)
-    except ValueError as error:
-        raise _refuse("--page-size", error, example) from None
-    if value < 64 or value & (value - 1):
-        raise _refuse("--page-size", f"must be a power of two >= 64 bytes, got {text!r}", example)
-    return value
-
-
 def _int_type(option, example, *, minimum, maximum=None):
     def parse(text):
         try:
@@ -140,22 +122,6 @@ def _duration_type(option, example, *, default_unit="s", optional=False, positiv
     return parse
 
 
-def _bandwidth_type(text):
-    try:
-        return units.parse_bandwidth(text)
-    except ValueError as error:
-        raise _refuse("--max-bandwidth", error, "100MB/s") from None
-
-
-def _dirty_rate_type(text):
-    """Check the syntax now; the value depends on --page-size, so scenario_from_args converts it."""
-    try:
-        units.parse_dirty_rate(text, 4096)
-    except ValueError as error:
-        raise _refuse("--dirty-rate", error, "20000pages/s") from None
-    return text
-
-
 def _endpoint_type(option, example):
     def parse(text):
         scheme, sep, rest = text.partition("://")
@@ -177,27 +143,6 @@ def _rate_type(option, example):
         if value is None:
             raise _refuse(option, f"needs a rate, got {text!r}", example)
         return value
-
-    return parse
-
-
-def _list_type(option, example, check, *, keep_text=True):
-    """A comma-separated list, each item checked by `check` (a unit parser).
-
-    keep_text: return the items as given (the sweep reads units itself: a bare downtime
-    limit stays in milliseconds); otherwise return what `check` made of them.
-    """
-    def parse(text):
-        items = [item.strip() for item in text.split(",")]
-        if not all(items):
-            raise _refuse(option, f"empty item in {text!r}", example)
-        values = []
-        for item in items:
-            try:
-                values.append(check(item))
-            except (ValueError, argparse.ArgumentTypeError) as error:
-                raise _refuse(option, error, example) from None
-        return items if keep_text else values
 
     return parse
 
@@ -226,92 +171,10 @@ def _add_debug(parser, default):
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
 
 
-def _add_pattern_options(group):
-    """--pattern and its parameters: the same for migrations and for estimates."""
-    group.add_argument("--pattern", choices=tuple(PATTERNS), default="hotset",
-                       help="which pages the writers dirty (default hotset)")
-    group.add_argument("--hot-fraction", type=_float_type("--hot-fraction", "0.1", check=lambda v: 0 < v <= 1,
-                                                          expected="in (0, 1]"),
-                       default=0.1, metavar="F", help="hotset: share of pages that are hot (default 0.1)")
-    group.add_argument("--hot-share", type=_float_type("--hot-share", "0.9", check=lambda v: 0 <= v <= 1,
-                                                       expected="in [0, 1]"),
-                       default=0.9, metavar="F", help="hotset: share of writes to hot pages (default 0.9)")
-    group.add_argument("--stride", type=_int_type("--stride", "16", minimum=1), default=1, metavar="PAGES",
-                       help="sequential: pages per step (default 1)")
-    group.add_argument("--zipf-s", type=_float_type("--zipf-s", "1.2", check=lambda v: v > 0, expected="> 0"),
-                       default=1.0, metavar="S", help="zipf: exponent (default 1.0)")
-
-
-def _add_policy_options(group):
-    """When pre-copy stops (emulator.policy): the same for migrations and for estimates."""
-    group.add_argument("--downtime-limit", type=_duration_type("--downtime-limit", "300ms", default_unit="ms"),
-                       default=0.3, metavar="DURATION",
-                       help="blackout budget; a bare number is milliseconds, as QEMU (default 300ms)")
-    group.add_argument("--max-passes", type=_int_type("--max-passes", "30", minimum=1), default=30,
-                       metavar="N", help="switch over after this many passes, pass 0 included (default 30)")
-    group.add_argument("--max-time", type=_duration_type("--max-time", "60s", optional=True, positive=True),
-                       default=None, metavar="DURATION",
-                       help="switch over after this much pre-copy; a bare number is seconds (default none)")
-    group.add_argument("--on-stall", choices=("switchover", "abort"), default="switchover",
-                       help="when passes stop shrinking: force the final copy or give up (default switchover)")
-    group.add_argument("--stall-passes", type=_int_type("--stall-passes", "3", minimum=0), default=3,
-                       metavar="N", help="passes without a new minimum that mean stalled; 0 = never (default 3)")
-
-
-def _policy_from_args(args):
-    return _build("--downtime-limit/--max-passes/--max-time/--stall-passes", PolicyConfig,
-                  downtime_limit_s=args.downtime_limit,
-                  max_passes=args.max_passes,
-                  max_time_s=args.max_time,
-                  stall_passes=args.stall_passes or None,  # 0 = never
-                  on_stall=args.on_stall)
-
-
 def _add_run_options(parser):
-    """The options shared by `migrate` and `send`, grouped as the help shows them."""
-    guest = parser.add_argument_group("guest")
-    guest.add_argument("--memory", type=_size_type("--memory", "512MiB", minimum=1), default=DEFAULT_MEMORY_BYTES,
-                       metavar="SIZE", help="guest memory size (default 1GiB)")
-    guest.add_argument("--page-size", type=_page_size_type, default=4096, metavar="SIZE",
-                       help="page size, a power of two >= 64 bytes (default 4096)")
-    guest.add_argument("--fill", choices=FILL_PROFILES, default="mixed",
-                       help="initial memory content (default mixed: 40%% zero, 25%% text, 20%% half, 15%% random)")
-    guest.add_argument("--seed", type=_int_type("--seed", "42", minimum=0, maximum=2**64 - 1), default=0,
-                       metavar="N", help="seed of the guest content and of the writers (default 0)")
-
-    workload = parser.add_argument_group("workload")
-    workload.add_argument("--vcpus", type=_int_type("--vcpus", "4", minimum=1, maximum=1024), default=1,
-                          metavar="N", help="writer threads (default 1)")
-    workload.add_argument("--dirty-rate", type=_dirty_rate_type, default=f"{DEFAULT_DIRTY_RATE:.0f}pages/s",
-                          metavar="RATE",
-                          help="page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s "
-                               "(divided by the page size); max = unpaced; 0 = idle (default 50000pages/s)")
-    _add_pattern_options(workload)
-    workload.add_argument("--write-size", type=_size_type("--write-size", "64", minimum=8), default=8,
-                          metavar="SIZE", help="bytes per write, a multiple of 8 up to the page size (default 8)")
-
-    migration = parser.add_argument_group("migration")
-    migration.add_argument("--codec", choices=tuple(CODEC_NAMES), default="lz4", help="page codec (default lz4)")
-    migration.add_argument("--channels", type=_int_type("--channels", "4", minimum=1, maximum=64), default=1,
-                           metavar="N", help="data connections, as multifd (default 1)")
-    migration.add_argument("--batch-pages", type=_int_type("--batch-pages", "1024", minimum=1, maximum=65536),
-                           default=None, metavar="N",
-                           help=f"pages per data message (default {DEFAULT_MESSAGE_BYTES >> 20} MiB worth: "
-                                f"{DEFAULT_BATCH_PAGES} of 4 KiB)")
-    _add_policy_options(migration)
-    migration.add_argument("--max-bandwidth", type=_bandwidth_type, default=None, metavar="RATE",
-                           help="bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited (default unlimited)")
-    migration.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
-                           default=256 << 10, metavar="SIZE", help="vCPU/device state sent in the blackout (default 256KiB)")
-    migration.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
-                           metavar="DURATION", help="longest wait for the peer; a bare number is seconds (default 10s)")
-    migration.add_argument("--auto-converge", action="store_true",
-                           help="throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's "
-                                "auto-converge (20%%, then +10%% per pass, at most 99%%)")
-    migration.add_argument("--verify", choices=VERIFY_MODES, default="incremental",
-                           help="memory check: incremental = running digests compared in the blackout, the paused "
-                                "source re-hashed after resume; full = all memory hashed inside the blackout "
-                                "(default incremental)")
+    """The options shared by `migrate` and `send` (emulator.run_options), grouped as the help shows them."""
+    for title in run_options.GROUPS:
+        run_options.add_options(parser.add_argument_group(title), run_options.keys_of(title))
 
     output = parser.add_argument_group("output")
     output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
@@ -412,10 +275,7 @@ def build_parser():
     for sub in (status, setter):
         sub.add_argument("--pid", type=int, metavar="PID", help="which migration, when several run")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    setter.add_argument("--downtime-limit", metavar="DURATION", type=_duration_type("--downtime-limit", "500ms"),
-                        default=argparse.SUPPRESS, help="the new downtime limit")
-    setter.add_argument("--max-bandwidth", metavar="RATE", type=_bandwidth_type, default=argparse.SUPPRESS,
-                        help="the new bandwidth cap (or unlimited)")
+    run_options.add_options(setter, ("downtime_limit", "max_bandwidth"), defaults=False)
 
     analysis = _add_analysis_commands(commands)
 
@@ -432,24 +292,14 @@ def _add_analysis_commands(commands):
         description="Predict a migration with the rule of thumb (M / R x 1.5-3), the geometric pre-copy model "
                     "and the working-set model, under the same switch-over policy as 'migrate'. Pure computation.")
     guest = estimate.add_argument_group("guest and link")
-    guest.add_argument("--memory", type=_size_type("--memory", "64GiB", minimum=1), default=DEFAULT_MEMORY_BYTES,
-                       metavar="SIZE", help="guest memory M (default 1GiB)")
-    guest.add_argument("--page-size", type=_page_size_type, default=4096, metavar="SIZE",
-                       help="page size (default 4096)")
+    run_options.add_options(guest, ("memory", "page_size"))
     guest.add_argument("--bandwidth", type=_rate_type("--bandwidth", "1GB/s"), default=1e9, metavar="RATE",
                        help="link throughput: 1GB/s, 10Gbit/s (default 1GB/s)")
-    guest.add_argument("--compression-ratio", type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0,
-                                                               expected="> 0"),
-                       default=1.0, metavar="C", help="guest bytes per wire byte; R = link x C (default 1: raw)")
-    dirty = estimate.add_argument_group("dirty behaviour")
-    dirty.add_argument("--dirty-rate", type=_dirty_rate_type, default=f"{DEFAULT_DIRTY_RATE:.0f}pages/s",
-                       metavar="RATE", help="page writes/s (20000pages/s) or bytes/s (100MiB/s) (default 50000pages/s)")
-    _add_pattern_options(dirty)
-    rules = estimate.add_argument_group("policy")
-    _add_policy_options(rules)
-    rules.add_argument("--device-state", type=_size_type("--device-state", "256KiB", maximum=64 << 20),
-                       default=256 << 10, metavar="SIZE",
-                       help="vCPU/device state sent in the blackout (default 256KiB)")
+    guest.add_argument("--compression-ratio", type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0, expected="> 0"),
+                       default=1.0, metavar="C",
+                       help="guest bytes per wire byte; R = link x C (default 1: raw)")
+    run_options.add_options(estimate.add_argument_group("dirty behaviour"), _ESTIMATE_DIRTY_KEYS)
+    run_options.add_options(estimate.add_argument_group("policy"), _ESTIMATE_POLICY_KEYS)
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     sweep = commands.add_parser(
@@ -459,36 +309,12 @@ def _add_analysis_commands(commands):
                     "how well each model did.")
     sweep.add_argument("grid", nargs="?", metavar="GRID.toml", help="grid file (see bench/sweep.toml)")
     sweep.add_argument("--out", required=True, metavar="DIR", help="where the reports, sweep.csv and summary.txt go")
-    axes = sweep.add_argument_group("axes (comma-separated lists)")
-    axes.add_argument("--memory", type=_list_type("--memory", "256MiB,1GiB", units.parse_size), metavar="SIZES",
-                      help="guest sizes: 256MiB,1GiB")
-    axes.add_argument("--lambda", dest="lam", type=_lambda_list_type, metavar="LIST",
-                      help="dirty rate as a share of --max-bandwidth: 0,0.3,0.6 or 0:0.9:0.3")
-    axes.add_argument("--dirty-rate", type=_list_type("--dirty-rate", "20000,50000",
-                                                      lambda v: units.parse_dirty_rate(v, 4096)), metavar="RATES",
-                      help="page writes/s or bytes/s: 20000,100MiB/s (instead of --lambda)")
-    axes.add_argument("--pattern", type=_list_type("--pattern", "uniform,hotset", lambda v: _choice(v, PATTERNS)),
-                      metavar="LIST", help="writer patterns: uniform,hotset")
-    axes.add_argument("--hot-fraction", type=_list_type("--hot-fraction", "0.1", float), metavar="LIST",
-                      help="hotset: shares of pages that are hot")
-    axes.add_argument("--hot-share", type=_list_type("--hot-share", "0.9", float), metavar="LIST",
-                      help="hotset: shares of writes to hot pages")
-    axes.add_argument("--max-bandwidth", type=_list_type("--max-bandwidth", "100MB/s,300MB/s", units.parse_bandwidth),
-                      metavar="RATES", help="bandwidth caps: 100MB/s,300MB/s")
-    axes.add_argument("--codec", type=_list_type("--codec", "raw,lz4", lambda v: _choice(v, CODEC_NAMES)),
-                      metavar="LIST", help="page codecs: raw,lz4")
-    axes.add_argument("--downtime-limit", type=_list_type("--downtime-limit", "100ms,300ms",
-                                                          lambda v: units.parse_duration(v, "ms")), metavar="LIST",
-                      help="blackout budgets; a bare number is ms: 100ms,300ms")
-    axes.add_argument("--fill", type=_list_type("--fill", "random", lambda v: _choice(v, FILL_PROFILES)),
-                      metavar="LIST", help="initial memory contents: random,mixed")
-    axes.add_argument("--vcpus", type=_list_type("--vcpus", "1,2", int, keep_text=False), metavar="LIST",
-                      help="writer threads: 1,2")
-    axes.add_argument("--max-passes", type=_list_type("--max-passes", "30", int, keep_text=False), metavar="LIST",
-                      help="pass caps: 10,30")
-    axes.add_argument("--repeats", type=_int_type("--repeats", "3", minimum=1), metavar="N",
-                      help="runs per grid point, seeds SEED, SEED+1, ...")
-    axes.add_argument("--seed", type=_int_type("--seed", "0", minimum=0), metavar="N", help="first seed (default 0)")
+    axes = sweep.add_argument_group("axes: any run option of 'precopy migrate', as a comma-separated list")
+    axes.add_argument("--lambda", type=_lambda_list_type, default=argparse.SUPPRESS, metavar="LIST",
+                      help="dirty rate as a share of --max-bandwidth, instead of --dirty-rate: 0,0.3,0.6 or 0:0.9:0.3")
+    axes.add_argument("--repeats", type=_int_type("--repeats", "3", minimum=1), default=argparse.SUPPRESS,
+                      metavar="N", help="runs per grid point, seeds SEED, SEED+1, ... (default 1)")
+    run_options.add_axes(axes)
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -502,55 +328,13 @@ def _add_analysis_commands(commands):
     return estimate, sweep, plot
 
 
-def _choice(value, choices):
-    if value not in choices:
-        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-    return value
-
-
 # arguments -> Scenario -------------------------------------------------------------------
-def _build(options, cls, **fields):
-    """cls(**fields), its validation error turned into a UsageError naming the options."""
-    try:
-        return cls(**fields)
-    except (ValueError, TypeError) as error:
-        raise UsageError(f"{options}: {error}") from None
-
-
 def scenario_from_args(args):
     """The Scenario that parsed `migrate`/`send` arguments describe; raises UsageError."""
-    if args.memory % args.page_size:
-        raise UsageError(f"--memory: {args.memory} bytes is not a whole number of {args.page_size}-byte pages "
-                         f"(example: --memory 512MiB)")
-    if args.write_size % 8 or args.write_size > args.page_size:
-        raise UsageError(f"--write-size: must be a multiple of 8 from 8 to the page size ({args.page_size} B), "
-                         f"got {args.write_size} (example: --write-size 64)")
-    guest = _build("--memory/--page-size/--fill/--seed", GuestSpec,
-                   memory_bytes=args.memory, page_size=args.page_size, fill=args.fill, seed=args.seed)
-    workload = _build("--vcpus/--dirty-rate/--pattern", WorkloadSpec,
-                      vcpus=args.vcpus,
-                      rate_pages_per_s=units.parse_dirty_rate(args.dirty_rate, args.page_size),
-                      pattern=args.pattern,
-                      write_size=args.write_size,
-                      hot_fraction=args.hot_fraction,
-                      hot_share=args.hot_share,
-                      stride=args.stride,
-                      zipf_s=args.zipf_s,
-                      seed=args.seed)
-    policy = _policy_from_args(args)
-    migration = _build("--codec/--channels/--batch-pages/--max-bandwidth/--device-state/--timeout/--verify/"
-                       "--auto-converge",
-                       MigrationOptions,
-                       codec=args.codec,
-                       channels=args.channels,
-                       batch_pages=args.batch_pages or default_batch_pages(args.page_size),
-                       max_bandwidth_bytes_per_s=args.max_bandwidth,
-                       device_state_bytes=args.device_state,
-                       timeout_s=args.timeout,
-                       verify=args.verify,
-                       auto_converge=args.auto_converge,
-                       policy=policy)
-    return Scenario(guest=guest, workload=workload, migration=migration)
+    try:
+        return run_options.scenario_from(run_options.given(args))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 # commands --------------------------------------------------------------------------------
@@ -715,23 +499,27 @@ def _run_keygen(args):
     return EXIT_OK
 
 
+_ESTIMATE_DIRTY_KEYS = ("dirty_rate", "pattern", "hot_fraction", "hot_share", "stride", "zipf_s")
+_ESTIMATE_POLICY_KEYS = ("downtime_limit", "max_passes", "max_time", "on_stall", "stall_passes", "device_state")
+
+
 def _run_estimate(args):
     from emulator import estimate
 
-    rate = units.parse_dirty_rate(args.dirty_rate, args.page_size)
-    if math.isinf(rate):
+    scenario = scenario_from_args(args)
+    workload, policy = scenario.workload, scenario.migration.policy
+    if workload.unpaced:
         raise UsageError("--dirty-rate: 'max' (unpaced) has no rate to model; give one (example: --dirty-rate 50000)")
-    dirty = _build("--dirty-rate/--pattern/--hot-fraction/--hot-share", estimate.DirtyBehaviour,
-                   rate_pages_per_s=rate, pattern=args.pattern, hot_fraction=args.hot_fraction,
-                   hot_share=args.hot_share, stride=args.stride, zipf_s=args.zipf_s)
-    if args.memory % args.page_size:
-        raise UsageError(f"--memory: {args.memory} bytes is not a whole number of {args.page_size}-byte pages "
-                         f"(example: --memory 64GiB)")
-    policy = _policy_from_args(args)
-    inputs = _build("--memory/--bandwidth/--compression-ratio", estimate.EstimateInputs,
-                    memory_bytes=args.memory, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
-                    page_size=args.page_size, compression_ratio=args.compression_ratio,
-                    device_state_bytes=args.device_state, policy=policy)
+    try:
+        dirty = estimate.DirtyBehaviour(rate_pages_per_s=workload.rate_pages_per_s, pattern=workload.pattern,
+                                        hot_fraction=workload.hot_fraction, hot_share=workload.hot_share,
+                                        stride=workload.stride, zipf_s=workload.zipf_s)
+        inputs = estimate.EstimateInputs(
+            memory_bytes=scenario.guest.memory_bytes, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
+            page_size=scenario.guest.page_size, compression_ratio=args.compression_ratio,
+            device_state_bytes=scenario.migration.device_state_bytes, policy=policy)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     result = estimate.estimate(inputs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -740,17 +528,11 @@ def _run_estimate(args):
     return EXIT_OK
 
 
-_SWEEP_AXES = (("memory", "memory"), ("lam", "lambda"), ("dirty_rate", "dirty_rate"), ("pattern", "pattern"),
-               ("hot_fraction", "hot_fraction"), ("hot_share", "hot_share"), ("max_bandwidth", "bandwidth"),
-               ("codec", "codec"), ("downtime_limit", "downtime_limit"), ("fill", "fill"), ("vcpus", "vcpus"),
-               ("max_passes", "max_passes"), ("repeats", "repeats"), ("seed", "seed"))
-
-
 def _run_sweep(args):
     from emulator import sweep
 
-    overrides = {key: getattr(args, attr) for attr, key in _SWEEP_AXES if getattr(args, attr) is not None}
-    if args.lam is not None and args.dirty_rate is not None:
+    overrides = {key: value for key, value in vars(args).items() if key in sweep.KEYS}
+    if "lambda" in overrides and "dirty_rate" in overrides:
         raise UsageError("--lambda/--dirty-rate: give one of them, not both")
     try:
         if args.grid is not None:

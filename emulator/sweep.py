@@ -6,18 +6,14 @@ come, each repeated ``repeats`` times with seeds ``seed``, ``seed + 1``, ... A T
 may hold several ``[[grid]]`` tables: each is a product of its own, with the top-level
 keys as defaults, and the runs are their union.
 
-Keys (units as on the command line, see emulator.units):
+Keys: every option of ``precopy migrate`` (emulator.run_options), named as the option with
+underscores (``--max-bandwidth`` is ``max_bandwidth``) and read with the same units, plus
 
-    memory, page_size, fill, seed, vcpus, write_size                the guest
-    dirty_rate or lambda, pattern, hot_fraction, hot_share,
-    stride, zipf_s                                                  what its vCPUs do
-    bandwidth, codec, channels, batch_pages, downtime_limit,
-    max_passes, max_time, stall_passes, on_stall, device_state,
-    verify, timeout                                                 how it migrates
-    repeats                                                         runs per point
+    lambda      the dirty rate as a share of the bandwidth cap (instead of dirty_rate):
+                dirty rate = lambda x max_bandwidth / page size (page writes/s)
+    repeats     runs per point
 
-``lambda`` sets the dirty rate as a share of the bandwidth cap: dirty rate = lambda x
-bandwidth / page size (page writes/s). A missing key takes ``precopy migrate``'s default.
+A missing key takes ``precopy migrate``'s default.
 
 Each run writes its JSON report; the CSV has one row per run: its inputs, what was
 measured, and each model's prediction (emulator.estimate) made as an operator would,
@@ -40,11 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator import estimate, units
-from emulator.guest import FILL_PROFILES, GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.scenario import MigrationOptions, Scenario, default_batch_pages
-from emulator.workload import WorkloadSpec
+from emulator import estimate, run_options, units
+from emulator.scenario import Scenario
 
 __all__ = [
     "COLUMNS",
@@ -58,112 +51,38 @@ __all__ = [
     "write_csv",
 ]
 
-# key -> (what it must be, for error messages)
-_KEYS: dict[str, str] = {
-    "memory": "a size such as 512MiB",
-    "page_size": "a size such as 4096",
-    "fill": f"one of {', '.join(FILL_PROFILES)}",
-    "seed": "a whole number >= 0",
-    "vcpus": "a whole number >= 1",
-    "write_size": "a size such as 8",
-    "dirty_rate": "a rate such as 20000pages/s or 100MiB/s",
-    "lambda": "a number >= 0 (dirty rate / bandwidth)",
-    "pattern": "uniform, hotset, sequential or zipf",
-    "hot_fraction": "a number in (0, 1]",
-    "hot_share": "a number in [0, 1]",
-    "stride": "a whole number >= 1",
-    "zipf_s": "a number > 0",
-    "bandwidth": "a rate such as 200MB/s, or unlimited",
-    "codec": "raw or lz4",
-    "channels": "a whole number >= 1",
-    "batch_pages": "a whole number >= 1",
-    "downtime_limit": "a duration such as 300ms (a bare number is ms)",
-    "max_passes": "a whole number >= 1",
-    "max_time": "a duration such as 60s, or none",
-    "stall_passes": "a whole number >= 0 (0 = never)",
-    "on_stall": "switchover or abort",
-    "device_state": "a size such as 256KiB",
-    "verify": "incremental or full",
-    "auto_converge": "true or false",
-    "timeout": "a duration such as 10s",
-    "repeats": "a whole number >= 1",
-}
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "on", "false", "off"):
-        return value.strip().lower() in ("true", "on")
-    raise ValueError("expected true or false")
-
-
-def _whole(value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"expected a whole number >= {minimum}")
-    return value
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("expected a number") from None
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
+# The keys a sweep adds to the run options' (emulator.run_options), and how each is read.
+def _lambda(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"must be a number >= 0 (dirty rate / bandwidth), got {value!r}")
     return float(value)
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("expected a string")
+def _repeats(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"must be a whole number >= 1, got {value!r}")
     return value
 
 
-def _optional_duration(value: Any) -> float | None:
-    if units.means_no_limit(value):
-        return None
-    return units.parse_duration(value)
+_SWEEP_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {"lambda": (_lambda, "0.6"), "repeats": (_repeats, "3")}
+KEYS = (*run_options.OPTIONS, *_SWEEP_KEYS)
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "memory": units.parse_size,
-    "page_size": units.parse_size,
-    "fill": _text,
-    "seed": lambda v: _whole(v, 0),
-    "vcpus": lambda v: _whole(v, 1),
-    "write_size": units.parse_size,
-    "dirty_rate": lambda v: v,  # needs the page size: converted when the run is built
-    "lambda": _number,
-    "pattern": _text,
-    "hot_fraction": _number,
-    "hot_share": _number,
-    "stride": lambda v: _whole(v, 1),
-    "zipf_s": _number,
-    "bandwidth": units.parse_bandwidth,
-    "codec": _text,
-    "channels": lambda v: _whole(v, 1),
-    "batch_pages": lambda v: _whole(v, 1),
-    "downtime_limit": lambda v: units.parse_duration(v, "ms"),
-    "max_passes": lambda v: _whole(v, 1),
-    "max_time": _optional_duration,
-    "stall_passes": lambda v: _whole(v, 0),
-    "on_stall": _text,
-    "device_state": units.parse_size,
-    "verify": _text,
-    "auto_converge": _flag,
-    "timeout": units.parse_duration,
-    "repeats": lambda v: _whole(v, 1),
-}
+def _read(key: str, value: Any) -> Any:
+    if key in _SWEEP_KEYS:
+        return _SWEEP_KEYS[key][0](value)
+    return run_options.OPTIONS[key].value(value)
 
 
-def _compact_size(n_bytes: int) -> str:
-    """1073741824 -> "1GiB", 268435456 -> "256MiB", 4096 -> "4KiB", 1000 -> "1000B"."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n_bytes % size == 0:
-            return f"{n_bytes // size}{unit}"
-    return f"{n_bytes}B"
+def _example(key: str) -> str:
+    """`key = value` as a grid file writes it: numbers bare, the rest quoted."""
+    text = _SWEEP_KEYS[key][1] if key in _SWEEP_KEYS else run_options.OPTIONS[key].example
+    try:
+        float(text)
+    except ValueError:
+        if text not in ("true", "false"):
+            text = repr(text)
+    return f"{key} = {text}"
 
 
 @dataclass(frozen=True)
@@ -179,7 +98,7 @@ class SweepRun:
     def name(self) -> str:
         """A file stem that says what the run is: 007-1GiB-uniform-lam0.60-s0."""
         s = self.scenario
-        memory = _compact_size(s.guest.memory_bytes)
+        memory = units.compact_size(s.guest.memory_bytes)
         if self.lambda_nominal is not None:
             load = f"lam{self.lambda_nominal:.2f}"
         elif s.workload.unpaced:
@@ -224,9 +143,9 @@ def grids_from_data(data: dict[str, Any], where: str = "grid") -> list[dict[str,
 
 
 def _check_keys(grid: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(grid) - set(_KEYS))
+    unknown = sorted(set(grid) - set(KEYS))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}: expected some of {', '.join(_KEYS)}")
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}: expected some of {', '.join(KEYS)}")
     if "dirty_rate" in grid and "lambda" in grid:
         raise ValueError(f"{where}: give dirty_rate or lambda, not both")
 
@@ -239,9 +158,9 @@ def _axis(grid: dict[str, Any], key: str, where: str) -> list[Any]:
     parsed = []
     for value in values:
         try:
-            parsed.append(_PARSERS[key](value))
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"{where}: {key} = {value!r}: {error} (expected {_KEYS[key]})") from None
+            parsed.append(_read(key, value))
+        except ValueError as error:
+            raise ValueError(f"{where}: {key} = {value!r}: {error} (example: {_example(key)})") from None
     return parsed
 
 
@@ -261,38 +180,19 @@ def expand(grids: list[dict[str, Any]], where: str = "grid") -> list[SweepRun]:
 
 
 def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> SweepRun:
-    page_size = point.get("page_size", 4096)
-    seed = point.get("seed", 0) + repeat
-    bandwidth = point.get("bandwidth")
-    lam = point.get("lambda")
+    values = {key: value for key, value in point.items() if key != "lambda"}
+    values["seed"] = point.get("seed", 0) + repeat
+    bandwidth, lam = point.get("max_bandwidth"), point.get("lambda")
     try:
         if lam is not None:
             if bandwidth is None:
-                raise ValueError("lambda needs a bandwidth cap (dirty rate = lambda x bandwidth)")
-            if lam < 0:
-                raise ValueError(f"lambda must be >= 0, got {lam!r}")
-            rate = lam * bandwidth / page_size
-        else:
-            rate = units.parse_dirty_rate(point.get("dirty_rate", "50000"), page_size)
-            if bandwidth is not None and not math.isinf(rate):
-                lam = rate * page_size / bandwidth
-        stall = point.get("stall_passes", 3)
-        policy = PolicyConfig(downtime_limit_s=point.get("downtime_limit", 0.3),
-                              max_passes=point.get("max_passes", 30), max_time_s=point.get("max_time"),
-                              stall_passes=stall or None, on_stall=point.get("on_stall", "switchover"))
-        scenario = Scenario(
-            GuestSpec(point.get("memory", 1 << 30), page_size, point.get("fill", "mixed"), seed),
-            WorkloadSpec(vcpus=point.get("vcpus", 1), rate_pages_per_s=rate, pattern=point.get("pattern", "hotset"),
-                         write_size=point.get("write_size", 8), hot_fraction=point.get("hot_fraction", 0.1),
-                         hot_share=point.get("hot_share", 0.9), stride=point.get("stride", 1),
-                         zipf_s=point.get("zipf_s", 1.0), seed=seed),
-            MigrationOptions(codec=point.get("codec", "lz4"), channels=point.get("channels", 1),
-                             batch_pages=point.get("batch_pages", default_batch_pages(page_size)), max_bandwidth_bytes_per_s=bandwidth,
-                             device_state_bytes=point.get("device_state", 256 << 10),
-                             timeout_s=point.get("timeout", 10.0), verify=point.get("verify", "incremental"),
-                             auto_converge=point.get("auto_converge", False), policy=policy),
-        )
-    except (ValueError, TypeError) as error:
+                raise ValueError("lambda needs a bandwidth cap (dirty rate = lambda x max_bandwidth)")
+            values["dirty_rate"] = lam * bandwidth / point.get("page_size", 4096)
+        scenario = run_options.scenario_from(values, name=lambda option: option.key)
+        rate = scenario.workload.rate_pages_per_s
+        if lam is None and bandwidth is not None and not math.isinf(rate):
+            lam = rate * scenario.guest.page_size / bandwidth
+    except ValueError as error:
         shown = ", ".join(f"{key}={value!r}" for key, value in point.items())
         raise ValueError(f"{where}: run {index} ({shown}): {error}") from None
     return SweepRun(index, scenario, repeat, lam)

@@ -31,6 +31,7 @@ import re
 from fractions import Fraction
 
 __all__ = [
+    "compact_size",
     "format_bytes",
     "format_duration",
     "format_rate",
@@ -262,6 +263,14 @@ def format_bytes(n: float) -> str:
     if n < _KIB and float(n).is_integer():
         return f"{int(n)} B"
     return _scaled(float(n), _KIB, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def compact_size(n_bytes: int) -> str:
+    """A size as it is typed, exactly: 1073741824 -> "1GiB", 4096 -> "4KiB", 1000 -> "1000B"."""
+    for unit, size in (("TiB", _KIB**4), ("GiB", _KIB**3), ("MiB", _KIB**2), ("KiB", _KIB)):
+        if n_bytes and n_bytes % size == 0:
+            return f"{n_bytes // size}{unit}"
+    return f"{n_bytes}B"
 
 
 def format_rate(bytes_per_s: float | None) -> str:

@@ -1,0 +1,278 @@
+"""The options of one migration, each defined once: the command line's flags and the sweep's keys.
+
+A RunOption names the Scenario field it sets (so its default is the default Scenario's
+and its bounds are the owning dataclass's rule, see emulator.fields), how a value is read
+(units as emulator.units reads them), its help and an example. From the table come the
+options of ``migrate`` and ``send`` (and the subset ``estimate`` takes), the
+comma-separated axes of ``sweep`` and the keys of a sweep's grid file; `scenario_from`
+builds the Scenario from whatever values were given. Adding an option is one entry here
+and its field in the dataclass.
+
+The flag is the key with dashes: key ``max_bandwidth`` is ``--max-bandwidth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from emulator import units
+from emulator.codecs import CODEC_NAMES
+from emulator.guest import FILL_PROFILES, GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIFY_MODES, MigrationOptions, Scenario,
+                               default_batch_pages)
+from emulator.workload import WorkloadSpec
+from kernels.writers import PATTERNS
+
+__all__ = ["GROUPS", "OPTIONS", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from"]
+
+_DEFAULTS = Scenario()
+_PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
+          "migration": (MigrationOptions, _DEFAULTS.migration), "policy": (PolicyConfig, _DEFAULTS.migration.policy)}
+
+
+# how a value is read: a command-line text, or a grid file's value (TOML gives numbers and booleans) ---
+def _whole_number(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise ValueError(f"must be a whole number, got {value!r}")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value.strip())
+    except (AttributeError, ValueError):
+        raise ValueError(f"must be a number, got {value!r}") from None
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "on", "false", "off"):
+        return value.strip().lower() in ("true", "on")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _optional_duration(value: Any) -> float | None:
+    return None if units.means_no_limit(value) else units.parse_duration(value)
+
+
+def _stall_passes(value: Any) -> int | None:
+    return _whole_number(value) or None  # 0 = never
+
+
+def _dirty_rate(value: Any) -> Any:
+    """The rate as given, its syntax checked: `scenario_from` divides a byte rate by the page size."""
+    units.parse_dirty_rate(value, 4096)
+    return value
+
+
+def _ms_duration(value: Any) -> float:
+    return units.parse_duration(value, "ms")  # as QEMU takes a downtime limit
+
+
+# how a default shows in the help -------------------------------------------------------------------
+def _shown_duration(value: float | None) -> str:
+    return "none" if value is None else units.format_duration(value)
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One option of a migration: the field it sets, how it is read, how the help shows it."""
+
+    key: str  # the sweep's key and argparse's dest; the flag is --key with dashes
+    group: str  # the help group: guest, workload or migration
+    part: str  # the Scenario part holding the field: guest, workload, migration or policy
+    field: str  # its field there
+    read: Callable[[Any], Any]  # text or grid value -> the field's value, before the field's rule
+    example: str
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    show: Callable[[Any], str] = str  # the default, as the help shows it
+    default_text: str | None = None  # the help's default where it is not one value
+    per_page: bool = False  # the value may be per byte: `scenario_from` converts it with the page size
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def is_flag(self) -> bool:
+        return self.read is _flag
+
+    def value(self, given: Any) -> Any:
+        """The field's value for `given`, checked by the field's own rule; ValueError saying why not."""
+        value = self.read(given)
+        if not self.per_page:
+            _PARTS[self.part][0].RULES[self.field](value)
+        return value
+
+    def default_shown(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        return self.show(getattr(_PARTS[self.part][1], self.field))
+
+
+OPTIONS: dict[str, RunOption] = {option.key: option for option in (
+    # guest
+    RunOption("memory", "guest", "guest", "memory_bytes", units.parse_size, "512MiB", "guest memory size",
+              metavar="SIZE", show=units.compact_size),
+    RunOption("page_size", "guest", "guest", "page_size", units.parse_size, "2MiB",
+              "page size, a power of two >= 64 bytes", metavar="SIZE", show=units.compact_size),
+    RunOption("fill", "guest", "guest", "fill", _text, "random",
+              "initial memory content (mixed: 40%% zero, 25%% text, 20%% half, 15%% random)", choices=FILL_PROFILES),
+    RunOption("seed", "guest", "guest", "seed", _whole_number, "42", "seed of the guest content and of the writers",
+              metavar="N"),
+    # workload
+    RunOption("vcpus", "workload", "workload", "vcpus", _whole_number, "4", "writer threads", metavar="N"),
+    RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
+              "page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s (divided by the "
+              "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s", per_page=True),
+    RunOption("pattern", "workload", "workload", "pattern", _text, "uniform", "which pages the writers dirty",
+              choices=tuple(PATTERNS)),
+    RunOption("hot_fraction", "workload", "workload", "hot_fraction", _number, "0.2",
+              "hotset: share of pages that are hot", metavar="F"),
+    RunOption("hot_share", "workload", "workload", "hot_share", _number, "0.8",
+              "hotset: share of writes to hot pages", metavar="F"),
+    RunOption("stride", "workload", "workload", "stride", _whole_number, "16", "sequential: pages per step",
+              metavar="PAGES"),
+    RunOption("zipf_s", "workload", "workload", "zipf_s", _number, "1.2", "zipf: exponent", metavar="S"),
+    RunOption("write_size", "workload", "workload", "write_size", units.parse_size, "64",
+              "bytes per write, a multiple of 8 up to the page size", metavar="SIZE"),
+    # migration
+    RunOption("codec", "migration", "migration", "codec", _text, "raw", "page codec", choices=tuple(CODEC_NAMES)),
+    RunOption("channels", "migration", "migration", "channels", _whole_number, "4",
+              "data connections, as multifd", metavar="N"),
+    RunOption("batch_pages", "migration", "migration", "batch_pages", _whole_number, "256",
+              "pages per data message", metavar="N",
+              default_text=f"{DEFAULT_MESSAGE_BYTES >> 20} MiB worth: {DEFAULT_BATCH_PAGES} of 4 KiB"),
+    RunOption("downtime_limit", "migration", "policy", "downtime_limit_s", _ms_duration, "500ms",
+              "blackout budget; a bare number is milliseconds, as QEMU", metavar="DURATION", show=_shown_duration),
+    RunOption("max_passes", "migration", "policy", "max_passes", _whole_number, "10",
+              "switch over after this many passes, pass 0 included", metavar="N"),
+    RunOption("max_time", "migration", "policy", "max_time_s", _optional_duration, "60s",
+              "switch over after this much pre-copy; a bare number is seconds", metavar="DURATION",
+              show=_shown_duration),
+    RunOption("on_stall", "migration", "policy", "on_stall", _text, "abort",
+              "when passes stop shrinking: force the final copy or give up", choices=("switchover", "abort")),
+    RunOption("stall_passes", "migration", "policy", "stall_passes", _stall_passes, "5",
+              "passes without a new minimum that mean stalled; 0 = never", metavar="N"),
+    RunOption("max_bandwidth", "migration", "migration", "max_bandwidth_bytes_per_s", units.parse_bandwidth,
+              "100MB/s", "bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited", metavar="RATE",
+              show=units.format_rate),
+    RunOption("device_state", "migration", "migration", "device_state_bytes", units.parse_size, "1MiB",
+              "vCPU/device state sent in the blackout", metavar="SIZE", show=units.compact_size),
+    RunOption("timeout", "migration", "migration", "timeout_s", units.parse_duration, "30s",
+              "longest wait for the peer; a bare number is seconds", metavar="DURATION", show=_shown_duration),
+    RunOption("auto_converge", "migration", "migration", "auto_converge", _flag, "true",
+              "throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's auto-converge "
+              "(20%%, then +10%% per pass, at most 99%%)", show=lambda on: "on" if on else "off"),
+    RunOption("verify", "migration", "migration", "verify", _text, "full",
+              "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
+              "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),
+)}
+GROUPS = ("guest", "workload", "migration")
+
+
+def keys_of(group: str) -> list[str]:
+    """The keys of a help group, in the table's order."""
+    return [key for key, option in OPTIONS.items() if option.group == group]
+
+
+# the command line ----------------------------------------------------------------------------------
+def _argparse_type(option: RunOption) -> Callable[[str], Any]:
+    def parse(text):
+        try:
+            return option.value(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{error} (example: {option.flag} {option.example})") from None
+
+    return parse
+
+
+def add_options(group, keys: Iterable[str], *, defaults: bool = True) -> None:
+    """Add the options `keys` to an argparse parser or group; an option not given is absent from the result.
+
+    defaults: say each default in the help (not where the option changes something already set)."""
+    for key in keys:
+        option = OPTIONS[key]
+        help_text = f"{option.help} (default {option.default_shown()})" if defaults else option.help
+        if option.is_flag:
+            group.add_argument(option.flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(option.flag, type=_argparse_type(option), choices=option.choices,
+                               default=argparse.SUPPRESS, metavar=option.metavar, help=help_text)
+
+
+def _list_type(option: RunOption) -> Callable[[str], list[str]]:
+    """Comma-separated values, each checked now and kept as given (the sweep reads them as a grid's)."""
+    def parse(text):
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r} (example: {option.flag} {option.example})")
+        for item in items:
+            if option.choices is not None and item not in option.choices:
+                raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(option.choices)}")
+            _argparse_type(option)(item)
+        return items
+
+    return parse
+
+
+def add_axes(group) -> None:
+    """Every run option as a sweep axis: the flag takes a comma-separated list."""
+    for option in OPTIONS.values():
+        group.add_argument(option.flag, type=_list_type(option), default=argparse.SUPPRESS, metavar="LIST",
+                           help=f"{option.help} (example: {option.example})")
+
+
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The run options a parsed command line gave, by key."""
+    return {key: value for key, value in vars(args).items() if key in OPTIONS}
+
+
+# values -> Scenario ----------------------------------------------------------------------------------
+def scenario_from(values: dict[str, Any], name: Callable[[RunOption], str] = lambda option: option.flag) -> Scenario:
+    """The Scenario the `values` (key -> what `RunOption.value` gives) describe, the rest defaulted.
+
+    The seed seeds the guest's content and its writers; a dirty rate given as bytes/s is divided
+    by the page size; the message size follows the page size unless batch_pages is given.
+    ValueError names the options (by `name`) a refused part was built from."""
+    changes: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
+    page_size = values.get("page_size", _DEFAULTS.guest.page_size)
+    for key, value in values.items():
+        option = OPTIONS[key]
+        changes[option.part][option.field] = (units.parse_dirty_rate(value, page_size) if option.per_page
+                                               else value)
+    if "seed" in values:
+        changes["workload"]["seed"] = values["seed"]
+    changes["migration"].setdefault("batch_pages", default_batch_pages(page_size))
+
+    def built(part, **more):
+        try:
+            return dataclasses.replace(_PARTS[part][1], **changes[part], **more)
+        except ValueError as error:
+            names = [name(option) for key, option in OPTIONS.items() if key in values and option.part == part]
+            raise ValueError(f"{'/'.join(names) or part}: {error}") from None
+
+    guest, workload, policy = built("guest"), built("workload"), built("policy")
+    migration = built("migration", policy=policy)
+    try:
+        return Scenario(guest, workload, migration)
+    except ValueError as error:
+        raise ValueError(f"{name(OPTIONS['write_size'])}/{name(OPTIONS['page_size'])}: {error}") from None
