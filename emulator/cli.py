@@ -418,7 +418,7 @@ def _run_send(args):
     engine = _engine()
     display = _source_display(args)
     if display is not None:
-        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}: {describe_scenario(scenario)}")
+        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}\n{describe_scenario(scenario)}")
     return _finish(engine.send(scenario, args.to, progress=display, security=security), args, display)
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from emulator.units import format_bytes, format_duration, format_rate
+from emulator.units import compact_size, format_bytes, format_count, format_duration, format_rate
 
 __all__ = ["JsonStream", "LiveDisplay", "SweepProgress", "describe_scenario", "format_interval_line",
            "format_progress_line", "format_status"]
@@ -65,12 +65,13 @@ def format_interval_line(sample, page_size):
 
 
 def describe_scenario(scenario):
-    """One line of what a migration runs: guest, writers, codec, channels, downtime limit."""
+    """Two lines of what a migration runs: the guest and its writers; the codec, channels, cap and limit."""
     guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
     rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
-    return (f"guest {format_bytes(guest.memory_bytes)} ({guest.page_size} B pages, {guest.fill}), "
-            f"{workload.vcpus} vCPU(s) {workload.pattern} at {rate}; {migration.codec}, "
-            f"{migration.channels} channel(s), "
+    return (f"guest {format_bytes(guest.memory_bytes)} of {compact_size(guest.page_size)} pages ({guest.fill}), "
+            f"{format_count(workload.vcpus, 'vCPU')} writing {workload.pattern} at {rate}\n"
+            f"{migration.codec} over {format_count(migration.channels, 'channel')}, "
+            f"bandwidth cap {format_rate(migration.max_bandwidth_bytes_per_s)}, "
             f"downtime limit {format_duration(migration.policy.downtime_limit_s)}")
 
 
@@ -114,9 +115,10 @@ class LiveDisplay:
             self.stream.flush()
 
     def banner(self, text):
-        """A line about what is about to run (only when enabled)."""
+        """What is about to run (only when enabled): its first line after "precopy:", the rest indented."""
         if self.enabled:
-            self._write(f"precopy: {text}")
+            first, *more = text.splitlines()
+            self._write("\n".join([f"precopy: {first}", *(f"         {line}" for line in more)]))
 
     # Progress ------------------------------------------------------------------------
     def phase(self, name, elapsed_s):
@@ -199,7 +201,7 @@ class SweepProgress:
         left = elapsed / run.index * (total - run.index)
         if row.get("measured_factor") is not None:
             result = (f"factor {row['measured_factor']:.2f} (geometric {row['geometric_factor']:.2f},"
-                      f" working set {row['working_set_factor']:.2f}), {row['passes']} passes,"
+                      f" working set {row['working_set_factor']:.2f}), {format_count(row['passes'], 'pass')},"
                       f" blackout {format_duration(row['blackout_s'])}")
         else:
             result = f"{row['status']}: {row['reason']}"

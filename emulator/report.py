@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from emulator.scenario import Scenario
-from emulator.units import format_bytes, format_duration, format_rate
+from emulator.units import format_bytes, format_count, format_duration, format_rate
 
 __all__ = [
     "Blackout",
@@ -532,7 +532,7 @@ def format_summary(report: Report) -> str:
         )
         lines.append(
             f"pages        {ram['normal']:,} normal, {ram['duplicate']:,} zero,"
-            f" {ram['dirty-sync-count']} harvests"
+            f" {format_count(ram['dirty-sync-count'], 'harvest')}"
         )
         if summary["cpu-throttle-percentage"]:
             lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")

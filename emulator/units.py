@@ -32,6 +32,7 @@ from fractions import Fraction
 
 __all__ = [
     "compact_size",
+    "format_count",
     "format_bytes",
     "format_duration",
     "format_rate",
@@ -263,6 +264,13 @@ def format_bytes(n: float) -> str:
     if n < _KIB and float(n).is_integer():
         return f"{int(n)} B"
     return _scaled(float(n), _KIB, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"))
+
+
+def format_count(n: int, noun: str) -> str:
+    """A count and its noun, plural right: 1 vCPU, 2 vCPUs, 0 passes."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n:,} {noun}{'es' if noun.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def compact_size(n_bytes: int) -> str:

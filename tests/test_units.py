@@ -3,7 +3,9 @@ import math
 import pytest
 
 from emulator.units import (
+    compact_size,
     format_bytes,
+    format_count,
     format_duration,
     format_rate,
     parse_bandwidth,
@@ -291,3 +293,16 @@ def test_format_refuses_negative_and_nan():
             formatter(-1)
         with pytest.raises(ValueError, match="expected a number >= 0"):
             formatter(math.nan)
+
+
+@pytest.mark.parametrize("n, noun, text", [(1, "vCPU", "1 vCPU"), (2, "vCPU", "2 vCPUs"), (0, "pass", "0 passes"),
+                                           (1, "pass", "1 pass"), (12_000, "harvest", "12,000 harvests")])
+def test_format_count_says_the_plural_right(n, noun, text):
+    assert format_count(n, noun) == text
+
+
+@pytest.mark.parametrize("n_bytes, text", [(1 << 30, "1GiB"), (4096, "4KiB"), (3 << 40, "3TiB"), (1000, "1000B"),
+                                           (0, "0B")])
+def test_compact_size_is_exact_and_typeable(n_bytes, text):
+    assert compact_size(n_bytes) == text
+    assert parse_size(text) == n_bytes
