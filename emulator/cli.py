@@ -26,7 +26,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from emulator import run_options, units
+from emulator import link_speed, run_options, units
 from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, SweepProgress, describe_scenario,
                               format_status)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
@@ -329,10 +329,21 @@ def _add_analysis_commands(commands):
 
 
 # arguments -> Scenario -------------------------------------------------------------------
-def scenario_from_args(args):
-    """The Scenario that parsed `migrate`/`send` arguments describe; raises UsageError."""
+def scenario_from_args(args, destination=None):
+    """The Scenario that parsed `migrate`/`send` arguments describe; raises UsageError.
+
+    destination: the host the guest goes to, whose route gives the link's speed where the
+    cap is a share of the link and --link is not given."""
+    values = run_options.given(args)
+    share = values.get("max_bandwidth")
+    if isinstance(share, run_options.LinkShare) and "link" not in values and destination is not None:
+        try:
+            values["link"] = link_speed.speed_to(destination)
+        except link_speed.UnknownLinkSpeed as error:
+            raise UsageError(f"--max-bandwidth {share}: the link's speed cannot be read: {error}; give it "
+                             f"(example: --link 10Gbit/s)") from None
     try:
-        return run_options.scenario_from(run_options.given(args))
+        return run_options.scenario_from(values)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -400,7 +411,7 @@ def _check_memory_fits(scenario, copies, where):
 
 
 def _run_migrate(args):
-    scenario = scenario_from_args(args)
+    scenario = scenario_from_args(args, destination="127.0.0.1")  # the receiver listens on loopback
     _check_report_path(args.report)
     _check_memory_fits(scenario, 2, "a migration on this machine holds the guest twice (source and destination):")
     engine = _engine()
@@ -411,7 +422,7 @@ def _run_migrate(args):
 
 
 def _run_send(args):
-    scenario = scenario_from_args(args)
+    scenario = scenario_from_args(args, destination=args.to.partition("://")[2].rpartition(":")[0].strip("[]"))
     _check_report_path(args.report)
     _check_memory_fits(scenario, 1, "the source guest needs")
     security = _client_security(args)
@@ -610,6 +621,8 @@ def _run_set(args):
     changes = {name: given[option] for option, name in (("downtime_limit", "downtime_limit_s"),
                                                          ("max_bandwidth", "max_bandwidth_bytes_per_s"))
                if option in given}
+    if isinstance(changes.get("max_bandwidth_bytes_per_s"), run_options.LinkShare):
+        raise UsageError("--max-bandwidth: set takes a rate, not a share of the link (example: --max-bandwidth 100MB/s)")
     if not changes:
         raise UsageError("set: give --downtime-limit or --max-bandwidth (example: precopy set --downtime-limit 1s)")
     answer = control.ask(_running_migration(args), {"set": changes})

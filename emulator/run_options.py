@@ -28,7 +28,7 @@ from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIF
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
-__all__ = ["GROUPS", "OPTIONS", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from"]
+__all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from"]
 
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
@@ -81,6 +81,43 @@ def _dirty_rate(value: Any) -> Any:
     return value
 
 
+def _pages_per_s(value: Any, values: dict[str, Any]) -> float:
+    return units.parse_dirty_rate(value, values.get("page_size", _DEFAULTS.guest.page_size))
+
+
+@dataclass(frozen=True)
+class LinkShare:
+    """A bandwidth cap given as a share of the link ("25%"): bytes/s once the link's speed is known."""
+
+    fraction: float
+
+    def __str__(self):
+        return f"{self.fraction * 100:g}%"
+
+
+def _cap(value: Any) -> float | LinkShare | None:
+    """A bandwidth cap: a rate, unlimited, or a share of the link such as 25%."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"invalid share {value!r}: expected a percentage such as 25%") from None
+        if not 0 < percent <= 100:
+            raise ValueError(f"a share of the link must be more than 0% and at most 100%, got {value!r}")
+        return LinkShare(percent / 100)
+    return units.parse_bandwidth(value)
+
+
+def _cap_bytes_per_s(value: Any, values: dict[str, Any]) -> float | None:
+    if not isinstance(value, LinkShare):
+        return value
+    link = values.get("link")
+    if link is None:
+        raise ValueError(f"max_bandwidth {value} is a share of the link, whose speed is not known: give the "
+                         f"link's speed (example: --link 10Gbit/s)")
+    return value.fraction * link
+
+
 def _ms_duration(value: Any) -> float:
     return units.parse_duration(value, "ms")  # as QEMU takes a downtime limit
 
@@ -105,7 +142,8 @@ class RunOption:
     choices: tuple[str, ...] | None = None
     show: Callable[[Any], str] = str  # the default, as the help shows it
     default_text: str | None = None  # the help's default where it is not one value
-    per_page: bool = False  # the value may be per byte: `scenario_from` converts it with the page size
+    # (read value, all values) -> the field's value, where it depends on another option (checked when built)
+    resolve: Callable[[Any, dict[str, Any]], Any] | None = None
 
     @property
     def flag(self) -> str:
@@ -118,7 +156,7 @@ class RunOption:
     def value(self, given: Any) -> Any:
         """The field's value for `given`, checked by the field's own rule; ValueError saying why not."""
         value = self.read(given)
-        if not self.per_page:
+        if self.resolve is None:
             _PARTS[self.part][0].RULES[self.field](value)
         return value
 
@@ -142,7 +180,7 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("vcpus", "workload", "workload", "vcpus", _whole_number, "4", "writer threads", metavar="N"),
     RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
               "page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s (divided by the "
-              "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s", per_page=True),
+              "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s", resolve=_pages_per_s),
     RunOption("pattern", "workload", "workload", "pattern", _text, "uniform", "which pages the writers dirty",
               choices=tuple(PATTERNS)),
     RunOption("hot_fraction", "workload", "workload", "hot_fraction", _number, "0.2",
@@ -172,9 +210,12 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "when passes stop shrinking: force the final copy or give up", choices=("switchover", "abort")),
     RunOption("stall_passes", "migration", "policy", "stall_passes", _stall_passes, "5",
               "passes without a new minimum that mean stalled; 0 = never", metavar="N"),
-    RunOption("max_bandwidth", "migration", "migration", "max_bandwidth_bytes_per_s", units.parse_bandwidth,
-              "100MB/s", "bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s or unlimited", metavar="RATE",
-              show=units.format_rate),
+    RunOption("max_bandwidth", "migration", "migration", "max_bandwidth_bytes_per_s", _cap,
+              "100MB/s", "bandwidth cap: 100MB/s, 500MiB/s, 10Gbit/s, unlimited, or a share of the link: 25%%",
+              metavar="RATE", show=units.format_rate, resolve=_cap_bytes_per_s),
+    RunOption("link", "migration", "migration", "link_bytes_per_s", units.parse_bandwidth, "10Gbit/s",
+              "the link's speed, for a cap given as a share of it (send reads the NIC's speed for the route to the "
+              "destination when this is not given)", metavar="RATE", default_text="not known"),
     RunOption("device_state", "migration", "migration", "device_state_bytes", units.parse_size, "1MiB",
               "vCPU/device state sent in the blackout", metavar="SIZE", show=units.compact_size),
     RunOption("timeout", "migration", "migration", "timeout_s", units.parse_duration, "30s",
@@ -251,14 +292,17 @@ def scenario_from(values: dict[str, Any], name: Callable[[RunOption], str] = lam
     """The Scenario the `values` (key -> what `RunOption.value` gives) describe, the rest defaulted.
 
     The seed seeds the guest's content and its writers; a dirty rate given as bytes/s is divided
-    by the page size; the message size follows the page size unless batch_pages is given.
+    by the page size, a cap given as a share by the link's speed; the message size follows the
+    page size unless batch_pages is given.
     ValueError names the options (by `name`) a refused part was built from."""
     changes: dict[str, dict[str, Any]] = {part: {} for part in _PARTS}
-    page_size = values.get("page_size", _DEFAULTS.guest.page_size)
     for key, value in values.items():
         option = OPTIONS[key]
-        changes[option.part][option.field] = (units.parse_dirty_rate(value, page_size) if option.per_page
-                                               else value)
+        try:
+            changes[option.part][option.field] = value if option.resolve is None else option.resolve(value, values)
+        except ValueError as error:
+            raise ValueError(f"{name(option)}: {error}") from None
+    page_size = changes["guest"].get("page_size", _DEFAULTS.guest.page_size)
     if "seed" in values:
         changes["workload"]["seed"] = values["seed"]
     changes["migration"].setdefault("batch_pages", default_batch_pages(page_size))

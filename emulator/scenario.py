@@ -34,7 +34,8 @@ class MigrationOptions:
 
     codec: "raw" or "lz4"; channels: data connections (multifd analogue);
     batch_pages: pages per data message; max_bandwidth_bytes_per_s: token
-    bucket rate (None = unlimited); device_state_bytes: size of the vCPU and
+    bucket rate (None = unlimited); link_bytes_per_s: the link's speed, where
+    the cap was given as a share of it (None = not known); device_state_bytes: size of the vCPU and
     device state blob sent in the blackout; timeout_s: longest wait for the
     peer on any receive; policy: when to switch over (see emulator.policy).
     auto_converge: throttle the writers when a pass dirties more than half of what
@@ -50,6 +51,7 @@ class MigrationOptions:
     channels: int = 1
     batch_pages: int = DEFAULT_BATCH_PAGES
     max_bandwidth_bytes_per_s: float | None = None
+    link_bytes_per_s: float | None = None
     device_state_bytes: int = 256 << 10
     timeout_s: float = 10.0
     verify: str = "incremental"
@@ -61,6 +63,7 @@ class MigrationOptions:
         "channels": fields.whole(1, 64),
         "batch_pages": fields.whole(1, 65536),
         "max_bandwidth_bytes_per_s": fields.optional(fields.real(0, above=True), "unlimited"),
+        "link_bytes_per_s": fields.optional(fields.real(0, above=True, below=True), "not known"),
         "device_state_bytes": fields.size(0, 64 << 20),
         "timeout_s": fields.real(0, above=True, below=True),
         "verify": fields.one_of(VERIFY_MODES),

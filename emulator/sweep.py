@@ -182,8 +182,9 @@ def expand(grids: list[dict[str, Any]], where: str = "grid") -> list[SweepRun]:
 def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> SweepRun:
     values = {key: value for key, value in point.items() if key != "lambda"}
     values["seed"] = point.get("seed", 0) + repeat
-    bandwidth, lam = point.get("max_bandwidth"), point.get("lambda")
+    lam = point.get("lambda")
     try:
+        bandwidth = run_options.OPTIONS["max_bandwidth"].resolve(point.get("max_bandwidth"), point)  # a share too
         if lam is not None:
             if bandwidth is None:
                 raise ValueError("lambda needs a bandwidth cap (dirty rate = lambda x max_bandwidth)")
