@@ -5,7 +5,8 @@
     precopy receive --listen tcp://ADDR:PORT      destination end
 
 Exit status: 0 the migration completed; 1 it failed or was cancelled, or a runtime error;
-2 bad usage (one line ``precopy: error: ...`` naming the option); 130 interrupted (Ctrl-C).
+2 bad usage (one line ``precopy: error: ...`` naming the option); 3 completed with a warning
+event under --fail-on-warning; 130 interrupted (Ctrl-C).
 ``precopy`` with no subcommand prints the help and exits 0: asking for orientation is not
 an error. ``--debug`` shows tracebacks instead of one-line errors.
 
@@ -35,6 +36,7 @@ from emulator.receiver import DestinationLimits
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_WARNING = 3  # completed, with a warning event, under --fail-on-warning
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 _EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED}
 
@@ -179,6 +181,9 @@ def _add_run_options(parser):
     output = parser.add_argument_group("output")
     output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
     _add_json_quiet(output, what="the report JSON")
+    output.add_argument("--fail-on-warning", action="store_true",
+                        help=f"exit with status {EXIT_WARNING} when the migration completed with a warning event "
+                             "(a blackout past --blackout-warning), for CI pipelines")
     output.add_argument("--json-stream", action="store_true",
                         help="print the migration as it runs as newline-delimited JSON events on stdout (start, "
                              "interval, pass, blackout, message, end) instead of the live display and summary")
@@ -198,7 +203,7 @@ def build_parser():
     parser = _Parser(prog="precopy", description="Emulate live-migration memory pre-copy: a guest's memory is "
                      "streamed from a sender to a receiver over ZeroMQ while writer threads dirty it.",
                      epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: 0 completed, "
-                            "1 failed or cancelled, 2 bad usage, 130 interrupted.")
+                            "1 failed or cancelled, 2 bad usage, 3 a warning under --fail-on-warning, 130 interrupted.")
     _add_debug(parser, default=False)
     parser.add_argument("--version", action="version",
                         version=f"precopy {importlib.metadata.version('precopy')} (wire protocol {PROTOCOL_VERSION})")
@@ -395,6 +400,8 @@ def _finish(report, args, display):
     sys.stdout.flush()
     if args.report is not None:
         report.write(args.report)
+    if args.fail_on_warning and report.status == "completed" and report.events:
+        return EXIT_WARNING
     return exit_status([report.status])
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import threading
 import time
 from dataclasses import asdict
@@ -24,6 +25,7 @@ __all__ = ["JsonStream", "LiveDisplay", "SweepProgress", "describe_scenario", "f
            "format_progress_line", "format_status"]
 
 DEFAULT_INTERVAL_S = 1.0  # a status line this often during a pass, as iperf3's interval reports
+COLUMNS = 100  # the widest line the display writes
 
 
 def format_progress_line(record, page_size, total_pages):
@@ -140,8 +142,9 @@ class LiveDisplay:
             self._write(format_interval_line(sample, page_size))
 
     def message(self, text):
-        """A notable event: printed even when the phase and pass lines are not."""
-        self._write(f"precopy: {text}")
+        """A notable event: printed even when the phase and pass lines are not; wrapped to fit COLUMNS."""
+        self._write("\n".join(textwrap.wrap(text, COLUMNS, initial_indent="precopy: ", subsequent_indent=" " * 9,
+                                             break_on_hyphens=False)))
 
 
 class JsonStream:

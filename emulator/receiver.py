@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 
-from emulator import protocol
+from emulator import events, protocol
 from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
@@ -29,7 +29,7 @@ from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceSta
 from emulator.report import DestinationOutcome
 from emulator.scenario import Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
-from emulator.units import format_bytes
+from emulator.units import format_bytes, format_duration
 from emulator.workload import Workload
 
 
@@ -314,7 +314,17 @@ class Destination:
         }))
         self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
         self._say("resumed and announced")
+        self._warn_if_long(self.clock() - self.switchover_at)
         self.workload.stop()  # the emulation ends here; a real guest would keep running
+
+    def _warn_if_long(self, blackout_s):
+        """The destination's view of the blackout (switch-over to resumed) past the run's warning threshold."""
+        options = self.scenario.migration
+        threshold = events.blackout_threshold_s(options.blackout_warning_s, options.policy.downtime_limit_s)
+        if blackout_s > threshold:
+            self._say(f"warning: the blackout lasted {format_duration(blackout_s)} here, past the "
+                      f"{format_duration(threshold)} warning threshold (long-blackout; the source's report "
+                      f"names the likely cause)")
 
     # messages -----------------------------------------------------------------
     def _send(self, frames):

@@ -21,11 +21,13 @@ import platform
 import socket
 import sys
 import tempfile
+import textwrap
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
+from emulator.events import Event
 from emulator.scenario import Scenario
 from emulator.units import format_bytes, format_count, format_duration, format_rate
 
@@ -189,6 +191,7 @@ class Report:
     host: where it ran (``host_info()``).
     destination: the destination's own outcome, when this process heard it (``migrate``).
     parameter_changes: what `precopy set` changed during the run, in order.
+    events: what the run warns about (emulator.events), in order.
     location: where the guest runs after the migration, as the destination announced it.
     phases: the six phases in order, as far as the run got.
     blackout: None if the run never paused the guest.
@@ -206,6 +209,7 @@ class Report:
     destination: DestinationOutcome | None = None
     location: str | None = None
     parameter_changes: list[ParameterChange] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     passes: list[PassRecord] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     blackout: Blackout | None = None
@@ -261,7 +265,8 @@ class Report:
                 raise ValueError(f"report.scenario: {error}") from None
         if data.get("destination") is not None:
             data["destination"] = _build(DestinationOutcome, data["destination"], "report.destination")
-        for name, record in (("passes", PassRecord), ("phases", Phase), ("parameter_changes", ParameterChange)):
+        for name, record in (("passes", PassRecord), ("phases", Phase), ("parameter_changes", ParameterChange),
+                             ("events", Event)):
             data[name] = [_build(record, item, f"report.{name}[{i}]")
                           for i, item in enumerate(_as_list(data.get(name, []), f"report.{name}"))]
         if data.get("blackout") is not None:
@@ -583,4 +588,8 @@ def format_summary(report: Report) -> str:
         lines.append(f"set          {change.name} to {value} at {format_duration(change.time_s)} "
                      f"(pass {change.pass_no})")
     lines.append(f"digests      {digests}")
+    for event in report.events:
+        lines += textwrap.wrap(f"{event.name}: {format_duration(event.measured_s)} past the "
+                               f"{format_duration(event.threshold_s)} threshold; likely cause: {event.cause}",
+                               100, initial_indent="warning      ", subsequent_indent=" " * 13)
     return "\n".join(lines)

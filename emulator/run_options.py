@@ -220,6 +220,9 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "vCPU/device state sent in the blackout", metavar="SIZE", show=units.compact_size),
     RunOption("timeout", "migration", "migration", "timeout_s", units.parse_duration, "30s",
               "longest wait for the peer; a bare number is seconds", metavar="DURATION", show=_shown_duration),
+    RunOption("blackout_warning", "migration", "migration", "blackout_warning_s", _optional_duration, "1s",
+              "a longer blackout is a warning event in the report and on both ends; never more than 63 s",
+              metavar="DURATION", default_text="twice the downtime limit"),
     RunOption("auto_converge", "migration", "migration", "auto_converge", _flag, "true",
               "throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's auto-converge "
               "(20%%, then +10%% per pass, at most 99%%)", show=lambda on: "on" if on else "off"),

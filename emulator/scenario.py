@@ -37,7 +37,8 @@ class MigrationOptions:
     bucket rate (None = unlimited); link_bytes_per_s: the link's speed, where
     the cap was given as a share of it (None = not known); device_state_bytes: size of the vCPU and
     device state blob sent in the blackout; timeout_s: longest wait for the
-    peer on any receive; policy: when to switch over (see emulator.policy).
+    peer on any receive; blackout_warning_s: a longer blackout is a warning
+    event (None: twice the downtime limit; never past 63 s, see emulator.events); policy: when to switch over (see emulator.policy).
     auto_converge: throttle the writers when a pass dirties more than half of what
     it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
     verify: "incremental" (both sides keep a running digest as pages cross; the
@@ -54,6 +55,7 @@ class MigrationOptions:
     link_bytes_per_s: float | None = None
     device_state_bytes: int = 256 << 10
     timeout_s: float = 10.0
+    blackout_warning_s: float | None = None
     verify: str = "incremental"
     auto_converge: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -66,6 +68,7 @@ class MigrationOptions:
         "link_bytes_per_s": fields.optional(fields.real(0, above=True, below=True), "not known"),
         "device_state_bytes": fields.size(0, 64 << 20),
         "timeout_s": fields.real(0, above=True, below=True),
+        "blackout_warning_s": fields.optional(fields.real(0, above=True, below=True), "twice the downtime limit"),
         "verify": fields.one_of(VERIFY_MODES),
         "auto_converge": fields.flag,
     }

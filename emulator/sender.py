@@ -28,7 +28,7 @@ import uuid
 
 import numpy as np
 
-from emulator import policy, protocol
+from emulator import events, policy, protocol
 from emulator.batches import BatchEncoder
 from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
@@ -40,7 +40,6 @@ from emulator.report import Blackout, Interval, ParameterChange, PassRecord, Pha
 from emulator.units import format_rate
 from kernels import bitmap
 
-CAP_MET_SHARE = 0.9  # a pass 0 on the wire below this share of --max-bandwidth was held back by the CPU
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
 
@@ -122,6 +121,7 @@ class Source:
         self.unrecorded = None  # the _PassCounter of a pass (or blackout) still being sent
         self.paused = False
         self.blackout = None
+        self.events = []  # what the run warns about (emulator.events)
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
         self.setup_s = self.expected_downtime_s = self.decision = self.location = self.timeline = None
         self.downtime_limit_s = self.options.policy.downtime_limit_s  # precopy set may change it, and the cap
@@ -238,7 +238,7 @@ class Source:
     def _say_if_cpu_bound(self, record):
         """Pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link."""
         cap = self.options.max_bandwidth_bytes_per_s
-        if cap and record.bandwidth_bytes_per_s < CAP_MET_SHARE * cap:
+        if cap and record.bandwidth_bytes_per_s < events.CAP_MET_SHARE * cap:
             self.progress.message(
                 f"pass 0 ran at {format_rate(record.bandwidth_bytes_per_s)} on the wire, "
                 f"{record.bandwidth_bytes_per_s / cap:.0%} of the {format_rate(cap)} cap: this machine's CPU, "
@@ -352,10 +352,23 @@ class Source:
             resume_s=resumed.field("resume_s", (int, float)),
         )
         self.unrecorded = None  # the blackout record holds the final pass
+        self._warn_if_long(self.blackout)
         if self.destination_digest != self.source_digest:
             raise Mismatch(f"the destination resumed with memory digest {self.destination_digest}, the "
                            f"source's is {self.source_digest}: its memory is not the guest's (the source's "
                            "copy stays paused, so the guest never runs twice)")
+
+    def _warn_if_long(self, blackout):
+        """A blackout past the warning threshold is an event, with its likely cause."""
+        threshold = events.blackout_threshold_s(self.options.blackout_warning_s, self.downtime_limit_s)
+        if blackout.total_s <= threshold:
+            return
+        cause = events.likely_cause(self.passes, self.decision.reason, self.limiter.rate_bytes_per_s,
+                                    blackout.final_wire_bytes, blackout.final_send_s)
+        event = events.Event("long-blackout", self.timeline.now(), blackout.total_s, threshold, cause)
+        self.events.append(event)
+        if self.progress:
+            self.progress.message(events.warning_text(event))
 
     def _confirm_source_memory(self):
         """Incremental check, after the fact: the paused memory must hash to what was sent."""
@@ -414,5 +427,5 @@ class Source:
             passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
             switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
-            parameter_changes=self.parameter_changes,
+            parameter_changes=self.parameter_changes, events=self.events,
         )

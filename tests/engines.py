@@ -23,19 +23,19 @@ class Observer:
 
 
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
-             limits=None, after=None, progress=None):
+             limits=None, after=None, progress=None, destination_progress=None):
     """Migrate `scenario` from a Source to a Destination thread.
 
     Returns (report, outcome, source guest, destination); `destination.migrated` holds a
     copy of the destination's memory as verified, before its own writers resumed.
     limits: the destination's DestinationLimits (default: its defaults).
     after(workload): called once the source is done, while its writers may still run.
-    progress: the source's progress observer (an Observer), or None.
+    progress, destination_progress: each side's progress observer (an Observer), or None.
     """
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
     destination = Destination(destination_link, capacity_bytes=capacity_bytes, limits=limits or DestinationLimits(),
-                              on_verified=lambda verified: setattr(destination, "migrated", verified.data.copy()))
+                              progress=destination_progress, on_verified=lambda verified: setattr(destination, "migrated", verified.data.copy()))
     destination.migrated = None
     ended = {}
     thread = threading.Thread(target=lambda: ended.update(outcome=destination.run(hello_timeout_s=10)), daemon=True)

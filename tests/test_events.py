@@ -1,0 +1,103 @@
+"""The long-blackout event: its threshold, its likely cause from the pass records, both ends' warning, the exit status."""
+
+import math
+
+import pytest
+
+from emulator import events
+from emulator.cli import main
+from emulator.guest import GuestSpec
+from emulator.policy import PolicyConfig
+from emulator.report import PassRecord, Report
+from emulator.scenario import MigrationOptions, Scenario
+from emulator.transport import DestinationLink, SourceLink
+from emulator.workload import WorkloadSpec
+from tests.engines import Observer, run_pair
+
+MB = 1e6
+
+
+def record(pass_no, *, bandwidth=100 * MB, remaining_pages=0, threshold=30 * MB, pages=1000):
+    return PassRecord(pass_no, pages, pages * 4096, pages * 4096, 0, pages * 4096 / bandwidth, bandwidth,
+                      remaining_pages, 0.0, threshold, 0)
+
+
+@pytest.mark.parametrize("given, limit, threshold", [(None, 0.3, 0.6), (1.0, 0.3, 1.0), (None, 40.0, 63.0),
+                                                     (100.0, 0.3, 63.0)])
+def test_the_threshold_is_twice_the_limit_or_as_given_and_never_past_63_s(given, limit, threshold):
+    assert events.blackout_threshold_s(given, limit) == threshold
+
+
+def test_not_converged_comes_first():
+    passes = [record(0), record(1, remaining_pages=25_000, threshold=10 * 2**20)]
+    cause = events.likely_cause(passes, "stalled", 100 * MB, 1, 1.0)
+    assert cause == "not converged: pre-copy ended by stalled with 97.7 MiB dirty, 9.8x the 10.0 MiB that fit " \
+                    "the downtime limit"
+
+
+def test_a_pass_0_under_the_cap_is_cpu_bound():
+    cause = events.likely_cause([record(0, bandwidth=60 * MB)], "converged", 100 * MB, 1, 1.0)
+    assert cause == "CPU-bound: pass 0 ran at 60.0 MB/s, 60% of the 100 MB/s cap"
+
+
+def test_final_pages_slower_than_the_last_pass_mean_the_link_slowed():
+    cause = events.likely_cause([record(0)], "converged", None, 50 * MB, 1.0)
+    assert cause == "link slower than measured: the final pages crossed at 50.0 MB/s, the last pass measured 100 MB/s"
+    assert events.likely_cause([record(0)], "converged", None, 95 * MB, 1.0).startswith("device state")
+
+
+def _forced_long_blackout(tmp_path, *extra):
+    """Two passes of a 32 MiB guest dirtied faster than the 20 MB/s cap: the blackout sends ~15 MiB, ~0.8 s."""
+    path = tmp_path / "long.json"
+    status = main(["migrate", "--memory", "32MiB", "--fill", "random", "--codec", "raw", "--pattern", "uniform",
+                   "--dirty-rate", "30MB/s", "--max-bandwidth", "20MB/s", "--max-passes", "2",
+                   "--blackout-warning", "200ms", "--quiet", "--report", str(path), *extra])
+    return status, Report.read(path)
+
+
+def test_a_forced_long_blackout_is_an_event_and_fails_the_run_only_when_asked(tmp_path, capsys):
+    status, report = _forced_long_blackout(tmp_path)
+    assert status == 0 and report.status == "completed"
+    (event,) = report.events
+    assert (event.name, event.threshold_s) == ("long-blackout", 0.2)
+    assert event.measured_s == report.blackout.total_s > 0.2
+    assert event.cause.startswith("not converged: pre-copy ended by max-passes with ")
+    assert report.phases[-1].start_s >= event.time_s >= report.phases[2].start_s  # within the run
+    assert "warning      long-blackout: " in capsys.readouterr().out
+    status, report = _forced_long_blackout(tmp_path, "--fail-on-warning")
+    assert status == 3 and len(report.events) == 1
+
+
+def test_a_blackout_within_the_threshold_is_no_event(tmp_path):
+    path = tmp_path / "idle.json"
+    assert main(["migrate", "--memory", "8MiB", "--dirty-rate", "0", "--quiet", "--fail-on-warning",
+                 "--report", str(path)]) == 0
+    assert Report.read(path).events == []
+
+
+def test_both_ends_say_the_warning():
+    said = {"source": [], "destination": []}
+
+    class Said(Observer):
+        def __init__(self, side):
+            self.side = side
+
+        def message(self, text):
+            said[self.side].append(text)
+
+    scenario = Scenario(GuestSpec(4096 * 4096, fill="random"),
+                        WorkloadSpec(rate_pages_per_s=math.inf, pattern="uniform"),
+                        MigrationOptions(codec="raw", max_bandwidth_bytes_per_s=40e6, blackout_warning_s=0.01,
+                                         policy=PolicyConfig(max_passes=1)))
+    destination_link = DestinationLink("tcp://127.0.0.1:0", 10)
+    source_link = SourceLink(destination_link.endpoint, 10)
+    try:
+        report, outcome, _, _ = run_pair(scenario, source_link, destination_link, progress=Said("source"),
+                                         destination_progress=Said("destination"))
+    finally:
+        source_link.close()
+        destination_link.close()
+    assert report.status == outcome.status == "completed"
+    assert [text for text in said["source"] if text.startswith("warning: the blackout lasted ")]
+    assert [text for text in said["destination"] if text.startswith("warning: the blackout lasted ")
+            and "past the 10.0 ms warning threshold" in text]
