@@ -32,6 +32,7 @@ from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, Sweep
                               format_status)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
+from emulator.scenario import CONFIG_VERSION
 
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
@@ -248,6 +249,12 @@ def build_parser():
     limits.add_argument("--max-duration", type=_duration_type("--max-duration", "1h", positive=True),
                         default=defaults.max_duration_s, metavar="DURATION",
                         help=f"longest a migration may last from HELLO (default {defaults.max_duration_s:g}s)")
+    offers = receive.add_argument_group("what this destination offers a guest's configuration")
+    offers.add_argument("--switch", metavar="NAME", action="append", default=[],
+                        help="a virtual switch guests' network adapters may connect to (repeatable; default none)")
+    offers.add_argument("--config-version", type=_int_type("--config-version", "1", minimum=1),
+                        default=CONFIG_VERSION, metavar="N",
+                        help=f"the newest guest configuration version supported (default {CONFIG_VERSION})")
     once = receive.add_mutually_exclusive_group()
     once.add_argument("--serve", action="store_true",
                       help="keep accepting migrations, one after another, until interrupted")
@@ -330,7 +337,15 @@ def _add_analysis_commands(commands):
                     "(.csv) shows the measured overhead factor against lambda with the 1.5-3x band and the models.")
     plot.add_argument("inputs", nargs="+", metavar="FILE", help="report .json or sweep .csv")
     plot.add_argument("--out", metavar="DIR", help="where the PNGs go (default: beside each input, same name)")
-    return estimate, sweep, plot
+    compat = commands.add_parser(
+        "compat", help="describe this host's processor, or a cluster's common feature set",
+        description="As WS2025's dynamic processor compatibility: each host writes its processor with "
+                    "--describe; --hosts computes the features all of them have, for a guest's --cpu FILE, so it "
+                    "migrates anywhere in that cluster. Hosts of different vendors have no common set.")
+    what = compat.add_mutually_exclusive_group(required=True)
+    what.add_argument("--describe", action="store_true", help="print this host's processor as JSON")
+    what.add_argument("--hosts", nargs="+", metavar="FILE", help="files from --describe, one per host")
+    return estimate, sweep, plot, compat
 
 
 # arguments -> Scenario -------------------------------------------------------------------
@@ -494,7 +509,8 @@ def _run_receive(args):
     try:
         limits = DestinationLimits(max_vcpus=args.max_vcpus, max_channels=args.max_channels,
                                    max_device_state_bytes=args.max_device_state, max_message_bytes=args.max_message,
-                                   max_duration_s=args.max_duration)
+                                   max_duration_s=args.max_duration, switches=tuple(args.switch),
+                                   config_version=args.config_version)
         last = engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve,
                               progress=display, timeout_s=args.timeout, wait_s=args.wait, security=security,
                               insecure=args.insecure, on_outcome=on_outcome, ready=on_ready)
@@ -594,6 +610,20 @@ def _run_plot(args):
     return EXIT_OK
 
 
+def _run_compat(args):
+    from emulator import compat
+
+    if args.describe:
+        print(json.dumps(compat.describe(), indent=2))
+        return EXIT_OK
+    try:
+        common = compat.common({name: compat.load(name) for name in args.hosts})
+    except ValueError as error:
+        raise UsageError(f"--hosts: {error}") from None
+    print(json.dumps({"hosts": args.hosts, **common.to_dict()}, indent=2))
+    return EXIT_OK
+
+
 def _running_migration(args):
     from emulator import control
 
@@ -640,7 +670,7 @@ def _run_set(args):
 
 _COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive, "keygen": _run_keygen,
              "status": _run_status, "set": _run_set, "estimate": _run_estimate, "sweep": _run_sweep,
-             "plot": _run_plot}
+             "plot": _run_plot, "compat": _run_compat}
 
 
 def _interrupt(signum, frame):

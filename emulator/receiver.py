@@ -15,7 +15,7 @@ import hashlib
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 from emulator import events, protocol
@@ -27,9 +27,10 @@ from emulator.protocol import RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
                                        SourceAborted, Switchover, stranger_abort, stranger_refusal)
 from emulator.report import DestinationOutcome
-from emulator.scenario import Scenario
+from emulator.compat import CpuModel, this_cpu
+from emulator.scenario import CONFIG_VERSION, Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
-from emulator.units import format_bytes, format_duration
+from emulator.units import format_bytes, format_count, format_duration
 from emulator.workload import Workload
 
 
@@ -52,7 +53,9 @@ class DestinationLimits:
     """What one incoming migration may ask of this destination, besides its memory capacity.
 
     A HELLO beyond a limit is refused with the field, its value and the limit; a
-    migration that lasts longer than max_duration_s (from HELLO) is aborted.
+    migration that lasts longer than max_duration_s (from HELLO) is aborted. cpu,
+    switches and config_version are what this host offers a guest's configuration
+    (scenario.GuestConfig): a guest needing more is refused with every problem and its fix.
     """
 
     max_vcpus: int = 64
@@ -60,6 +63,9 @@ class DestinationLimits:
     max_device_state_bytes: int = 16 << 20
     max_message_bytes: int = 64 << 20  # batch pages x page size: what one data message may decode to
     max_duration_s: float = 3600.0
+    cpu: CpuModel = field(default_factory=this_cpu)  # what this host offers a guest
+    switches: tuple[str, ...] = ()
+    config_version: int = CONFIG_VERSION  # the newest guest configuration this destination supports
 
     def __post_init__(self):
         for name in ("max_vcpus", "max_channels", "max_device_state_bytes", "max_message_bytes"):
@@ -69,8 +75,34 @@ class DestinationLimits:
         if not self.max_duration_s > 0:
             raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s!r}")
 
-    def refusal(self, scenario):
-        """Why this destination will not host `scenario` within its limits, or None."""
+    def problems(self, scenario):
+        """Every reason this destination will not host `scenario` (besides memory capacity), each with its fix."""
+        found = []
+        config = scenario.config
+        if config.version > self.config_version:
+            found.append(f"config.version is {config.version}, newer than this destination supports "
+                         f"({self.config_version}): upgrade precopy on the destination, or give the guest "
+                         f"--config-version {self.config_version}")
+        if config.cpu is not None:
+            if config.cpu.vendor != self.cpu.vendor:
+                found.append(f"config.cpu.vendor is {config.cpu.vendor}, this destination's processor is "
+                             f"{self.cpu.vendor}: no compatibility mode moves a guest between vendors")
+            else:
+                missing = config.cpu.missing_on(self.cpu)
+                if missing:
+                    found.append(f"config.cpu.features: this destination's processor lacks "
+                                 f"{format_count(len(missing), 'feature')} the guest requires ({', '.join(missing)}): "
+                                 f"give the guest a cluster's common set (precopy compat --hosts ... > common.json, "
+                                 f"then --cpu common.json)")
+        for switch in config.switches:
+            if switch not in self.switches:
+                found.append(f"config.switches: the guest's network adapter connects to virtual switch "
+                             f"{switch!r}, which this destination lacks (it has "
+                             f"{', '.join(map(repr, self.switches)) or 'none'}): receive --switch {switch}")
+        refusal = self._beyond_limits(scenario)
+        return found + ([refusal] if refusal else [])
+
+    def _beyond_limits(self, scenario):
         options = scenario.migration
         asked = (
             ("workload.vcpus", scenario.workload.vcpus, self.max_vcpus, str),
@@ -233,13 +265,13 @@ class Destination:
             scenario = Scenario.from_dict(hello.field("scenario", dict))
         except ValueError as error:
             raise Refused(f"invalid scenario: {error}") from None
-        beyond = self.limits.refusal(scenario)
-        if beyond:
-            raise Refused(beyond)
+        problems = self.limits.problems(scenario)
         needed = scenario.guest.memory_bytes
         if needed > self.capacity_bytes:
-            raise Refused(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
-                          f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
+            problems.append(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
+                            f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
+        if problems:  # every one at once, so a user fixes them in one go
+            raise Refused("; ".join(problems))
         return scenario
 
     # pre-copy, blackout, resume ------------------------------------------------

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import units
+from emulator import compat, units
 from emulator.codecs import CODEC_NAMES
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
-from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIFY_MODES, MigrationOptions, Scenario,
-                               default_batch_pages)
+from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIFY_MODES, GuestConfig, MigrationOptions,
+                               Scenario, default_batch_pages)
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
@@ -32,7 +32,8 @@ __all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_optio
 
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
-          "migration": (MigrationOptions, _DEFAULTS.migration), "policy": (PolicyConfig, _DEFAULTS.migration.policy)}
+          "migration": (MigrationOptions, _DEFAULTS.migration), "policy": (PolicyConfig, _DEFAULTS.migration.policy),
+          "config": (GuestConfig, _DEFAULTS.config)}
 
 
 # how a value is read: a command-line text, or a grid file's value (TOML gives numbers and booleans) ---
@@ -118,6 +119,22 @@ def _cap_bytes_per_s(value: Any, values: dict[str, Any]) -> float | None:
     return value.fraction * link
 
 
+def _cpu(value: Any) -> compat.CpuModel | None:
+    """host: this machine's processor; any: no requirement; else a file from `precopy compat`."""
+    text = _text(value).strip()
+    if text == "host":
+        return compat.this_cpu()
+    if text == "any":
+        return None
+    return compat.load(text)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """Comma-separated names; none (or nothing) for no names."""
+    text = _text(value).strip()
+    return () if text in ("", "none") else tuple(name.strip() for name in text.split(","))
+
+
 def _ms_duration(value: Any) -> float:
     return units.parse_duration(value, "ms")  # as QEMU takes a downtime limit
 
@@ -175,6 +192,16 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("fill", "guest", "guest", "fill", _text, "random",
               "initial memory content (mixed: 40%% zero, 25%% text, 20%% half, 15%% random)", choices=FILL_PROFILES),
     RunOption("seed", "guest", "guest", "seed", _whole_number, "42", "seed of the guest content and of the writers",
+              metavar="N"),
+    RunOption("cpu", "guest", "config", "cpu", _cpu, "any",
+              "the processor the guest requires: host (this machine's), any, or a file from precopy compat "
+              "(--describe, or --hosts for a cluster's common set)", metavar="SPEC",
+              default_text="host: this machine's vendor and features"),
+    RunOption("switches", "guest", "config", "switches", _names, "External",
+              "virtual switches the guest's network adapters connect to, comma-separated", metavar="NAMES",
+              show=lambda names: ",".join(names) or "none"),
+    RunOption("config_version", "guest", "config", "version", _whole_number, "2",
+              "the guest's configuration version; a destination that supports only older ones refuses it",
               metavar="N"),
     # workload
     RunOption("vcpus", "workload", "workload", "vcpus", _whole_number, "4", "writer threads", metavar="N"),
@@ -320,6 +347,6 @@ def scenario_from(values: dict[str, Any], name: Callable[[RunOption], str] = lam
     guest, workload, policy = built("guest"), built("workload"), built("policy")
     migration = built("migration", policy=policy)
     try:
-        return Scenario(guest, workload, migration)
+        return Scenario(guest, workload, migration, built("config"))
     except ValueError as error:
         raise ValueError(f"{name(OPTIONS['write_size'])}/{name(OPTIONS['page_size'])}: {error}") from None

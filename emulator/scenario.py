@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from emulator import fields
+from emulator.compat import MAX_NAME, CpuModel, this_cpu
 from emulator.codecs import CODEC_NAMES
 from emulator.guest import GuestSpec
 from emulator.policy import PolicyConfig
@@ -26,6 +27,52 @@ def default_batch_pages(page_size):
 
 DEFAULT_BATCH_PAGES = default_batch_pages(4096)  # 1024, for the default page size
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
+
+
+CONFIG_VERSION = 1  # the guest configuration this precopy writes; a destination refuses a newer one
+MAX_SWITCHES = 64
+
+
+def _cpu_rule(value):
+    if value is not None and not isinstance(value, CpuModel):
+        raise ValueError(f"must be a CpuModel or none, got {value!r}")
+    return value
+
+
+def _switches_rule(value):
+    if not isinstance(value, tuple) or len(value) > MAX_SWITCHES or not all(
+            isinstance(name, str) and 0 < len(name) <= MAX_NAME and "," not in name for name in value):
+        raise ValueError(f"must be at most {MAX_SWITCHES} switch names of 1 to {MAX_NAME} characters, "
+                         f"without commas, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """What a destination must offer a guest besides memory, as Hyper-V checks before it migrates.
+
+    version: the guest's configuration version (a destination that supports only older
+    ones refuses it); cpu: the processor it requires (emulator.compat; None = any; by
+    default this host's); switches: the virtual switches its network adapters connect to.
+    """
+
+    version: int = CONFIG_VERSION
+    cpu: CpuModel | None = field(default_factory=this_cpu)
+    switches: tuple[str, ...] = ()
+
+    RULES: ClassVar[dict] = {"version": fields.whole(1, 65535), "cpu": _cpu_rule, "switches": _switches_rule}
+
+    def __post_init__(self):
+        fields.check(self, self.RULES)
+
+    @classmethod
+    def from_dict(cls, data):
+        """From `asdict` output (lists for tuples, a dict for the CPU)."""
+        cpu = data.get("cpu")
+        switches = data.get("switches", ())
+        return cls(version=data.get("version", CONFIG_VERSION),
+                   cpu=None if cpu is None else CpuModel(cpu["vendor"], tuple(cpu["features"])),
+                   switches=tuple(switches) if isinstance(switches, list) else switches)
 
 
 @dataclass(frozen=True)
@@ -87,6 +134,7 @@ class Scenario:
     workload: WorkloadSpec = field(default_factory=lambda: WorkloadSpec(rate_pages_per_s=DEFAULT_DIRTY_RATE,
                                                                         pattern="hotset"))
     migration: MigrationOptions = field(default_factory=MigrationOptions)
+    config: GuestConfig = field(default_factory=GuestConfig)
 
     def __post_init__(self):
         if self.workload.write_size > self.guest.page_size:
@@ -109,6 +157,8 @@ class Scenario:
                 workload["rate_pages_per_s"] = float("inf")
             migration = dict(data["migration"])
             migration["policy"] = PolicyConfig(**migration["policy"])
-            return cls(GuestSpec(**data["guest"]), WorkloadSpec(**workload), MigrationOptions(**migration))
+            # a scenario written before the configuration existed required no processor
+            config = GuestConfig.from_dict(data["config"]) if "config" in data else GuestConfig(cpu=None)
+            return cls(GuestSpec(**data["guest"]), WorkloadSpec(**workload), MigrationOptions(**migration), config)
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed scenario: {error}") from None

@@ -8,7 +8,7 @@ import pytest
 from emulator import cli, run_options, sweep
 from emulator.guest import GuestSpec
 from emulator.run_options import OPTIONS, scenario_from
-from emulator.scenario import MigrationOptions, Scenario
+from emulator.scenario import GuestConfig, MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 
 DEFAULT = Scenario()
@@ -113,7 +113,7 @@ def test_a_bad_axis_item_is_refused_naming_the_option(capsys):
 
 def test_each_option_owns_a_field_with_a_rule():
     parts = {"guest": GuestSpec, "workload": WorkloadSpec, "migration": MigrationOptions,
-             "policy": type(DEFAULT.migration.policy)}
+             "policy": type(DEFAULT.migration.policy), "config": GuestConfig}
     for option in OPTIONS.values():
         cls = parts[option.part]
         assert option.field in {field.name for field in dataclasses.fields(cls)}, option.key
