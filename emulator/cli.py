@@ -32,7 +32,8 @@ from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, Sweep
                               format_status)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
-from emulator.scenario import CONFIG_VERSION
+from emulator.scenario import CONFIG_VERSION, GuestConfig
+from emulator.transport import parse_endpoint
 
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
@@ -93,6 +94,17 @@ def _int_type(option, example, *, minimum, maximum=None):
             bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
             raise _refuse(option, f"must be a whole number {bound}, got {text!r}", example)
         return value
+
+    return parse
+
+
+def _rule_type(option, example, read, rule):
+    """`rule(read(text))`: a value a dataclass's rule (emulator.fields) holds, refused naming the option."""
+    def parse(text):
+        try:
+            return rule(read(text))
+        except ValueError as error:
+            raise _refuse(option, error, example) from None
 
     return parse
 
@@ -251,8 +263,10 @@ def build_parser():
                         help=f"longest a migration may last from HELLO (default {defaults.max_duration_s:g}s)")
     offers = receive.add_argument_group("what this destination offers a guest's configuration")
     offers.add_argument("--switch", metavar="NAME", action="append", default=[],
+                        type=_rule_type("--switch", "External", lambda name: (name,), GuestConfig.RULES["switches"]),
                         help="a virtual switch guests' network adapters may connect to (repeatable; default none)")
-    offers.add_argument("--config-version", type=_int_type("--config-version", "1", minimum=1),
+    offers.add_argument("--config-version", type=_rule_type("--config-version", "1", run_options.whole_number,
+                                                            GuestConfig.RULES["version"]),
                         default=CONFIG_VERSION, metavar="N",
                         help=f"the newest guest configuration version supported (default {CONFIG_VERSION})")
     once = receive.add_mutually_exclusive_group()
@@ -444,7 +458,7 @@ def _run_migrate(args):
 
 
 def _run_send(args):
-    scenario = scenario_from_args(args, destination=args.to.partition("://")[2].rpartition(":")[0].strip("[]"))
+    scenario = scenario_from_args(args, destination=parse_endpoint(args.to)[0].strip("[]"))
     _check_report_path(args.report)
     _check_memory_fits(scenario, 1, "the source guest needs")
     security = _client_security(args)
@@ -509,7 +523,7 @@ def _run_receive(args):
     try:
         limits = DestinationLimits(max_vcpus=args.max_vcpus, max_channels=args.max_channels,
                                    max_device_state_bytes=args.max_device_state, max_message_bytes=args.max_message,
-                                   max_duration_s=args.max_duration, switches=tuple(args.switch),
+                                   max_duration_s=args.max_duration, switches=tuple(name for (name,) in args.switch),
                                    config_version=args.config_version)
         last = engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve,
                               progress=display, timeout_s=args.timeout, wait_s=args.wait, security=security,
@@ -654,10 +668,8 @@ def _run_status(args):
 def _run_set(args):
     from emulator import control
 
-    given = vars(args)  # an option not given is absent (argparse.SUPPRESS): unlimited is None, and given
-    changes = {name: given[option] for option, name in (("downtime_limit", "downtime_limit_s"),
-                                                         ("max_bandwidth", "max_bandwidth_bytes_per_s"))
-               if option in given}
+    # an option not given is absent (argparse.SUPPRESS): unlimited is None, and given
+    changes = {run_options.OPTIONS[key].field: value for key, value in run_options.given(args).items()}
     if isinstance(changes.get("max_bandwidth_bytes_per_s"), run_options.LinkShare):
         raise UsageError("--max-bandwidth: set takes a rate, not a share of the link (example: --max-bandwidth 100MB/s)")
     if not changes:

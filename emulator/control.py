@@ -19,7 +19,9 @@ import zmq
 from emulator.policy import PolicyConfig
 from emulator.scenario import MigrationOptions
 
-SETTABLE = ("downtime_limit_s", "max_bandwidth_bytes_per_s")  # what a running migration may change
+# what a running migration may change, each checked by the rule of the dataclass that holds it in a scenario
+SETTABLE = {"downtime_limit_s": PolicyConfig.RULES["downtime_limit_s"],
+            "max_bandwidth_bytes_per_s": MigrationOptions.RULES["max_bandwidth_bytes_per_s"]}
 POLL_MS = 250  # how often the serving thread looks for its stop
 
 
@@ -35,9 +37,10 @@ def checked_change(name, value):
     """`value` for setting `name` on a running migration; ValueError naming what is wrong."""
     if name not in SETTABLE:
         raise ValueError(f"{name!r} cannot be changed while a migration runs: only {', '.join(SETTABLE)}")
-    if name == "downtime_limit_s":  # each checked by the dataclass that holds it in a scenario
-        return PolicyConfig(downtime_limit_s=value).downtime_limit_s
-    return MigrationOptions(max_bandwidth_bytes_per_s=value).max_bandwidth_bytes_per_s
+    try:
+        return SETTABLE[name](value)
+    except ValueError as error:
+        raise ValueError(f"{name} {error}") from None
 
 
 class ControlServer:
@@ -110,7 +113,7 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, as another user's
-        return True
+        pass
     return True
 
 

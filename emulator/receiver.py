@@ -16,9 +16,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
-from emulator import events, protocol
+from emulator import events, fields, protocol
 from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
@@ -28,7 +29,7 @@ from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceSta
                                        SourceAborted, Switchover, stranger_abort, stranger_refusal)
 from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
-from emulator.scenario import CONFIG_VERSION, Scenario
+from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
 from emulator.units import format_bytes, format_count, format_duration
 from emulator.workload import Workload
@@ -46,6 +47,12 @@ def available_memory_bytes():
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _offered_cpu(value):
+    if not isinstance(value, CpuModel):
+        raise ValueError(f"must be a CpuModel, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -67,13 +74,14 @@ class DestinationLimits:
     switches: tuple[str, ...] = ()
     config_version: int = CONFIG_VERSION  # the newest guest configuration this destination supports
 
+    RULES: ClassVar[dict] = {
+        "max_vcpus": fields.whole(1), "max_channels": fields.whole(1), "max_device_state_bytes": fields.whole(1),
+        "max_message_bytes": fields.whole(1), "max_duration_s": fields.real(0, above=True),
+        "cpu": _offered_cpu, "switches": GuestConfig.RULES["switches"], "config_version": GuestConfig.RULES["version"],
+    }
+
     def __post_init__(self):
-        for name in ("max_vcpus", "max_channels", "max_device_state_bytes", "max_message_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-        if not self.max_duration_s > 0:
-            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s!r}")
+        fields.check(self, self.RULES)
 
     def problems(self, scenario):
         """Every reason this destination will not host `scenario` (besides memory capacity), each with its fix."""

@@ -28,7 +28,8 @@ from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIF
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
-__all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from"]
+__all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from",
+           "whole_number"]
 
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
@@ -37,7 +38,8 @@ _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEF
 
 
 # how a value is read: a command-line text, or a grid file's value (TOML gives numbers and booleans) ---
-def _whole_number(value: Any) -> int:
+def whole_number(value: Any) -> int:
+    """An int, or a text of decimal digits, as an int."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().isdigit():
@@ -73,7 +75,7 @@ def _optional_duration(value: Any) -> float | None:
 
 
 def _stall_passes(value: Any) -> int | None:
-    return _whole_number(value) or None  # 0 = never
+    return whole_number(value) or None  # 0 = never
 
 
 def _dirty_rate(value: Any) -> Any:
@@ -191,7 +193,7 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "page size, a power of two >= 64 bytes", metavar="SIZE", show=units.compact_size),
     RunOption("fill", "guest", "guest", "fill", _text, "random",
               "initial memory content (mixed: 40%% zero, 25%% text, 20%% half, 15%% random)", choices=FILL_PROFILES),
-    RunOption("seed", "guest", "guest", "seed", _whole_number, "42", "seed of the guest content and of the writers",
+    RunOption("seed", "guest", "guest", "seed", whole_number, "42", "seed of the guest content and of the writers",
               metavar="N"),
     RunOption("cpu", "guest", "config", "cpu", _cpu, "any",
               "the processor the guest requires: host (this machine's), any, or a file from precopy compat "
@@ -200,11 +202,11 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("switches", "guest", "config", "switches", _names, "External",
               "virtual switches the guest's network adapters connect to, comma-separated", metavar="NAMES",
               show=lambda names: ",".join(names) or "none"),
-    RunOption("config_version", "guest", "config", "version", _whole_number, "2",
+    RunOption("config_version", "guest", "config", "version", whole_number, "2",
               "the guest's configuration version; a destination that supports only older ones refuses it",
               metavar="N"),
     # workload
-    RunOption("vcpus", "workload", "workload", "vcpus", _whole_number, "4", "writer threads", metavar="N"),
+    RunOption("vcpus", "workload", "workload", "vcpus", whole_number, "4", "writer threads", metavar="N"),
     RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
               "page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s (divided by the "
               "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s", resolve=_pages_per_s),
@@ -214,21 +216,21 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "hotset: share of pages that are hot", metavar="F"),
     RunOption("hot_share", "workload", "workload", "hot_share", _number, "0.8",
               "hotset: share of writes to hot pages", metavar="F"),
-    RunOption("stride", "workload", "workload", "stride", _whole_number, "16", "sequential: pages per step",
+    RunOption("stride", "workload", "workload", "stride", whole_number, "16", "sequential: pages per step",
               metavar="PAGES"),
     RunOption("zipf_s", "workload", "workload", "zipf_s", _number, "1.2", "zipf: exponent", metavar="S"),
     RunOption("write_size", "workload", "workload", "write_size", units.parse_size, "64",
               "bytes per write, a multiple of 8 up to the page size", metavar="SIZE"),
     # migration
     RunOption("codec", "migration", "migration", "codec", _text, "raw", "page codec", choices=tuple(CODEC_NAMES)),
-    RunOption("channels", "migration", "migration", "channels", _whole_number, "4",
+    RunOption("channels", "migration", "migration", "channels", whole_number, "4",
               "data connections, as multifd", metavar="N"),
-    RunOption("batch_pages", "migration", "migration", "batch_pages", _whole_number, "256",
+    RunOption("batch_pages", "migration", "migration", "batch_pages", whole_number, "256",
               "pages per data message", metavar="N",
               default_text=f"{DEFAULT_MESSAGE_BYTES >> 20} MiB worth: {DEFAULT_BATCH_PAGES} of 4 KiB"),
     RunOption("downtime_limit", "migration", "policy", "downtime_limit_s", _ms_duration, "500ms",
               "blackout budget; a bare number is milliseconds, as QEMU", metavar="DURATION", show=_shown_duration),
-    RunOption("max_passes", "migration", "policy", "max_passes", _whole_number, "10",
+    RunOption("max_passes", "migration", "policy", "max_passes", whole_number, "10",
               "switch over after this many passes, pass 0 included", metavar="N"),
     RunOption("max_time", "migration", "policy", "max_time_s", _optional_duration, "60s",
               "switch over after this much pre-copy; a bare number is seconds", metavar="DURATION",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulator import estimate, run_options, units
+from emulator import estimate, fields, run_options, units
 from emulator.scenario import Scenario
 
 __all__ = [
@@ -51,20 +51,11 @@ __all__ = [
     "write_csv",
 ]
 
-# The keys a sweep adds to the run options' (emulator.run_options), and how each is read.
-def _lambda(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ValueError(f"must be a number >= 0 (dirty rate / bandwidth), got {value!r}")
-    return float(value)
-
-
-def _repeats(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be a whole number >= 1, got {value!r}")
-    return value
-
-
-_SWEEP_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {"lambda": (_lambda, "0.6"), "repeats": (_repeats, "3")}
+# The keys a sweep adds to the run options' (emulator.run_options): each key's rule and example.
+_SWEEP_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "lambda": (lambda value: float(fields.real(0, below=True)(value)), "0.6"),  # dirty rate / bandwidth
+    "repeats": (fields.whole(1), "3"),
+}
 KEYS = (*run_options.OPTIONS, *_SWEEP_KEYS)
 
 

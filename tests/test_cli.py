@@ -145,6 +145,16 @@ def test_send_and_receive_arguments():
         (["receive", "--listen", "tcp://*:1", "--max-message", "1.5B"], "--max-message"),
         (["receive", "--listen", "tcp://*:1", "--max-duration", "0"], "--max-duration"),
         (["migrate", "--max-bandwidth", "100"], "--max-bandwidth"),
+        (["migrate", "--max-bandwidth", "150%"], "--max-bandwidth"),
+        (["migrate", "--link", "fast"], "--link"),
+        (["migrate", "--blackout-warning", "0"], "--blackout-warning"),
+        (["migrate", "--switches", "External,,Storage"], "--switches"),
+        (["migrate", "--config-version", "0"], "--config-version"),
+        (["migrate", "--cpu", "/nonexistent/cpu.json"], "--cpu"),
+        (["receive", "--listen", "tcp://*:1", "--switch", "a,b"], "--switch"),
+        (["receive", "--listen", "tcp://*:1", "--switch", ""], "--switch"),
+        (["receive", "--listen", "tcp://*:1", "--config-version", "70000"], "--config-version"),
+        (["compat", "--hosts", "/nonexistent/a.json"], "--hosts"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(argv, option, capsys, fake_engine):
