@@ -34,6 +34,14 @@ def blackout_threshold_s(blackout_warning_s, downtime_limit_s):
     return min(wanted, LONG_BLACKOUT_S)
 
 
+def cpu_bound(first_pass, cap_bytes_per_s):
+    """How far below the cap pass 0 ran, where the CPU held it back ("pass 0 ran at ... cap"), else None."""
+    rate = first_pass.bandwidth_bytes_per_s
+    if not cap_bytes_per_s or rate >= CAP_MET_SHARE * cap_bytes_per_s:
+        return None
+    return f"pass 0 ran at {format_rate(rate)}, {rate / cap_bytes_per_s:.0%} of the {format_rate(cap_bytes_per_s)} cap"
+
+
 def likely_cause(passes, switchover_reason, cap_bytes_per_s, final_wire_bytes, final_send_s):
     """Why a blackout ran long, read from the pass records, in the order an operator would check."""
     last, first = passes[-1], passes[0]
@@ -42,9 +50,9 @@ def likely_cause(passes, switchover_reason, cap_bytes_per_s, final_wire_bytes, f
         return (f"not converged: pre-copy ended by {switchover_reason} with {format_bytes(left)} dirty, "
                 f"{left / last.threshold_bytes:.1f}x the {format_bytes(last.threshold_bytes)} that fit the "
                 f"downtime limit" if last.threshold_bytes else f"not converged: pre-copy ended by {switchover_reason}")
-    if cap_bytes_per_s and first.bandwidth_bytes_per_s < CAP_MET_SHARE * cap_bytes_per_s:
-        return (f"CPU-bound: pass 0 ran at {format_rate(first.bandwidth_bytes_per_s)}, "
-                f"{first.bandwidth_bytes_per_s / cap_bytes_per_s:.0%} of the {format_rate(cap_bytes_per_s)} cap")
+    held_back = cpu_bound(first, cap_bytes_per_s)
+    if held_back:
+        return f"CPU-bound: {held_back}"
     final_rate = final_wire_bytes / final_send_s if final_send_s > 0 else None
     if final_rate is not None and final_rate < LINK_MET_SHARE * last.bandwidth_bytes_per_s:
         return (f"link slower than measured: the final pages crossed at {format_rate(final_rate)}, "
@@ -52,7 +60,7 @@ def likely_cause(passes, switchover_reason, cap_bytes_per_s, final_wire_bytes, f
     return "device state, digest check and resume took longer than the pages (see the blackout record)"
 
 
-def warning_text(event):
-    """One line for the display."""
-    return (f"warning: the blackout lasted {format_duration(event.measured_s)}, past the "
+def warning_text(event, where=""):
+    """The display's words for `event`; where: whose view of the blackout it is (" here")."""
+    return (f"warning: the blackout lasted {format_duration(event.measured_s)}{where}, past the "
             f"{format_duration(event.threshold_s)} warning threshold ({event.name}); likely cause: {event.cause}")

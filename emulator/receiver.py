@@ -31,7 +31,7 @@ from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
-from emulator.units import format_bytes, format_count, format_duration
+from emulator.units import format_bytes, format_count
 from emulator.workload import Workload
 
 
@@ -305,11 +305,11 @@ class Destination:
                 if incoming.peer != self.peer:
                     self._refuse_intruder(incoming)
                     continue
-                events = self.protocol.receive_control(incoming.frames)
+                happened = self.protocol.receive_control(incoming.frames)
             else:
-                events = self.protocol.receive_data(incoming.channel, incoming.frames)
+                happened = self.protocol.receive_data(incoming.channel, incoming.frames)
             heard_at = time.monotonic()
-            for event in events:
+            for event in happened:
                 self._on_event(event)
 
     def _on_event(self, event):
@@ -361,10 +361,10 @@ class Destination:
         """The destination's view of the blackout (switch-over to resumed) past the run's warning threshold."""
         options = self.scenario.migration
         threshold = events.blackout_threshold_s(options.blackout_warning_s, options.policy.downtime_limit_s)
-        if blackout_s > threshold:
-            self._say(f"warning: the blackout lasted {format_duration(blackout_s)} here, past the "
-                      f"{format_duration(threshold)} warning threshold (long-blackout; the source's report "
-                      f"names the likely cause)")
+        if blackout_s > threshold:  # (the threshold of HELLO's downtime limit: a precopy set is not seen here)
+            event = events.Event("long-blackout", time.monotonic() - self.hello_at, blackout_s, threshold,
+                                 "named in the source's report")
+            self._say(events.warning_text(event, where=" here"))
 
     # messages -----------------------------------------------------------------
     def _send(self, frames):

@@ -512,6 +512,11 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else format_duration(value / 1e3)
 
 
+def format_parameter(name: str, value: float | None) -> str:
+    """A value `precopy set` gave a running migration (emulator.control.SETTABLE), in its unit."""
+    return format_duration(value) if name == "downtime_limit_s" else format_rate(value)
+
+
 def format_summary(report: Report) -> str:
     """A readable multi-line summary of a report."""
     summary = report.summary
@@ -583,9 +588,8 @@ def format_summary(report: Report) -> str:
     if report.switchover_reason:
         lines.append(f"switchover   {report.switchover_reason}")
     for change in report.parameter_changes:
-        value = (format_duration(change.value) if change.name == "downtime_limit_s"
-                 else format_rate(change.value))
-        lines.append(f"set          {change.name} to {value} at {format_duration(change.time_s)} "
+        lines.append(f"set          {change.name} to {format_parameter(change.name, change.value)} at "
+                     f"{format_duration(change.time_s)} "
                      f"(pass {change.pass_no})")
     lines.append(f"digests      {digests}")
     for event in report.events:

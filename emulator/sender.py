@@ -36,8 +36,8 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
-from emulator.report import Blackout, Interval, ParameterChange, PassRecord, Phase, Report, host_info, summarize
-from emulator.units import format_rate
+from emulator.report import (Blackout, Interval, ParameterChange, PassRecord, Phase, Report, format_parameter, host_info,
+                             summarize)
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -237,12 +237,9 @@ class Source:
 
     def _say_if_cpu_bound(self, record):
         """Pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link."""
-        cap = self.options.max_bandwidth_bytes_per_s
-        if cap and record.bandwidth_bytes_per_s < events.CAP_MET_SHARE * cap:
-            self.progress.message(
-                f"pass 0 ran at {format_rate(record.bandwidth_bytes_per_s)} on the wire, "
-                f"{record.bandwidth_bytes_per_s / cap:.0%} of the {format_rate(cap)} cap: this machine's CPU, "
-                "not the cap, set the pace")
+        held_back = events.cpu_bound(record, self.limiter.rate_bytes_per_s)
+        if held_back:
+            self.progress.message(f"{held_back}: this machine's CPU, not the cap, set the pace")
 
     def _throttle(self, record):
         """Auto-converge: slow the vCPUs when a pass dirtied more than it could afford."""
@@ -310,7 +307,7 @@ class Source:
                 self.limiter = make_limiter(value)
             self.parameter_changes.append(ParameterChange(self.timeline.now(), self.protocol.pass_no, name, value))
             if self.progress:
-                self.progress.message(f"set {name} to {value!r} in pass {self.protocol.pass_no}")
+                self.progress.message(f"set {name} to {format_parameter(name, value)} in pass {self.protocol.pass_no}")
 
     # phases 3-5: blackout, handover, resume ---------------------------------------
     def _blackout(self):

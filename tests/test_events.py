@@ -38,6 +38,8 @@ def test_not_converged_comes_first():
 def test_a_pass_0_under_the_cap_is_cpu_bound():
     cause = events.likely_cause([record(0, bandwidth=60 * MB)], "converged", 100 * MB, 1, 1.0)
     assert cause == "CPU-bound: pass 0 ran at 60.0 MB/s, 60% of the 100 MB/s cap"
+    assert events.cpu_bound(record(0, bandwidth=91 * MB), 100 * MB) is None  # within 90% of the cap
+    assert events.cpu_bound(record(0, bandwidth=60 * MB), None) is None  # no cap, nothing to fall short of
 
 
 def test_final_pages_slower_than_the_last_pass_mean_the_link_slowed():

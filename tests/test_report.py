@@ -14,6 +14,7 @@ from emulator.report import (
     PassRecord,
     Phase,
     Report,
+    format_parameter,
     format_summary,
     host_info,
     summarize,
@@ -382,3 +383,10 @@ def test_written_report_has_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("name, value, text", [("downtime_limit_s", 0.5, "500 ms"),
+                                               ("max_bandwidth_bytes_per_s", 12.5e6, "12.5 MB/s"),
+                                               ("max_bandwidth_bytes_per_s", None, "unlimited")])
+def test_a_set_parameter_reads_in_its_unit(name, value, text):
+    assert format_parameter(name, value) == text
