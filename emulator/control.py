@@ -22,7 +22,6 @@ from emulator.scenario import MigrationOptions
 # what a running migration may change, each checked by the rule of the dataclass that holds it in a scenario
 SETTABLE = {"downtime_limit_s": PolicyConfig.RULES["downtime_limit_s"],
             "max_bandwidth_bytes_per_s": MigrationOptions.RULES["max_bandwidth_bytes_per_s"]}
-POLL_MS = 250  # how often the serving thread looks for its stop
 
 
 def runtime_dir():
@@ -51,19 +50,25 @@ class ControlServer:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         try:
-            self.path = path or runtime_dir() / f"{os.getpid()}.ipc"
+            self.path = Path(path) if path else runtime_dir() / f"{os.getpid()}.ipc"
             self.socket.bind(f"ipc://{self.path}")
         except (OSError, zmq.ZMQError):  # no runtime directory, or another migration here has the socket:
-            self._stop.set()  # this one runs without
-        self._thread.start()
+            self.path = None  # this one runs without
+            self.socket.close()
+        else:
+            self._thread.start()
 
     def _serve(self):
-        while not self._stop.is_set():
-            if self.socket.poll(POLL_MS):
-                self.socket.send_string(json.dumps(self._answer(self.socket.recv())))
+        try:
+            while True:
+                if self.socket.poll():
+                    self.socket.send_string(json.dumps(self._answer(self.socket.recv())))
+        except zmq.ContextTerminated:  # close() ended the context: the poll returns at once, not at a timeout
+            pass
+        finally:
+            self.socket.close()
 
     def _answer(self, request):
         try:
@@ -80,12 +85,9 @@ class ControlServer:
             return {"error": str(error)}
 
     def close(self):
-        bound = not self._stop.is_set()
-        self._stop.set()
-        self._thread.join()
-        self.socket.close()
-        self.context.term()
-        if bound:
+        self.context.term()  # returns once the serving thread has closed its socket
+        if self.path is not None:
+            self._thread.join()
             self.path.unlink(missing_ok=True)
 
     def __enter__(self):

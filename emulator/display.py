@@ -104,11 +104,11 @@ class LiveDisplay:
 
     def __init__(self, stream=None, enabled=None, interval_s=DEFAULT_INTERVAL_S):
         self.stream = sys.stderr if stream is None else stream
-        self.interval_s = interval_s
         if enabled is None:
             isatty = getattr(self.stream, "isatty", None)
             enabled = bool(isatty and isatty())
         self.enabled = enabled
+        self.interval_s = interval_s if enabled else 0  # no lines shown: no samples taken
         self._lock = threading.Lock()
 
     def _write(self, line):

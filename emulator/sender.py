@@ -75,17 +75,16 @@ class _PassCounter:
 
 
 class _IntervalSampler:
-    """Gives the progress an Interval every progress.interval_s seconds of one pass (none if 0 or absent)."""
+    """Gives the progress an Interval every `every_s` seconds of one pass."""
 
-    def __init__(self, source, pass_pages):
-        self.source, self.pass_pages = source, pass_pages
-        self.every_s = getattr(source.progress, "interval_s", 0) or 0  # a progress without intervals has none
+    def __init__(self, source, pass_pages, every_s):
+        self.source, self.pass_pages, self.every_s = source, pass_pages, every_s
         self.started = self.last = source.clock()
         self.last_wire = 0
 
     def sample(self, counter):
         now = self.source.clock()
-        if not self.every_s or now - self.last < self.every_s:
+        if now - self.last < self.every_s:
             return
         source = self.source
         rate = counter.pages / max(now - self.started, 1e-9)  # pages/s of this pass so far
@@ -253,7 +252,8 @@ class Source:
     def _send_pages(self, page_numbers):
         """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
         counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
-        sampler = None if self.paused else _IntervalSampler(self, len(page_numbers))
+        every_s = getattr(self.progress, "interval_s", 0)  # a progress without intervals, or with 0, has none
+        sampler = _IntervalSampler(self, len(page_numbers), every_s) if every_s and not self.paused else None
         for index, batch in enumerate(self.encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()

@@ -423,6 +423,11 @@ def test_display_on_a_terminal_is_enabled():
     assert not LiveDisplay(FakeTTY(), enabled=False).enabled
 
 
+def test_a_display_that_shows_nothing_asks_for_no_interval_samples():
+    assert LiveDisplay(FakeTTY(), interval_s=2.0).interval_s == 2.0
+    assert LiveDisplay(io.StringIO(), interval_s=2.0).interval_s == 0  # not a terminal: the sender samples nothing
+
+
 def test_display_prints_a_line_per_phase_and_pass():
     stream = io.StringIO()
     display = LiveDisplay(stream, enabled=True)
