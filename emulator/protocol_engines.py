@@ -117,6 +117,7 @@ class _Engine:
 
     def __init__(self, role):
         self.session = Session(role)
+        self.pass_no = 0
         self._sent_seq = 0
         self._peer_seq = 0
 
@@ -159,7 +160,6 @@ class DestinationProtocol(_Engine):
 
     def __init__(self):
         super().__init__(DESTINATION)
-        self.pass_no = 0
         self._decoder = Decoder()
         self._channels = 0
         self._device_state_bytes = 0
@@ -323,7 +323,7 @@ class _PassCount:
 
 def stranger_abort(reason):
     """ABORT frames for a peer that has no migration here (seq 0: it has no session)."""
-    return encode_control(MsgType.ABORT, 0, 0, {"reason": reason})
+    return encode_control(MsgType.ABORT, 0, 0, _abort_body(reason, cancelled=False))
 
 
 def stranger_refusal(reason):
@@ -336,7 +336,6 @@ class SourceProtocol(_Engine):
 
     def __init__(self, channels, page_size):
         super().__init__(SOURCE)
-        self.pass_no = 0
         self.channels, self.page_size = channels, page_size
         self.messages = [0] * channels  # data messages of this pass, per channel
         self._data_seq = [0] * channels

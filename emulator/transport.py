@@ -117,6 +117,12 @@ def _probe(host, port, timeout_s):
         pass  # unreachable for now, or slow: ZeroMQ keeps trying until the deadline, which then speaks
 
 
+def _handshake_failure(monitor, *, server, secured):
+    """What the socket monitor's next event says of a failed handshake (security.why_handshake_failed), or None."""
+    event = recv_monitor_message(monitor)
+    return why_handshake_failed(event["event"], event["value"], server=server, secured=secured)
+
+
 @dataclass
 class Incoming:
     """A received message: its channel (CONTROL or a data channel number), frames, sender identity,
@@ -197,9 +203,7 @@ class SourceLink:
             ready = dict(_poll_in_slices(self._waiting[flag].poll, timeout_s))
             if self.monitor not in ready:
                 return self.control in ready
-            event = recv_monitor_message(self.monitor)
-            self.refused = why_handshake_failed(event["event"], event["value"], server=False,
-                                                secured=self.security is not None)
+            self.refused = _handshake_failure(self.monitor, server=False, secured=self.security is not None)
         raise PeerTimeout(self.refused)
 
     def close(self):
@@ -296,8 +300,7 @@ class DestinationLink:
         raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
 
     def _turned_away(self):
-        event = recv_monitor_message(self.monitor)
-        why = why_handshake_failed(event["event"], event["value"], server=True, secured=self.security is not None)
+        why = _handshake_failure(self.monitor, server=True, secured=self.security is not None)
         if why and self.on_turned_away:
             self.on_turned_away(why)
 
