@@ -321,8 +321,8 @@ def _add_analysis_commands(commands):
     run_options.add_options(guest, ("memory", "page_size"))
     guest.add_argument("--bandwidth", type=_rate_type("--bandwidth", "1GB/s"), default=1e9, metavar="RATE",
                        help="link throughput: 1GB/s, 10Gbit/s (default 1GB/s)")
-    guest.add_argument("--compression-ratio", type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0, expected="> 0"),
-                       default=1.0, metavar="C",
+    guest.add_argument("--compression-ratio", default=1.0, metavar="C",
+                       type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0, expected="> 0"),
                        help="guest bytes per wire byte; R = link x C (default 1: raw)")
     run_options.add_options(estimate.add_argument_group("dirty behaviour"), _ESTIMATE_DIRTY_KEYS)
     run_options.add_options(estimate.add_argument_group("policy"), _ESTIMATE_POLICY_KEYS)
@@ -671,7 +671,8 @@ def _run_set(args):
     # an option not given is absent (argparse.SUPPRESS): unlimited is None, and given
     changes = {run_options.OPTIONS[key].field: value for key, value in run_options.given(args).items()}
     if isinstance(changes.get("max_bandwidth_bytes_per_s"), run_options.LinkShare):
-        raise UsageError("--max-bandwidth: set takes a rate, not a share of the link (example: --max-bandwidth 100MB/s)")
+        raise UsageError("--max-bandwidth: set takes a rate, not a share of the link "
+                         "(example: --max-bandwidth 100MB/s)")
     if not changes:
         raise UsageError("set: give --downtime-limit or --max-bandwidth (example: precopy set --downtime-limit 1s)")
     answer = control.ask(_running_migration(args), {"set": changes})

@@ -28,8 +28,8 @@ from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIF
 from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
-__all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of", "scenario_from",
-           "whole_number"]
+__all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of",
+           "scenario_from", "whole_number"]
 
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
@@ -209,7 +209,8 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("vcpus", "workload", "workload", "vcpus", whole_number, "4", "writer threads", metavar="N"),
     RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
               "page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s (divided by the "
-              "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s", resolve=_pages_per_s),
+              "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s",
+              resolve=_pages_per_s),
     RunOption("pattern", "workload", "workload", "pattern", _text, "uniform", "which pages the writers dirty",
               choices=tuple(PATTERNS)),
     RunOption("hot_fraction", "workload", "workload", "hot_fraction", _number, "0.2",

@@ -82,10 +82,11 @@ class MigrationOptions:
     codec: "raw" or "lz4"; channels: data connections (multifd analogue);
     batch_pages: pages per data message; max_bandwidth_bytes_per_s: token
     bucket rate (None = unlimited); link_bytes_per_s: the link's speed, where
-    the cap was given as a share of it (None = not known); device_state_bytes: size of the vCPU and
-    device state blob sent in the blackout; timeout_s: longest wait for the
-    peer on any receive; blackout_warning_s: a longer blackout is a warning
-    event (None: twice the downtime limit; never past 63 s, see emulator.events); policy: when to switch over (see emulator.policy).
+    the cap was given as a share of it (None = not known); device_state_bytes:
+    size of the vCPU and device state blob sent in the blackout; timeout_s:
+    longest wait for the peer on any receive; blackout_warning_s: a longer
+    blackout is a warning event (None: twice the downtime limit; never past
+    63 s, see emulator.events); policy: when to switch over (see emulator.policy).
     auto_converge: throttle the writers when a pass dirties more than half of what
     it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
     verify: "incremental" (both sides keep a running digest as pages cross; the

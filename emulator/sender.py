@@ -36,8 +36,8 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
-from emulator.report import (Blackout, Interval, ParameterChange, PassRecord, Phase, Report, format_parameter, host_info,
-                             summarize)
+from emulator.report import (Blackout, Interval, ParameterChange, PassRecord, Phase, Report, format_parameter,
+                             host_info, summarize)
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -123,7 +123,7 @@ class Source:
         self.events = []  # what the run warns about (emulator.events)
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
         self.setup_s = self.expected_downtime_s = self.decision = self.location = self.timeline = None
-        self.downtime_limit_s = self.options.policy.downtime_limit_s  # precopy set may change it, and the cap
+        self.policy_in_force = self.options.policy  # precopy set may change its downtime limit, and the cap
         self.parameter_changes = []
         self._changes = queue.SimpleQueue()  # from the control thread to this one
         # as many numbers as the bitmap has bits: its last word may reach past the last page
@@ -187,7 +187,6 @@ class Source:
     # phase 2: pre-copy ---------------------------------------------------------
     def _precopy(self):
         self.timeline.begin("precopy")
-        policy_config = self.options.policy
         remaining_history = []
         sent_bytes = sent_s = 0.0
         pass_no = 0
@@ -206,9 +205,8 @@ class Source:
             bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages
             remaining_history.append(remaining * self.guest.page_size)
             self._apply_changes()
-            if policy_config.downtime_limit_s != self.downtime_limit_s:
-                policy_config = dataclasses.replace(policy_config, downtime_limit_s=self.downtime_limit_s)
-            decision = policy.decide(policy_config, remaining_history, bandwidth, self.timeline.now() - self.setup_s)
+            decision = policy.decide(self.policy_in_force, remaining_history, bandwidth,
+                                     self.timeline.now() - self.setup_s)
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
@@ -291,7 +289,8 @@ class Source:
             "transferred_bytes": sum(p.wire_bytes for p in passes) + (counter.wire_bytes if counter else 0),
             "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
             "dirty_pages_rate": last.dirty_pages_rate if last else None,
-            "downtime_limit_s": self.downtime_limit_s, "max_bandwidth_bytes_per_s": self.limiter.rate_bytes_per_s,
+            "downtime_limit_s": self.policy_in_force.downtime_limit_s,
+            "max_bandwidth_bytes_per_s": self.limiter.rate_bytes_per_s,
         }
 
     def change(self, name, value):
@@ -302,7 +301,7 @@ class Source:
         while not self._changes.empty():
             name, value = self._changes.get()
             if name == "downtime_limit_s":
-                self.downtime_limit_s = value
+                self.policy_in_force = dataclasses.replace(self.policy_in_force, downtime_limit_s=value)
             else:
                 self.limiter = make_limiter(value)
             self.parameter_changes.append(ParameterChange(self.timeline.now(), self.protocol.pass_no, name, value))
@@ -357,7 +356,7 @@ class Source:
 
     def _warn_if_long(self, blackout):
         """A blackout past the warning threshold is an event, with its likely cause."""
-        threshold = events.blackout_threshold_s(self.options.blackout_warning_s, self.downtime_limit_s)
+        threshold = events.blackout_threshold_s(self.options.blackout_warning_s, self.policy_in_force.downtime_limit_s)
         if blackout.total_s <= threshold:
             return
         cause = events.likely_cause(self.passes, self.decision.reason, self.limiter.rate_bytes_per_s,
