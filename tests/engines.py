@@ -22,6 +22,16 @@ class Observer:
         pass
 
 
+class Messages(Observer):
+    """A progress observer that keeps the engine's messages (`texts`)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def message(self, text):
+        self.texts.append(text)
+
+
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
              limits=None, after=None, progress=None, destination_progress=None):
     """Migrate `scenario` from a Source to a Destination thread.

@@ -15,7 +15,7 @@ from emulator.receiver import DestinationLimits
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import Workload, WorkloadSpec
 from kernels import pages
-from tests.engines import Observer, run_pair
+from tests.engines import Messages, run_pair
 from tests.fakelink import link_pair, wait_until
 
 PAGE = 4096
@@ -306,17 +306,12 @@ def test_a_guest_smaller_than_a_bitmap_word_migrates(memory_pages):
 
 @pytest.mark.parametrize("cap, cpu_bound", [(1e12, True), (2e6, False)])
 def test_a_pass_0_far_below_the_cap_is_said_to_be_cpu_bound(cap, cpu_bound):
-    messages = []
-
-    class Messages(Observer):
-        def message(self, text):
-            messages.append(text)
-
+    messages = Messages()
     s = scenario(memory_pages=256, fill="random", rate=0, codec="raw", max_bandwidth_bytes_per_s=cap)
-    report, outcome, _, _ = run_pair(s, *link_pair(), progress=Messages())
+    report, outcome, _, _ = run_pair(s, *link_pair(), progress=messages)
     assert report.status == "completed"
-    said = [text for text in messages if "not the cap, set the pace" in text]
-    assert bool(said) == cpu_bound, messages
+    said = [text for text in messages.texts if "not the cap, set the pace" in text]
+    assert bool(said) == cpu_bound, messages.texts
     if cpu_bound:
         assert said[0].startswith("pass 0 ran at ") and "of the 1.00 TB/s cap" in said[0]
 

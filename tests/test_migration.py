@@ -18,7 +18,7 @@ from emulator.report import Report
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.transport import DestinationLink, SourceLink
 from emulator.workload import WorkloadSpec
-from tests.engines import Observer, run_pair
+from tests.engines import Messages, run_pair
 
 PAGE = 4096
 
@@ -42,16 +42,6 @@ def test_writers_flat_out_over_tcp_arrive_byte_identical(codec, channels):
     assert report.blackout.final_pages > 0 and len(report.passes) == 3
     assert np.array_equal(destination.migrated, guest.data)
     assert report.blackout.total_s >= report.blackout.final_send_s + report.blackout.digest_check_s
-
-
-class Messages(Observer):
-    """Progress observer that keeps the engine's messages."""
-
-    def __init__(self):
-        self.texts = []
-
-    def message(self, text):
-        self.texts.append(text)
 
 
 def test_migrate_runs_the_receiver_in_a_child_process():

@@ -70,8 +70,9 @@ def test_pass_end_before_its_data_completes_when_the_last_message_arrives():
     assert destination.receive_data(*frames[1])[-1] == PassComplete(0)
 
 
-def error_of(call, *args):
-    with pytest.raises(RemoteProtocolError) as caught:
+def error_of(call, *args, error=RemoteProtocolError):
+    """The field and text of the protocol error (RemoteProtocolError unless `error` says) `call(*args)` raises."""
+    with pytest.raises(error) as caught:
         call(*args)
     return caught.value.field, str(caught.value)
 
@@ -150,12 +151,6 @@ def test_a_failed_source_still_tells_the_destination_why():
     assert abort[0].reason == "protocol error: seq: got 7, expected 1" and destination.finished
 
 
-def local_error_of(call, *args):
-    with pytest.raises(protocol.LocalProtocolError) as caught:
-        call(*args)
-    return caught.value.field, str(caught.value)
-
-
 def test_a_second_pass_end_for_one_pass():
     source, destination = joined()
     destination.receive_control(source.pass_end(0))
@@ -202,11 +197,12 @@ def test_a_message_that_does_not_decode_or_lacks_a_field_fails_the_side(frames):
 
 
 def test_our_own_misuse_is_a_local_error_that_fails_the_side():
+    local = protocol.LocalProtocolError
     source, destination = joined()
-    field, _ = local_error_of(destination.acknowledge_pass, 0, 0.0)  # pass 0 did not complete
+    field, _ = error_of(destination.acknowledge_pass, 0, 0.0, error=local)  # pass 0 did not complete
     assert field == "type" and destination.state == "FAILED"
     source, destination = joined()
-    field, text = local_error_of(destination.receive_data, 2, source.data(ZeroBatch(0))[1])
+    field, text = error_of(destination.receive_data, 2, source.data(ZeroBatch(0))[1], error=local)
     assert field == "channel" and "data channel 2 was not negotiated (2 were)" in text
 
 

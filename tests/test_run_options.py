@@ -51,7 +51,7 @@ def test_a_byte_dirty_rate_is_divided_by_the_page_size():
 
 
 @pytest.mark.parametrize("key, bad, field_error", [
-    ("channels", "65", MigrationOptions(channels=1).RULES["channels"]),
+    ("channels", "65", MigrationOptions.RULES["channels"]),
     ("vcpus", "0", WorkloadSpec.RULES["vcpus"]),
     ("hot_fraction", "1.5", WorkloadSpec.RULES["hot_fraction"]),
     ("device_state", "65MiB", MigrationOptions.RULES["device_state_bytes"]),
