@@ -67,12 +67,19 @@ class GuestConfig:
 
     @classmethod
     def from_dict(cls, data):
-        """From `asdict` output (lists for tuples, a dict for the CPU)."""
-        cpu = data.get("cpu")
-        switches = data.get("switches", ())
-        return cls(version=data.get("version", CONFIG_VERSION),
-                   cpu=None if cpu is None else CpuModel(cpu["vendor"], tuple(cpu["features"])),
-                   switches=tuple(switches) if isinstance(switches, list) else switches)
+        """From `asdict` output (lists for tuples, a dict for the CPU; no CPU given requires none).
+
+        TypeError for anything but an object of known keys (Scenario.from_dict says it is malformed)."""
+        if not isinstance(data, dict):
+            raise TypeError(f"config must be an object, got {data!r:.80}")
+        values = {"cpu": None, **data}
+        if values["cpu"] is not None:
+            if not isinstance(values["cpu"], dict):
+                raise TypeError(f"config.cpu must be an object of vendor and features, got {values['cpu']!r:.80}")
+            values["cpu"] = CpuModel(**values["cpu"])
+        if isinstance(values.get("switches"), list):
+            values["switches"] = tuple(values["switches"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

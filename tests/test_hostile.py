@@ -115,6 +115,10 @@ BAD_SCENARIO_FIELDS = [
     ("guest", "seed", "7"),
     ("migration", "channels", True),
     ("migration", "auto_converge", "yes"),
+    ("config", "cpu", 5),
+    ("config", "switches", "ab"),
+    ("config", "version", 0),
+    ("config", "bogus", 1),
 ]
 
 
