@@ -15,12 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.control import ControlServer
+from emulator.errors import PeerAborted
 from emulator.guest import GuestMemory
+from emulator.protocol import MsgType
+from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
 from emulator.transport import DestinationLink, SourceLink, parse_endpoint
+from emulator.verdict import Verdict
 from emulator.workload import Workload
 
 CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compile kernels
@@ -67,6 +71,27 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
 def send(scenario, to, *, progress=None, security=None):
     """The source end of a two-host migration to a `precopy receive` at `to` (tcp://HOST:PORT)."""
     return run_source(scenario, to, progress=progress, security=security)
+
+
+def check(scenario, to, *, security=None):
+    """Ask the `precopy receive` at `to` whether it would host `scenario`'s guest; return its Verdict.
+
+    Nothing is built, allocated or moved on either end: the destination answers CHECK
+    from the checks that would refuse a HELLO. MigrationError if it cannot be asked.
+    """
+    link = SourceLink(to, scenario.migration.timeout_s, security=security)
+    engine = SourceProtocol(1, scenario.guest.page_size)
+    try:
+        link.send_control(engine.check(scenario.to_dict()))
+        while True:
+            answer = engine.receive(link.recv_control())
+            if answer.type == MsgType.VERDICT:
+                return Verdict.from_body(answer.body)
+            if answer.type == MsgType.ABORT:  # a protocol error, say: it has no verdict to give
+                reason, _ = aborted(answer)
+                raise PeerAborted(reason, "destination")
+    finally:
+        link.close()
 
 
 def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=False, progress=None, timeout_s=10.0,

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 MAGIC = b"PCPY"
-VERSION = 2  # 2: the page hash became the keyed product-and-sum (vectorizable) hash
+VERSION = 3  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT
 
 # magic, version, type, flags, seq, pass_no, page_count, codec, pad, raw_len,
 # encoded_len. The pad is unpacked as "3s" (not "3x") so that it can be
@@ -97,6 +97,8 @@ class MsgType(enum.IntEnum):
     ANNOUNCE = 11
     ABORT = 12
     HEARTBEAT = 13
+    CHECK = 14  # would you host this guest? (precopy check): answered outside any migration
+    VERDICT = 15
 
 
 class Flags(enum.IntFlag):
@@ -131,6 +133,8 @@ CONTROL_TYPES = frozenset(
         MsgType.ANNOUNCE,
         MsgType.ABORT,
         MsgType.HEARTBEAT,
+        MsgType.CHECK,
+        MsgType.VERDICT,
     }
 )
 _PAGE_TYPES = frozenset({MsgType.PAGES, MsgType.ZERO_PAGES})

@@ -16,6 +16,8 @@ Rules:
 * The source sends data round-robin over its channels and waits for the
   destination's PASS_END of the same pass before the next pass.
 * Per data message the work is O(1): a seq check, a pass check, a count.
+* A CHECK is answered with verdict() outside any session (seq 0): the
+  destination's engine never sees it, and nothing of the destination changes.
 """
 
 import functools
@@ -168,10 +170,11 @@ class DestinationProtocol(_Engine):
 
     @staticmethod
     def check_hello(frames):
-        """The HELLO in `frames`; RemoteProtocolError if they are anything else (no state changes)."""
+        """The HELLO or CHECK in `frames`; RemoteProtocolError if they are anything else (no state changes)."""
         message = Decoder().decode(frames)
-        if message.type != MsgType.HELLO:
-            raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO: no migration in progress")
+        if message.type not in (MsgType.HELLO, MsgType.CHECK):
+            raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO or CHECK: no migration "
+                                              "in progress")
         return message
 
     @_failing
@@ -326,6 +329,11 @@ def stranger_abort(reason):
     return encode_control(MsgType.ABORT, 0, 0, _abort_body(reason, cancelled=False))
 
 
+def verdict(answer):
+    """VERDICT frames for `answer` (an emulator.verdict.Verdict), to the peer that sent CHECK."""
+    return encode_control(MsgType.VERDICT, 0, 0, answer.to_body())
+
+
 def stranger_refusal(reason):
     """REFUSE frames for a peer that has no migration here."""
     return encode_control(MsgType.REFUSE, 0, 0, {"reason": reason})
@@ -345,6 +353,10 @@ class SourceProtocol(_Engine):
     def hello(self, scenario_dict, session_id):
         return self._control(MsgType.HELLO, 0, {"protocol": VERSION, "session": session_id,
                                                 "scenario": scenario_dict})
+
+    def check(self, scenario_dict):
+        """CHECK frames: would the destination host this scenario's guest? Answered by VERDICT."""
+        return self._control(MsgType.CHECK, 0, {"protocol": VERSION, "scenario": scenario_dict})
 
     def data(self, batch):
         """(channel, frames) for `batch` (emulator.batches.Batch) of the current pass, round-robin."""

@@ -9,6 +9,8 @@ current pass; a pass is complete when the counts in PASS_END (or COMPLETE)
 have all arrived and been applied. The guest resumes only after its memory
 digest (running, or hashed in full with verify "full") equals the source's;
 on any failure the partial guest is discarded and nothing is reported resumed.
+A CHECK (precopy check), from any peer at any time, is answered with the problems
+the same checks find, as a VERDICT: nothing is allocated and nothing changes here.
 """
 
 import hashlib
@@ -24,14 +26,15 @@ from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
 from emulator.guest import GuestMemory
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
-from emulator.protocol import RemoteProtocolError
+from emulator.protocol import MsgType, RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
-                                       SourceAborted, Switchover, stranger_abort, stranger_refusal)
+                                       SourceAborted, Switchover, stranger_abort, stranger_refusal, verdict)
 from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
 from emulator.units import format_bytes, format_count
+from emulator.verdict import Problem, Verdict, refusal
 from emulator.workload import Workload
 
 
@@ -84,45 +87,54 @@ class DestinationLimits:
         fields.check(self, self.RULES)
 
     def problems(self, scenario):
-        """Every reason this destination will not host `scenario` (besides memory capacity), each with its fix."""
+        """Every reason this destination will not host `scenario` (besides memory capacity): Problems."""
         found = []
         config = scenario.config
         if config.version > self.config_version:
-            found.append(f"config.version is {config.version}, newer than this destination supports "
-                         f"({self.config_version}): upgrade precopy on the destination, or give the guest "
-                         f"--config-version {self.config_version}")
+            found.append(Problem("config.version", f"config.version is {config.version}, newer than this "
+                                 f"destination supports ({self.config_version})", f"upgrade precopy on the "
+                                 f"destination, or give the guest --config-version {self.config_version}"))
         if config.cpu is not None:
             if config.cpu.vendor != self.cpu.vendor:
-                found.append(f"config.cpu.vendor is {config.cpu.vendor}, this destination's processor is "
-                             f"{self.cpu.vendor}: no compatibility mode moves a guest between vendors")
+                found.append(Problem("config.cpu.vendor", f"config.cpu.vendor is {config.cpu.vendor}, this "
+                                     f"destination's processor is {self.cpu.vendor}", "no compatibility mode "
+                                     "moves a guest between vendors: choose a destination of the same vendor"))
             else:
                 missing = config.cpu.missing_on(self.cpu)
                 if missing:
-                    found.append(f"config.cpu.features: this destination's processor lacks "
-                                 f"{format_count(len(missing), 'feature')} the guest requires ({', '.join(missing)}): "
-                                 f"give the guest a cluster's common set (precopy compat --hosts ... > common.json, "
-                                 f"then --cpu common.json)")
-        for switch in config.switches:
-            if switch not in self.switches:
-                found.append(f"config.switches: the guest's network adapter connects to virtual switch "
-                             f"{switch!r}, which this destination lacks (it has "
-                             f"{', '.join(map(repr, self.switches)) or 'none'}): receive --switch {switch}")
-        refusal = self._beyond_limits(scenario)
-        return found + ([refusal] if refusal else [])
+                    found.append(Problem("config.cpu.features", f"config.cpu.features: this destination's "
+                                         f"processor lacks {format_count(len(missing), 'feature')} the guest "
+                                         f"requires ({_first_names(missing)})", "give the guest a cluster's "
+                                         "common set (precopy compat --hosts ... > common.json, then --cpu "
+                                         "common.json)"))
+        lacking = [switch for switch in config.switches if switch not in self.switches]
+        if lacking:
+            named = ", ".join(map(repr, lacking))
+            found.append(Problem("config.switches", f"config.switches: the guest's network adapters connect to "
+                                 f"virtual {'switch' if len(lacking) == 1 else 'switches'} {named}, which this "
+                                 f"destination lacks (it has {', '.join(map(repr, self.switches)) or 'none'})",
+                                 "receive " + " ".join(f"--switch {switch}" for switch in lacking)))
+        return found + self._beyond_limits(scenario)
 
     def _beyond_limits(self, scenario):
         options = scenario.migration
         asked = (
-            ("workload.vcpus", scenario.workload.vcpus, self.max_vcpus, str),
-            ("migration.channels", options.channels, self.max_channels, str),
-            ("migration.device_state_bytes", options.device_state_bytes, self.max_device_state_bytes, format_bytes),
+            ("workload.vcpus", scenario.workload.vcpus, self.max_vcpus, str, "--max-vcpus"),
+            ("migration.channels", options.channels, self.max_channels, str, "--max-channels"),
+            ("migration.device_state_bytes", options.device_state_bytes, self.max_device_state_bytes, format_bytes,
+             "--max-device-state"),
             ("migration.batch_pages x guest.page_size", options.batch_pages * scenario.guest.page_size,
-             self.max_message_bytes, format_bytes),
+             self.max_message_bytes, format_bytes, "--max-message"),
         )
-        for name, value, limit, show in asked:
-            if value > limit:
-                return f"{name} is {show(value)}, above this destination's limit of {show(limit)}"
-        return None
+        return [Problem(name.split()[0], f"{name} is {show(value)}, above this destination's limit of {show(limit)}",
+                        f"ask for at most {show(limit)}, or raise the destination's receive {option}")
+                for name, value, limit, show, option in asked if value > limit]
+
+
+def _first_names(names, shown=16):
+    """`names` joined, at most `shown` of them: a refusal must fit a control message."""
+    rest = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {rest} more" if rest > 0 else "")
 
 
 NOTICE_EVERY_S = 1.0  # the most often a receiver says it refused a stranger or turned a connection away
@@ -259,6 +271,9 @@ class Destination:
                 raise PeerTimeout(f"no source began a migration within {timeout_s:g} s") from None
             try:
                 message = self.protocol.check_hello(incoming.frames)
+                if message.type == MsgType.CHECK:
+                    self._answer_check(incoming, message)
+                    continue
                 self.peer = incoming.peer
                 self._say(f"a source at {incoming.address or 'a local endpoint'} began a migration")
                 return message
@@ -266,21 +281,46 @@ class Destination:
                 self._refuse_stranger(incoming, error)
 
     def _check_hello(self, hello):
-        version = hello.field("protocol", int)
-        if version != protocol.VERSION:
-            raise Refused(f"protocol version {version} is not supported (this destination speaks {protocol.VERSION})")
-        try:
-            scenario = Scenario.from_dict(hello.field("scenario", dict))
-        except ValueError as error:
-            raise Refused(f"invalid scenario: {error}") from None
-        problems = self.limits.problems(scenario)
-        needed = scenario.guest.memory_bytes
-        if needed > self.capacity_bytes:
-            problems.append(f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), above this destination's "
-                            f"capacity of {format_bytes(self.capacity_bytes)} ({self.capacity_bytes} B)")
-        if problems:  # every one at once, so a user fixes them in one go
-            raise Refused("; ".join(problems))
+        """The scenario `hello` asks for; Refused with every problem of hosting it here."""
+        scenario, problems = self.judge(hello)
+        if problems:
+            raise Refused(refusal(problems))
         return scenario
+
+    def judge(self, opening):
+        """(the scenario or None, every Problem with hosting it here) for a HELLO or CHECK `opening`.
+
+        RemoteProtocolError if it lacks an integer protocol or an object scenario. Allocates nothing.
+        """
+        version = opening.field("protocol", int)
+        scenario_dict = opening.field("scenario", dict)
+        if version != protocol.VERSION:
+            return None, [Problem("protocol", f"protocol version {version} is not supported (this destination "
+                                  f"speaks {protocol.VERSION})", "run the same precopy release on both ends")]
+        try:
+            scenario = Scenario.from_dict(scenario_dict)
+        except ValueError as error:
+            return None, [Problem("scenario", f"invalid scenario: {error}",
+                                  "the source's precopy may be newer: run the same release on both ends")]
+        problems = self.limits.problems(scenario)
+        needed, capacity = scenario.guest.memory_bytes, self.capacity_bytes
+        if needed > capacity:
+            problems.append(Problem("guest.memory_bytes", f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), "
+                                    f"above this destination's capacity of {format_bytes(capacity)} ({capacity} B)",
+                                    f"give the guest at most {format_bytes(capacity)}, or free memory on the "
+                                    "destination (receive --capacity sets what it offers)"))
+        return scenario, problems
+
+    def _answer_check(self, incoming, check, busy=False):
+        """VERDICT to a peer's CHECK: what a HELLO now would be refused for. Nothing here changes."""
+        try:
+            _, problems = self.judge(check)
+        except RemoteProtocolError as error:
+            self._refuse_stranger(incoming, error)
+            return
+        self._send_best_effort(incoming.peer, lambda: verdict(Verdict(tuple(problems), busy)))
+        self._notice(f"a source at {incoming.address or 'a local endpoint'} checked a guest: "
+                     + (format_count(len(problems), "problem") if problems else "compatible"))
 
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
@@ -394,9 +434,12 @@ class Destination:
     def _refuse_intruder(self, incoming):
         """Another peer while one migration runs: apply nothing of it; say what was wrong, or that we are busy."""
         try:
-            protocol.Decoder().decode(incoming.frames)
+            message = protocol.Decoder().decode(incoming.frames)
         except RemoteProtocolError as error:
             self._refuse_stranger(incoming, error)
+            return
+        if message.type == MsgType.CHECK:
+            self._answer_check(incoming, message, busy=True)
             return
         self._send_best_effort(incoming.peer, lambda: stranger_refusal("busy with another migration"))
 

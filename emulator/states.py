@@ -12,6 +12,10 @@ Rules:
   destination after the control message that follows them on the source
   (PASS_END, SWITCHOVER, COMPLETE): the destination accepts them in the
   states just after those, and the engine matches message counts instead.
+* A source that only asks whether the destination would host its guest sends
+  CHECK instead of HELLO and ends with the VERDICT. The destination answers a
+  CHECK outside any session, as it answers peers with no migration here: its
+  table has no such event, and its state does not change.
 """
 
 from emulator.protocol import LocalProtocolError, MsgType, RemoteProtocolError
@@ -30,7 +34,8 @@ def _events(direction, types, new_state):
 
 TRANSITIONS = {
     SOURCE: {
-        "IDLE": {(SEND, MsgType.HELLO): "SETUP"},
+        "IDLE": {(SEND, MsgType.HELLO): "SETUP", (SEND, MsgType.CHECK): "CHECKING"},
+        "CHECKING": {(RECV, MsgType.VERDICT): DONE},
         "SETUP": {(RECV, MsgType.ACCEPT): "PRECOPY", (RECV, MsgType.REFUSE): FAILED},
         "PRECOPY": {
             **_events(SEND, _DATA, "PRECOPY"),

@@ -59,25 +59,38 @@ def test_describe_is_this_hosts_processor(capsys):
     assert CpuModel(described["vendor"], tuple(described["features"])) == compat.this_cpu()
 
 
-@pytest.mark.parametrize("config, limits, reason", [
-    (GuestConfig(cpu=INTEL), DestinationLimits(cpu=INTEL_OLDER),
+@pytest.mark.parametrize("config, limits, capacity, reason", [
+    (GuestConfig(cpu=INTEL), DestinationLimits(cpu=INTEL_OLDER), None,
      "config.cpu.features: this destination's processor lacks 1 feature the guest requires (avx512f): give the "
      "guest a cluster's common set (precopy compat --hosts ... > common.json, then --cpu common.json)"),
-    (GuestConfig(cpu=INTEL_OLDER), DestinationLimits(cpu=AMD),
+    (GuestConfig(cpu=INTEL_OLDER), DestinationLimits(cpu=AMD), None,
      "config.cpu.vendor is GenuineIntel, this destination's processor is AuthenticAMD: no compatibility mode "
-     "moves a guest between vendors"),
-    (GuestConfig(cpu=None, switches=("External",)), DestinationLimits(switches=("Internal",)),
-     "config.switches: the guest's network adapter connects to virtual switch 'External', which this "
+     "moves a guest between vendors: choose a destination of the same vendor"),
+    (GuestConfig(cpu=None, switches=("External",)), DestinationLimits(switches=("Internal",)), None,
+     "config.switches: the guest's network adapters connect to virtual switch 'External', which this "
      "destination lacks (it has 'Internal'): receive --switch External"),
-    (GuestConfig(cpu=None, version=3), DestinationLimits(config_version=2),
+    (GuestConfig(cpu=None, switches=("External", "Storage")), DestinationLimits(), None,
+     "config.switches: the guest's network adapters connect to virtual switches 'External', 'Storage', which "
+     "this destination lacks (it has none): receive --switch External --switch Storage"),
+    (GuestConfig(cpu=None, version=3), DestinationLimits(config_version=2), None,
      "config.version is 3, newer than this destination supports (2): upgrade precopy on the destination, or "
      "give the guest --config-version 2"),
+    (GuestConfig(cpu=None), DestinationLimits(), 63 * PAGE,
+     "guest.memory_bytes is 256 KiB (262144 B), above this destination's capacity of 252 KiB (258048 B): give "
+     "the guest at most 252 KiB, or free memory on the destination (receive --capacity sets what it offers)"),
 ])
-def test_each_refusal_names_the_problem_and_its_fix(config, limits, reason):
-    report, outcome, destination = _migrate(config, limits)
+def test_each_refusal_names_the_problem_and_its_fix(config, limits, capacity, reason):
+    report, outcome, destination = _migrate(config, limits, capacity)
     assert report.status == outcome.status == "failed"
     assert report.reason == f"destination refused: {reason}"
     assert destination.guest is None and not report.passes  # nothing allocated, nothing sent
+
+
+def test_many_missing_features_are_named_within_a_control_message():
+    guest_cpu = CpuModel("GenuineIntel", tuple(f"f{i:03}" for i in range(300)))
+    report, _, _ = _migrate(GuestConfig(cpu=guest_cpu), DestinationLimits(cpu=INTEL_OLDER))
+    assert "lacks 300 features the guest requires (f000, f001," in report.reason
+    assert "f015 and 284 more)" in report.reason and "f016" not in report.reason
 
 
 def test_a_compatible_configuration_migrates():

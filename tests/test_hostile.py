@@ -40,7 +40,8 @@ def valid_messages():
     pages = protocol.encode_pages(1, 0, np.arange(4), bytes(4 * 4096), Codec.RAW, 4 * 4096)
     zero = protocol.encode_zero_pages(2, 0, [[0, 256]], 4096, Flags.RUNS)
     pass_end = protocol.encode_control(MsgType.PASS_END, 3, 0, {"pass": 0, "messages": [1], "pages": 4})
-    return [[bytes(frame) for frame in message] for message in (hello, pages, zero, pass_end)]
+    check = protocol.encode_control(MsgType.CHECK, 0, 0, {"protocol": protocol.VERSION, "scenario": SMALL.to_dict()})
+    return [[bytes(frame) for frame in message] for message in (hello, pages, zero, pass_end, check)]
 
 
 def mutations(rng):
@@ -81,7 +82,7 @@ def test_live_receiver_survives_hostile_frames_then_migrates():
                 assert reply.body["reason"]
             sock.close()
         context.term()
-        assert sum(replies.values()) == FRAMES and set(replies) <= {"ABORT", "REFUSE", "ACCEPT"}, replies
+        assert sum(replies.values()) == FRAMES and set(replies) <= {"ABORT", "REFUSE", "ACCEPT", "VERDICT"}, replies
         assert replies["ABORT"] > FRAMES / 2, replies
         deadline = time.monotonic() + 15
         while True:  # a fuzzed HELLO may have been valid: that "migration" must time out first
