@@ -29,7 +29,7 @@ from pathlib import Path
 
 from emulator import link_speed, run_options, units
 from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, SweepProgress, describe_scenario,
-                              format_status)
+                              format_status, format_verdict)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
 from emulator.scenario import CONFIG_VERSION, GuestConfig
@@ -206,6 +206,15 @@ def _add_run_options(parser):
                              f"(0 = one line per pass; default {DEFAULT_INTERVAL_S:g}s)")
 
 
+def _add_destination(parser):
+    """Where a source goes (--to) and its CURVE keys: `send` and `check`."""
+    parser.add_argument("--to", required=True, type=_endpoint_type("--to", "tcp://10.0.0.2:4444"),
+                        metavar="tcp://HOST:PORT", help="the receiver's address")
+    keys = parser.add_argument_group("security (CURVE; give both or neither)")
+    keys.add_argument("--key", metavar="FILE", help="this sender's secret key file (NAME.key_secret from keygen)")
+    keys.add_argument("--server-key", metavar="FILE", help="the receiver's public key file (NAME.key): pinned")
+
+
 def _add_json_quiet(group, what):
     group.add_argument("--json", action="store_true", help=f"print {what} to stdout instead of the summary")
     group.add_argument("--quiet", action="store_true", help="no live display (the result is still printed)")
@@ -216,7 +225,8 @@ def build_parser():
     parser = _Parser(prog="precopy", description="Emulate live-migration memory pre-copy: a guest's memory is "
                      "streamed from a sender to a receiver over ZeroMQ while writer threads dirty it.",
                      epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: 0 completed, "
-                            "1 failed or cancelled, 2 bad usage, 3 a warning under --fail-on-warning, 130 interrupted.")
+                            "1 failed or cancelled (check: incompatible), 2 bad usage, 3 a warning under "
+                            "--fail-on-warning, 130 interrupted.")
     _add_debug(parser, default=False)
     parser.add_argument("--version", action="version",
                         version=f"precopy {importlib.metadata.version('precopy')} (wire protocol {PROTOCOL_VERSION})")
@@ -230,12 +240,18 @@ def build_parser():
     send = commands.add_parser("send", help="migrate a guest to a receiver on another host",
                                description="Run the source end: migrate a guest to a receiver started "
                                            "elsewhere with 'precopy receive'.")
-    send.add_argument("--to", required=True, type=_endpoint_type("--to", "tcp://10.0.0.2:4444"),
-                      metavar="tcp://HOST:PORT", help="the receiver's address")
-    keys = send.add_argument_group("security (CURVE; give both or neither)")
-    keys.add_argument("--key", metavar="FILE", help="this sender's secret key file (NAME.key_secret from keygen)")
-    keys.add_argument("--server-key", metavar="FILE", help="the receiver's public key file (NAME.key): pinned")
+    _add_destination(send)
     _add_run_options(send)
+
+    check = commands.add_parser(
+        "check", help="ask a receiver whether it would host a guest, without migrating (as Compare-VM)",
+        description="Ask a 'precopy receive' whether it would host the guest these options describe: it "
+                    "answers with every reason it would refuse it, each with its fix. Nothing is allocated or "
+                    "moved on either end. Exit status 0 when compatible, 1 when not.")
+    _add_destination(check)
+    for title in run_options.GROUPS:
+        run_options.add_options(check.add_argument_group(title), run_options.keys_of(title))
+    check.add_argument("--json", action="store_true", help="print the answer as JSON (compatible, problems, busy)")
 
     receive = commands.add_parser("receive", help="run the destination end and wait for a sender",
                                   description="Run the destination end: accept one migration (or, with --serve, "
@@ -469,6 +485,16 @@ def _run_send(args):
     return _finish(engine.send(scenario, args.to, progress=display, security=security), args, display)
 
 
+def _run_check(args):
+    scenario = scenario_from_args(args, destination=parse_endpoint(args.to)[0].strip("[]"))
+    answer = _engine().check(scenario, args.to, security=_client_security(args))
+    if args.json:
+        print(json.dumps({"to": args.to, "compatible": answer.compatible, **answer.to_body()}, indent=2))
+    else:
+        print(format_verdict(answer, args.to))
+    return EXIT_OK if answer.compatible else EXIT_FAILED
+
+
 def _client_security(args):
     from emulator.security import ClientSecurity
 
@@ -681,7 +707,7 @@ def _run_set(args):
     return EXIT_OK
 
 
-_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "receive": _run_receive, "keygen": _run_keygen,
+_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "check": _run_check, "receive": _run_receive, "keygen": _run_keygen,
              "status": _run_status, "set": _run_set, "estimate": _run_estimate, "sweep": _run_sweep,
              "plot": _run_plot, "compat": _run_compat}
 

@@ -77,6 +77,21 @@ def describe_scenario(scenario):
             f"downtime limit {format_duration(migration.policy.downtime_limit_s)}")
 
 
+def format_verdict(answer, endpoint):
+    """`precopy check`'s text for a destination's Verdict: every problem, each with its fix, within COLUMNS."""
+    if answer.compatible:
+        lines = [f"compatible: {endpoint} would host this guest"]
+    else:
+        lines = [f"incompatible: {endpoint} would refuse this guest, for "
+                 f"{format_count(len(answer.problems), 'reason')}:"]
+        for number, problem in enumerate(answer.problems, 1):
+            lines += textwrap.wrap(problem.text, COLUMNS, initial_indent=f"{number:>2}. ", subsequent_indent=" " * 4)
+            lines += textwrap.wrap(problem.fix, COLUMNS, initial_indent="    fix: ", subsequent_indent=" " * 9)
+    if answer.busy:
+        lines.append("busy: it is receiving another migration now; until that ends, a migration is refused as busy")
+    return "\n".join(lines)
+
+
 def format_status(status):
     """`precopy status`'s text for a running migration's status (emulator.control)."""
     page = status["page_size"]
