@@ -287,7 +287,10 @@ def build_parser():
                         help=f"the newest guest configuration version supported (default {CONFIG_VERSION})")
     once = receive.add_mutually_exclusive_group()
     once.add_argument("--serve", action="store_true",
-                      help="keep accepting migrations, one after another, until interrupted")
+                      help="keep accepting migrations, whatever became of the last, until interrupted")
+    receive.add_argument("--max-incoming", type=_int_type("--max-incoming", "2", minimum=1), default=1, metavar="N",
+                         help="with --serve: most migrations hosted at once, sharing --capacity; a source beyond "
+                              "is refused as busy (default 1)")
     once.add_argument("--wait", type=_duration_type("--wait", "5min", optional=True, positive=True), default=None,
                       metavar="DURATION", help="how long to wait for a source to begin (default: until interrupted)")
     receive.add_argument("--timeout", type=_duration_type("--timeout", "10s", positive=True), default=10.0,
@@ -532,6 +535,9 @@ def _print_outcome(outcome, as_json):
 
 
 def _run_receive(args):
+    if args.max_incoming != 1 and not args.serve:
+        raise UsageError("--max-incoming: a single receive hosts one migration; give --serve too "
+                         "(example: --serve --max-incoming 2)")
     security = _server_security(args)
     engine = _engine()
     display = _display(args)
@@ -552,6 +558,7 @@ def _run_receive(args):
                                    max_duration_s=args.max_duration, switches=tuple(name for (name,) in args.switch),
                                    config_version=args.config_version)
         last = engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve,
+                              max_incoming=args.max_incoming,
                               progress=display, timeout_s=args.timeout, wait_s=args.wait, security=security,
                               insecure=args.insecure, on_outcome=on_outcome, ready=on_ready)
     except ValueError as error:

@@ -23,6 +23,7 @@ from emulator.receiver import Destination, DestinationLimits, available_memory_b
 from emulator.scenario import Scenario
 from emulator.security import is_loopback
 from emulator.sender import Source
+from emulator.serving import Listener
 from emulator.transport import DestinationLink, SourceLink, parse_endpoint
 from emulator.verdict import Verdict
 from emulator.workload import Workload
@@ -49,19 +50,20 @@ def _ready_to_move_pages(progress=None):
     warm_up()  # returns at once once cached; if it failed in the thread, it runs again here and its error shows
 
 
-def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None):
+def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None, link_budget=None):
     """Migrate a running guest to `to`; return the Report.
 
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
     scenario when not given. The writers run from before the migration starts to its end.
-    security: an emulator.security.ClientSecurity for CURVE, or None.
+    security: an emulator.security.ClientSecurity for CURVE, or None. link_budget: a
+    limiter shared with other migrations (see Source).
     """
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         _ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
-        source = Source(scenario, guest, workload, link, progress=progress)
+        source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget)
         with workload, ControlServer(source):  # precopy status and set talk to it
             return source.run()
     finally:
@@ -94,16 +96,16 @@ def check(scenario, to, *, security=None):
         link.close()
 
 
-def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=False, progress=None, timeout_s=10.0,
-            wait_s=None, security=None, insecure=False, ready=None, on_outcome=None):
+def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=False, max_incoming=1, progress=None,
+            timeout_s=10.0, wait_s=None, security=None, insecure=False, ready=None, on_outcome=None):
     """The destination end: wait at `listen` for a source; return the outcome of the (last) migration.
 
     Ctrl-C while waiting: a serving receiver returns None (it stopped between
     migrations), a single one raises KeyboardInterrupt.
 
-    serve: keep accepting migrations one after another, whatever became of the last,
-    until interrupted. limits: a DestinationLimits for all a source may ask besides
-    memory. wait_s: how long to wait for a source to begin (None: until
+    serve: keep accepting migrations, whatever became of the last, until interrupted:
+    up to `max_incoming` at once, sharing `capacity_bytes` (emulator.serving). limits: a
+    DestinationLimits for all a source may ask besides memory. wait_s: how long to wait for a source to begin (None: until
     interrupted; not with serve). timeout_s: the longest silence from a source
     mid-migration. security: an emulator.security.ServerSecurity for CURVE. Without
     it only a loopback address may be used, unless `insecure` (then anyone who can reach
@@ -112,6 +114,8 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
     """
     if serve and wait_s is not None:
         raise ValueError("a serving receiver waits for sources until interrupted; wait_s is for a single migration")
+    if max_incoming != 1 and not serve:
+        raise ValueError("a single receive hosts one migration; max_incoming is for a serving receiver")
     host, _ = parse_endpoint(listen)
     if security is None and not is_loopback(host) and not listen.startswith(("ipc://", "inproc://")):
         if not insecure:
@@ -126,17 +130,15 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
             ready(link.endpoint)
         if progress:
             progress.message(f"listening on {link.endpoint}" + (" (CURVE)" if security else ""))
-        while True:
-            destination = Destination(link, capacity_bytes=capacity_bytes, limits=limits, progress=progress)
-            outcome = destination.run(hello_timeout_s=math.inf if wait_s is None else wait_s)
-            if on_outcome:
-                on_outcome(outcome)
-            if not serve or destination.interrupted:
-                return outcome
-            del destination  # its guest's memory goes back before the next source is awaited
-            if progress:
-                progress.message(f"---- ready for the next source on {link.endpoint}")
-    except KeyboardInterrupt:  # not inside a migration: Destination.run reports those
+        if serve:
+            return Listener(link, capacity_bytes=capacity_bytes, limits=limits, max_incoming=max_incoming,
+                            progress=progress, on_outcome=on_outcome).serve()
+        outcome = Destination(link, capacity_bytes=capacity_bytes, limits=limits, progress=progress).run(
+            hello_timeout_s=math.inf if wait_s is None else wait_s)
+        if on_outcome:
+            on_outcome(outcome)
+        return outcome
+    except KeyboardInterrupt:  # a serving receiver stopped before it began to serve: nothing was in progress
         if not serve:
             raise
         if progress:

@@ -140,6 +140,88 @@ def _first_names(names, shown=16):
 NOTICE_EVERY_S = 1.0  # the most often a receiver says it refused a stranger or turned a connection away
 
 
+def judge(opening, limits, capacity_bytes):
+    """(the scenario or None, every Problem with hosting it) for a HELLO or CHECK `opening`, against
+    `limits` and `capacity_bytes` of memory.
+
+    RemoteProtocolError if it lacks an integer protocol or an object scenario. Allocates nothing.
+    """
+    version = opening.field("protocol", int)
+    scenario_dict = opening.field("scenario", dict)
+    if version != protocol.VERSION:
+        return None, [Problem("protocol", f"protocol version {version} is not supported (this destination "
+                              f"speaks {protocol.VERSION})", "run the same precopy release on both ends")]
+    try:
+        scenario = Scenario.from_dict(scenario_dict)
+    except ValueError as error:
+        return None, [Problem("scenario", f"invalid scenario: {error}",
+                              "the source's precopy may be newer: run the same release on both ends")]
+    problems = limits.problems(scenario)
+    needed = scenario.guest.memory_bytes
+    if needed > capacity_bytes:
+        problems.append(Problem("guest.memory_bytes", f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), "
+                                f"above this destination's capacity of {format_bytes(capacity_bytes)} "
+                                f"({capacity_bytes} B)", f"give the guest at most {format_bytes(capacity_bytes)}, "
+                                "or free memory on the destination (receive --capacity sets what it offers)"))
+    return scenario, problems
+
+
+class Doorkeeper:
+    """Answers the peers that have no migration here on `link`, and tells `progress` (at most
+    once every NOTICE_EVERY_S, counting the rest). Replies are best effort and never wait:
+    a peer that does not read must not hold up the server."""
+
+    def __init__(self, link, progress):
+        self.link, self.progress = link, progress
+        self.frames_refused = 0
+        self._unsaid, self._notice_at = 0, 0.0
+        link.on_turned_away = lambda why: self.notice(f"turned away {why}")
+
+    def send(self, peer, frames_of):
+        """Send frames_of() to `peer` if it can be built and `peer` takes it at once; else drop it."""
+        try:
+            frames = frames_of()
+            if frames is not None:
+                self.link.send_control(peer, frames, wait=False)
+        except MigrationError:
+            pass
+
+    def refuse(self, incoming, error):
+        """A bad message from a peer with no migration here: ABORT naming `error`."""
+        self.frames_refused += 1
+        self.send(incoming.peer, lambda: stranger_abort(f"protocol error: {error}"))
+        self.notice(f"refused a message from {incoming.address or 'a local peer'}, which has no migration here: "
+                    f"{error}")
+
+    def turn_away(self, incoming, reason):
+        """REFUSE a decodable message (a HELLO, say) from a peer that cannot have a migration here now."""
+        self.send(incoming.peer, lambda: stranger_refusal(reason))
+
+    def answer_check(self, incoming, check, limits, capacity_bytes, busy):
+        """VERDICT to a peer's CHECK: what a HELLO now would be refused for. Nothing here changes."""
+        try:
+            _, problems = judge(check, limits, capacity_bytes)
+        except RemoteProtocolError as error:
+            self.refuse(incoming, error)
+            return
+        self.send(incoming.peer, lambda: verdict(Verdict(tuple(problems), busy)))
+        self.notice(f"a source at {incoming.address or 'a local endpoint'} checked a guest: "
+                    + (format_count(len(problems), "problem") if problems else "compatible"))
+
+    def notice(self, text):
+        """Say `text` unless something was said less than NOTICE_EVERY_S ago; then count it for the next."""
+        now = time.monotonic()
+        if now < self._notice_at:
+            self._unsaid += 1
+            return
+        self.say(text + (f" (and {self._unsaid} more since the last notice)" if self._unsaid else ""))
+        self._unsaid, self._notice_at = 0, now + NOTICE_EVERY_S
+
+    def say(self, text):
+        if self.progress:
+            self.progress.message(text)
+
+
 class Destination:
     """Receives one migration over `link` (a DestinationLink).
 
@@ -164,9 +246,7 @@ class Destination:
         self.peer = None
         self.guest = None
         self.pages_applied = 0
-        self.frames_refused = 0
-        self._unsaid, self._notice_at = 0, 0.0
-        link.on_turned_away = self._turned_away
+        self.doors = Doorkeeper(link, progress)
         self.interrupted = False
         self.applier = None
         self.device_state = b""
@@ -200,7 +280,7 @@ class Destination:
         outcome = DestinationOutcome(
             status=failure.status if failure else "completed", reason=failure.reason if failure else None,
             digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,
-            frames_refused=self.frames_refused)
+            frames_refused=self.doors.frames_refused)
         self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
@@ -272,55 +352,20 @@ class Destination:
             try:
                 message = self.protocol.check_hello(incoming.frames)
                 if message.type == MsgType.CHECK:
-                    self._answer_check(incoming, message)
+                    self.doors.answer_check(incoming, message, self.limits, self.capacity_bytes, busy=False)
                     continue
                 self.peer = incoming.peer
                 self._say(f"a source at {incoming.address or 'a local endpoint'} began a migration")
                 return message
             except RemoteProtocolError as error:
-                self._refuse_stranger(incoming, error)
+                self.doors.refuse(incoming, error)
 
     def _check_hello(self, hello):
         """The scenario `hello` asks for; Refused with every problem of hosting it here."""
-        scenario, problems = self.judge(hello)
+        scenario, problems = judge(hello, self.limits, self.capacity_bytes)
         if problems:
             raise Refused(refusal(problems))
         return scenario
-
-    def judge(self, opening):
-        """(the scenario or None, every Problem with hosting it here) for a HELLO or CHECK `opening`.
-
-        RemoteProtocolError if it lacks an integer protocol or an object scenario. Allocates nothing.
-        """
-        version = opening.field("protocol", int)
-        scenario_dict = opening.field("scenario", dict)
-        if version != protocol.VERSION:
-            return None, [Problem("protocol", f"protocol version {version} is not supported (this destination "
-                                  f"speaks {protocol.VERSION})", "run the same precopy release on both ends")]
-        try:
-            scenario = Scenario.from_dict(scenario_dict)
-        except ValueError as error:
-            return None, [Problem("scenario", f"invalid scenario: {error}",
-                                  "the source's precopy may be newer: run the same release on both ends")]
-        problems = self.limits.problems(scenario)
-        needed, capacity = scenario.guest.memory_bytes, self.capacity_bytes
-        if needed > capacity:
-            problems.append(Problem("guest.memory_bytes", f"guest.memory_bytes is {format_bytes(needed)} ({needed} B), "
-                                    f"above this destination's capacity of {format_bytes(capacity)} ({capacity} B)",
-                                    f"give the guest at most {format_bytes(capacity)}, or free memory on the "
-                                    "destination (receive --capacity sets what it offers)"))
-        return scenario, problems
-
-    def _answer_check(self, incoming, check, busy=False):
-        """VERDICT to a peer's CHECK: what a HELLO now would be refused for. Nothing here changes."""
-        try:
-            _, problems = self.judge(check)
-        except RemoteProtocolError as error:
-            self._refuse_stranger(incoming, error)
-            return
-        self._send_best_effort(incoming.peer, lambda: verdict(Verdict(tuple(problems), busy)))
-        self._notice(f"a source at {incoming.address or 'a local endpoint'} checked a guest: "
-                     + (format_count(len(problems), "problem") if problems else "compatible"))
 
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
@@ -413,56 +458,19 @@ class Destination:
     def _abort(self, reason, cancelled=False):
         """Tell the source why this migration ends (best effort)."""
         if self.peer is not None:
-            self._send_best_effort(self.peer, lambda: self.protocol.abort(reason, cancelled))
-
-    def _send_abort(self, peer, reason):
-        """ABORT to a peer that has no migration here (best effort)."""
-        self._send_best_effort(peer, lambda: stranger_abort(reason))
-
-    def _send_best_effort(self, peer, frames_of):
-        """Send frames_of() if it can be built and `peer` takes it at once; else drop it.
-
-        Never waits: a peer that does not read must not hold up the server.
-        """
-        try:
-            frames = frames_of()
-            if frames is not None:
-                self.link.send_control(peer, frames, wait=False)
-        except MigrationError:
-            pass
+            self.doors.send(self.peer, lambda: self.protocol.abort(reason, cancelled))
 
     def _refuse_intruder(self, incoming):
         """Another peer while one migration runs: apply nothing of it; say what was wrong, or that we are busy."""
         try:
             message = protocol.Decoder().decode(incoming.frames)
         except RemoteProtocolError as error:
-            self._refuse_stranger(incoming, error)
+            self.doors.refuse(incoming, error)
             return
         if message.type == MsgType.CHECK:
-            self._answer_check(incoming, message, busy=True)
+            self.doors.answer_check(incoming, message, self.limits, self.capacity_bytes, busy=True)
             return
-        self._send_best_effort(incoming.peer, lambda: stranger_refusal("busy with another migration"))
-
-    def _refuse_stranger(self, incoming, error):
-        """A bad message from a peer with no migration here: ABORT naming `error`."""
-        self.frames_refused += 1
-        self._send_abort(incoming.peer, f"protocol error: {error}")
-        self._notice(f"refused a message from {incoming.address or 'a local peer'}, which has no migration here: "
-                     f"{error}")
-
-    def _turned_away(self, why):
-        """The link turned away a connection whose handshake failed (`why`: who it was)."""
-        self._notice(f"turned away {why}")
-
-    def _notice(self, text):
-        """Say `text` unless something was said less than NOTICE_EVERY_S ago; then count it for the next."""
-        now = time.monotonic()
-        if now < self._notice_at:
-            self._unsaid += 1
-            return
-        self._say(text + (f" (and {self._unsaid} more since the last notice)" if self._unsaid else ""))
-        self._unsaid, self._notice_at = 0, now + NOTICE_EVERY_S
+        self.doors.turn_away(incoming, "busy with another migration")
 
     def _say(self, text):
-        if self.progress:
-            self.progress.message(text)
+        self.doors.say(text)

@@ -30,6 +30,7 @@ DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at
 MIN_DATA_HWM = 2  # messages queued per data socket and side, at least: one in flight, one ready
 CONTROL = -1  # channel number of the control socket in Incoming
 HEARTBEATS_PER_TIMEOUT = 4
+PAIR_FINISHED, PAIR_CANCEL = b"", b"cancel"  # a listener's one-frame signals on a PeerLink's pair
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
 # call is only handled once the call returns: an unbounded poll would never return.
 SIGNAL_CHECK_S = 0.25
@@ -214,7 +215,54 @@ class SourceLink:
         self.context.term()
 
 
-class DestinationLink:
+class _DestinationEnd:
+    """What a destination's links share: the data PULLs a migration binds on the listen host.
+
+    Subclasses set context, security, host, endpoint, timeout_s, data_prefix (where
+    ipc:// and inproc:// data endpoints begin) and _poller (which the data sockets
+    join), and define recv and send_control.
+    """
+
+    def _socket(self, kind):
+        sock = _socket(self.context, kind, self.timeout_s)
+        if self.security:
+            secure_server(sock, self.security)
+        return sock
+
+    def open_data(self, channels, message_bytes):
+        """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints).
+
+        message_bytes: the largest data message's payload, which sets the high-water mark.
+        """
+        advertised = []
+        for channel in range(channels):
+            sock = self._socket(zmq.PULL)
+            sock.setsockopt(zmq.RCVHWM, data_hwm(message_bytes))
+            if self.endpoint.startswith("tcp://"):
+                advertised.append(sock.bind_to_random_port(f"tcp://{self.host}"))
+            else:
+                endpoint = f"{self.data_prefix}-data{channel}"
+                sock.bind(endpoint)
+                advertised.append(endpoint)
+            self._poller.register(sock, zmq.POLLIN)
+            self.data.append(sock)
+        return advertised
+
+    def close_data(self):
+        """Close the data sockets (between two migrations on the same control socket)."""
+        for sock in self.data:
+            self._poller.unregister(sock)
+            sock.close(linger=0)
+        self.data = []
+
+    def _data_message(self, ready, timeout_s):
+        for channel, sock in enumerate(self.data):
+            if sock in ready:
+                return Incoming(channel, sock.recv_multipart(copy=False))
+        raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
+
+
+class DestinationLink(_DestinationEnd):
     """The destination's sockets: a bound control ROUTER and, once negotiated, bound data PULLs.
 
     security: a ServerSecurity for CURVE (only its allowed client keys get in), or None.
@@ -243,39 +291,8 @@ class DestinationLink:
             hint = "; another process listens there: pick another port, or port 0 for a free one" if (
                 error.errno == zmq.EADDRINUSE) else ""
             raise OSError(f"cannot listen on {listen}: {error}{hint}") from None
+        self.data_prefix = self.endpoint
         self._poller = _poller((self.control, zmq.POLLIN), (self.monitor, zmq.POLLIN))
-
-    def _socket(self, kind):
-        sock = _socket(self.context, kind, self.timeout_s)
-        if self.security:
-            secure_server(sock, self.security)
-        return sock
-
-    def open_data(self, channels, message_bytes):
-        """Bind `channels` PULL sockets; return what the source connects to (ports, or endpoints).
-
-        message_bytes: the largest data message's payload, which sets the high-water mark.
-        """
-        advertised = []
-        for channel in range(channels):
-            sock = self._socket(zmq.PULL)
-            sock.setsockopt(zmq.RCVHWM, data_hwm(message_bytes))
-            if self.endpoint.startswith("tcp://"):
-                advertised.append(sock.bind_to_random_port(f"tcp://{self.host}"))
-            else:
-                endpoint = f"{self.endpoint}-data{channel}"
-                sock.bind(endpoint)
-                advertised.append(endpoint)
-            self._poller.register(sock, zmq.POLLIN)
-            self.data.append(sock)
-        return advertised
-
-    def close_data(self):
-        """Close the data sockets (between two migrations on the same control socket)."""
-        for sock in self.data:
-            self._poller.unregister(sock)
-            sock.close(linger=0)
-        self.data = []
 
     def recv(self, timeout_s=None):
         """The next message from the control socket or a data channel.
@@ -287,19 +304,21 @@ class DestinationLink:
         deadline = time.monotonic() + timeout_s
         ready = dict(_poll_in_slices(self._poller.poll, timeout_s))
         while ready.keys() == {self.monitor}:  # a connection turned away: say so, wait on
-            self._turned_away()
+            self.turned_away()
             ready = dict(_poll_in_slices(self._poller.poll, max(0.0, deadline - time.monotonic())))
         if self.monitor in ready:
-            self._turned_away()
+            self.turned_away()
         if self.control in ready:
-            peer, *frames = self.control.recv_multipart(copy=False)
-            return Incoming(CONTROL, frames, peer.bytes, _peer_address(peer))
-        for channel, sock in enumerate(self.data):
-            if sock in ready:
-                return Incoming(channel, sock.recv_multipart(copy=False))
-        raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
+            return self.recv_control()
+        return self._data_message(ready, timeout_s)
 
-    def _turned_away(self):
+    def recv_control(self):
+        """The control message waiting now (after a poll said so), with its sender."""
+        peer, *frames = self.control.recv_multipart(copy=False)
+        return Incoming(CONTROL, frames, peer.bytes, _peer_address(peer))
+
+    def turned_away(self):
+        """Tell on_turned_away why the connection the monitor just reported was turned away."""
         why = _handshake_failure(self.monitor, server=True, secured=self.security is not None)
         if why and self.on_turned_away:
             self.on_turned_away(why)
@@ -320,3 +339,51 @@ class DestinationLink:
         if self.authenticator:
             self.authenticator.stop()
         self.context.term()
+
+
+class PeerLink(_DestinationEnd):
+    """One migration's link behind a serving listener (emulator.serving), used by one thread.
+
+    The listener's thread owns the control socket: it hands this link the migration's
+    control messages over an inproc PAIR, and sends what this link sends to the source.
+    Data come straight to the PULLs this link binds, on the listener's context.
+    first: the Incoming that began the migration (its HELLO), the first recv's answer.
+    The listener cancels the migration with PAIR_CANCEL: recv raises KeyboardInterrupt,
+    which a Destination reports as cancelled (and tells its source).
+    """
+
+    def __init__(self, listener, pair_endpoint, first):
+        self.context, self.security, self.host = listener.context, listener.security, listener.host
+        self.endpoint, self.timeout_s = listener.endpoint, listener.timeout_s
+        self.peer, self.address, self._first = first.peer, first.address, first
+        self.on_turned_away = None  # the listener hears of turned-away connections, not a migration
+        self.data = []
+        self.pair = self.context.socket(zmq.PAIR)
+        self.pair.setsockopt(zmq.LINGER, 0)
+        self.pair.connect(pair_endpoint)
+        self.data_prefix = f"{self.endpoint}-{pair_endpoint.rpartition('/')[2]}"
+        self._poller = _poller((self.pair, zmq.POLLIN))
+
+    def recv(self, timeout_s=None):
+        """As DestinationLink.recv, for this migration's source only."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        ready = dict(_poll_in_slices(self._poller.poll, timeout_s))
+        if self.pair in ready:
+            frames = self.pair.recv_multipart(copy=False)
+            if len(frames) == 1 and frames[0].bytes == PAIR_CANCEL:
+                raise KeyboardInterrupt
+            return Incoming(CONTROL, frames, self.peer, self.address)
+        return self._data_message(ready, timeout_s)
+
+    def send_control(self, peer, frames, wait=True):
+        """Hand `frames` to the listener, which sends them on to the source (it drops them if it has gone)."""
+        self.pair.send_multipart(frames, copy=True)
+
+    def finished(self):
+        """Tell the listener this migration has ended (one empty frame), then close."""
+        self.pair.send(PAIR_FINISHED)
+        self.close_data()
+        self.pair.close(linger=0)

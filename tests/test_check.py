@@ -92,7 +92,7 @@ def test_a_destination_busy_with_a_migration_still_answers_a_check():
         source.join(30)
     assert answer == Verdict(problems=(), busy=True)
     assert reports[0].status == "completed" and reports[0].digests_match
-    assert serving.destination.frames_refused == 0
+    assert serving.destination.doors.frames_refused == 0
 
 
 def test_a_bad_check_is_refused_naming_the_field_and_the_destination_goes_on():
@@ -111,7 +111,7 @@ def test_a_bad_check_is_refused_naming_the_field_and_the_destination_goes_on():
         assert serving.untouched()
         assert migration.check(FITS, serving.link.endpoint).compatible
         report = migration.run_source(FITS, serving.link.endpoint)
-    assert report.status == "completed" and serving.destination.frames_refused == 1
+    assert report.status == "completed" and serving.destination.doors.frames_refused == 1
 
 
 GOOD = {"field": "guest.memory_bytes", "text": "too big", "fix": "less"}

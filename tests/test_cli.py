@@ -253,10 +253,11 @@ class FakeEngine(types.ModuleType):
         self._call("send", scenario, to, progress=progress, security=security)
         return self.report
 
-    def receive(self, listen, *, capacity_bytes=None, limits=None, serve=False, progress=None, timeout_s=10.0,
-                wait_s=None, security=None, insecure=False, on_outcome=None, ready=None):
-        self._call("receive", listen, capacity_bytes=capacity_bytes, limits=limits, serve=serve, progress=progress,
-                   timeout_s=timeout_s, wait_s=wait_s, security=security, insecure=insecure)
+    def receive(self, listen, *, capacity_bytes=None, limits=None, serve=False, max_incoming=1, progress=None,
+                timeout_s=10.0, wait_s=None, security=None, insecure=False, on_outcome=None, ready=None):
+        self._call("receive", listen, capacity_bytes=capacity_bytes, limits=limits, serve=serve,
+                   max_incoming=max_incoming, progress=progress, timeout_s=timeout_s, wait_s=wait_s,
+                   security=security, insecure=insecure)
         ready(listen)
         if self.outcome is not None:  # None: stopped before any migration
             on_outcome(self.outcome)
@@ -334,11 +335,19 @@ def test_receive(fake_engine, capsys):
     assert cli.main(["receive", "--listen", "tcp://*:4444", "--capacity", "2GiB", "--quiet"]) == 0
     (name, (listen,), kwargs), = fake_engine.calls
     assert (name, listen) == ("receive", "tcp://*:4444")
-    assert kwargs == {"capacity_bytes": 2 << 30, "limits": DestinationLimits(), "serve": False, "progress": None,
-                      "timeout_s": 10.0, "wait_s": None, "security": None, "insecure": False}
+    assert kwargs == {"capacity_bytes": 2 << 30, "limits": DestinationLimits(), "serve": False, "max_incoming": 1,
+                      "progress": None, "timeout_s": 10.0, "wait_s": None, "security": None, "insecure": False}
     captured = capsys.readouterr()
     assert "completed" in captured.out and "abc123" in captured.out
     assert "listening on tcp://*:4444" in captured.err
+
+
+def test_max_incoming_needs_serve(fake_engine, capsys):
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:4444", "--max-incoming", "2"]) == 2
+    assert "--max-incoming: a single receive hosts one migration; give --serve too" in capsys.readouterr().err
+    assert cli.main(["receive", "--listen", "tcp://127.0.0.1:4444", "--serve", "--max-incoming", "3",
+                     "--quiet"]) == 0
+    assert fake_engine.calls[-1][2]["max_incoming"] == 3
 
 
 def test_receive_limits_reach_the_engine(fake_engine, capsys):

@@ -1,0 +1,125 @@
+"""receive --serve --max-incoming N: several migrations hosted at once on one control socket."""
+
+import json
+import re
+import signal
+import threading
+
+import numpy as np
+
+from emulator.guest import GuestSpec
+from emulator.migration import check, run_source
+from emulator.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.workload import WorkloadSpec
+from tests.cli_process import PrecopyProcess
+
+PAGE = 4096
+MIB = 1 << 20
+
+
+def guest(mib, rate=2e6, seed=0):
+    """A random guest of `mib` MiB, capped at `rate` bytes/s (so migrations overlap), with a writer."""
+    return Scenario(GuestSpec(mib * MIB, fill="random", seed=seed), WorkloadSpec(rate_pages_per_s=50, seed=seed),
+                    MigrationOptions(codec="raw", batch_pages=64, max_bandwidth_bytes_per_s=rate, timeout_s=5),
+                    GuestConfig(cpu=None))
+
+
+def migrate_all(scenarios, endpoint):
+    """Migrate every scenario at once, each from its own thread; their reports, in order."""
+    reports = [None] * len(scenarios)
+
+    def one(index):
+        reports[index] = run_source(scenarios[index], endpoint)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(scenarios))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return reports
+
+
+def outcomes_of(out):
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_two_guests_at_once_arrive_byte_identical_and_a_third_is_refused_as_busy():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "2",
+                              "--capacity", "64MiB", "--timeout", "5s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        busy = []
+
+        def third():  # while the two run: a check says busy, a HELLO is refused as busy
+            receiver.wait_for(re.compile(r"\[2\] accepted a"), timeout_s=20)
+            busy.append(check(guest(1), endpoint))
+            busy.append(run_source(guest(1), endpoint))
+
+        extra = threading.Thread(target=third)
+        extra.start()
+        first, second = migrate_all([guest(4, seed=1), guest(4, seed=2)], endpoint)
+        extra.join(30)
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    for report in (first, second):
+        assert report.status == "completed" and report.digests_match, report.reason
+        assert report.summary["total-time"] > 1.5  # 4 MiB at 2 MB/s: they overlapped
+    verdict, refused = busy
+    assert verdict.busy and verdict.compatible
+    assert refused.status == "failed"
+    assert refused.reason == ("destination refused: busy with 2 migrations, this destination's limit "
+                              "(receive --max-incoming 2)")
+    completed = [o for o in outcomes_of(out) if o["status"] == "completed"]
+    assert sorted(o["digest"] for o in completed) == sorted([first.source_digest, second.source_digest])
+    assert "Traceback" not in err and status == 0
+
+
+def test_guests_at_once_share_the_capacity():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "2",
+                              "--capacity", "12MiB", "--timeout", "5s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        first, second = migrate_all([guest(8, rate=8e6, seed=1), guest(8, rate=8e6, seed=2)], endpoint)
+        after = run_source(guest(8, rate=None, seed=3), endpoint)  # the capacity came back
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    completed, refused = sorted([first, second], key=lambda report: report.status)
+    assert completed.status == "completed" and completed.digests_match
+    assert refused.status == "failed" and "above this destination's capacity of 4.00 MiB" in refused.reason
+    assert after.status == "completed" and after.digests_match
+
+
+def test_sigterm_cancels_every_incoming_migration_and_their_sources_keep_their_guests():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "2",
+                              "--timeout", "5s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        threading.Timer(1.0, receiver.signal, args=(signal.SIGTERM,)).start()
+        reports = migrate_all([guest(8, rate=1e6, seed=1), guest(8, rate=1e6, seed=2)], endpoint)
+    finally:
+        status, out, err = receiver.finish()
+    for report in reports:
+        assert report.status == "cancelled", report.reason
+        assert report.reason == "destination aborted: cancelled by the user on the destination"
+    assert [o["status"] for o in outcomes_of(out)] == ["cancelled", "cancelled"]
+    assert status == 130 and "Traceback" not in err
+
+
+def test_pages_of_concurrent_migrations_never_mix():
+    """Writers flat out on both guests, same page numbers, different contents: each arrives as itself."""
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "3",
+                              "--timeout", "5s", "--json")
+    scenarios = [Scenario(GuestSpec(2 * MIB, fill="random", seed=seed),
+                          WorkloadSpec(vcpus=1, rate_pages_per_s=np.inf, seed=seed),
+                          MigrationOptions(channels=2, timeout_s=5), GuestConfig(cpu=None)) for seed in (1, 2, 3)]
+    try:
+        endpoint = receiver.wait_listening()
+        reports = migrate_all(scenarios, endpoint)
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    assert all(report.status == "completed" and report.digests_match for report in reports)
+    assert len({report.source_digest for report in reports}) == 3
+    assert sorted(o["digest"] for o in outcomes_of(out)) == sorted(r.source_digest for r in reports)
