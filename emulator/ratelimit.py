@@ -10,11 +10,17 @@ pass last as long as the capped link would take to carry it.
 ``consume`` reserves under the lock and sleeps outside it: each thread debits its bytes
 at once and sleeps until its reservation is due, so threads queue behind each other's
 debt without holding the lock while asleep.
+
+A bucket made with a ``SharedBalance`` keeps its balance in shared memory under a
+process-shared lock: every process given the same balance draws from one bucket (a
+drain's migrations share one link budget this way), and the balance counts every
+process's bytes.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import threading
 import time
 from typing import Callable, Protocol
@@ -22,6 +28,7 @@ from typing import Callable, Protocol
 __all__ = [
     "DEFAULT_BURST_S",
     "Limiter",
+    "SharedBalance",
     "SMB_BANDWIDTH_LIMIT_FACTOR_PCT",
     "TokenBucket",
     "Unlimited",
@@ -66,11 +73,37 @@ def _check_rate(value: object, name: str = "rate_bytes_per_s") -> float:
     return float(value)
 
 
+class SharedBalance:
+    """A bucket's balance (tokens, when last refilled, bytes consumed by all) in shared memory, with a
+    process-shared lock. Give it to processes when they start (``multiprocessing`` pickles it then)."""
+
+    def __init__(self, context=None):
+        context = context or multiprocessing.get_context("spawn")
+        self.values = context.RawArray("d", 3)
+        self.lock = context.Lock()
+
+    @property
+    def consumed_bytes(self) -> float:
+        """Bytes every process has debited so far."""
+        with self.lock:
+            return self.values[2]
+
+
+class _LocalBalance:
+    """A bucket's balance in this process only."""
+
+    def __init__(self) -> None:
+        self.values = [0.0, 0.0, 0.0]
+        self.lock = threading.Lock()
+
+
 class TokenBucket:
     """A token bucket of ``burst_bytes`` refilled at ``rate_bytes_per_s``; starts full.
 
-    clock: seconds, monotonic (``time.monotonic``); sleep: sleeps that many seconds.
-    Both are injectable so tests run on a fake clock.
+    clock: seconds, monotonic (``time.monotonic``, which every process on a host shares);
+    sleep: sleeps that many seconds. Both are injectable so tests run on a fake clock.
+    shared: a SharedBalance to draw from the same bucket as other processes (it starts
+    full when the first one is made).
     """
 
     def __init__(
@@ -79,6 +112,7 @@ class TokenBucket:
         burst_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        shared: SharedBalance | None = None,
     ) -> None:
         self.rate_bytes_per_s = _check_rate(rate_bytes_per_s)
         if isinstance(burst_bytes, bool) or not isinstance(burst_bytes, int):
@@ -89,9 +123,11 @@ class TokenBucket:
         self.consumed_bytes = 0
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = float(burst_bytes)
-        self._last_s = clock()
+        balance = shared or _LocalBalance()
+        self._lock, self._balance = balance.lock, balance.values  # tokens, last refill, all bytes
+        with self._lock:
+            if self._balance[1] == 0.0:  # the first bucket on this balance: full
+                self._balance[0], self._balance[1] = float(burst_bytes), clock()
 
     @classmethod
     def unlimited(cls) -> Unlimited:
@@ -99,8 +135,8 @@ class TokenBucket:
         return Unlimited()
 
     def _tokens_at(self, now_s: float) -> float:
-        elapsed_s = max(0.0, now_s - self._last_s)
-        return min(float(self.burst_bytes), self._tokens + elapsed_s * self.rate_bytes_per_s)
+        tokens, last_s = self._balance[0], self._balance[1]
+        return min(float(self.burst_bytes), tokens + max(0.0, now_s - last_s) * self.rate_bytes_per_s)
 
     def _wait_s(self, tokens: float, nbytes: int) -> float:
         needed = min(nbytes, self.burst_bytes)
@@ -128,8 +164,8 @@ class TokenBucket:
             now_s = self._clock()
             tokens = self._tokens_at(now_s)
             wait_s = self._wait_s(tokens, nbytes)
-            self._tokens = tokens - nbytes
-            self._last_s = now_s
+            self._balance[0], self._balance[1] = tokens - nbytes, now_s
+            self._balance[2] += nbytes
             self.consumed_bytes += nbytes
         if wait_s > 0:
             self._sleep(wait_s)
@@ -145,13 +181,15 @@ class TokenBucket:
 
 
 class Unlimited:
-    """The limiter for no limit: same interface as TokenBucket, never waits."""
+    """The limiter for no limit: same interface as TokenBucket, never waits (but counts, in
+    `shared` too when given)."""
 
     rate_bytes_per_s: None = None
     burst_bytes: None = None
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedBalance | None = None) -> None:
         self.consumed_bytes = 0
+        self._shared = shared
         self._lock = threading.Lock()
 
     def tokens(self) -> float:
@@ -165,6 +203,9 @@ class Unlimited:
         _check_nbytes(nbytes)
         with self._lock:
             self.consumed_bytes += nbytes
+        if self._shared is not None:
+            with self._shared.lock:
+                self._shared.values[2] += nbytes
         return 0.0
 
     def settle(self) -> float:
@@ -182,13 +223,16 @@ def make_limiter(
     burst_bytes: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    shared: SharedBalance | None = None,
 ) -> TokenBucket | Unlimited:
-    """A TokenBucket for a rate (B/s), or Unlimited for None; burst defaults to 10 ms."""
+    """A TokenBucket for a rate (B/s), or Unlimited for None; burst defaults to 10 ms.
+
+    shared: a SharedBalance, to draw from (and count into) one bucket with other processes."""
     if rate_bytes_per_s is None:
-        return Unlimited()
+        return Unlimited(shared)
     if burst_bytes is None:
         burst_bytes = default_burst_bytes(rate_bytes_per_s)
-    return TokenBucket(rate_bytes_per_s, burst_bytes, clock=clock, sleep=sleep)
+    return TokenBucket(rate_bytes_per_s, burst_bytes, clock=clock, sleep=sleep, shared=shared)
 
 
 def percent_of_link(

@@ -106,15 +106,19 @@ class Source:
     progress: an object with phase(name, elapsed_s), pass_done(record, page_size,
     total_pages) and message(text), or None; if it has interval_s (> 0) and
     interval(sample), it gets a report.Interval that often during each pass.
+    link_budget: a limiter (emulator.ratelimit) other migrations draw from too, as a
+    drain's migrations share one cap on the link; each data message takes from it
+    after this migration's own cap.
     """
 
-    def __init__(self, scenario, guest, workload, link, *, progress=None, clock=time.monotonic):
+    def __init__(self, scenario, guest, workload, link, *, progress=None, link_budget=None, clock=time.monotonic):
         self.scenario = scenario
         self.options = scenario.migration
         self.guest, self.workload, self.link = guest, workload, link
         self.progress, self.clock = progress, clock
         self.codec = codec_from_name(self.options.codec)
         self.limiter = make_limiter(self.options.max_bandwidth_bytes_per_s)
+        self.link_budget = link_budget
         self.protocol = SourceProtocol(self.options.channels, guest.page_size)
         self.passes = []
         self.unrecorded = None  # the _PassCounter of a pass (or blackout) still being sent
@@ -269,6 +273,8 @@ class Source:
         channel, frames = self.protocol.data(batch)
         wire = sum(memoryview(frame).nbytes for frame in frames)
         self.limiter.consume(wire)
+        if self.link_budget is not None:
+            self.link_budget.consume(wire)
         try:
             self.link.send_data(channel, frames)
         except PeerTimeout:

@@ -220,3 +220,45 @@ def test_threads_share_one_bucket_without_losing_debits():
     total = sum(map(sum, plans))
     assert limiter.consumed_bytes == total
     assert limiter.tokens() == burst - total
+
+
+def _draw(balance, rate, chunks, chunk_bytes, started):
+    """In a child process: take `chunks` of `chunk_bytes` from the bucket on `balance`."""
+    started.wait(30)
+    bucket = make_limiter(rate, shared=balance)
+    for _ in range(chunks):
+        bucket.consume(chunk_bytes)
+
+
+def test_processes_drawing_from_one_shared_balance_hold_one_rate():
+    import multiprocessing
+    import time
+
+    from emulator.ratelimit import SharedBalance
+
+    context = multiprocessing.get_context("spawn")
+    balance, started = SharedBalance(context), context.Event()
+    rate, chunks, chunk_bytes = 8e6, 64, 64 * 1024  # 3 processes x 4 MiB at 8 MB/s: about 1.57 s
+    children = [context.Process(target=_draw, args=(balance, rate, chunks, chunk_bytes, started))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    time.sleep(0.5)  # the children have started their interpreters
+    began = time.monotonic()
+    started.set()
+    for child in children:
+        child.join(30)
+    elapsed = time.monotonic() - began
+    total = 3 * chunks * chunk_bytes
+    assert balance.consumed_bytes == total
+    expected = (total - default_burst_bytes(rate) - chunk_bytes) / rate  # what the burst and last debit allow
+    assert expected * 0.97 <= elapsed <= expected * 1.3 + 0.5, (elapsed, expected)
+
+
+def test_unlimited_counts_into_a_shared_balance():
+    from emulator.ratelimit import SharedBalance
+
+    balance = SharedBalance()
+    make_limiter(None, shared=balance).consume(1000)
+    make_limiter(None, shared=balance).consume(24)
+    assert balance.consumed_bytes == 1024
