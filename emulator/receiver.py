@@ -204,7 +204,7 @@ class Doorkeeper:
         except RemoteProtocolError as error:
             self.refuse(incoming, error)
             return
-        self.send(incoming.peer, lambda: verdict(Verdict(tuple(problems), busy)))
+        self.send(incoming.peer, lambda: verdict(Verdict(tuple(problems), busy, max(0, capacity_bytes))))
         self.notice(f"a source at {incoming.address or 'a local endpoint'} checked a guest: "
                     + (format_count(len(problems), "problem") if problems else "compatible"))
 

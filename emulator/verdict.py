@@ -37,29 +37,35 @@ def refusal(problems):
 class Verdict:
     """A destination's answer to CHECK: the problems a migration would be refused for (none: compatible).
 
-    busy: it is receiving another migration now, so a HELLO now would be refused as busy.
+    busy: it hosts as many migrations as it may now, so a HELLO now would be refused as busy.
+    free_bytes: the guest memory it could give a guest now (its capacity less what incoming
+    guests hold).
     """
 
     problems: tuple[Problem, ...]
     busy: bool = False
+    free_bytes: int = 0
 
     @property
     def compatible(self):
         return not self.problems
 
     def to_body(self):
-        return {"problems": [problem.to_dict() for problem in self.problems], "busy": self.busy}
+        return {"problems": [problem.to_dict() for problem in self.problems], "busy": self.busy,
+                "free_bytes": self.free_bytes}
 
     @classmethod
     def from_body(cls, body):
         """The Verdict of a VERDICT body; RemoteProtocolError naming the field that is wrong."""
-        problems, busy = body.get("problems"), body.get("busy")
+        problems, busy, free = body.get("problems"), body.get("busy"), body.get("free_bytes")
         if not isinstance(busy, bool):
             raise RemoteProtocolError("body.busy", f"must be true or false, got {busy!r:.80}")
+        if type(free) is not int or free < 0:
+            raise RemoteProtocolError("body.free_bytes", f"must be a whole number >= 0, got {free!r:.80}")
         if not isinstance(problems, list) or len(problems) > MAX_PROBLEMS:
             raise RemoteProtocolError("body.problems", f"must be a list of at most {MAX_PROBLEMS} problems, "
                                                        f"got {problems!r:.80}")
-        return cls(tuple(_problem(item) for item in problems), busy)
+        return cls(tuple(_problem(item) for item in problems), busy, free)
 
 
 def _problem(item):

@@ -63,7 +63,7 @@ def test_check_names_every_problem_and_changes_nothing_on_the_destination():
         assert not answer.compatible and not answer.busy
         assert all(problem.fix for problem in answer.problems)
         assert serving.untouched()
-        assert migration.check(FITS, serving.link.endpoint) == Verdict(problems=(), busy=False)
+        assert migration.check(FITS, serving.link.endpoint) == Verdict(problems=(), busy=False, free_bytes=64 * PAGE)
         assert serving.untouched()
         report = migration.run_source(MISFITS, serving.link.endpoint)  # the same answer refuses the migration
     assert report.status == "failed" and report.reason == f"destination refused: {refusal(answer.problems)}"
@@ -90,7 +90,7 @@ def test_a_destination_busy_with_a_migration_still_answers_a_check():
             time.sleep(0.01)
         answer = migration.check(FITS, serving.link.endpoint)
         source.join(30)
-    assert answer == Verdict(problems=(), busy=True)
+    assert answer.compatible and answer.busy
     assert reports[0].status == "completed" and reports[0].digests_match
     assert serving.destination.doors.frames_refused == 0
 
@@ -118,14 +118,17 @@ GOOD = {"field": "guest.memory_bytes", "text": "too big", "fix": "less"}
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"problems": [], "busy": 1}, "body.busy"),
-    ({"problems": []}, "body.busy"),
-    ({"problems": "none", "busy": False}, "body.problems"),
-    ({"problems": [GOOD] * (MAX_PROBLEMS + 1), "busy": False}, "body.problems"),
-    ({"problems": [{"field": "x", "text": "y"}], "busy": False}, "body.problems"),
-    ({"problems": [{**GOOD, "fix": ""}], "busy": False}, "body.problems"),
-    ({"problems": [{**GOOD, "text": "x" * 5000}], "busy": False}, "body.problems"),
-    ({"problems": [{**GOOD, "field": 7}], "busy": False}, "body.problems"),
+    ({"problems": [], "busy": 1, "free_bytes": 0}, "body.busy"),
+    ({"problems": [], "free_bytes": 0}, "body.busy"),
+    ({"problems": [], "busy": False}, "body.free_bytes"),
+    ({"problems": [], "busy": False, "free_bytes": -1}, "body.free_bytes"),
+    ({"problems": [], "busy": False, "free_bytes": 1.5}, "body.free_bytes"),
+    ({"problems": "none", "busy": False, "free_bytes": 0}, "body.problems"),
+    ({"problems": [GOOD] * (MAX_PROBLEMS + 1), "busy": False, "free_bytes": 0}, "body.problems"),
+    ({"problems": [{"field": "x", "text": "y"}], "busy": False, "free_bytes": 0}, "body.problems"),
+    ({"problems": [{**GOOD, "fix": ""}], "busy": False, "free_bytes": 0}, "body.problems"),
+    ({"problems": [{**GOOD, "text": "x" * 5000}], "busy": False, "free_bytes": 0}, "body.problems"),
+    ({"problems": [{**GOOD, "field": 7}], "busy": False, "free_bytes": 0}, "body.problems"),
 ])
 def test_a_hostile_verdict_is_refused_naming_the_field(body, field):
     with pytest.raises(RemoteProtocolError) as raised:
@@ -134,7 +137,8 @@ def test_a_hostile_verdict_is_refused_naming_the_field(body, field):
 
 
 def test_a_verdict_round_trips():
-    answer = Verdict((Problem(**GOOD), Problem("config.switches", "lacks 'A'", "receive --switch A")), busy=True)
+    answer = Verdict((Problem(**GOOD), Problem("config.switches", "lacks 'A'", "receive --switch A")), busy=True,
+                     free_bytes=1 << 30)
     assert Verdict.from_body(json.loads(json.dumps(answer.to_body()))) == answer
     assert str(answer.problems[0]) == "too big: less"
 
@@ -156,7 +160,8 @@ def test_the_check_command_prints_every_problem_and_exits_by_the_answer():
         status, out, err = PrecopyProcess("check", "--to", endpoint, "--memory", "1MiB", "--cpu", "any",
                                           "--json").finish()
         assert status == 0, err
-        assert json.loads(out) == {"to": endpoint, "compatible": True, "problems": [], "busy": False}
+        assert json.loads(out) == {"to": endpoint, "compatible": True, "problems": [], "busy": False,
+                                   "free_bytes": 1 << 20}
         status, out, err = PrecopyProcess("send", "--to", endpoint, "--memory", "1MiB", "--quiet").finish()
         assert status == 0 and "completed" in out, err  # the checks did not use up the one migration
     finally:
