@@ -322,12 +322,53 @@ def build_parser():
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     run_options.add_options(setter, ("downtime_limit", "max_bandwidth"), defaults=False)
 
+    drain = _add_drain(commands)
     analysis = _add_analysis_commands(commands)
 
-    for sub in (migrate, send, receive, keygen, status, setter, *analysis):
+    for sub in (migrate, send, check, drain, receive, keygen, status, setter, *analysis):
         # SUPPRESS: a subcommand's default must not undo a --debug given before it.
         _add_debug(sub, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_drain(commands):
+    from emulator.drain import ORDERS, PLACEMENTS
+
+    drain = commands.add_parser(
+        "drain", help="evacuate this host: migrate its guests away, at most K at once, sharing one link budget",
+        description="Start the guests (an --inventory file, or --guests N alike), each in a process of its own "
+                    "with its writers, and migrate them all to the receivers (--to, each a 'precopy receive "
+                    "--serve'), at most --max-concurrent at once. The run options below describe every guest "
+                    "(an inventory's entries override them); --max-bandwidth is the budget all migrations share, "
+                    "--per-migration-bandwidth each one's own cap. A failed migration leaves its guest running "
+                    "here and the drain goes on.")
+    drain.add_argument("--to", action="append", required=True, type=_endpoint_type("--to", "tcp://10.0.0.2:4444"),
+                       metavar="tcp://HOST:PORT", help="a receiver to drain to (repeat for several)")
+    which = drain.add_mutually_exclusive_group(required=True)
+    which.add_argument("--inventory", metavar="FILE",
+                       help="a TOML file: [defaults] and [[guests]] tables of run options as a sweep grid spells "
+                            "them (memory, dirty_rate, pattern, codec, max_bandwidth: its own cap, ...) and a name")
+    which.add_argument("--guests", type=_int_type("--guests", "4", minimum=1, maximum=256), metavar="N",
+                       help="N guests alike, as the run options describe (each with its own seed)")
+    plan = drain.add_argument_group("the drain")
+    plan.add_argument("--max-concurrent", type=_int_type("--max-concurrent", "2", minimum=1, maximum=256), default=2,
+                      metavar="K", help="most migrations at once (default 2, as Hyper-V)")
+    plan.add_argument("--order", choices=ORDERS, default="listed",
+                      help="which queued guest goes next: as listed (default), or the largest memory first")
+    plan.add_argument("--placement", choices=PLACEMENTS, default="round-robin",
+                      help="which receiver takes it: the next in turn (default), or the one with the most memory "
+                           "free; either way one that would host it now")
+    plan.add_argument("--per-migration-bandwidth", metavar="RATE", type=_rate_type("--per-migration-bandwidth",
+                                                                                    "100MB/s"),
+                      help="each migration's own cap, under the shared --max-bandwidth (default none)")
+    plan.add_argument("--retry", action="store_true", help="try each failed migration once more at the end")
+    for title in run_options.GROUPS:
+        run_options.add_options(drain.add_argument_group(f"every guest: {title}"), run_options.keys_of(title))
+    output = drain.add_argument_group("output")
+    output.add_argument("--report", metavar="FILE", help="write the drain's JSON report (every guest's report, "
+                                                         "the timeline, the link's use) to FILE")
+    _add_json_quiet(output, what="the drain report JSON")
+    return drain
 
 
 def _add_analysis_commands(commands):
@@ -453,13 +494,13 @@ def _finish(report, args, display):
     return exit_status([report.status])
 
 
-def _check_memory_fits(scenario, copies, where):
-    """Refuse a guest this host cannot hold `copies` times before anything is allocated or started.
+def _check_memory_fits(needed, where):
+    """Refuse guests that need more than this host's available memory before anything is allocated or started.
 
     where: what needs the memory, as the start of the message."""
     from emulator.receiver import available_memory_bytes
 
-    needed, available = copies * scenario.guest.memory_bytes, available_memory_bytes()
+    available = available_memory_bytes()
     if needed > available:
         raise UsageError(f"--memory: {where} {units.format_bytes(needed)}, this host has "
                          f"{units.format_bytes(available)} available (example: --memory 1GiB)")
@@ -468,7 +509,8 @@ def _check_memory_fits(scenario, copies, where):
 def _run_migrate(args):
     scenario = scenario_from_args(args, destination="127.0.0.1")  # the receiver listens on loopback
     _check_report_path(args.report)
-    _check_memory_fits(scenario, 2, "a migration on this machine holds the guest twice (source and destination):")
+    _check_memory_fits(2 * scenario.guest.memory_bytes,
+                       "a migration on this machine holds the guest twice (source and destination):")
     engine = _engine()
     display = _source_display(args)
     if display is not None:
@@ -479,7 +521,7 @@ def _run_migrate(args):
 def _run_send(args):
     scenario = scenario_from_args(args, destination=parse_endpoint(args.to)[0].strip("[]"))
     _check_report_path(args.report)
-    _check_memory_fits(scenario, 1, "the source guest needs")
+    _check_memory_fits(scenario.guest.memory_bytes, "the source guest needs")
     security = _client_security(args)
     engine = _engine()
     display = _source_display(args)
@@ -496,6 +538,32 @@ def _run_check(args):
     else:
         print(format_verdict(answer, args.to))
     return EXIT_OK if answer.compatible else EXIT_FAILED
+
+
+def _run_drain(args):
+    from emulator import drain
+
+    scenario = scenario_from_args(args, destination=parse_endpoint(args.to[0])[0].strip("[]"))
+    _check_report_path(args.report)
+    values = {key: value for key, value in run_options.given(args).items() if key not in ("max_bandwidth", "link")}
+    if args.per_migration_bandwidth is not None:
+        values["max_bandwidth"] = args.per_migration_bandwidth
+    try:
+        guests = drain.load_inventory(args.inventory, values) if args.inventory else drain.repeated(args.guests, values)
+        options = drain.DrainOptions(tuple(args.to), args.max_concurrent, args.order, args.placement,
+                                     scenario.migration.max_bandwidth_bytes_per_s, args.retry)
+    except ValueError as error:
+        raise UsageError(f"--inventory: {error}" if args.inventory else str(error)) from None
+    _check_memory_fits(sum(guest.scenario.guest.memory_bytes for guest in guests), f"the {len(guests)} guests need")
+    display = _display(args)
+    report = drain.Drain(guests, options, progress=display).run()
+    if args.json:
+        sys.stdout.write(report.to_json())
+    else:
+        print(drain.format_drain(report))
+    if args.report is not None:
+        report.write(args.report)
+    return exit_status([run.status if run.status in _EXIT_FOR_STATUS else "cancelled" for run in report.guests])
 
 
 def _client_security(args):
@@ -714,7 +782,7 @@ def _run_set(args):
     return EXIT_OK
 
 
-_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "check": _run_check, "receive": _run_receive, "keygen": _run_keygen,
+_COMMANDS = {"migrate": _run_migrate, "send": _run_send, "check": _run_check, "drain": _run_drain, "receive": _run_receive, "keygen": _run_keygen,
              "status": _run_status, "set": _run_set, "estimate": _run_estimate, "sweep": _run_sweep,
              "plot": _run_plot, "compat": _run_compat}
 

@@ -1,0 +1,135 @@
+"""precopy drain: several guests, each its own process, moved at most K at once under one shared link budget."""
+
+import json
+import signal
+import time
+
+import pytest
+
+from emulator import drain
+from emulator.cli import main
+from emulator.drain import Drain, DrainOptions, ordered
+from tests.cli_process import PrecopyProcess
+
+MIB = 1 << 20
+GUEST = {"memory": "8MiB", "fill": "random", "codec": "raw", "dirty_rate": "200", "cpu": "any", "timeout": "2s",
+         "batch_pages": "64"}
+
+
+def receivers(count, *more):
+    """`count` serving receivers on loopback, two migrations at once each; their processes and endpoints."""
+    processes = [PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "2",
+                                "--timeout", "2s", "--json", *more) for _ in range(count)]
+    return processes, [process.wait_listening() for process in processes]
+
+
+def stopped(processes):
+    """Stop the receivers; the outcomes each printed (one JSON line per migration)."""
+    outcomes = []
+    for process in processes:
+        process.signal(signal.SIGTERM)
+        status, out, err = process.finish()
+        assert "Traceback" not in err, err
+        outcomes.append([json.loads(line) for line in out.splitlines() if line.startswith("{")])
+    return outcomes
+
+
+def guests(count, **values):
+    return drain.guests_from([{} for _ in range(count)], drain._read({**GUEST, **values}, "test"))
+
+
+def test_four_guests_two_at_once_to_two_receivers_under_one_shared_cap():
+    processes, endpoints = receivers(2)
+    try:
+        cap = 16e6  # 36 MiB of random pages, raw: about 2.4 s at 16 MB/s
+        sizes = drain.guests_from([{"memory": f"{mib}MiB"} for mib in (6, 10, 8, 12)], drain._read(GUEST, "test"))
+        report = Drain(sizes, DrainOptions(tuple(endpoints), max_concurrent=2, max_bandwidth_bytes_per_s=cap)).run()
+    finally:
+        outcomes = stopped(processes)
+    assert report.status == "completed", [(run.name, run.reason) for run in report.guests]
+    for run in report.guests:
+        assert run.report.status == "completed" and run.report.digests_match
+    # each guest resumed once, on the destination it was sent to
+    resumed = sorted(o["digest"] for outcome in outcomes for o in outcome if o["status"] == "completed")
+    assert resumed == sorted(run.report.source_digest for run in report.guests)
+    assert {run.destination for run in report.guests} == set(endpoints)
+    # never more than K at once, and K at once while guests waited
+    assert report.peak_concurrency == 2
+    for run in report.guests:
+        at_once = sum(other.started_s <= run.started_s < other.ended_s for other in report.guests)
+        assert at_once <= 2
+    # the link held the shared cap, not a static split, while migrations ran
+    busy = [rate for at, rate in report.link[1:-1]]
+    assert busy and abs(sum(busy) / len(busy) - cap) <= 0.03 * cap, report.link
+    assert max(rate for _, rate in report.link) <= cap * 1.1
+
+
+def test_a_destination_killed_mid_drain_leaves_its_guest_on_the_source_and_the_rest_complete():
+    processes, endpoints = receivers(2)
+    try:
+        options = DrainOptions(tuple(endpoints), max_concurrent=2, max_bandwidth_bytes_per_s=8e6)
+
+        class KillSecond(Drain):  # the second receiver dies just after its first guest began
+            def _begin(self, index, destination):
+                super()._begin(index, destination)
+                if destination == endpoints[1]:
+                    time.sleep(0.3)
+                    processes[1].signal(signal.SIGKILL)
+
+        report = KillSecond(guests(4), options).run()
+    finally:
+        processes[1].finish()
+        outcomes = stopped(processes[:1])
+    by_status = {}
+    for run in report.guests:
+        by_status.setdefault(run.status, []).append(run)
+    assert [run.name for run in by_status["failed"]] == ["guest2"], [(r.name, r.status) for r in report.guests]
+    lost = by_status["failed"][0]
+    assert lost.destination == endpoints[1] and lost.report.status == "failed" and lost.resumed_s is None
+    assert "destination" in lost.report.reason or "no answer" in lost.report.reason, lost.report.reason
+    assert sorted(run.name for run in by_status["completed"]) == ["guest1", "guest3", "guest4"]
+    assert all(run.destination == endpoints[0] for run in by_status["completed"])
+    assert len([o for o in outcomes[0] if o["status"] == "completed"]) == 3
+    assert report.status == "failed"
+
+
+def test_the_inventory_sets_defaults_and_each_guest(tmp_path):
+    path = tmp_path / "host.toml"
+    path.write_text('[defaults]\nmemory = "64MiB"\npattern = "hotset"\n\n'
+                    '[[guests]]\nname = "web"\n\n[[guests]]\nname = "db"\nmemory = "256MiB"\nmax_bandwidth = "50MB/s"\n'
+                    '\n[[guests]]\n')
+    web, db, third = drain.load_inventory(path, {"dirty_rate": 1000.0})
+    assert (web.name, db.name, third.name) == ("web", "db", "guest3")
+    assert web.scenario.guest.memory_bytes == 64 * MIB and db.scenario.guest.memory_bytes == 256 * MIB
+    assert web.scenario.workload.pattern == db.scenario.workload.pattern == "hotset"
+    assert db.scenario.migration.max_bandwidth_bytes_per_s == 50e6 and web.scenario.migration.max_bandwidth_bytes_per_s is None
+    assert web.scenario.workload.rate_pages_per_s == 1000.0
+    assert len({guest.scenario.guest.seed for guest in (web, db, third)}) == 3  # each its own content
+    assert ordered([web, db, third], "largest") == [1, 0, 2] and ordered([web, db, third], "listed") == [0, 1, 2]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[guests]]\nmemroy = "1GiB"\n', "guest1: unknown key 'memroy'"),
+    ('[[guests]]\nname = "a"\n[[guests]]\nname = "a"\n', "guest 2: name must be a text of 1 to 64 characters, unique"),
+    ('[defaults]\nmemory = "1GiB"\n', "expected an optional [defaults] table and one [[guests]] table or more"),
+    ('[[guests]]\nmemory = "-1"\n', "guest1: memory:"),
+    ('guests = [', "is not valid TOML"),
+])
+def test_a_bad_inventory_is_refused_naming_what_is_wrong(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as raised:
+        drain.load_inventory(path, {})
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--guests", "0"], "--guests"),
+    (["--guests", "2", "--max-concurrent", "0"], "--max-concurrent"),
+    (["--guests", "2", "--order", "smallest"], "--order"),
+    (["--guests", "2", "--per-migration-bandwidth", "fast"], "--per-migration-bandwidth"),
+    (["--guests", "40", "--memory", "1TiB"], "--memory: the 40 guests need"),
+])
+def test_the_drain_command_refuses_bad_values(argv, message, capsys):
+    assert main(["drain", "--to", "tcp://127.0.0.1:9", *argv]) == 2
+    assert message in capsys.readouterr().err
