@@ -386,6 +386,14 @@ def _add_analysis_commands(commands):
                        help="guest bytes per wire byte; R = link x C (default 1: raw)")
     run_options.add_options(estimate.add_argument_group("dirty behaviour"), _ESTIMATE_DIRTY_KEYS)
     run_options.add_options(estimate.add_argument_group("policy"), _ESTIMATE_POLICY_KEYS)
+    drained = estimate.add_argument_group("a drain: N guests alike, K at once, sharing --bandwidth")
+    drained.add_argument("--guests", type=_int_type("--guests", "8", minimum=1, maximum=256), metavar="N",
+                         help="forecast draining N such guests instead of migrating one")
+    drained.add_argument("--max-concurrent", type=_int_type("--max-concurrent", "2", minimum=1, maximum=256),
+                         default=2, metavar="K", help="migrations at once (default 2); every K up to 8 is shown too")
+    drained.add_argument("--setup-time", type=_duration_type("--setup-time", "100ms"), default=0.1,
+                         metavar="DURATION", help="each migration's setup before its first page: a report's "
+                                                  "setup-time (default 100ms)")
     estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
     sweep = commands.add_parser(
@@ -669,11 +677,40 @@ def _run_estimate(args):
             device_state_bytes=scenario.migration.device_state_bytes, policy=policy)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.guests is not None:
+        return _forecast_drain(inputs, args)
     result = estimate.estimate(inputs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(estimate.format_estimate(result))
+    return EXIT_OK
+
+
+def _forecast_drain(inputs, args):
+    from emulator import drain_estimate
+
+    guests = [inputs] * args.guests
+    forecasts, fastest, calmest = drain_estimate.best(guests, inputs.bandwidth_bytes_per_s, args.setup_time)
+    if args.max_concurrent > len(forecasts):
+        forecasts.append(drain_estimate.forecast(guests, inputs.bandwidth_bytes_per_s, args.max_concurrent,
+                                                 args.setup_time))
+    rows = [{"max_concurrent": f.max_concurrent, "total_s": f.total_s, "worst_blackout_s": f.worst_blackout_s,
+             "mean_blackout_s": sum(g.blackout_s for g in f.guests) / len(f.guests)} for f in forecasts]
+    if args.json:
+        print(json.dumps({"guests": args.guests, "link_bytes_per_s": inputs.bandwidth_bytes_per_s,
+                          "setup_s": args.setup_time, "forecasts": rows, "shortest_drain_k": fastest,
+                          "shortest_worst_blackout_k": calmest}, indent=2))
+        return EXIT_OK
+    print(f"drain of {args.guests} guests of {units.format_bytes(inputs.memory_bytes)} sharing "
+          f"{units.format_rate(inputs.bandwidth_bytes_per_s)} (setup {units.format_duration(args.setup_time)} each)")
+    print(f"{'K':>3} {'drain time':>11} {'worst blackout':>15} {'mean blackout':>14}")
+    for row in rows:
+        mark = "  <- --max-concurrent" if row["max_concurrent"] == args.max_concurrent else ""
+        print(f"{row['max_concurrent']:>3} {units.format_duration(row['total_s']):>11} "
+              f"{units.format_duration(row['worst_blackout_s']):>15} "
+              f"{units.format_duration(row['mean_blackout_s']):>14}{mark}")
+    print(f"shortest drain: K = {fastest}; shortest worst blackout: K = {calmest}")
     return EXIT_OK
 
 

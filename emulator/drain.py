@@ -291,12 +291,13 @@ class Drain:
             cancelled = True
             self._cancel()
         finally:
+            ended_s = 0.0 if self.started_at is None else self.now()  # not counting the guests' processes ending
             self._stop_guests()
         for run in self.runs:
             if run.status == "queued":
                 run.status = "not started"
                 run.reason = "the drain was cancelled before it started" if cancelled else run.reason
-        return DrainReport(self.options, self.runs, 0.0 if self.started_at is None else self.now(), link)
+        return DrainReport(self.options, self.runs, ended_s, link)
 
     # guests' processes ------------------------------------------------------------------------
     def _start_guests(self):

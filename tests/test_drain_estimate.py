@@ -1,5 +1,6 @@
 """The drain forecast: K migrations sharing one link, against the single-migration working-set model."""
 
+import json
 import math
 
 import pytest
@@ -52,3 +53,21 @@ def test_setup_holds_a_slot_but_not_the_link():
         forecast([], LINK, 1)
     with pytest.raises(ValueError, match="finite rate"):
         forecast(two, math.inf, 1)
+
+
+def test_the_estimate_command_forecasts_a_drain_for_every_k(capsys):
+    from emulator.cli import main
+
+    argv = ["estimate", "--guests", "4", "--memory", "32MiB", "--bandwidth", "50MB/s", "--dirty-rate", "500",
+            "--max-concurrent", "2", "--setup-time", "100ms"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "drain of 4 guests of 32.0 MiB sharing 50.0 MB/s (setup 100 ms each)"
+    assert [line.split()[0] for line in out[2:6]] == ["1", "2", "3", "4"] and out[3].endswith("<- --max-concurrent")
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    cli_guest = EstimateInputs(32 * MIB, LINK, DirtyBehaviour(500, "hotset"), device_state_bytes=256 << 10)
+    expected = forecast([cli_guest] * 4, LINK, 2, setup_s=0.1)
+    assert data["forecasts"][1]["total_s"] == pytest.approx(expected.total_s)
+    assert data["shortest_worst_blackout_k"] == 1
+    assert main(["estimate", "--guests", "0"]) == 2
