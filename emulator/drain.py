@@ -235,6 +235,26 @@ def _migrate_once(scenario, guest, workload, destination, progress, budget, sour
 
 
 # the drain ----------------------------------------------------------------------------------
+class _LinkUse:
+    """The link's use over time: the bytes every migration took from the shared bucket, per LINK_SAMPLE_S
+    (taken as a message is let through, just before it is sent)."""
+
+    def __init__(self, balance, clock):
+        self.balance, self.clock = balance, clock
+        self.samples = []  # (time, bytes/s over the window ending then)
+        self._at, self._bytes = clock(), balance.consumed_bytes
+
+    def sample(self, final=False):
+        """Take a sample if a window has passed (or, `final`, whatever is left of one); True if taken."""
+        now = self.clock()
+        if now - self._at < (1e-3 if final else LINK_SAMPLE_S):
+            return False
+        consumed = self.balance.consumed_bytes
+        self.samples.append((now, (consumed - self._bytes) / (now - self._at)))
+        self._at, self._bytes = now, consumed
+        return True
+
+
 class Drain:
     """Runs a drain of `guests` (DrainGuest) under `options` (DrainOptions); run() returns the DrainReport.
 
@@ -262,42 +282,45 @@ class Drain:
         return time.monotonic() - self.started_at
 
     def run(self):
-        link, cancelled = [], False
+        cancelled, link = False, None
         try:
             self._start_guests()
             self.started_at = time.monotonic()  # the drain's clock starts with every guest running
-            waiting = [index for index in ordered(self.guests, self.options.order)]
-            retried = not self.options.retry
-            sampled_at, sampled_bytes = 0.0, self.balance.consumed_bytes
-            while True:
-                waiting = self._start_what_fits(waiting)
-                if not waiting and not self.active:
-                    if retried:
-                        break
-                    retried = True
-                    waiting = [index for index in ordered(self.guests, self.options.order)
-                               if self.runs[index].status == "failed"]
-                    if not waiting:
-                        break
-                    self._say(f"retrying {len(waiting)} failed migration(s) once")
-                    continue
-                self._handle_events(LINK_SAMPLE_S / 5)
-                if self.now() - sampled_at >= LINK_SAMPLE_S:
-                    now, consumed = self.now(), self.balance.consumed_bytes
-                    link.append((now, (consumed - sampled_bytes) / (now - sampled_at)))
-                    sampled_at, sampled_bytes = now, consumed
-                    self._say_link(link[-1][1], len(waiting))
+            link = _LinkUse(self.balance, self.now)
+            self._schedule(link)
         except KeyboardInterrupt:
             cancelled = True
             self._cancel()
         finally:
             ended_s = 0.0 if self.started_at is None else self.now()  # not counting the guests' processes ending
+            if link is not None:
+                link.sample(final=True)
             self._stop_guests()
         for run in self.runs:
             if run.status == "queued":
                 run.status = "not started"
                 run.reason = "the drain was cancelled before it started" if cancelled else run.reason
-        return DrainReport(self.options, self.runs, ended_s, link)
+        return DrainReport(self.options, self.runs, ended_s, link.samples if link else [])
+
+    def _schedule(self, link):
+        """Start queued guests as slots free up, until every guest has migrated or failed (retried once)."""
+        waiting = ordered(self.guests, self.options.order)
+        retried = not self.options.retry
+        while True:
+            waiting = self._start_what_fits(waiting)
+            if not waiting and not self.active:
+                if retried:
+                    return
+                retried = True
+                waiting = [index for index in ordered(self.guests, self.options.order)
+                           if self.runs[index].status == "failed"]
+                if not waiting:
+                    return
+                self._say(f"retrying {len(waiting)} failed migration(s) once")
+                continue
+            self._handle_events(LINK_SAMPLE_S / 5)
+            if link.sample():
+                self._say_link(link.samples[-1][1], len(waiting))
 
     # guests' processes ------------------------------------------------------------------------
     def _start_guests(self):

@@ -9,6 +9,8 @@ pyplot, no display, no global backend state, so it runs headless and in threads.
 - ``sweep_figure(rows)``: measured overhead factor against lambda = dirty rate /
   throughput, one panel per pattern, with the rule of thumb's 1.5-3x band and each
   model's curve for each guest size.
+- ``drain_figure(report)``: a drain (emulator.drain.DrainReport): a Gantt of the
+  migrations over time (pre-copy, blackout, failed) above the link's use and its cap.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from emulator import estimate, units
 from emulator.policy import PolicyConfig
 from emulator.report import Report
 
-__all__ = ["plot_file", "run_figure", "save", "sweep_figure"]
+__all__ = ["drain_figure", "plot_file", "run_figure", "save", "sweep_figure"]
 
 MIB = float(1 << 20)
 COLORS = {"measured": "#404040", "geometric": "#d95f02", "working_set": "#1b9e77"}
@@ -299,6 +301,44 @@ def sweep_figure(rows: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+# a drain ----------------------------------------------------------------------------------------
+def drain_figure(report) -> Figure:
+    """The drain's migrations as bars over time (one row per guest, in queue order) above the link's use."""
+    figure = Figure(figsize=(10, 3 + 0.35 * len(report.guests)), layout="constrained")
+    gantt, link = figure.subplots(2, 1, sharex=True, height_ratios=[max(2, len(report.guests) // 2), 2])
+    figure.suptitle(f"drain {report.status}: {len(report.guests)} guests, at most "
+                    f"{report.options.max_concurrent} at once, in {units.format_duration(report.total_s)}",
+                    fontsize=10)
+    height = 0.6
+    for y, run in enumerate(reversed(report.guests)):
+        if run.started_s is None:
+            continue
+        end = run.switchover_s if run.switchover_s is not None else run.ended_s
+        gantt.broken_barh([(run.started_s, max(end - run.started_s, 1e-3))], (y - height / 2, height),
+                          color="#5b8db8" if run.status == "completed" else "#999999")
+        if run.switchover_s is not None and run.resumed_s is not None:
+            gantt.broken_barh([(run.switchover_s, max(run.resumed_s - run.switchover_s, 1e-3))],
+                              (y - height / 2, height), color=BLACKOUT_COLOR)
+    gantt.set_yticks(range(len(report.guests)), [f"{run.name} ({run.status})" for run in reversed(report.guests)],
+                     fontsize=8)
+    gantt.set_title("migrations: pre-copy (blue), blackout (red), failed or cancelled (grey)", fontsize=10,
+                    loc="left")
+    gantt.grid(axis="x", alpha=0.3)
+    if report.link:
+        times = [0.0] + [at for at, _ in report.link]
+        link.stairs([rate / 1e6 for _, rate in report.link], times, fill=True, color="#9cc3e4",
+                    label="bytes through the shared bucket, per 0.5 s")
+    cap = report.options.max_bandwidth_bytes_per_s
+    if cap:
+        link.axhline(cap / 1e6, color=BLACKOUT_COLOR, linestyle="--", label=f"shared cap {units.format_rate(cap)}")
+    link.set_ylabel("MB/s on the wire")
+    link.set_xlabel("seconds from the drain's start")
+    link.legend(fontsize=8, loc="lower right")
+    link.grid(alpha=0.3)
+    link.set_xlim(0, max(report.total_s, 1e-3) * 1.02)
+    return figure
+
+
 # files ------------------------------------------------------------------------------------------
 def plot_file(path: str | Path, out_dir: str | Path | None = None) -> Path:
     """Plot a report (.json) or a sweep (.csv) to OUT_DIR/STEM.png (default: beside it)."""
@@ -309,7 +349,22 @@ def plot_file(path: str | Path, out_dir: str | Path | None = None) -> Path:
 
         figure = sweep_figure(read_csv(path))
     elif path.suffix == ".json":
-        figure = run_figure(Report.read(path))
+        figure = _json_figure(path)
     else:
-        raise ValueError(f"cannot plot {str(path)!r}: expected a report (.json) or a sweep (.csv)")
+        raise ValueError(f"cannot plot {str(path)!r}: expected a report or a drain report (.json), or a sweep (.csv)")
     return save(figure, target)
+
+
+def _json_figure(path: Path) -> Figure:
+    """A migration's report, or a drain's (its "kind" says so)."""
+    import json
+
+    from emulator.drain import DrainReport
+
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # Report.read says what is wrong
+    if kind == "drain":
+        return drain_figure(DrainReport.from_dict(json.loads(path.read_text(encoding="utf-8"))))
+    return run_figure(Report.read(path))

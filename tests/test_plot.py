@@ -1,5 +1,7 @@
 """Figures: what each panel draws, the PNG files, the command."""
 
+import json
+
 import pytest
 
 from emulator import cli, plot, sweep
@@ -118,3 +120,38 @@ def test_cli_plot(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["plot", str(tmp_path / "run.json"), "--out", str(tmp_path / "run.json")]) == cli.EXIT_USAGE
     assert "--out: " in capsys.readouterr().err
+
+
+def _drain_report():
+    from emulator.drain import DrainOptions, DrainReport, GuestRun
+
+    report = fake_report(scenario_4mib())
+    runs = [GuestRun("web", 4 * MIB, "completed", "tcp://127.0.0.1:1", None, 1, 0.0, 0.0, 1.0, 1.1, 1.1, report),
+            GuestRun("db", 4 * MIB, "completed", "tcp://127.0.0.1:2", None, 1, 0.0, 0.1, 1.5, 1.6, 1.6, report),
+            GuestRun("old", 4 * MIB, "failed", "tcp://127.0.0.1:1", "destination aborted: no", 1, 0.0, 1.1, None,
+                     None, 1.4, None)]
+    return DrainReport(DrainOptions(("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"), 2, max_bandwidth_bytes_per_s=8e6),
+                       runs, 1.6, [(0.5, 7.9e6), (1.0, 8.0e6), (1.5, 6.0e6), (1.6, 2.0e6)])
+
+
+def test_drain_figure_draws_each_migration_above_the_link():
+    report = _drain_report()
+    figure = plot.drain_figure(report)
+    gantt, link = figure.axes
+    assert [tick.get_text() for tick in gantt.get_yticklabels()] == ["old (failed)", "db (completed)",
+                                                                     "web (completed)"]
+    bars = [collection.get_paths() for collection in gantt.collections]
+    assert len(bars) == 5  # two pre-copies and their blackouts, one failed migration
+    assert [line.get_ydata()[0] for line in link.get_lines()] == [8.0]  # the shared cap, MB/s
+    assert report.peak_concurrency == 2 and report.concurrency[-1] == (1.6, 0)
+
+
+def test_plot_file_knows_a_drain_report_and_it_reads_back(tmp_path):
+    from emulator.drain import DrainReport
+
+    report = _drain_report()
+    report.write(tmp_path / "drain.json")
+    back = DrainReport.from_dict(json.loads((tmp_path / "drain.json").read_text()))
+    assert back.to_dict() == report.to_dict()
+    assert plot.plot_file(tmp_path / "drain.json") == tmp_path / "drain.png"
+    assert (tmp_path / "drain.png").read_bytes().startswith(PNG_MAGIC)
