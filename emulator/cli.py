@@ -28,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from emulator import link_speed, run_options, units
-from emulator.display import (DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, SweepProgress, describe_scenario,
-                              format_status, format_verdict)
+from emulator.display import (DEFAULT_INTERVAL_S, DrainBoard, JsonStream, LiveDisplay, SweepProgress,
+                              describe_scenario, format_status, format_verdict)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
 from emulator.receiver import DestinationLimits
 from emulator.scenario import CONFIG_VERSION, GuestConfig
@@ -563,8 +563,7 @@ def _run_drain(args):
     except ValueError as error:
         raise UsageError(f"--inventory: {error}" if args.inventory else str(error)) from None
     _check_memory_fits(sum(guest.scenario.guest.memory_bytes for guest in guests), f"the {len(guests)} guests need")
-    display = _display(args)
-    report = drain.Drain(guests, options, progress=display).run()
+    report = drain.Drain(guests, options, progress=None if args.quiet else DrainBoard()).run()
     if args.json:
         sys.stdout.write(report.to_json())
     else:

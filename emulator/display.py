@@ -108,6 +108,42 @@ def format_status(status):
     return "\n".join(lines)
 
 
+class DrainBoard:
+    """A drain's live display: each event as a line (as LiveDisplay.message) and, on a terminal, a board
+    below them, one line per guest (queued, pass N, blackout, done, failed) and the link's use, redrawn in
+    place as they change. Called from one thread.
+    """
+
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.live = bool(isatty and isatty())
+        self._lines, self._shown = [], 0
+
+    def message(self, text):
+        self._erase()
+        self.stream.write("\n".join(textwrap.wrap(text, COLUMNS, initial_indent="precopy: ",
+                                                  subsequent_indent=" " * 9)) + "\n")
+        self._draw()
+
+    def board(self, lines):
+        """The board's lines now (shown on a terminal only)."""
+        self._lines = [line[:COLUMNS] for line in lines]
+        self._erase()
+        self._draw()
+
+    def _erase(self):
+        if self._shown:
+            self.stream.write(f"\x1b[{self._shown}F\x1b[J")  # up to the board's first line, clear below
+            self._shown = 0
+
+    def _draw(self):
+        if self.live and self._lines:
+            self.stream.write("\n".join(self._lines) + "\n")
+            self._shown = len(self._lines)
+        self.stream.flush()
+
+
 class LiveDisplay:
     """Prints a migration's progress to a stream, one flushed line at a time.
 

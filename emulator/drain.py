@@ -258,8 +258,10 @@ class _LinkUse:
 class Drain:
     """Runs a drain of `guests` (DrainGuest) under `options` (DrainOptions); run() returns the DrainReport.
 
-    progress: an object with message(text), told of each start, switch-over and end and of
-    the link's use, or None. check: ask a destination about a scenario (emulator.migration.check).
+    progress: an object with message(text), told of each start, pass, switch-over and end and
+    of the link's use, and board(lines), given a line per guest and the link's at each change
+    (emulator.display.DrainBoard); or None. check: ask a destination about a scenario
+    (emulator.migration.check).
     """
 
     def __init__(self, guests, options, *, progress=None, check=None):
@@ -273,6 +275,8 @@ class Drain:
         self.balance = SharedBalance(self.context)
         self.events = self.context.Queue()
         self.runs = [GuestRun(guest.name, guest.scenario.guest.memory_bytes) for guest in guests]
+        self.states = ["queued"] * len(guests)  # what the board shows of each
+        self.link_line = "link idle"
         self.processes, self.commands = [], []
         self.active = set()
         self.turn = 0  # round-robin: the destination to try first next time
@@ -419,6 +423,7 @@ class Drain:
         run.switchover_s = run.resumed_s = run.reason = None
         self.active.add(index)
         self.commands[index].send(("migrate", destination))
+        self._show(index, "setup")
         self._say(f"{run.name}: migrating to {destination} ({len(self.active)} of at most "
                   f"{self.options.max_concurrent} at once)")
 
@@ -434,8 +439,12 @@ class Drain:
         if kind == "phase" and payload == "blackout":
             run.switchover_s = self.now()
             self._say(f"{run.name}: blackout")
+            self._show(index, "blackout")
+        elif kind == "phase" and payload == "precopy":
+            self._show(index, "pass 0")
         elif kind == "pass":
             self._say(f"{run.name}: pass {payload} done")
+            self._show(index, f"pass {payload + 1}")
         elif kind == "report":
             report = Report.from_json(payload)
             run.report = report
@@ -450,14 +459,26 @@ class Drain:
         self.active.discard(index)
         if status == "completed":
             self._say(f"{run.name}: resumed on {run.destination} after {format_duration(run.resumed_s - run.started_s)}")
+            self._show(index, "done")
         else:
             self._say(f"{run.name}: {status}: {reason}; it keeps running here")
+            self._show(index, status)
 
     def _say_link(self, rate, queued):
         done = sum(run.status == "completed" for run in self.runs)
         cap = self.options.max_bandwidth_bytes_per_s
-        self._say(f"link {format_rate(rate)}" + (f" of {format_rate(cap)}" if cap else "")
-                  + f": {len(self.active)} migrating, {queued} queued, {done} done")
+        self.link_line = (f"link {format_rate(rate)}" + (f" of {format_rate(cap)}" if cap else "")
+                          + f": {len(self.active)} migrating, {queued} queued, {done} done")
+        self._say(self.link_line)
+        self._show()
+
+    def _show(self, index=None, state=None):
+        """Update guest `index`'s state on the board (if given) and redraw it."""
+        if index is not None:
+            self.states[index] = state
+        if self.progress is not None and hasattr(self.progress, "board"):
+            self.progress.board([f"{run.name:<16} {state:<10} {run.destination or ''}"
+                                 for run, state in zip(self.runs, self.states)] + [self.link_line])
 
     def _say(self, text):
         if self.progress:

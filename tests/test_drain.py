@@ -1,5 +1,6 @@
 """precopy drain: several guests, each its own process, moved at most K at once under one shared link budget."""
 
+import io
 import json
 import signal
 import time
@@ -133,3 +134,27 @@ def test_a_bad_inventory_is_refused_naming_what_is_wrong(tmp_path, text, message
 def test_the_drain_command_refuses_bad_values(argv, message, capsys):
     assert main(["drain", "--to", "tcp://127.0.0.1:9", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_board_redraws_a_line_per_guest_in_place_on_a_terminal_only():
+    from emulator.display import DrainBoard
+
+    terminal = _Terminal()
+    board = DrainBoard(terminal)
+    board.board(["web   pass 1", "db    queued", "link 10 MB/s"])
+    board.message("web: pass 1 done")
+    board.board(["web   blackout", "db    queued", "link 9 MB/s" + "x" * 200])
+    text = terminal.getvalue()
+    assert text.count("\x1b[3F\x1b[J") == 2  # each redraw first erases the three lines shown
+    assert text.endswith("web   blackout\ndb    queued\nlink 9 MB/s" + "x" * 89 + "\n")
+    assert "precopy: web: pass 1 done\nweb   pass 1\n" in text  # the event above the board, then the board again
+    plain = io.StringIO()
+    board = DrainBoard(plain)
+    board.board(["web   pass 1"])
+    board.message("web: done")
+    assert plain.getvalue() == "precopy: web: done\n"
