@@ -541,9 +541,14 @@ def receive_opt_in(precopy: str) -> list[str]:
 
 
 def migrate(link: Link, precopy: str, port: int, send_args: list[str], receive_args: list[str],
-            deadline: float, show_receiver: bool) -> int:
-    """Run the receiver and the sender in the link's namespaces; returns the exit status."""
+            deadline: float, show_receiver: bool, drain: bool = False) -> int:
+    """Run the receiver and the sender in the link's namespaces; returns the exit status.
+
+    drain: the source runs `precopy drain` (its guests, K, cap in send_args) and the
+    receiver `--serve`s them, stopped once the drain has ended."""
     endpoint = f"tcp://{DESTINATION_ADDR}:{port}"
+    if drain:
+        receive_args = ["--serve", *receive_args]
     receiver = sender = None
     with tempfile.TemporaryFile("w+") as receiver_log:
         try:
@@ -564,14 +569,19 @@ def migrate(link: Link, precopy: str, port: int, send_args: list[str], receive_a
                     raise LinkError(f"precopy receive did not listen on {endpoint} in time")
                 time.sleep(0.05)
             sender = subprocess.Popen(
-                ["ip", "netns", "exec", link.source_ns, precopy, "send", "--to", endpoint,
-                 *send_args], stdin=subprocess.DEVNULL, start_new_session=True)
+                ["ip", "netns", "exec", link.source_ns, precopy, "drain" if drain else "send",
+                 "--to", endpoint, *send_args], stdin=subprocess.DEVNULL, start_new_session=True)
             try:
                 send_status = sender.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 print("netns_link: time limit reached; stopping the migration", file=sys.stderr)
                 _stop(sender)
                 return EXIT_TIME_LIMIT
+            if drain:  # a serving receiver waits for more: stop it (idle, it exits 0)
+                _stop(receiver)
+                if show_receiver or receiver.returncode != 0:
+                    _echo_log(receiver_log, "receiver")
+                return send_status or receiver.returncode
             try:
                 receive_status = receiver.wait(timeout=RECEIVER_GRACE_S if send_status == 0
                                                else STOP_GRACE_S)
@@ -647,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument("--receive-option", action="append", default=[], metavar="ARG",
                            help="one more argument for 'precopy receive' (repeat it; write"
                                 " --receive-option=--capacity=2GiB for one that starts with -)")
+    run_group.add_argument("--drain", action="store_true",
+                           help="run 'precopy drain' instead of send (its options after '--': "
+                                "--guests, --max-concurrent, ...) against a serving receiver")
     run_group.add_argument("--show-receiver", action="store_true",
                            help="print the receiver's output on stderr (always shown if it"
                                 " fails)")
@@ -704,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" ({link.destination_ns}), mtu {args.mtu}, {shaping.describe()}",
                   file=sys.stderr)
             return migrate(link, precopy, args.port, send_args, receive_args, deadline,
-                           args.show_receiver)
+                           args.show_receiver, args.drain)
         finally:
             _ignore_signals()
             if shaping.nft_loss:
