@@ -162,6 +162,16 @@ def _rate_type(option, example):
     return parse
 
 
+def _int_list_type(option, example):
+    """Whole numbers >= 1, comma-separated."""
+    parse_one = _int_type(option, example, minimum=1)
+
+    def parse(text):
+        return [parse_one(item.strip()) for item in text.split(",")]
+
+    return parse
+
+
 def _lambda_list_type(text):
     """lambda values: a list (0,0.3,0.6) or a range START:STOP:STEP (stop included)."""
     example = "0,0.3,0.6,0.9 or 0:0.9:0.3"
@@ -408,6 +418,11 @@ def _add_analysis_commands(commands):
                       help="dirty rate as a share of --max-bandwidth, instead of --dirty-rate: 0,0.3,0.6 or 0:0.9:0.3")
     axes.add_argument("--repeats", type=_int_type("--repeats", "3", minimum=1), default=argparse.SUPPRESS,
                       metavar="N", help="runs per grid point, seeds SEED, SEED+1, ... (default 1)")
+    axes.add_argument("--guests", type=_int_list_type("--guests", "2,4,8"), default=argparse.SUPPRESS,
+                      metavar="LIST", help="make each run a drain of that many guests alike, to a serving receiver "
+                                           "on this machine, sharing --max-bandwidth: 2,4,8")
+    axes.add_argument("--max-concurrent", type=_int_list_type("--max-concurrent", "1,2,4"), default=argparse.SUPPRESS,
+                      metavar="LIST", help="a drain's migrations at once, K (default 2): 1,2,4")
     run_options.add_axes(axes)
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     sweep.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -6,6 +6,7 @@ starts the guest here, migrates it, and returns the Report.
 """
 
 import contextlib
+import dataclasses
 import math
 import multiprocessing
 import signal
@@ -170,6 +171,41 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
     finally:
         link.close()
     connection.send(outcome)
+
+
+def _serving_child(connection, max_incoming, timeout_s):
+    """Child process: a serving receiver on a free loopback port for `drain_here`, until terminated."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the drain cancels its migrations; this one is stopped
+    _ready_to_move_pages()
+    link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
+    try:
+        connection.send(link.endpoint)
+        Listener(link, max_incoming=max_incoming).serve()
+    finally:
+        link.close()
+
+
+def drain_here(guests, options, *, progress=None):
+    """Drain `guests` (emulator.drain.DrainGuest) to a serving receiver started on this machine (a child
+    process on TCP loopback, hosting options.max_concurrent at once); return the DrainReport.
+
+    options: an emulator.drain.DrainOptions; its destinations are replaced by that receiver."""
+    from emulator.drain import Drain
+
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    timeout_s = max(guest.scenario.migration.timeout_s for guest in guests)
+    child = context.Process(target=_serving_child, name="precopy-receiver", daemon=True,
+                            args=(child_end, options.max_concurrent, timeout_s))
+    child.start()
+    try:
+        if not parent_end.poll(CHILD_START_TIMEOUT_S):
+            raise RuntimeError("the receiver process did not start")
+        endpoint = parent_end.recv()
+        return Drain(guests, dataclasses.replace(options, destinations=(endpoint,)), progress=progress).run()
+    finally:
+        child.terminate()
+        child.join(5)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,9 @@ underscores (``--max-bandwidth`` is ``max_bandwidth``) and read with the same un
     lambda      the dirty rate as a share of the bandwidth cap (instead of dirty_rate):
                 dirty rate = lambda x max_bandwidth / page size (page writes/s)
     repeats     runs per point
+    guests      makes the run a drain (emulator.drain) of that many guests alike, to a
+                serving receiver on this machine, max_bandwidth their shared budget
+    max_concurrent  K, the drain's migrations at once (default 2)
 
 A missing key takes ``precopy migrate``'s default.
 
@@ -55,7 +58,10 @@ __all__ = [
 _SWEEP_KEYS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "lambda": (lambda value: float(fields.real(0, below=True)(value)), "0.6"),  # dirty rate / bandwidth
     "repeats": (fields.whole(1), "3"),
+    "guests": (fields.whole(1, 256), "4"),
+    "max_concurrent": (fields.whole(1, 256), "2"),
 }
+_DRAIN_KEYS = ("guests", "max_concurrent")
 KEYS = (*run_options.OPTIONS, *_SWEEP_KEYS)
 
 
@@ -84,6 +90,12 @@ class SweepRun:
     scenario: Scenario
     repeat: int
     lambda_nominal: float | None  # dirty rate / bandwidth cap; None without a cap
+    guests: int | None = None  # a drain of that many guests alike (the cap is their shared budget)
+    max_concurrent: int | None = None  # and K
+
+    @property
+    def is_drain(self) -> bool:
+        return self.guests is not None
 
     @property
     def name(self) -> str:
@@ -96,14 +108,16 @@ class SweepRun:
             load = "max"
         else:
             load = f"{s.workload.rate_pages_per_s:.0f}pps"
-        return f"{self.index:03d}-{memory}-{s.workload.pattern}-{load}-{s.migration.codec}-s{s.guest.seed}"
+        drained = f"-g{self.guests}k{self.max_concurrent}" if self.is_drain else ""
+        return f"{self.index:03d}-{memory}-{s.workload.pattern}-{load}-{s.migration.codec}{drained}-s{s.guest.seed}"
 
     def describe(self) -> str:
         """One line: memory, pattern, load, bandwidth, codec, downtime limit, seed."""
         s = self.scenario
         load = (f"lambda {self.lambda_nominal:.2f}" if self.lambda_nominal is not None
                 else "unpaced" if s.workload.unpaced else f"{s.workload.rate_pages_per_s:,.0f} pages/s")
-        return (f"{units.format_bytes(s.guest.memory_bytes)} {s.workload.pattern} {load}"
+        drained = f"drain of {self.guests} guests, {self.max_concurrent} at once: " if self.is_drain else ""
+        return (f"{drained}{units.format_bytes(s.guest.memory_bytes)} {s.workload.pattern} {load}"
                 f" at {units.format_rate(s.migration.max_bandwidth_bytes_per_s)} {s.migration.codec},"
                 f" downtime limit {units.format_duration(s.migration.policy.downtime_limit_s)}, seed {s.guest.seed}")
 
@@ -171,7 +185,7 @@ def expand(grids: list[dict[str, Any]], where: str = "grid") -> list[SweepRun]:
 
 
 def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> SweepRun:
-    values = {key: value for key, value in point.items() if key != "lambda"}
+    values = {key: value for key, value in point.items() if key not in ("lambda", *_DRAIN_KEYS)}
     values["seed"] = point.get("seed", 0) + repeat
     lam = point.get("lambda")
     try:
@@ -187,7 +201,10 @@ def _build_run(index: int, point: dict[str, Any], repeat: int, where: str) -> Sw
     except ValueError as error:
         shown = ", ".join(f"{key}={value!r}" for key, value in point.items())
         raise ValueError(f"{where}: run {index} ({shown}): {error}") from None
-    return SweepRun(index, scenario, repeat, lam)
+    if "max_concurrent" in point and "guests" not in point:
+        raise ValueError(f"{where}: max_concurrent is a drain's: give guests too (example: guests = [2, 4, 8])")
+    guests = point.get("guests")
+    return SweepRun(index, scenario, repeat, lam, guests, point.get("max_concurrent", 2) if guests else None)
 
 
 # one row per run -------------------------------------------------------------------------------
@@ -210,6 +227,9 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("geometric_converges", str), ("geometric_blackout_s", float),
     ("working_set_factor", float), ("working_set_error", float), ("working_set_passes", int),
     ("working_set_converges", str), ("working_set_blackout_s", float),
+    # drains (guests given): the drain's time, its worst blackout, and the forecast (emulator.drain_estimate)
+    ("guests", int), ("max_concurrent", int), ("drain_s", float), ("worst_blackout_s", float),
+    ("drain_forecast_s", float), ("drain_forecast_error", float),
 )
 _COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
@@ -231,8 +251,8 @@ def thumb_verdict(factor: float, low: float = estimate.THUMB_FACTORS[0],
     return "within", 0.0
 
 
-def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
-    """The CSV row of one run (a Report), with every model's prediction and its error."""
+def _inputs_row(run: SweepRun, report_name: str) -> dict[str, Any]:
+    """A CSV row with the run's inputs filled in."""
     s = run.scenario
     page = s.guest.page_size
     rate = s.workload.rate_pages_per_s
@@ -245,7 +265,18 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
         bandwidth_cap_bytes_per_s=s.migration.max_bandwidth_bytes_per_s, codec=s.migration.codec,
         channels=s.migration.channels, downtime_limit_s=s.migration.policy.downtime_limit_s,
         max_passes=s.migration.policy.max_passes, device_state_bytes=s.migration.device_state_bytes,
-        lambda_nominal=run.lambda_nominal,
+        lambda_nominal=run.lambda_nominal, guests=run.guests, max_concurrent=run.max_concurrent,
+    )
+    return row
+
+
+def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
+    """The CSV row of one run (a Report), with every model's prediction and its error."""
+    s = run.scenario
+    rate = s.workload.rate_pages_per_s
+    page = s.guest.page_size
+    row = _inputs_row(run, report_name)
+    row.update(
         status=report.status, reason=report.reason, switchover_reason=report.switchover_reason,
         digests_match=None if report.digests_match is None else str(report.digests_match).lower(),
         passes=len(report.passes),
@@ -279,6 +310,39 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
         row["thumb_verdict"], row["thumb_error"] = thumb_verdict(measured)
         for model in estimate.MODELS:
             row[f"{model}_error"] = row[f"{model}_factor"] / measured - 1
+    return row
+
+
+def row_for_drain(run: SweepRun, report, report_name: str) -> dict[str, Any]:
+    """The CSV row of a drain run (a DrainReport), with the forecast for it and its error.
+
+    The forecast takes the run's cap as the link, the compression the guests' reports
+    measured, and their median setup time."""
+    from emulator import drain_estimate
+
+    row = _inputs_row(run, report_name)
+    reports = [guest.report for guest in report.guests if guest.report is not None]
+    blackouts = [r.blackout.total_s for r in reports if r.blackout is not None]
+    row.update(status=report.status, total_s=report.total_s, drain_s=report.total_s,
+               blackout_s=statistics.fmean(blackouts) if blackouts else None,
+               worst_blackout_s=max(blackouts) if blackouts else None,
+               digests_match=str(all(r.digests_match for r in reports) and len(reports) == run.guests).lower())
+    s, cap = run.scenario, run.scenario.migration.max_bandwidth_bytes_per_s
+    measured = [r for r in reports if r.summary and r.summary["ram"]["transferred"]]
+    if report.status != "completed" or cap is None or not measured or s.workload.unpaced:
+        return row
+    guest_bytes = sum((r.summary["ram"]["normal"] + r.summary["ram"]["duplicate"]) * s.guest.page_size
+                      for r in measured)
+    inputs = estimate.EstimateInputs(
+        memory_bytes=s.guest.memory_bytes, bandwidth_bytes_per_s=cap,
+        dirty=estimate.DirtyBehaviour(s.workload.rate_pages_per_s, s.workload.pattern, s.workload.hot_fraction,
+                                      s.workload.hot_share, s.workload.stride, s.workload.zipf_s),
+        page_size=s.guest.page_size, compression_ratio=guest_bytes / sum(r.summary["ram"]["transferred"]
+                                                                          for r in measured),
+        device_state_bytes=s.migration.device_state_bytes, policy=s.migration.policy)
+    setup_s = statistics.median(r.summary["setup-time"] / 1e3 for r in measured)
+    forecast = drain_estimate.forecast([inputs] * run.guests, cap, run.max_concurrent, setup_s)
+    row.update(drain_forecast_s=forecast.total_s, drain_forecast_error=forecast.total_s / report.total_s - 1)
     return row
 
 
@@ -327,10 +391,13 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
 
 
 # running ----------------------------------------------------------------------------------------
-def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progress=None) -> list[dict[str, Any]]:
+def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, drain=None,
+              progress=None) -> list[dict[str, Any]]:
     """Migrate every run; write out_dir/reports/NAME.json, out_dir/sweep.csv and out_dir/summary.txt.
 
-    migrate: the engine (default emulator.migration.migrate); progress: an object with
+    migrate: the engine (default emulator.migration.migrate); drain: for drain runs, called
+    with (guests, options), returning a DrainReport (default emulator.migration.drain_here);
+    progress: an object with
     started(run, total) and finished(run, total, row, seconds), or None. The CSV is
     rewritten after every run, so an interrupted sweep keeps what it measured. A run
     cancelled by the user (its report says so) ends the sweep: KeyboardInterrupt, once
@@ -338,6 +405,8 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progre
     """
     if migrate is None:
         from emulator.migration import migrate
+    if drain is None:
+        from emulator.migration import drain_here as drain
     out = Path(out_dir)
     reports = out / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -346,10 +415,15 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progre
         if progress:
             progress.started(run, len(runs))
         began = time.monotonic()
-        report = migrate(run.scenario)
         report_name = f"reports/{run.name}.json"
-        report.write(out / report_name)
-        row = row_for(run, report, report_name)
+        if run.is_drain:
+            report = drain(*_drain_of(run))
+            report.write(out / report_name)
+            row = row_for_drain(run, report, report_name)
+        else:
+            report = migrate(run.scenario)
+            report.write(out / report_name)
+            row = row_for(run, report, report_name)
         rows.append(row)
         write_csv(rows, out / "sweep.csv")
         if progress:
@@ -362,16 +436,48 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, progre
     return rows
 
 
+def _drain_of(run: SweepRun):
+    """(guests, DrainOptions) of a drain run: its scenario's guests alike, seeds apart, the cap shared."""
+    import dataclasses
+
+    from emulator.drain import DrainGuest, DrainOptions
+
+    s = run.scenario
+    alone = dataclasses.replace(s.migration, max_bandwidth_bytes_per_s=None)
+    guests = [DrainGuest(f"guest{number + 1}", dataclasses.replace(
+        s, guest=dataclasses.replace(s.guest, seed=s.guest.seed + number),
+        workload=dataclasses.replace(s.workload, seed=s.workload.seed + number), migration=alone))
+        for number in range(run.guests)]
+    return guests, DrainOptions(("tcp://127.0.0.1:0",), run.max_concurrent,
+                                max_bandwidth_bytes_per_s=s.migration.max_bandwidth_bytes_per_s)
+
+
 # the summary ------------------------------------------------------------------------------------
 def _percent(value: float) -> str:
     return f"{value * 100:+.0f}%"
 
 
+def _drain_summary(drains: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{len(drains)} drains", "",
+             f"{'run':>4} {'guests':>6} {'K':>3} {'status':<10} {'drain':>9} {'worst blackout':>15} {'forecast':>18}"]
+    for row in drains:
+        forecast = (f"{units.format_duration(row['drain_forecast_s'])} ({_percent(row['drain_forecast_error'])})"
+                    if row.get("drain_forecast_s") is not None else "-")
+        worst = units.format_duration(row["worst_blackout_s"]) if row.get("worst_blackout_s") is not None else "-"
+        lines.append(f"{row['run']:>4} {row['guests']:>6} {row['max_concurrent']:>3} {row['status']:<10} "
+                     f"{units.format_duration(row['drain_s']):>9} {worst:>15} {forecast:>18}")
+    return lines
+
+
 def summary_text(rows: list[dict[str, Any]]) -> str:
     """How well each model did: a line per run, then per model the errors, and the rule of thumb."""
+    drains = [row for row in rows if row.get("guests") is not None]
+    rows = [row for row in rows if row.get("guests") is None]
     measured = [row for row in rows if row.get("measured_factor") is not None]
     lines = [f"{len(rows)} runs, {len(measured)} measured"
              + (f" ({len(rows) - len(measured)} failed or not comparable)" if len(measured) < len(rows) else "")]
+    if drains:
+        lines = (_drain_summary(drains) + ([""] + lines if rows else []))
     if not measured:
         return "\n".join(lines) + "\n"
     lines += ["", f"{'run':>4} {'memory':>9} {'pattern':<10} {'lambda':>6} {'passes':>6} {'time':>9} {'blackout':>9}"

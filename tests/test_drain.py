@@ -158,3 +158,17 @@ def test_the_board_redraws_a_line_per_guest_in_place_on_a_terminal_only():
     board.board(["web   pass 1"])
     board.message("web: done")
     assert plain.getvalue() == "precopy: web: done\n"
+
+
+def test_a_sweep_drains_with_k_as_an_axis(tmp_path, capsys):
+    from emulator import sweep
+
+    argv = ["sweep", "--out", str(tmp_path), "--guests", "2", "--max-concurrent", "1,2", "--memory", "4MiB",
+            "--fill", "random", "--codec", "raw", "--dirty-rate", "100", "--max-bandwidth", "20MB/s", "--cpu", "any",
+            "--quiet"]
+    assert main(argv) == 0
+    rows = sweep.read_csv(tmp_path / "sweep.csv")
+    assert [(row["guests"], row["max_concurrent"], row["status"], row["digests_match"]) for row in rows] == [
+        (2, 1, "completed", "true"), (2, 2, "completed", "true")]
+    assert all(row["drain_s"] > 0.4 and row["drain_forecast_s"] > 0 for row in rows)  # 8 MiB at 20 MB/s
+    assert "2 drains" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Sweeps: grids as data, rows measured against the models, the CSV, the summary, the command."""
 
+import dataclasses
 import math
 
 import pytest
@@ -348,3 +349,55 @@ def test_a_sweep_sets_auto_converge():
     assert [run.scenario.migration.auto_converge for run in runs] == [True, False]
     with pytest.raises(ValueError, match="auto_converge = 'maybe': expected true or false"):
         sweep.expand([{"memory": "8MiB", "auto_converge": "maybe"}], where="test")
+
+
+def test_guests_and_k_make_a_run_a_drain_and_are_axes():
+    runs = sweep.expand([{"memory": "4MiB", "guests": [2, 4], "max_concurrent": [1, 2], "max_bandwidth": "10MB/s"}])
+    assert [(run.guests, run.max_concurrent) for run in runs] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    assert runs[0].is_drain and runs[0].name.endswith("-g2k1-s0")
+    assert runs[3].describe().startswith("drain of 4 guests, 2 at once: 4.00 MiB")
+    assert sweep.expand([{"guests": 3}])[0].max_concurrent == 2 and not sweep.expand([{}])[0].is_drain
+    with pytest.raises(ValueError, match="max_concurrent is a drain's: give guests too"):
+        sweep.expand([{"max_concurrent": 2}])
+    with pytest.raises(ValueError, match="guests = 0"):
+        sweep.expand([{"guests": 0}])
+
+
+def test_a_drain_run_is_drained_and_its_row_holds_the_forecast(tmp_path):
+    from emulator.drain import DrainReport, GuestRun
+
+    s = scenario_4mib(rate=100.0)
+    s = dataclasses.replace(s, migration=dataclasses.replace(s.migration, max_bandwidth_bytes_per_s=8e6))
+    run = sweep.SweepRun(1, s, 0, None, guests=3, max_concurrent=2)
+    given = []
+
+    def fake_drain(guests, options):
+        given.append((guests, options))
+        runs = [GuestRun(guest.name, 4 * MIB, "completed", "tcp://x:1", None, 1, 0.0, 0.0, 0.5, 0.6, 0.6,
+                         fake_report(guest.scenario, blackout_s=0.1 * (number + 1), setup_s=0.05))
+                for number, guest in enumerate(guests)]
+        return DrainReport(options, runs, 2.0, [(0.5, 8e6)])
+
+    rows = sweep.run_sweep([run], tmp_path, migrate=None, drain=fake_drain)
+    guests, options = given[0]
+    assert [g.name for g in guests] == ["guest1", "guest2", "guest3"]
+    assert len({g.scenario.guest.seed for g in guests}) == 3
+    assert all(g.scenario.migration.max_bandwidth_bytes_per_s is None for g in guests)  # the cap is shared
+    assert options.max_bandwidth_bytes_per_s == 8e6 and options.max_concurrent == 2
+    row = rows[0]
+    assert (row["guests"], row["max_concurrent"], row["drain_s"], row["status"]) == (3, 2, 2.0, "completed")
+    assert row["worst_blackout_s"] == pytest.approx(0.3) and row["blackout_s"] == pytest.approx(0.2)
+    assert row["drain_forecast_error"] == pytest.approx(row["drain_forecast_s"] / 2.0 - 1)
+    from emulator import drain_estimate, estimate
+
+    report = fake_report(guests[0].scenario)  # every fake report moves the same bytes
+    ram = report.summary["ram"]
+    inputs = estimate.EstimateInputs(4 * MIB, 8e6, estimate.DirtyBehaviour(100.0, "uniform"),
+                                     compression_ratio=(ram["normal"] + ram["duplicate"]) * PAGE / ram["transferred"],
+                                     device_state_bytes=s.migration.device_state_bytes, policy=s.migration.policy)
+    expected = drain_estimate.forecast([inputs] * 3, 8e6, 2, setup_s=0.05)  # the reports' median setup
+    assert row["drain_forecast_s"] == pytest.approx(expected.total_s)
+    assert (tmp_path / "reports" / f"{run.name}.json").exists()
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.startswith("1 drains") and "completed" in summary
+    assert sweep.read_csv(tmp_path / "sweep.csv")[0]["guests"] == 3
