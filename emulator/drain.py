@@ -191,6 +191,9 @@ class _ToParent:
 
 
 def _interrupt(signum, frame):
+    """The first SIGTERM cancels the migration (the source tells its destination); later ones, which
+    a signal to the whole process group and then the drain's own send, must not cut that short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -279,6 +282,7 @@ class Drain:
         self.link_line = "link idle"
         self.processes, self.commands = [], []
         self.active = set()
+        self._silent_since = {}  # index -> when its process was first seen ended, its report not yet read
         self.turn = 0  # round-robin: the destination to try first next time
         self.started_at = None
 
@@ -431,9 +435,11 @@ class Drain:
         try:
             index, kind, payload = self.events.get(timeout=timeout_s)
         except queue.Empty:
-            for index in list(self.active):
+            for index in list(self.active):  # a report may still be on its way: give it a second
                 if not self.processes[index].is_alive():
-                    self._ended(index, "failed", "the guest's process ended without a report")
+                    since = self._silent_since.setdefault(index, time.monotonic())
+                    if time.monotonic() - since > 1.0:
+                        self._ended(index, "failed", "the guest's process ended without a report")
             return
         run = self.runs[index]
         if kind == "phase" and payload == "blackout":
@@ -445,9 +451,10 @@ class Drain:
         elif kind == "pass":
             self._say(f"{run.name}: pass {payload} done")
             self._show(index, f"pass {payload + 1}")
-        elif kind == "report":
+        elif kind == "report" and index in self.active:
             report = Report.from_json(payload)
             run.report = report
+            self._silent_since.pop(index, None)
             self._ended(index, report.status, report.reason)
 
     def _ended(self, index, status, reason, active=True):

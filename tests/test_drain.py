@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import signal
 import time
 
@@ -172,3 +173,23 @@ def test_a_sweep_drains_with_k_as_an_axis(tmp_path, capsys):
         (2, 1, "completed", "true"), (2, 2, "completed", "true")]
     assert all(row["drain_s"] > 0.4 and row["drain_forecast_s"] > 0 for row in rows)  # 8 MiB at 20 MB/s
     assert "2 drains" in capsys.readouterr().out
+
+
+def test_sigterm_cancels_the_drain_and_every_migration_it_runs():
+    processes, endpoints = receivers(2)
+    try:
+        drain_process = PrecopyProcess("drain", "--to", endpoints[0], "--to", endpoints[1], "--guests", "3",
+                                       "--memory", "16MiB", "--fill", "random", "--codec", "raw", "--dirty-rate", "100",
+                                       "--max-bandwidth", "4MB/s", "--cpu", "any", "--timeout", "2s",
+                                       "--batch-pages", "64", "--json")
+        drain_process.wait_for(re.compile(r"guest2: migrating to"), timeout_s=60)
+        time.sleep(0.5)
+        drain_process.signal(signal.SIGTERM)
+        status, out, err = drain_process.finish(timeout_s=60)
+    finally:
+        outcomes = stopped(processes)
+    report = json.loads(out)
+    assert status == 130 and "Traceback" not in err, err
+    assert [run["status"] for run in report["guests"]] == ["cancelled", "cancelled", "not started"]
+    assert report["guests"][0]["report"]["reason"] == "cancelled by the user on the source"
+    assert sorted(o["status"] for outcome in outcomes for o in outcome) == ["cancelled", "cancelled"]

@@ -107,19 +107,28 @@ def test_sigterm_cancels_every_incoming_migration_and_their_sources_keep_their_g
     assert status == 130 and "Traceback" not in err
 
 
+ROUNDS = 4
+
+
 def test_pages_of_concurrent_migrations_never_mix():
-    """Writers flat out on both guests, same page numbers, different contents: each arrives as itself."""
+    """Writers flat out on three guests at once, same page numbers, different contents, round after
+    round on one serving receiver: each arrives as itself, every time."""
     receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--max-incoming", "3",
                               "--timeout", "5s", "--json")
-    scenarios = [Scenario(GuestSpec(2 * MIB, fill="random", seed=seed),
-                          WorkloadSpec(vcpus=1, rate_pages_per_s=np.inf, seed=seed),
-                          MigrationOptions(channels=2, timeout_s=5), GuestConfig(cpu=None)) for seed in (1, 2, 3)]
+    digests = []
     try:
         endpoint = receiver.wait_listening()
-        reports = migrate_all(scenarios, endpoint)
+        for round_ in range(ROUNDS):
+            scenarios = [Scenario(GuestSpec(2 * MIB, fill="random", seed=10 * round_ + seed),
+                                  WorkloadSpec(vcpus=1, rate_pages_per_s=np.inf, seed=seed),
+                                  MigrationOptions(channels=2, timeout_s=5), GuestConfig(cpu=None))
+                         for seed in (1, 2, 3)]
+            reports = migrate_all(scenarios, endpoint)
+            assert all(report.status == "completed" and report.digests_match for report in reports), round_
+            assert len({report.source_digest for report in reports}) == 3
+            digests += [report.source_digest for report in reports]
     finally:
         receiver.signal(signal.SIGTERM)
         status, out, err = receiver.finish()
-    assert all(report.status == "completed" and report.digests_match for report in reports)
-    assert len({report.source_digest for report in reports}) == 3
-    assert sorted(o["digest"] for o in outcomes_of(out)) == sorted(r.source_digest for r in reports)
+    assert sorted(o["digest"] for o in outcomes_of(out)) == sorted(digests)
+    assert len(digests) == 3 * ROUNDS
