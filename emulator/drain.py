@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
-from emulator import fields
+from emulator import fields, run_options
 from emulator.errors import MigrationError
 from emulator.ratelimit import SharedBalance, make_limiter
 from emulator.report import Report
@@ -203,13 +203,13 @@ def _guest_process(index, scenario, commands, events, balance, budget_rate):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     from emulator.guest import GuestMemory
-    from emulator.migration import _ready_to_move_pages
+    from emulator.migration import ready_to_move_pages
     from emulator.sender import Source
     from emulator.transport import SourceLink
     from emulator.workload import Workload
 
     try:
-        _ready_to_move_pages()
+        ready_to_move_pages()
         guest = GuestMemory(scenario.guest)
         with Workload(guest, scenario.workload) as workload:  # the guest runs from now, queued or not
             events.put((index, "ready", None))
@@ -520,15 +520,13 @@ def load_inventory(path, values):
         raise ValueError(f"{path}: expected an optional [defaults] table and one [[guests]] table or more"
                          + (f", got {', '.join(unknown)}" if unknown else ""))
     try:
-        return guests_from(data["guests"], {**values, **_read(data.get("defaults", {}), "[defaults]")})
+        return guests_from(data["guests"], {**values, **read_options(data.get("defaults", {}), "[defaults]")})
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
 
 def guests_from(entries, values):
     """DrainGuests from `entries` (dicts of run options by key, and a name) over `values`."""
-    from emulator import run_options
-
     if not 0 < len(entries) <= MAX_GUESTS:
         raise ValueError(f"a drain moves 1 to {MAX_GUESTS} guests, got {len(entries)}")
     guests = []
@@ -538,7 +536,7 @@ def guests_from(entries, values):
         name = entry.get("name", f"guest{number}")
         if not isinstance(name, str) or not 0 < len(name) <= 64 or name in {guest.name for guest in guests}:
             raise ValueError(f"guest {number}: name must be a text of 1 to 64 characters, unique, got {name!r}")
-        mine = {**values, **_read({key: value for key, value in entry.items() if key != "name"}, name)}
+        mine = {**values, **read_options({key: value for key, value in entry.items() if key != "name"}, name)}
         mine.setdefault("seed", number - 1)  # guests differ in content and writes unless a seed is given
         try:
             scenario = run_options.scenario_from(mine, name=lambda option: option.key)
@@ -548,9 +546,8 @@ def guests_from(entries, values):
     return guests
 
 
-def _read(table, where):
-    from emulator import run_options
-
+def read_options(table, where):
+    """Run options by key from a table of texts (or numbers) as an inventory or a sweep grid spells them."""
     values = {}
     for key, value in table.items():
         if key not in run_options.OPTIONS:

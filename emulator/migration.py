@@ -35,7 +35,7 @@ CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compil
 COMPILE_NOTICE_AFTER_S = 1.0  # a warm-up longer than this is compiling kernels: say so
 
 
-def _ready_to_move_pages(progress=None):
+def ready_to_move_pages(progress=None):
     """Before either end starts: keep freed message buffers mapped, load the data path's kernels.
 
     On a machine's first run Numba compiles them (tens of seconds): `progress` is told,
@@ -61,7 +61,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     """
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
-        _ready_to_move_pages(progress)
+        ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
         source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget)
@@ -124,7 +124,7 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
                              "memory into this host; give keys, or accept the risk explicitly")
         if progress:
             progress.message(f"WARNING: listening on {listen} UNAUTHENTICATED and UNENCRYPTED")
-    _ready_to_move_pages(progress)
+    ready_to_move_pages(progress)
     link = DestinationLink(listen, timeout_s, security=security)
     try:
         if ready:
@@ -162,7 +162,7 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
         preallocation = ThreadPoolExecutor(1, thread_name_prefix="prealloc")
         prepared = preallocation.submit(GuestMemory.blank, guest_spec)
         preallocation.shutdown(wait=False)
-    _ready_to_move_pages()
+    ready_to_move_pages()
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)
@@ -176,7 +176,7 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
 def _serving_child(connection, max_incoming, timeout_s):
     """Child process: a serving receiver on a free loopback port for `drain_here`, until terminated."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the drain cancels its migrations; this one is stopped
-    _ready_to_move_pages()
+    ready_to_move_pages()
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)
@@ -232,7 +232,7 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
     with _ctrl_c_left_to_this_process():
         child.start()
     try:
-        _ready_to_move_pages(progress)  # while the receiver starts, as is the fill:
+        ready_to_move_pages(progress)  # while the receiver starts, as is the fill:
         guest = GuestMemory(scenario.guest)
         if not parent_end.poll(CHILD_START_TIMEOUT_S):
             raise RuntimeError("the receiver process did not start")

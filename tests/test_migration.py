@@ -88,10 +88,10 @@ def test_a_slow_warm_up_is_announced_as_compiling(monkeypatch):
         def message(self, text):
             said.append(text)
 
-    migration._ready_to_move_pages(Progress())
+    migration.ready_to_move_pages(Progress())
     assert said == ["compiling the data path's kernels (once per machine; Numba caches them)"]
     monkeypatch.setattr(migration, "warm_up", lambda: None)
-    migration._ready_to_move_pages(Progress())
+    migration.ready_to_move_pages(Progress())
     assert len(said) == 1  # a quick warm-up says nothing
 
 
