@@ -179,7 +179,7 @@ def test_a_sweep_drains_with_k_as_an_axis(tmp_path, capsys):
     rows = sweep.read_csv(tmp_path / "sweep.csv")
     assert [(row["guests"], row["max_concurrent"], row["status"], row["digests_match"]) for row in rows] == [
         (2, 1, "completed", "true"), (2, 2, "completed", "true")]
-    assert all(row["drain_s"] > 0.4 and row["drain_forecast_s"] > 0 for row in rows)  # 8 MiB at 20 MB/s
+    assert all(row["drain_s"] > 0.3 and row["drain_forecast_s"] > 0 for row in rows), rows  # 8.4 MB at 20 MB/s
     assert "2 drains" in capsys.readouterr().out
 
 
