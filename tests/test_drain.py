@@ -201,3 +201,17 @@ def test_sigterm_cancels_the_drain_and_every_migration_it_runs():
     assert [run["status"] for run in report["guests"]] == ["cancelled", "cancelled", "not started"]
     assert report["guests"][0]["report"]["reason"] == "cancelled by the user on the source"
     assert sorted(o["status"] for outcome in outcomes for o in outcome) == ["cancelled", "cancelled"]
+
+
+def test_placement_by_capacity_picks_the_receiver_with_the_most_memory_free():
+    small, small_endpoint = receivers(1, "--capacity", "24MiB")
+    large, large_endpoint = receivers(1, "--capacity", "64MiB")
+    endpoints = [small_endpoint[0], large_endpoint[0]]
+    try:
+        by_capacity = Drain(guests(3), DrainOptions(tuple(endpoints), max_concurrent=1, placement="capacity")).run()
+        in_turn = Drain(guests(2), DrainOptions(tuple(endpoints), max_concurrent=1)).run()
+    finally:
+        stopped(small + large)
+    assert [run.destination for run in by_capacity.guests] == [endpoints[1]] * 3
+    assert [run.destination for run in in_turn.guests] == endpoints
+    assert by_capacity.status == in_turn.status == "completed"
