@@ -682,9 +682,7 @@ def _run_estimate(args):
     if workload.unpaced:
         raise UsageError("--dirty-rate: 'max' (unpaced) has no rate to model; give one (example: --dirty-rate 50000)")
     try:
-        dirty = estimate.DirtyBehaviour(rate_pages_per_s=workload.rate_pages_per_s, pattern=workload.pattern,
-                                        hot_fraction=workload.hot_fraction, hot_share=workload.hot_share,
-                                        stride=workload.stride, zipf_s=workload.zipf_s)
+        dirty = estimate.DirtyBehaviour.of(workload)
         inputs = estimate.EstimateInputs(
             memory_bytes=scenario.guest.memory_bytes, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
             page_size=scenario.guest.page_size, compression_ratio=args.compression_ratio,

@@ -91,6 +91,13 @@ class DirtyBehaviour:
     stride: int = 1
     zipf_s: float = 1.0
 
+    @classmethod
+    def of(cls, workload) -> DirtyBehaviour:
+        """The dirty behaviour of a (paced) WorkloadSpec."""
+        return cls(rate_pages_per_s=workload.rate_pages_per_s, pattern=workload.pattern,
+                   hot_fraction=workload.hot_fraction, hot_share=workload.hot_share,
+                   stride=workload.stride, zipf_s=workload.zipf_s)
+
     def __post_init__(self) -> None:
         _positive("dirty rate (page writes/s)", self.rate_pages_per_s, allow_zero=True)
         if self.pattern not in PATTERNS:
@@ -350,9 +357,7 @@ def inputs_from_report(report) -> EstimateInputs:
     first = report.passes[0]
     if workload.unpaced:
         raise ValueError("the run's writers were unpaced (dirty rate 'max'): no dirty rate to model")
-    dirty = DirtyBehaviour(rate_pages_per_s=workload.rate_pages_per_s, pattern=workload.pattern,
-                           hot_fraction=workload.hot_fraction, hot_share=workload.hot_share,
-                           stride=workload.stride, zipf_s=workload.zipf_s)
+    dirty = DirtyBehaviour.of(workload)
     return EstimateInputs(
         memory_bytes=guest.memory_bytes, bandwidth_bytes_per_s=first.bytes_sent / first.duration_s,
         dirty=dirty, page_size=guest.page_size, compression_ratio=1.0,

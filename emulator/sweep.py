@@ -335,8 +335,7 @@ def row_for_drain(run: SweepRun, report, report_name: str) -> dict[str, Any]:
                       for r in measured)
     inputs = estimate.EstimateInputs(
         memory_bytes=s.guest.memory_bytes, bandwidth_bytes_per_s=cap,
-        dirty=estimate.DirtyBehaviour(s.workload.rate_pages_per_s, s.workload.pattern, s.workload.hot_fraction,
-                                      s.workload.hot_share, s.workload.stride, s.workload.zipf_s),
+        dirty=estimate.DirtyBehaviour.of(s.workload),
         page_size=s.guest.page_size, compression_ratio=guest_bytes / sum(r.summary["ram"]["transferred"]
                                                                           for r in measured),
         device_state_bytes=s.migration.device_state_bytes, policy=s.migration.policy)
