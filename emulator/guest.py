@@ -73,12 +73,19 @@ class GuestSpec:
 class GuestMemory:
     """A guest's RAM (`data`, flat uint8) and dirty bitmap (`dirty`, uint64 words)."""
 
-    def __init__(self, spec, *, populate=True):
-        """Allocate the memory; with `populate`, write the profile's content (every page resident)."""
+    def __init__(self, spec, *, populate=True, data=None):
+        """Allocate the memory; with `populate`, write the profile's content (every page resident).
+
+        data: the bytes to use instead (flat uint8 of spec.memory_bytes): a guest disk's
+        blocks are pages whose bytes live in a mapped file (emulator.disk)."""
         self.spec = spec
         self.page_size = spec.page_size
         self.n_pages = spec.n_pages
-        self.data = np.empty(spec.memory_bytes, dtype=np.uint8)
+        if data is None:
+            data = np.empty(spec.memory_bytes, dtype=np.uint8)
+        elif data.dtype != np.uint8 or data.shape != (spec.memory_bytes,):
+            raise ValueError(f"data must be {spec.memory_bytes} bytes (uint8), got {data.dtype} {data.shape}")
+        self.data = data
         self.dirty = bitmap.new_bitmap(self.n_pages)
         if populate:
             kinds = page_kinds(spec.fill, self.n_pages, spec.seed)
