@@ -87,12 +87,14 @@ def _compact(numbers, flags=Flags.NONE):
 class BatchEncoder:
     """Turns page numbers of a guest into Batches (see the module doc).
 
-    guest: the GuestMemory; codec: Codec; batch_pages: pages per PAGES message;
-    digest: a RunningDigest to keep current, or None.
+    guest: the GuestMemory (or a disk's blocks, emulator.disk); codec: Codec; batch_pages:
+    pages per PAGES message; digest: a RunningDigest to keep current, or None; flags: set
+    on every batch (Flags.DISK for a disk's blocks).
     """
 
-    def __init__(self, guest, codec, batch_pages, digest=None):
+    def __init__(self, guest, codec, batch_pages, digest=None, flags=Flags.NONE):
         self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
+        self.flags = flags
         # raw batches are views or one gather: not worth a thread hop
         workers = worker_count() if codec == Codec.LZ4 else 0
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
@@ -112,7 +114,7 @@ class BatchEncoder:
         for start in range(0, page_numbers.size, ZERO_SCAN_PAGES):
             zero, nonzero = self._split(page_numbers[start : start + ZERO_SCAN_PAGES])
             if zero.size:
-                numbers, flags = _compact(zero)
+                numbers, flags = _compact(zero, self.flags)
                 yield Batch(MsgType.ZERO_PAGES, numbers, flags, pages=zero.size, raw_len=zero.size * page_size)
             for first in range(0, nonzero.size, self.batch_pages):
                 numbers = nonzero[first : first + self.batch_pages]
@@ -160,7 +162,7 @@ class BatchEncoder:
             raw = np.empty(numbers.size * page_size, dtype=np.uint8)
             page_ops.gather(memory, page_size, numbers, raw)
         codec, flags, payload = encode_batch(self.codec, raw)
-        return numbers, codec, flags, payload, raw.size
+        return numbers, codec, flags | self.flags, payload, raw.size
 
     def _finish(self, encoded):
         numbers, codec, flags, payload, raw_len = encoded

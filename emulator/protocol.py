@@ -62,7 +62,8 @@ __all__ = [
 ]
 
 MAGIC = b"PCPY"
-VERSION = 3  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT
+VERSION = 4  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT;
+# 4: a mirrored disk (Flags.DISK, the blocks counts and disk digests of PASS_END, COMPLETE and RESUMED)
 
 # magic, version, type, flags, seq, pass_no, page_count, codec, pad, raw_len,
 # encoded_len. The pad is unpacked as "3s" (not "3x") so that it can be
@@ -111,6 +112,9 @@ class Flags(enum.IntFlag):
     #: The sender asked for LZ4 but this batch did not shrink, so it went raw
     #: (codec is RAW). Informational: lets the receiver count fallbacks.
     RAW_FALLBACK = 2
+    #: The numbers are blocks of the guest's mirrored disk and the payload is blocks
+    #: of the negotiated block size (not memory pages).
+    DISK = 4
 
 
 class Codec(enum.IntEnum):
@@ -138,7 +142,7 @@ CONTROL_TYPES = frozenset(
     }
 )
 _PAGE_TYPES = frozenset({MsgType.PAGES, MsgType.ZERO_PAGES})
-_KNOWN_FLAGS = int(Flags.RUNS | Flags.RAW_FALLBACK)
+_KNOWN_FLAGS = int(Flags.RUNS | Flags.RAW_FALLBACK | Flags.DISK)
 _KNOWN_CODECS = frozenset(int(c) for c in Codec)
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
 
@@ -393,7 +397,7 @@ def encode_pages(
             transport has sent it.
         codec: codec of the payload (`Codec.RAW` or `Codec.LZ4`).
         raw_len: decoded payload size in bytes (page_count * page_size).
-        flags: `Flags.RUNS` and/or `Flags.RAW_FALLBACK` (RAW codec only).
+        flags: `Flags.RUNS`, `Flags.RAW_FALLBACK` (RAW codec only), `Flags.DISK`.
 
     Returns:
         [header bytes, page-numbers bytes, payload] for send_multipart.
@@ -437,12 +441,12 @@ def encode_zero_pages(
         page_numbers: page numbers, or (start, count) pairs with `Flags.RUNS`
             (see `pages_to_runs`).
         page_size: negotiated page size in bytes (sets raw_len).
-        flags: `Flags.RUNS` or none.
+        flags: `Flags.RUNS` and/or `Flags.DISK`, or none.
 
     Returns:
         [header, page-numbers bytes, b""].
     """
-    flags = _check_flags(flags, int(Flags.RUNS))
+    flags = _check_flags(flags, int(Flags.RUNS | Flags.DISK))
     page_size = _check_uint(page_size, _U32_LIMIT, "page_size")
     page_frame, page_count = _page_frame(page_numbers, flags)
     header = _header(
@@ -520,19 +524,22 @@ class Decoder:
             or None before negotiation.
         max_payload_bytes: largest raw or encoded payload accepted for PAGES
             and DEVICE_STATE, in bytes, or None before negotiation.
+        disk: (block_size, n_blocks) of a mirrored disk, whose blocks arrive in
+            messages flagged DISK; None: such messages are refused.
 
     Either all three limits are given, or none: a decoder without limits
     accepts only control messages. After negotiation, construct a new decoder
     (decoders are immutable and so safe to share between threads).
     """
 
-    __slots__ = ("_page_size", "_n_pages", "_max_payload_bytes")
+    __slots__ = ("_page_size", "_n_pages", "_max_payload_bytes", "_disk")
 
     def __init__(
         self,
         page_size: int | None = None,
         n_pages: int | None = None,
         max_payload_bytes: int | None = None,
+        disk: tuple[int, int] | None = None,
     ) -> None:
         limits = (page_size, n_pages, max_payload_bytes)
         if any(v is None for v in limits) and not all(v is None for v in limits):
@@ -548,9 +555,14 @@ class Decoder:
             ):
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < limit:
                     raise ValueError(f"got {name}={value!r}, expected an integer in [1, {limit})")
+        if disk is not None:
+            if page_size is None or len(disk) != 2 or not all(
+                    type(v) is int and 0 < v < _U32_LIMIT + 1 for v in disk):
+                raise ValueError(f"got disk={disk!r}: expected (block_size, n_blocks) with the other limits")
         self._page_size = page_size
         self._n_pages = n_pages
         self._max_payload_bytes = max_payload_bytes
+        self._disk = disk
 
     @property
     def negotiated(self) -> bool:
@@ -622,10 +634,11 @@ class Decoder:
 
         body = None
         if msg_type in _PAGE_TYPES:
-            self._check_page_header(msg_type, flags, page_count, codec, raw_len, encoded_len)
+            unit, count = self._geometry(msg_type, flags)
+            self._check_page_header(msg_type, flags, page_count, codec, raw_len, encoded_len, unit, count)
             if payload.nbytes != encoded_len:
                 raise _fail("payload", f"got {payload.nbytes} bytes, expected encoded_len {encoded_len}")
-            page_frame = self._check_page_frame(page_view, flags, page_count)
+            page_frame = self._check_page_frame(page_view, flags, page_count, count)
         else:
             self._check_blob_header(msg_type, flags, page_count, codec, raw_len, encoded_len)
             if page_view.nbytes != 0:
@@ -654,6 +667,16 @@ class Decoder:
         if not self.negotiated:
             raise _fail("type", f"got {msg_type.name} before negotiation, expected a control message")
 
+    def _geometry(self, msg_type: MsgType, flags: Flags) -> tuple[int, int]:
+        """(bytes per unit, units) the numbers of a page message address: pages, or with DISK the disk's blocks."""
+        self._require_negotiated(msg_type)
+        assert self._n_pages is not None and self._page_size is not None
+        if not flags & Flags.DISK:
+            return self._page_size, self._n_pages
+        if self._disk is None:
+            raise _fail("flags", f"DISK on {msg_type.name}, but this migration mirrors no disk")
+        return self._disk
+
     def _check_page_header(
         self,
         msg_type: MsgType,
@@ -662,23 +685,23 @@ class Decoder:
         codec: Codec,
         raw_len: int,
         encoded_len: int,
+        unit: int,
+        count: int,
     ) -> None:
-        self._require_negotiated(msg_type)
-        assert self._n_pages is not None and self._page_size is not None
         assert self._max_payload_bytes is not None
-        if not 1 <= page_count <= self._n_pages:
-            raise _fail("page_count", f"got {page_count}, expected 1..{self._n_pages} (n_pages)")
-        expected_raw = page_count * self._page_size
+        if not 1 <= page_count <= count:
+            raise _fail("page_count", f"got {page_count}, expected 1..{count} (n_pages or n_blocks)")
+        expected_raw = page_count * unit
         if raw_len != expected_raw:
             raise _fail(
                 "raw_len",
-                f"got {raw_len}, expected page_count*page_size = {page_count}*{self._page_size} = {expected_raw}",
+                f"got {raw_len}, expected page_count*page_size = {page_count}*{unit} = {expected_raw}",
             )
         if msg_type == MsgType.ZERO_PAGES:
             # No payload, so nothing is allocated from raw_len: it is bounded
             # by page_count <= n_pages, not by max_payload_bytes.
             if flags & Flags.RAW_FALLBACK:
-                raise _fail("flags", "RAW_FALLBACK on ZERO_PAGES, expected RUNS or none")
+                raise _fail("flags", "RAW_FALLBACK on ZERO_PAGES, expected RUNS, DISK or none")
             if codec != Codec.RAW:
                 raise _fail("codec", f"got {codec.name} on ZERO_PAGES, expected RAW")
             if encoded_len != 0:
@@ -728,9 +751,7 @@ class Decoder:
         if raw_len != encoded_len:
             raise _fail("raw_len", f"got {raw_len} on {msg_type.name}, expected encoded_len {encoded_len}")
 
-    def _check_page_frame(self, view: memoryview, flags: Flags, page_count: int) -> np.ndarray:
-        assert self._n_pages is not None
-        n_pages = self._n_pages
+    def _check_page_frame(self, view: memoryview, flags: Flags, page_count: int, n_pages: int) -> np.ndarray:
         if flags & Flags.RUNS:
             # Every run covers >= 1 page, so there are at most page_count runs.
             if view.nbytes == 0 or view.nbytes % 8 or view.nbytes > 8 * page_count:

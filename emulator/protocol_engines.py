@@ -11,8 +11,10 @@ Rules:
   control socket, one per data channel.
 * Data messages carry the current pass number; PASS_END, SWITCHOVER and
   COMPLETE carry it in body "pass". PASS_END and COMPLETE promise one message
-  count per data channel: the pass is complete when each channel delivered
-  exactly that many, never more.
+  count per data channel, and the pages and disk blocks those messages hold:
+  the pass is complete when each channel delivered exactly that many, never more.
+* A mirrored disk's blocks travel in data messages flagged DISK, in the same
+  passes and on the same channels as memory pages.
 * The source sends data round-robin over its channels and waits for the
   destination's PASS_END of the same pass before the next pass.
 * Per data message the work is O(1): a seq check, a pass check, a count.
@@ -23,7 +25,7 @@ Rules:
 import functools
 from dataclasses import dataclass
 
-from emulator.protocol import (VERSION, Decoder, LocalProtocolError, Message, MsgType, ProtocolError,
+from emulator.protocol import (VERSION, Decoder, Flags, LocalProtocolError, Message, MsgType, ProtocolError,
                                RemoteProtocolError, encode_control, encode_device_state, expect_seq)
 from emulator.states import DESTINATION, DONE, FAILED, SOURCE, Session
 
@@ -35,7 +37,8 @@ _REPLY_FIELDS = {  # what the source reads of each destination message, and its 
     MsgType.REFUSE: (("reason", str),),
     MsgType.PASS_END: (("pass", int), ("pages_applied", int), ("cpu_s", _NUMBER)),
     MsgType.RESUMED: (("digest", str), ("storage_token", str), ("final_pages_s", _NUMBER),
-                      ("digest_check_s", _NUMBER), ("resume_s", _NUMBER)),
+                      ("digest_check_s", _NUMBER), ("resume_s", _NUMBER), ("disk_digest", (str, type(None))),
+                      ("disk_sync_s", _NUMBER)),
     MsgType.ANNOUNCE: (("location", str),),
     MsgType.ABORT: (("reason", str),),
 }
@@ -185,10 +188,10 @@ class DestinationProtocol(_Engine):
 
     def accept(self, scenario, ports):
         """ACCEPT frames for `scenario` with data endpoints `ports`; data messages are decoded from now on."""
-        options, page_size = scenario.migration, scenario.guest.page_size
+        options, page_size, disk = scenario.migration, scenario.guest.page_size, scenario.mirrored_disk
         frames = self._control(MsgType.ACCEPT, self.pass_no, {"data": ports})
-        self._decoder = Decoder(page_size, scenario.guest.n_pages,
-                                max(options.batch_pages * page_size, options.device_state_bytes, 1))
+        self._decoder = Decoder(page_size, scenario.guest.n_pages, scenario.largest_payload_bytes,
+                                None if disk is None else (disk.block_size, disk.n_blocks))
         self._channels = options.channels
         self._device_state_bytes = options.device_state_bytes
         self._data_seq = [0] * self._channels
@@ -214,7 +217,7 @@ class DestinationProtocol(_Engine):
             raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
         if message.pass_no != self.pass_no:
             raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
-        if not self._pass.take(channel, message.page_count):
+        if not self._pass.take(channel, message.page_count, message.flags & Flags.DISK):
             raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
                                              f"{self.pass_no}")
         return (DataPages(channel, message), *self._closing())
@@ -243,7 +246,8 @@ class DestinationProtocol(_Engine):
         if msg_type in (MsgType.PASS_END, MsgType.COMPLETE):
             if msg_type == MsgType.COMPLETE and not self._pass.device_state:
                 raise RemoteProtocolError("type", "COMPLETE before DEVICE_STATE")
-            self._pass.announce(message, message.field("messages", list), message.field("pages", int))
+            self._pass.announce(message, message.field("messages", list), message.field("pages", int),
+                                message.field("blocks", int))
             return self._closing()
         if msg_type == MsgType.ABORT:
             return (SourceAborted(*aborted(message)),)
@@ -290,36 +294,40 @@ class _PassCount:
 
     def __init__(self, channels):
         self.messages = [0] * channels
-        self.pages = 0
+        self.pages = self.blocks = 0
         self.expected = None  # the message counts the closing PASS_END or COMPLETE promised
-        self.promised_pages = None  # and the pages
+        self.promised = None  # and the (pages, blocks)
         self.ending = None  # that message
         self.complete = False
         self.device_state = False
 
-    def take(self, channel, pages):
-        """Count a data message; False if it is one more than announced (after completion too)."""
+    def take(self, channel, count, disk):
+        """Count a data message of `count` pages (or disk blocks); False if it is one more than announced."""
         self.messages[channel] += 1
-        self.pages += pages
+        if disk:
+            self.blocks += count
+        else:
+            self.pages += count
         return self.expected is None or self.messages[channel] <= self.expected[channel]
 
-    def announce(self, ending, counts, pages):
+    def announce(self, ending, counts, pages, blocks):
         if len(counts) != len(self.messages) or not all(type(c) is int and c >= 0 for c in counts):
             raise RemoteProtocolError("body.messages", f"expected {len(self.messages)} message counts, got "
                                                        f"{counts!r:.80}")
         if any(got > want for got, want in zip(self.messages, counts)):
             raise RemoteProtocolError("body.messages", f"announced {counts}, already received {self.messages}")
-        if pages < 0:
-            raise RemoteProtocolError("body.pages", f"got {pages}")
-        self.expected, self.ending, self.promised_pages = counts, ending, pages
+        for name, value in (("pages", pages), ("blocks", blocks)):
+            if value < 0:
+                raise RemoteProtocolError(f"body.{name}", f"got {value}")
+        self.expected, self.ending, self.promised = counts, ending, (pages, blocks)
 
     def completed(self):
         """The closing message once the pass just became complete, else None."""
         if self.complete or self.messages != self.expected:
             return None
-        if self.pages != self.promised_pages:
-            raise RemoteProtocolError("body.pages", f"announced {self.promised_pages} pages, the messages held "
-                                                    f"{self.pages}")
+        for name, promised, held in zip(("pages", "blocks"), self.promised, (self.pages, self.blocks)):
+            if promised != held:
+                raise RemoteProtocolError(f"body.{name}", f"announced {promised} {name}, the messages held {held}")
         self.complete = True
         return self.ending
 
@@ -340,11 +348,12 @@ def stranger_refusal(reason):
 
 
 class SourceProtocol(_Engine):
-    """The source's side of one migration over `channels` data channels of `page_size`-byte pages."""
+    """The source's side of one migration over `channels` data channels of `page_size`-byte pages
+    (and `block_size`-byte blocks of a mirrored disk, in batches flagged DISK)."""
 
-    def __init__(self, channels, page_size):
+    def __init__(self, channels, page_size, block_size=None):
         super().__init__(SOURCE)
-        self.channels, self.page_size = channels, page_size
+        self.channels, self.page_size, self.block_size = channels, page_size, block_size
         self.messages = [0] * channels  # data messages of this pass, per channel
         self._data_seq = [0] * channels
         self._next_channel = 0
@@ -366,12 +375,13 @@ class SourceProtocol(_Engine):
         self._data_seq[channel] = seq + 1
         self.messages[channel] += 1
         self._next_channel = (channel + 1) % self.channels
-        return channel, batch.frames(seq, self.pass_no, self.page_size)
+        unit = self.block_size if batch.flags & Flags.DISK else self.page_size
+        return channel, batch.frames(seq, self.pass_no, unit)
 
-    def pass_end(self, pages):
-        """PASS_END frames with this pass's message counts and `pages`."""
+    def pass_end(self, pages, blocks=0):
+        """PASS_END frames with this pass's message counts, `pages` and disk `blocks`."""
         return self._control(MsgType.PASS_END, self.pass_no,
-                             {"pass": self.pass_no, "messages": self.messages, "pages": pages})
+                             {"pass": self.pass_no, "messages": self.messages, "pages": pages, "blocks": blocks})
 
     def switchover(self, reason):
         return self._control(MsgType.SWITCHOVER, self.pass_no, {"pass": self.pass_no, "reason": reason})
@@ -380,11 +390,11 @@ class SourceProtocol(_Engine):
         self.session.sent(MsgType.DEVICE_STATE)
         return encode_device_state(self._next_seq(), self.pass_no, blob)
 
-    def complete(self, pages, digest, device_state_digest, storage_token):
-        """COMPLETE frames closing the final pass."""
+    def complete(self, pages, digest, device_state_digest, storage_token, blocks=0, disk_digest=None):
+        """COMPLETE frames closing the final pass (disk_digest: the mirrored disk's, else None)."""
         return self._control(MsgType.COMPLETE, self.pass_no, {
-            "pass": self.pass_no, "messages": self.messages, "pages": pages, "digest": digest,
-            "device_state_digest": device_state_digest, "storage_token": storage_token,
+            "pass": self.pass_no, "messages": self.messages, "pages": pages, "blocks": blocks, "digest": digest,
+            "disk_digest": disk_digest, "device_state_digest": device_state_digest, "storage_token": storage_token,
         })
 
     @_failing
