@@ -12,6 +12,7 @@ the engine no display at all.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import textwrap
@@ -41,7 +42,14 @@ def format_progress_line(record, page_size, total_pages):
         f"pass {record.pass_no:>3}  {format_bytes(record.bytes_sent)} ({format_bytes(record.wire_bytes)} wire)"
         f" in {format_duration(record.duration_s)} at {format_rate(record.bandwidth_bytes_per_s)}"
         f"  left {format_bytes(remaining_bytes)} ({share:.1f}%)  {record.dirty_pages_rate:,.0f} writes/s"
-    )
+    ) + (_disk_part(record) if record.disk_blocks_sent or record.disk_remaining_bytes else "")
+
+
+def _disk_part(record):
+    """A pass's mirrored disk, on a line of its own under the memory's."""
+    return (f"\n            disk {format_bytes(record.disk_bytes_sent)} ({format_bytes(record.disk_wire_bytes)} wire)"
+            f"  left {format_bytes(record.disk_remaining_bytes)}  {record.disk_writes_rate:,.0f} block writes/s"
+            + (f"  waited for the disk {format_duration(record.disk_wait_s)}" if record.disk_wait_s else ""))
 
 
 def process_age_s():
@@ -74,7 +82,17 @@ def describe_scenario(scenario):
             f"{format_count(workload.vcpus, 'vCPU')} writing {workload.pattern} at {rate}\n"
             f"{migration.codec} over {format_count(migration.channels, 'channel')}, "
             f"bandwidth cap {format_rate(migration.max_bandwidth_bytes_per_s)}, "
-            f"downtime limit {format_duration(migration.policy.downtime_limit_s)}")
+            f"downtime limit {format_duration(migration.policy.downtime_limit_s)}" + _describe_disk(scenario))
+
+
+def _describe_disk(scenario):
+    disk = scenario.disk
+    if disk is None:
+        return ""
+    rate = "flat out" if math.isinf(disk.write_rate_bytes_per_s) else format_rate(disk.write_rate_bytes_per_s)
+    how = "mirrored (shared-nothing)" if scenario.mirrored_disk else "on shared storage"
+    return (f"\ndisk {format_bytes(disk.size_bytes)} of {compact_size(disk.block_size)} blocks ({disk.fill}) {how}, "
+            f"written {disk.pattern} at {rate}")
 
 
 def format_verdict(answer, endpoint):

@@ -9,13 +9,17 @@ import contextlib
 import dataclasses
 import math
 import multiprocessing
+import os
+import shutil
 import signal
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.control import ControlServer
+from emulator.disk import DiskImage
 from emulator.errors import PeerAborted
 from emulator.guest import GuestMemory
 from emulator.protocol import MsgType
@@ -26,6 +30,7 @@ from emulator.security import is_loopback
 from emulator.sender import Source
 from emulator.serving import Listener
 from emulator.transport import DestinationLink, SourceLink, parse_endpoint
+from emulator.units import format_bytes
 from emulator.verdict import Verdict
 from emulator.workload import Workload
 
@@ -51,29 +56,55 @@ def ready_to_move_pages(progress=None):
     warm_up()  # returns at once once cached; if it failed in the thread, it runs again here and its error shows
 
 
-def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None, link_budget=None):
+@contextlib.contextmanager
+def guest_disk(spec, path=None, progress=None):
+    """The guest's disk (a DiskImage, emulator.disk) for DiskSpec `spec`, or None without one.
+
+    path: the file to create (it must not exist; it stays after the run); None: a file in a
+    temporary directory, removed after the run. DiskError if it cannot be created."""
+    if spec is None:
+        yield None
+        return
+    directory = None if path is not None else tempfile.mkdtemp(prefix="precopy-disk-")
+    if progress:
+        progress.message(f"writing the guest's {format_bytes(spec.size_bytes)} disk")
+    disk = DiskImage.create(spec, path or os.path.join(directory, spec.name))
+    try:
+        yield disk
+    finally:
+        disk.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None, link_budget=None,
+               disk_path=None):
     """Migrate a running guest to `to`; return the Report.
 
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
     scenario when not given. The writers run from before the migration starts to its end.
     security: an emulator.security.ClientSecurity for CURVE, or None. link_budget: a
-    limiter shared with other migrations (see Source).
+    limiter shared with other migrations (see Source). disk_path: where the guest's disk
+    is made, if it has one (see guest_disk).
     """
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
-        source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget)
-        with workload, ControlServer(source):  # precopy status and set talk to it
-            return source.run()
+        with guest_disk(scenario.disk, disk_path, progress) as disk:
+            disk_writer = disk and Workload(disk.blocks, scenario.disk.writer_spec())
+            source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget, disk=disk,
+                            disk_writer=disk_writer)
+            with workload, disk_writer or contextlib.nullcontext(), ControlServer(source):  # precopy status and set
+                return source.run()
     finally:
         link.close()
 
 
-def send(scenario, to, *, progress=None, security=None):
+def send(scenario, to, *, progress=None, security=None, disk_path=None):
     """The source end of a two-host migration to a `precopy receive` at `to` (tcp://HOST:PORT)."""
-    return run_source(scenario, to, progress=progress, security=security)
+    return run_source(scenario, to, progress=progress, security=security, disk_path=disk_path)
 
 
 def check(scenario, to, *, security=None):
@@ -149,7 +180,7 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
         link.close()
 
 
-def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
+def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, disk_dir):
     """Child process: listen on a free loopback port, report it, serve one migration, report the outcome.
 
     The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
@@ -166,8 +197,8 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec):
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
     try:
         connection.send(link.endpoint)
-        outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared).run(
-            hello_timeout_s=CHILD_START_TIMEOUT_S)
+        outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared,
+                              limits=DestinationLimits(disk_dir=disk_dir)).run(hello_timeout_s=CHILD_START_TIMEOUT_S)
     finally:
         link.close()
     connection.send(outcome)
@@ -222,13 +253,23 @@ def _ctrl_c_left_to_this_process():
         signal.signal(signal.SIGINT, previous)
 
 
-def migrate(scenario=None, *, progress=None, capacity_bytes=None):
-    """Migrate `scenario` (default: Scenario()) between two processes on this machine; return the Report."""
+def migrate(scenario=None, *, progress=None, capacity_bytes=None, disk_path=None, disk_dir=None):
+    """Migrate `scenario` (default: Scenario()) between two processes on this machine; return the Report.
+
+    disk_path: where the guest's disk is made (see guest_disk); disk_dir: where the receiver
+    puts a mirrored disk (None: a temporary directory, removed after the run)."""
     scenario = scenario or Scenario()
+    with contextlib.ExitStack() as cleanup:
+        if disk_dir is None and scenario.mirrored_disk is not None:
+            disk_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="precopy-received-"))
+        return _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir)
+
+
+def _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir):
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or sockets
     parent_end, child_end = context.Pipe()
     child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
-                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest))
+                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest, disk_dir))
     with _ctrl_c_left_to_this_process():
         child.start()
     try:
@@ -239,7 +280,7 @@ def migrate(scenario=None, *, progress=None, capacity_bytes=None):
         endpoint = parent_end.recv()
         if progress:
             progress.message(f"receiver listening on {endpoint} (pid {child.pid})")
-        report = run_source(scenario, endpoint, progress=progress, guest=guest)
+        report = run_source(scenario, endpoint, progress=progress, guest=guest, disk_path=disk_path)
         outcome = parent_end.recv() if parent_end.poll(scenario.migration.timeout_s + 5) else None
         report.destination = outcome
         return report

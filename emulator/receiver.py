@@ -11,6 +11,11 @@ digest (running, or hashed in full with verify "full") equals the source's;
 on any failure the partial guest is discarded and nothing is reported resumed.
 A CHECK (precopy check), from any peer at any time, is answered with the problems
 the same checks find, as a VERDICT: nothing is allocated and nothing changes here.
+A mirrored disk (storage mirror) is received into `<name>.part` in the disk
+directory, its space reserved in setup; after each pass what arrived is written
+back in the background; in the handover its digest is checked, it is written
+through and renamed to its name before the guest resumes. On failure the part
+file is removed: nothing is ever left under the disk's name unverified.
 """
 
 import hashlib
@@ -24,9 +29,10 @@ from typing import ClassVar
 from emulator import events, fields, protocol
 from emulator.batches import BatchApplier
 from emulator.digest import RunningDigest
+from emulator.disk import DiskError, DiskImage, disk_problems
 from emulator.guest import GuestMemory
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
-from emulator.protocol import MsgType, RemoteProtocolError
+from emulator.protocol import Flags, MsgType, RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
                                        SourceAborted, Switchover, stranger_abort, stranger_refusal, verdict)
 from emulator.report import DestinationOutcome
@@ -58,6 +64,12 @@ def _offered_cpu(value):
     return value
 
 
+def _directory_rule(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a directory's path, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class DestinationLimits:
     """What one incoming migration may ask of this destination, besides its memory capacity.
@@ -66,6 +78,7 @@ class DestinationLimits:
     migration that lasts longer than max_duration_s (from HELLO) is aborted. cpu,
     switches and config_version are what this host offers a guest's configuration
     (scenario.GuestConfig): a guest needing more is refused with every problem and its fix.
+    disk_dir: where mirrored disks are received (None: none are taken).
     """
 
     max_vcpus: int = 64
@@ -76,11 +89,13 @@ class DestinationLimits:
     cpu: CpuModel = field(default_factory=this_cpu)  # what this host offers a guest
     switches: tuple[str, ...] = ()
     config_version: int = CONFIG_VERSION  # the newest guest configuration this destination supports
+    disk_dir: str | None = None
 
     RULES: ClassVar[dict] = {
         "max_vcpus": fields.whole(1), "max_channels": fields.whole(1), "max_device_state_bytes": fields.whole(1),
         "max_message_bytes": fields.whole(1), "max_duration_s": fields.real(0, above=True),
         "cpu": _offered_cpu, "switches": GuestConfig.RULES["switches"], "config_version": GuestConfig.RULES["version"],
+        "disk_dir": fields.optional(_directory_rule, "none taken"),
     }
 
     def __post_init__(self):
@@ -114,6 +129,8 @@ class DestinationLimits:
                                  f"virtual {'switch' if len(lacking) == 1 else 'switches'} {named}, which this "
                                  f"destination lacks (it has {', '.join(map(repr, self.switches)) or 'none'})",
                                  "receive " + " ".join(f"--switch {switch}" for switch in lacking)))
+        if scenario.mirrored_disk is not None:
+            found += disk_problems(scenario.mirrored_disk, self.disk_dir)
         return found + self._beyond_limits(scenario)
 
     def _beyond_limits(self, scenario):
@@ -249,6 +266,8 @@ class Destination:
         self.doors = Doorkeeper(link, progress)
         self.interrupted = False
         self.applier = None
+        self.disk = self.disk_applier = self.disk_digest = None
+        self.blocks_applied = 0
         self.device_state = b""
 
     def run(self, hello_timeout_s=None):
@@ -272,15 +291,24 @@ class Destination:
             failure = MigrationError(f"the destination failed: {type(error).__name__}: {error}")
         if failure and not failure.answered:
             self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
-        if self.applier:
-            self.applier.close()
+        for applier in (self.applier, self.disk_applier):
+            if applier:
+                applier.close()
         self.link.close_data()
+        disk_path = None
+        if self.disk is not None:
+            if failure:
+                self.disk.discard()
+            else:
+                disk_path = self.disk.path
+                self.disk.close()
         if failure:  # the partial guest is discarded, never resumed: nothing may keep its memory
             self.guest = self.workload = self.applier = self.running_digest = None
+        self.disk = self.disk_applier = None
         outcome = DestinationOutcome(
             status=failure.status if failure else "completed", reason=failure.reason if failure else None,
             digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,
-            frames_refused=self.doors.frames_refused)
+            frames_refused=self.doors.frames_refused, blocks_applied=self.blocks_applied, disk_path=disk_path)
         self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
@@ -296,8 +324,17 @@ class Destination:
             raise
         self._say("setup: allocating guest memory")
         self.scenario = scenario
-        self.guest, self.workload = self._while_heartbeating(lambda: self._hosted(scenario))
         self.incremental = scenario.migration.verify == "incremental"
+        disk = scenario.mirrored_disk
+        if disk is not None:
+            try:
+                self.disk = self._while_heartbeating(lambda: DiskImage.receiving(disk, self.limits.disk_dir))
+            except DiskError as error:
+                self._send(self.protocol.refuse(str(error)))
+                raise Refused(str(error)) from None
+            self.disk_digest = RunningDigest(disk.n_blocks, disk.block_size) if self.incremental else None
+            self.disk_applier = BatchApplier(self.disk.blocks, self.disk_digest)
+        self.guest, self.workload = self._while_heartbeating(lambda: self._hosted(scenario))
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
         self.applier = BatchApplier(self.guest, self.running_digest)
         options = scenario.migration
@@ -399,15 +436,22 @@ class Destination:
 
     def _on_event(self, event):
         if type(event) is DataPages:
-            self.applier.apply(event.message)
-            self.pages_applied += event.message.page_count
+            message = event.message
+            if message.flags & Flags.DISK:
+                self.disk_applier.apply(message)
+                self.blocks_applied += message.page_count
+            else:
+                self.applier.apply(message)
+                self.pages_applied += message.page_count
         elif type(event) is PassComplete:
-            self.applier.drain()
+            self._drain()
+            if self.disk is not None:
+                self.disk.sync_in_background()
             cpu_now = time.process_time()
             self._send(self.protocol.acknowledge_pass(self.pages_applied, cpu_now - self.pass_cpu_started))
             self.pass_cpu_started = cpu_now
         elif type(event) is FinalPassComplete:
-            self.applier.drain()
+            self._drain()
             self._verify_and_resume(event.complete)
         elif type(event) is Switchover:
             self.switchover_at = self.clock()
@@ -417,17 +461,34 @@ class Destination:
         elif type(event) is SourceAborted:
             raise PeerAborted(event.reason, "source", event.cancelled)
 
+    def _drain(self):
+        for applier in (self.applier, self.disk_applier):
+            if applier:
+                applier.drain()
+
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
         started = self.clock()
         self.digest = self.running_digest.value() if self.incremental else self.guest.digest()
+        disk_digest = None
+        if self.disk is not None:
+            disk_digest = self.disk_digest.value() if self.incremental else self.disk.blocks.digest()
         digest_check_s = self.clock() - started
         source_digest = complete.field("digest", str)
         if self.digest != source_digest:
             raise Mismatch(f"memory digest mismatch: source {source_digest}, destination {self.digest}")
+        source_disk_digest = complete.field("disk_digest", (str, type(None)))
+        if disk_digest != source_disk_digest:
+            raise Mismatch(f"disk digest mismatch: source {source_disk_digest}, destination {disk_digest}")
         device_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
         if device_digest != complete.field("device_state_digest", str):
             raise Mismatch("device state digest mismatch")
+        disk_sync_s = 0.0
+        if self.disk is not None:  # the storage handover: the verified copy, durable, under its name
+            try:
+                disk_sync_s = self.disk.commit()
+            except DiskError as error:
+                raise MigrationError(f"the destination could not keep the disk: {error}") from None
         if self.on_verified:
             self.on_verified(self.guest)
         started = self.clock()
@@ -436,6 +497,7 @@ class Destination:
         self._send(self.protocol.resumed({
             "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,
             "resume_s": resume_s, "storage_token": complete.field("storage_token", str),
+            "disk_digest": disk_digest, "disk_sync_s": disk_sync_s,
         }))
         self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
         self._say("resumed and announced")

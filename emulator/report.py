@@ -10,6 +10,8 @@ Schema history:
        PassRecord.pages_dirtied is gone (it always equalled remaining_pages);
        the source records where the guest runs now (location) and what `precopy set`
        changed (parameter_changes). Schema 1 reads back.
+    3: a mirrored disk: its part of each pass record and of the blackout, the block job
+       (block_job) and the summary's "disk". Schemas 1 and 2 read back (no disk).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from emulator.units import format_bytes, format_count, format_duration, format_r
 
 __all__ = [
     "Blackout",
+    "BlockJob",
     "DestinationOutcome",
     "Interval",
     "ParameterChange",
@@ -47,8 +50,8 @@ __all__ = [
     "summarize",
 ]
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)  # 1 is upgraded as it is read
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)  # 1 is upgraded as it is read; 2 lacks only the disk's fields, which default
 STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled")
 PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce")
 Status = Literal["completed", "failed", "cancelled"]
@@ -59,12 +62,12 @@ class PassRecord:
     """One pre-copy pass (pass 0 sends every page; pass k the pages dirtied during k-1).
 
     pass_no: 0-based pass number.
-    pages_sent: pages sent in the pass, zero pages included.
+    pages_sent: pages sent in the pass, zero pages included (memory only: the disk's are its own).
     bytes_sent: guest bytes sent, pages_sent x page_size (zero pages included).
     wire_bytes: bytes on the wire after the codec (payloads, page numbers and headers).
     zero_pages: pages sent as zero pages (no payload).
     duration_s: wall time of the pass, seconds.
-    bandwidth_bytes_per_s: wire_bytes / duration_s (0.0 if the duration is 0).
+    bandwidth_bytes_per_s: (wire_bytes + disk_wire_bytes) / duration_s: the link's rate.
     remaining_pages: dirty pages at the end of the pass (distinct pages dirtied during
         it: the size of the next harvest).
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
@@ -72,6 +75,10 @@ class PassRecord:
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
     source_cpu_s, destination_cpu_s: CPU seconds each side's process used during the pass
         (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
+    disk_*: a mirrored disk's part (storage mirror; all 0 otherwise): blocks sent (zero
+        blocks included), their bytes and wire bytes, zero blocks, dirty bytes left at the
+        end, block writes per second during the pass; disk_wait_s: the pass's duration if
+        the memory alone fitted the budget before it (the disk held the switch-over up).
     """
 
     pass_no: int
@@ -87,6 +94,13 @@ class PassRecord:
     throttle_pct: int
     source_cpu_s: float = 0.0
     destination_cpu_s: float = 0.0
+    disk_blocks_sent: int = 0
+    disk_bytes_sent: int = 0
+    disk_wire_bytes: int = 0
+    disk_zero_blocks: int = 0
+    disk_remaining_bytes: int = 0
+    disk_writes_rate: float = 0.0
+    disk_wait_s: float = 0.0
 
 
 @dataclass
@@ -103,6 +117,10 @@ class Blackout:
     device_state_s: seconds to send the device state.
     digest_check_s: seconds the destination spent verifying the memory digest (it says so).
     resume_s: seconds from the digest check to the destination running.
+    final_disk_blocks, final_disk_zero_blocks, final_disk_wire_bytes: a mirrored disk's last
+        dirty blocks sent while paused, the zero ones among them, their bytes on the wire.
+    disk_sync_s: seconds the destination spent writing its copy of the disk through to storage
+        and putting it in place (the storage handover).
     """
 
     total_s: float
@@ -115,6 +133,33 @@ class Blackout:
     device_state_s: float
     digest_check_s: float
     resume_s: float
+    final_disk_blocks: int = 0
+    final_disk_zero_blocks: int = 0
+    final_disk_wire_bytes: int = 0
+    disk_sync_s: float = 0.0
+
+
+@dataclass
+class BlockJob:
+    """The disk mirror, named as QEMU's query-block-jobs names a mirror job.
+
+    device: the disk's name. len: bytes the job had to copy (the disk, plus every block
+    dirtied again; it grows while the guest writes); offset: bytes copied (len once
+    completed). ready: the dirty blocks left once fitted the downtime budget, at ready_s
+    (seconds from the start; None if never). wait_s: pre-copy time spent only because the
+    disk had not converged. sync_s: the destination's write-through in the handover.
+    speed: the bandwidth cap it ran under (bytes/s, 0 = unlimited).
+    """
+
+    device: str
+    len: int
+    offset: int
+    ready: bool
+    ready_s: float | None
+    wait_s: float
+    sync_s: float
+    speed: float
+    type: str = "mirror"
 
 
 @dataclass(frozen=True)
@@ -156,6 +201,8 @@ class DestinationOutcome:
     status, reason: as a Report's. digest: the memory digest it verified (None unless
     completed). endpoint: where it listened. pages_applied: pages written into its guest,
     zero pages included. frames_refused: messages from strangers it refused meanwhile.
+    blocks_applied: a mirrored disk's blocks written; disk_path: where that disk now is
+    (None unless completed).
     """
 
     status: Status
@@ -164,6 +211,8 @@ class DestinationOutcome:
     endpoint: str | None = None
     pages_applied: int = 0
     frames_refused: int = 0
+    blocks_applied: int = 0
+    disk_path: str | None = None
 
 
 @dataclass
@@ -199,6 +248,7 @@ class Report:
         (None if it never ended).
     digests_match: source digest at pause == destination digest (None if never compared).
     summary: QEMU query-migrate style totals (``summarize``).
+    block_job: the disk mirror (storage mirror), else None.
     """
 
     schema: int = SCHEMA_VERSION
@@ -218,6 +268,7 @@ class Report:
     source_digest: str | None = None
     destination_digest: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    block_job: BlockJob | None = None
 
     def __post_init__(self) -> None:
         if type(self.schema) is not int or self.schema != SCHEMA_VERSION:
@@ -256,6 +307,7 @@ class Report:
             )
         if data["schema"] == 1:
             data = _upgraded_from_schema_1(data)
+        data = dict(data, schema=SCHEMA_VERSION)
         _check_fields(cls, data, "report")
         data = dict(data)
         if data.get("scenario") is not None:
@@ -271,6 +323,8 @@ class Report:
                           for i, item in enumerate(_as_list(data.get(name, []), f"report.{name}"))]
         if data.get("blackout") is not None:
             data["blackout"] = _build(Blackout, data["blackout"], "report.blackout")
+        if data.get("block_job") is not None:
+            data["block_job"] = _build(BlockJob, data["block_job"], "report.block_job")
         return cls(**data)
 
     def write(self, path: str | os.PathLike[str]) -> None:
@@ -370,6 +424,8 @@ def summarize(
     throttle_pct: int | None = None,
     dirty_sync_count: int | None = None,
     unrecorded_wire_bytes: int = 0,
+    unrecorded_disk_wire_bytes: int = 0,
+    disk: Any = None,
 ) -> dict[str, Any]:
     """QEMU query-migrate style totals over the records of a run.
 
@@ -402,11 +458,17 @@ def summarize(
     ram.precopy-bytes            wire bytes sent during pre-copy (bytes)
     ram.downtime-bytes           RAM wire bytes sent during the blackout (bytes)
     ram.page-size                page size (bytes)
+
+    disk.transferred             a mirrored disk's bytes on the wire (bytes); and as ram's:
+    disk.remaining, disk.total, disk.duplicate (zero blocks), disk.normal (blocks),
+    disk.precopy-bytes, disk.downtime-bytes, disk.dirty-blocks-rate (blocks/s, last
+    pass), disk.block-size (bytes), disk.wait-time (pre-copy held up by the disk, ms)
     ============================ ========================================================
 
     Device state is not RAM: it is in the blackout record, not in ``ram.transferred``.
-    unrecorded_wire_bytes: what a pass cut short by a failure sent before it ended (no
-    record holds it): counted in transferred and precopy-bytes.
+    unrecorded_wire_bytes, unrecorded_disk_wire_bytes: what a pass cut short by a failure
+    sent before it ended (no record holds it): counted in transferred and precopy-bytes.
+    disk: the mirrored disk's DiskSpec (emulator.disk), or None: no "disk" key.
     """
     if status not in STATUSES:
         raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -465,6 +527,26 @@ def summarize(
             "downtime-bytes": downtime_wire_bytes,
             "page-size": page_size,
         },
+        **({} if disk is None else {"disk": _disk_summary(passes, blackout, status, disk, unrecorded_disk_wire_bytes)}),
+    }
+
+
+def _disk_summary(passes, blackout, status, disk, unrecorded_wire_bytes):
+    """The summary's "disk": a mirrored disk's totals, named as ram's."""
+    last = passes[-1] if passes else None
+    precopy = sum(p.disk_wire_bytes for p in passes) + unrecorded_wire_bytes
+    downtime = blackout.final_disk_wire_bytes if blackout else 0
+    blocks = sum(p.disk_blocks_sent for p in passes) + (blackout.final_disk_blocks if blackout else 0)
+    duplicate = sum(p.disk_zero_blocks for p in passes) + (blackout.final_disk_zero_blocks if blackout else 0)
+    if status == "completed":
+        remaining = 0
+    else:
+        remaining = last.disk_remaining_bytes if last else disk.size_bytes
+    return {
+        "transferred": precopy + downtime, "remaining": remaining, "total": disk.size_bytes,
+        "duplicate": duplicate, "normal": blocks - duplicate, "precopy-bytes": precopy, "downtime-bytes": downtime,
+        "dirty-blocks-rate": last.disk_writes_rate if last else 0.0, "block-size": disk.block_size,
+        "wait-time": sum(p.disk_wait_s for p in passes) * 1e3,
     }
 
 
@@ -517,6 +599,20 @@ def format_parameter(name: str, value: float | None) -> str:
     return format_duration(value) if name == "downtime_limit_s" else format_rate(value)
 
 
+def _disk_lines(report: Report) -> list[str]:
+    """The mirrored disk's lines of the summary (none without a mirror)."""
+    disk, job = report.summary.get("disk"), report.block_job
+    if disk is None or job is None:
+        return []
+    ready = f"ready at {format_duration(job.ready_s)}" if job.ready else "never ready"
+    return [
+        f"disk         {format_bytes(disk['transferred'])} on the wire for a {format_bytes(disk['total'])} disk, "
+        f"{disk['normal']:,} blocks + {disk['duplicate']:,} zero",
+        f"block job    mirror {job.device}: offset {format_bytes(job.offset)} of len {format_bytes(job.len)}, "
+        f"{ready}; waited {format_duration(job.wait_s)} for it, write-through {format_duration(job.sync_s)}",
+    ]
+
+
 def format_summary(report: Report) -> str:
     """A readable multi-line summary of a report."""
     summary = report.summary
@@ -546,6 +642,7 @@ def format_summary(report: Report) -> str:
         )
         if summary["cpu-throttle-percentage"]:
             lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
+        lines += _disk_lines(report)
     if report.passes:
         header = (
             f"{'pass':>4} {'sent':>10} {'wire':>10} {'remaining':>10}"

@@ -5,12 +5,14 @@ destination hosts the same guest and runs the same workload after resume)
 and is written whole into the report.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 from emulator import fields
 from emulator.compat import MAX_NAME, CpuModel, this_cpu
 from emulator.codecs import CODEC_NAMES
+from emulator.disk import STORAGE_MODES, DiskSpec
 from emulator.guest import GuestSpec
 from emulator.policy import PolicyConfig
 from emulator.workload import WorkloadSpec
@@ -94,6 +96,9 @@ class MigrationOptions:
     longest wait for the peer on any receive; blackout_warning_s: a longer
     blackout is a warning event (None: twice the downtime limit; never past
     63 s, see emulator.events); policy: when to switch over (see emulator.policy).
+    storage: "shared" (both hosts see the guest's disk: its handover is a token) or
+    "mirror" (shared-nothing: the disk is copied alongside memory, its dirty blocks in
+    later passes, and the switch-over waits until both fit the downtime budget).
     auto_converge: throttle the writers when a pass dirties more than half of what
     it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
     verify: "incremental" (both sides keep a running digest as pages cross; the
@@ -113,6 +118,7 @@ class MigrationOptions:
     blackout_warning_s: float | None = None
     verify: str = "incremental"
     auto_converge: bool = False
+    storage: str = "shared"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     RULES: ClassVar[dict] = {
@@ -126,6 +132,7 @@ class MigrationOptions:
         "blackout_warning_s": fields.optional(fields.real(0, above=True, below=True), "twice the downtime limit"),
         "verify": fields.one_of(VERIFY_MODES),
         "auto_converge": fields.flag,
+        "storage": fields.one_of(STORAGE_MODES),
     }
 
     def __post_init__(self):
@@ -136,24 +143,49 @@ class MigrationOptions:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A guest, what its vCPUs do, and how it migrates."""
+    """A guest, what its vCPUs do, its disk (None: none), and how it migrates."""
 
     guest: GuestSpec = field(default_factory=lambda: GuestSpec(DEFAULT_MEMORY_BYTES))
     workload: WorkloadSpec = field(default_factory=lambda: WorkloadSpec(rate_pages_per_s=DEFAULT_DIRTY_RATE,
                                                                         pattern="hotset"))
     migration: MigrationOptions = field(default_factory=MigrationOptions)
     config: GuestConfig = field(default_factory=GuestConfig)
+    disk: DiskSpec | None = None
 
     def __post_init__(self):
         if self.workload.write_size > self.guest.page_size:
             raise ValueError(f"write_size must be at most the page size ({self.guest.page_size} B), "
                              f"got {self.workload.write_size!r}")
+        if self.disk is not None and not isinstance(self.disk, DiskSpec):
+            raise ValueError(f"disk must be a DiskSpec or none, got {self.disk!r:.80}")
+        if self.migration.storage == "mirror" and self.disk is None:
+            raise ValueError("storage mirror copies the guest's disk, and this guest has none: give it one "
+                             "(--disk SIZE), or use --storage shared")
+
+    @property
+    def mirrored_disk(self):
+        """The DiskSpec of the disk this migration copies (storage mirror), else None."""
+        return self.disk if self.migration.storage == "mirror" else None
+
+    @property
+    def disk_batch_blocks(self):
+        """Disk blocks per data message: as many bytes as a memory message holds, at least one block."""
+        return max(1, self.migration.batch_pages * self.guest.page_size // self.disk.block_size)
+
+    @property
+    def largest_payload_bytes(self):
+        """The most a data message (or the device state) may hold once decoded."""
+        disk = self.mirrored_disk
+        blocks = 0 if disk is None else self.disk_batch_blocks * disk.block_size
+        return max(self.migration.batch_pages * self.guest.page_size, blocks, self.migration.device_state_bytes, 1)
 
     def to_dict(self):
         """Plain JSON-ready data (infinite rates as the string "max")."""
         data = asdict(self)
         if self.workload.unpaced:
             data["workload"]["rate_pages_per_s"] = "max"
+        if self.disk is not None and math.isinf(self.disk.write_rate_bytes_per_s):
+            data["disk"]["write_rate_bytes_per_s"] = "max"
         return data
 
     @classmethod
@@ -167,6 +199,8 @@ class Scenario:
             migration["policy"] = PolicyConfig(**migration["policy"])
             # a scenario written before the configuration existed required no processor
             config = GuestConfig.from_dict(data["config"]) if "config" in data else GuestConfig(cpu=None)
-            return cls(GuestSpec(**data["guest"]), WorkloadSpec(**workload), MigrationOptions(**migration), config)
+            disk = None if data.get("disk") is None else DiskSpec.from_dict(data["disk"])
+            return cls(GuestSpec(**data["guest"]), WorkloadSpec(**workload), MigrationOptions(**migration), config,
+                       disk)
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed scenario: {error}") from None

@@ -17,6 +17,14 @@ hears RESUMED. With an incremental check the source then re-hashes its paused
 memory: equal to the running digest proves no write escaped the dirty
 tracking. Any failure before RESUMED resumes the source's writers: the guest
 keeps running here, unharmed.
+
+Storage mirror (shared-nothing): each pass sends the guest's dirty disk blocks
+after its memory pages (pass 0 every block), each set harvested just before it
+is sent, on the same channels and under the same cap; the policy weighs the
+memory and the disk left together, so the switch-over waits for the disk too.
+The blackout sends the last dirty blocks, COMPLETE carries the disk's digest,
+and the destination writes its copy through to storage and puts it in place
+before it resumes (the handover). The source's disk is only ever read.
 """
 
 import dataclasses
@@ -33,11 +41,11 @@ from emulator.batches import BatchEncoder
 from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
-from emulator.protocol import MsgType
+from emulator.protocol import Flags, MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
-from emulator.report import (Blackout, Interval, ParameterChange, PassRecord, Phase, Report, format_parameter,
-                             host_info, summarize)
+from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Report,
+                             format_parameter, host_info, summarize)
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -66,12 +74,43 @@ class _Timeline:
 
 
 class _PassCounter:
-    """What one pass (or the blackout) put on the wire."""
+    """What one pass (or the blackout) put on the wire: memory pages, and a mirrored disk's blocks."""
 
     def __init__(self):
-        self.pages = 0
-        self.zero_pages = 0
-        self.wire_bytes = 0
+        self.pages = self.zero_pages = self.wire_bytes = 0
+        self.blocks = self.zero_blocks = self.disk_wire_bytes = 0
+
+    def count(self, batch, wire, disk):
+        zero = batch.pages if batch.kind == MsgType.ZERO_PAGES else 0
+        if disk:
+            self.blocks += batch.pages
+            self.zero_blocks += zero
+            self.disk_wire_bytes += wire
+        else:
+            self.pages += batch.pages
+            self.zero_pages += zero
+            self.wire_bytes += wire
+
+
+class _Mirror:
+    """The source's side of a disk mirror: the disk's blocks, what encodes them, their running digest."""
+
+    def __init__(self, scenario, disk, codec):
+        self.disk, self.blocks = disk, disk.blocks
+        self.block_size = self.blocks.page_size
+        incremental = scenario.migration.verify == "incremental"
+        self.running_digest = RunningDigest(self.blocks.n_pages, self.block_size) if incremental else None
+        self.encoder = BatchEncoder(self.blocks, codec, scenario.disk_batch_blocks, self.running_digest, Flags.DISK)
+        self.harvest_buffer = np.empty(self.blocks.dirty.size * bitmap.WORD_BITS, dtype=np.int64)
+        self.ready_s = None  # when the dirty blocks left first fitted the downtime budget (QEMU: job ready)
+        self.wait_s = 0.0  # pre-copy time spent only because the disk had not converged
+        self.sync_s = 0.0  # the destination's write-through of its copy in the handover
+
+    def harvest(self):
+        return self.blocks.harvest(self.harvest_buffer)
+
+    def remaining_bytes(self):
+        return self.blocks.dirty_count() * self.block_size
 
 
 class _IntervalSampler:
@@ -109,9 +148,12 @@ class Source:
     link_budget: a limiter (emulator.ratelimit) other migrations draw from too, as a
     drain's migrations share one cap on the link; each data message takes from it
     after this migration's own cap.
+    disk, disk_writer: the guest's DiskImage (emulator.disk) and its running writer, if it has a
+    disk; storage mirror copies it, and both writers pause in the blackout.
     """
 
-    def __init__(self, scenario, guest, workload, link, *, progress=None, link_budget=None, clock=time.monotonic):
+    def __init__(self, scenario, guest, workload, link, *, progress=None, link_budget=None, disk=None,
+                 disk_writer=None, clock=time.monotonic):
         self.scenario = scenario
         self.options = scenario.migration
         self.guest, self.workload, self.link = guest, workload, link
@@ -119,13 +161,19 @@ class Source:
         self.codec = codec_from_name(self.options.codec)
         self.limiter = make_limiter(self.options.max_bandwidth_bytes_per_s)
         self.link_budget = link_budget
-        self.protocol = SourceProtocol(self.options.channels, guest.page_size)
+        mirrored = scenario.mirrored_disk
+        if (disk is None) != (scenario.disk is None):
+            raise ValueError("a guest with a disk in its scenario needs its DiskImage, and only then")
+        self.writers = [workload] + ([disk_writer] if disk_writer is not None else [])  # all pause in the blackout
+        self.mirror = _Mirror(scenario, disk, self.codec) if mirrored else None
+        self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size)
         self.passes = []
         self.unrecorded = None  # the _PassCounter of a pass (or blackout) still being sent
         self.paused = False
         self.blackout = None
         self.events = []  # what the run warns about (emulator.events)
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
+        self.source_disk_digest = self.destination_disk_digest = self.paused_disk_digest = None
         self.setup_s = self.expected_downtime_s = self.decision = self.location = self.timeline = None
         self.policy_in_force = self.options.policy  # precopy set may change its downtime limit, and the cap
         self.parameter_changes = []
@@ -159,6 +207,8 @@ class Source:
             failure = error
         finally:
             self.encoder.close()
+            if self.mirror:
+                self.mirror.encoder.close()
         if failure:
             self._abort(failure)
         self.timeline.end_current()
@@ -173,7 +223,7 @@ class Source:
             except MigrationError:
                 pass
         if self.paused:
-            self.workload.resume()
+            self._resume_writers()
             self.paused = False
         if self.progress:
             self.progress.message(f"migration stopped: {failure.reason}; the guest keeps running on the source")
@@ -194,32 +244,43 @@ class Source:
         remaining_history = []
         sent_bytes = sent_s = 0.0
         pass_no = 0
+        memory_fitted = False  # the memory left after the last pass fitted the budget: the disk held it up
         while True:
             started, cpu_started = self.clock(), time.process_time()
             writes_before = self.workload.writes
+            disk_writes_before = self._disk_writes()
             harvested = self.guest.harvest(self.harvest_buffer)
             to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
             counter = self._send_pages(to_send)
-            self.link.send_control(self.protocol.pass_end(counter.pages))
+            if self.mirror:
+                harvested = self.mirror.harvest()
+                blocks = np.arange(self.mirror.blocks.n_pages, dtype=np.int64) if pass_no == 0 else harvested
+                self._send_pages(blocks, counter, self.mirror.encoder)
+            self.link.send_control(self.protocol.pass_end(counter.pages, counter.blocks))
             ack = self._recv_control()
             duration_s = max(self.clock() - started, 1e-9)
             remaining = self.guest.dirty_count()
-            sent_bytes += counter.pages * self.guest.page_size
+            disk_left = self.mirror.remaining_bytes() if self.mirror else 0
+            disk_bytes = counter.blocks * self.mirror.block_size if self.mirror else 0
+            sent_bytes += counter.pages * self.guest.page_size + disk_bytes
             sent_s += duration_s
-            bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages
-            remaining_history.append(remaining * self.guest.page_size)
+            bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages and blocks
+            remaining_history.append(remaining * self.guest.page_size + disk_left)
             self._apply_changes()
             decision = policy.decide(self.policy_in_force, remaining_history, bandwidth,
                                      self.timeline.now() - self.setup_s)
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
-                bandwidth_bytes_per_s=counter.wire_bytes / duration_s, remaining_pages=remaining,
-                dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
+                bandwidth_bytes_per_s=(counter.wire_bytes + counter.disk_wire_bytes) / duration_s,
+                remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
                 threshold_bytes=decision.threshold_bytes, throttle_pct=self.workload.throttle_pct,
                 source_cpu_s=time.process_time() - cpu_started,
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
+            if self.mirror:
+                self._record_disk(record, counter, disk_left, disk_writes_before, memory_fitted)
+                memory_fitted = remaining * self.guest.page_size <= decision.threshold_bytes
             self.passes.append(record)
             self.unrecorded = None
             self.expected_downtime_s = policy.expected_downtime_s(remaining * self.guest.page_size, bandwidth)
@@ -236,6 +297,24 @@ class Source:
                 self._throttle(record)
             pass_no += 1
 
+    def _disk_writes(self):
+        return self.writers[1].writes if len(self.writers) > 1 else 0
+
+    def _record_disk(self, record, counter, disk_left, writes_before, waiting):
+        """The disk's part of a pass record; the block job's readiness and the time spent waiting for it."""
+        mirror, block_size = self.mirror, self.mirror.block_size
+        record.disk_blocks_sent, record.disk_zero_blocks = counter.blocks, counter.zero_blocks
+        record.disk_bytes_sent, record.disk_wire_bytes = counter.blocks * block_size, counter.disk_wire_bytes
+        record.disk_remaining_bytes = disk_left
+        record.disk_writes_rate = (self._disk_writes() - writes_before) / record.duration_s
+        record.disk_wait_s = record.duration_s if waiting else 0.0
+        mirror.wait_s += record.disk_wait_s
+        if mirror.ready_s is None and disk_left <= record.threshold_bytes:
+            mirror.ready_s = self.timeline.now()
+            if self.progress:
+                self.progress.message(f"disk mirror ready after pass {record.pass_no}: its dirty blocks fit the "
+                                      "downtime budget")
+
     def _say_if_cpu_bound(self, record):
         """Pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link."""
         held_back = events.cpu_bound(record, self.limiter.rate_bytes_per_s)
@@ -251,24 +330,27 @@ class Source:
             if self.progress:
                 self.progress.message(f"auto-converge: vCPUs throttled to {throttle}%")
 
-    def _send_pages(self, page_numbers):
-        """Send `page_numbers`: zero pages as numbers only, the rest through the codec."""
-        counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
+    def _send_pages(self, page_numbers, counter=None, encoder=None):
+        """Send `page_numbers` (of the disk's blocks with the mirror's encoder): zero pages as numbers only,
+        the rest through the codec. Counted in `counter` (a new one for a pass's first part)."""
+        if counter is None:
+            counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
+        encoder = encoder or self.encoder
+        disk = encoder is not self.encoder
         every_s = getattr(self.progress, "interval_s", 0)  # a progress without intervals, or with 0, has none
-        sampler = _IntervalSampler(self, len(page_numbers), every_s) if every_s and not self.paused else None
-        for index, batch in enumerate(self.encoder.batches(page_numbers)):
+        sampler = _IntervalSampler(self, len(page_numbers), every_s) if every_s and not self.paused and not disk \
+            else None
+        for index, batch in enumerate(encoder.batches(page_numbers)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
-            if batch.kind == MsgType.ZERO_PAGES:
-                counter.zero_pages += batch.pages
-            self._send_data(batch, counter)
-            counter.pages += batch.pages
+            counter.count(batch, self._send_data(batch), disk)
             if sampler:
                 sampler.sample(counter)
         self.limiter.settle()  # the pass lasts until a capped link would have carried its last byte
         return counter
 
-    def _send_data(self, batch, counter):
+    def _send_data(self, batch):
+        """Send one batch; return its bytes on the wire."""
         self._apply_changes()
         channel, frames = self.protocol.data(batch)
         wire = sum(memoryview(frame).nbytes for frame in frames)
@@ -280,7 +362,7 @@ class Source:
         except PeerTimeout:
             self._check_control()  # a destination that gave up says why before it stops reading
             raise
-        counter.wire_bytes += wire
+        return wire
 
     # status and live parameters (emulator.control) -------------------------------
     def status(self):
@@ -292,7 +374,8 @@ class Source:
             "elapsed_s": self.timeline.now() if self.timeline else 0.0, "pass": self.protocol.pass_no,
             "pass_pages_sent": counter.pages if counter else 0, "page_size": self.guest.page_size,
             "total_pages": self.guest.n_pages, "remaining_pages": self.guest.dirty_count(),
-            "transferred_bytes": sum(p.wire_bytes for p in passes) + (counter.wire_bytes if counter else 0),
+            "transferred_bytes": sum(p.wire_bytes + p.disk_wire_bytes for p in passes)
+            + (counter.wire_bytes + counter.disk_wire_bytes if counter else 0),
             "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
             "dirty_pages_rate": last.dirty_pages_rate if last else None,
             "downtime_limit_s": self.policy_in_force.downtime_limit_s,
@@ -315,33 +398,49 @@ class Source:
                 self.progress.message(f"set {name} to {format_parameter(name, value)} in pass {self.protocol.pass_no}")
 
     # phases 3-5: blackout, handover, resume ---------------------------------------
+    def _pause_writers(self):
+        for writer in self.writers:
+            writer.pause()
+
+    def _resume_writers(self):
+        for writer in self.writers:
+            writer.resume()
+
     def _blackout(self):
         pause_at = self.clock()
-        self.workload.pause()
+        self._pause_writers()
         self.paused = True
         self.timeline.begin("blackout")
         self.link.send_control(self.protocol.switchover(self.decision.reason))
         final = self.guest.harvest(self.harvest_buffer)
+        final_blocks = self.mirror.harvest() if self.mirror else None
         if self.incremental:
-            counter = self._send_pages(final)
+            counter = self._send_final(final, final_blocks)
             self.source_digest = self.running_digest.value()
+            self.source_disk_digest = self.mirror and self.mirror.running_digest.value()
         else:
             digest = {}
-            digester = threading.Thread(target=lambda: digest.update(value=self.guest.digest()), name="source-digest")
-            digester.start()  # hashes the paused memory while the final pages travel
-            counter = self._send_pages(final)
+
+            def digests():
+                digest.update(memory=self.guest.digest(), disk=self.mirror and self.mirror.blocks.digest())
+
+            digester = threading.Thread(target=digests, name="source-digest")
+            digester.start()  # hashes the paused memory (and disk) while the final pages travel
+            counter = self._send_final(final, final_blocks)
             digester.join()
-            self.source_digest = digest["value"]
+            self.source_digest, self.source_disk_digest = digest["memory"], digest["disk"]
         device_started = self.clock()
         self.link.send_control(self.protocol.device_state(self.device_state))
         device_state_s = self.clock() - device_started
         token = uuid.uuid4().hex
-        self.link.send_control(self.protocol.complete(counter.pages, self.source_digest, self.device_state_digest, token))
+        self.link.send_control(self.protocol.complete(counter.pages, self.source_digest, self.device_state_digest,
+                                                      token, counter.blocks, self.source_disk_digest))
         self.timeline.begin("handover")
         resumed = self._recv_control()
         resumed_at = self.clock()
         self.paused = False  # the guest runs on the destination now: whatever follows, it must not run here too
         self.destination_digest = resumed.field("digest", str)
+        self.destination_disk_digest = resumed.body["disk_digest"]
         if resumed.field("storage_token", str) != token:
             raise protocol.RemoteProtocolError("body.storage_token", "the destination took another storage token")
         self.timeline.begin("resume")
@@ -352,13 +451,28 @@ class Source:
             device_state_bytes=len(self.device_state), device_state_s=device_state_s,
             digest_check_s=resumed.field("digest_check_s", (int, float)),
             resume_s=resumed.field("resume_s", (int, float)),
+            final_disk_blocks=counter.blocks, final_disk_zero_blocks=counter.zero_blocks,
+            final_disk_wire_bytes=counter.disk_wire_bytes,
+            disk_sync_s=resumed.field("disk_sync_s", (int, float)),
         )
+        if self.mirror:
+            self.mirror.sync_s = self.blackout.disk_sync_s
         self.unrecorded = None  # the blackout record holds the final pass
         self._warn_if_long(self.blackout)
         if self.destination_digest != self.source_digest:
             raise Mismatch(f"the destination resumed with memory digest {self.destination_digest}, the "
                            f"source's is {self.source_digest}: its memory is not the guest's (the source's "
                            "copy stays paused, so the guest never runs twice)")
+        if self.destination_disk_digest != self.source_disk_digest:
+            raise Mismatch(f"the destination resumed with disk digest {self.destination_disk_digest}, the "
+                           f"source's is {self.source_disk_digest}: its disk is not the guest's")
+
+    def _send_final(self, pages, blocks):
+        """The final dirty pages, then the mirrored disk's final dirty blocks: the blackout's counter."""
+        counter = self._send_pages(pages)
+        if self.mirror:
+            self._send_pages(blocks, counter, self.mirror.encoder)
+        return counter
 
     def _warn_if_long(self, blackout):
         """A blackout past the warning threshold is an event, with its likely cause."""
@@ -381,6 +495,11 @@ class Source:
             raise Mismatch(
                 f"the source memory at pause ({self.paused_memory_digest}) differs from the pages sent "
                 f"({self.source_digest}): a write escaped the dirty tracking")
+        if self.mirror:
+            self.paused_disk_digest = self.mirror.blocks.digest()
+            if self.paused_disk_digest != self.source_disk_digest:
+                raise Mismatch(f"the source disk at pause ({self.paused_disk_digest}) differs from the blocks sent "
+                               f"({self.source_disk_digest}): a write escaped the dirty-block tracking")
 
     # phase 6: announce ----------------------------------------------------------
     def _announce(self):
@@ -417,11 +536,16 @@ class Source:
         matched = None if self.destination_digest is None else self.source_digest == self.destination_digest
         if self.paused_memory_digest not in (None, self.source_digest):
             matched = False
+        if self.mirror and (self.destination_disk_digest != self.source_disk_digest
+                            or self.paused_disk_digest not in (None, self.source_disk_digest)):
+            matched = matched and False
         summary = summarize(
             self.passes, self.blackout, status=status, page_size=self.guest.page_size,
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,
             expected_downtime_s=self.expected_downtime_s,
             unrecorded_wire_bytes=self.unrecorded.wire_bytes if self.unrecorded else 0,
+            unrecorded_disk_wire_bytes=self.unrecorded.disk_wire_bytes if self.unrecorded else 0,
+            disk=self.mirror and self.mirror.disk.spec,
         )
         decision = self.decision
         return Report(
@@ -429,5 +553,18 @@ class Source:
             passes=self.passes, phases=self.timeline.phases, blackout=self.blackout,
             switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
-            parameter_changes=self.parameter_changes, events=self.events,
+            parameter_changes=self.parameter_changes, events=self.events, block_job=self._block_job(status),
         )
+
+    def _block_job(self, status):
+        """The disk mirror as QEMU's query-block-jobs shows one (None without a mirror)."""
+        mirror = self.mirror
+        if mirror is None:
+            return None
+        unrecorded = self.unrecorded.blocks if self.unrecorded else 0
+        final = self.blackout.final_disk_blocks if self.blackout else 0
+        offset = (sum(p.disk_blocks_sent for p in self.passes) + unrecorded + final) * mirror.block_size
+        left = 0 if status == "completed" else mirror.remaining_bytes() if self.passes else mirror.disk.spec.size_bytes
+        return BlockJob(device=mirror.disk.spec.name, len=offset + left, offset=offset,
+                        ready=mirror.ready_s is not None, ready_s=mirror.ready_s, wait_s=mirror.wait_s,
+                        sync_s=mirror.sync_s, speed=self.limiter.rate_bytes_per_s or 0)

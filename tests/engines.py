@@ -1,5 +1,6 @@
 """Run a source and a destination engine against each other, in one process."""
 
+import contextlib
 import threading
 
 from emulator.guest import GuestMemory
@@ -33,7 +34,7 @@ class Messages(Observer):
 
 
 def run_pair(scenario, source_link, destination_link, *, guest=None, workload=None, capacity_bytes=None,
-             limits=None, after=None, progress=None, destination_progress=None):
+             limits=None, after=None, progress=None, destination_progress=None, disk=None, disk_writer=None):
     """Migrate `scenario` from a Source to a Destination thread.
 
     Returns (report, outcome, source guest, destination); `destination.migrated` holds a
@@ -41,6 +42,7 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
     limits: the destination's DestinationLimits (default: its defaults).
     after(workload): called once the source is done, while its writers may still run.
     progress, destination_progress: each side's progress observer (an Observer), or None.
+    disk, disk_writer: the guest's DiskImage and its (not yet started) writer, for a scenario with a disk.
     """
     guest = guest or GuestMemory(scenario.guest)
     workload = workload or Workload(guest, scenario.workload)
@@ -50,10 +52,11 @@ def run_pair(scenario, source_link, destination_link, *, guest=None, workload=No
     ended = {}
     thread = threading.Thread(target=lambda: ended.update(outcome=destination.run(hello_timeout_s=10)), daemon=True)
     thread.start()
-    with workload:
+    with workload, disk_writer or contextlib.nullcontext():
         if scenario.workload.rate_pages_per_s:
             wait_until(lambda: workload.writes > 0)  # the vCPUs are really running before pass 0
-        report = Source(scenario, guest, workload, source_link, progress=progress).run()
+        report = Source(scenario, guest, workload, source_link, progress=progress, disk=disk,
+                        disk_writer=disk_writer).run()
         if after:
             after(workload)
     thread.join(timeout=30)
