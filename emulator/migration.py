@@ -78,26 +78,31 @@ def guest_disk(spec, path=None, progress=None):
 
 
 def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None, link_budget=None,
-               disk_path=None):
+               disk_path=None, disk=None, disk_writer=None):
     """Migrate a running guest to `to`; return the Report.
 
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
     scenario when not given. The writers run from before the migration starts to its end.
     security: an emulator.security.ClientSecurity for CURVE, or None. link_budget: a
     limiter shared with other migrations (see Source). disk_path: where the guest's disk
-    is made, if it has one (see guest_disk).
+    is made, if it has one (see guest_disk); disk, disk_writer: that DiskImage and its (not
+    yet started) writer instead, made by the caller.
     """
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         ready_to_move_pages(progress)
         guest = guest or GuestMemory(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
-        with guest_disk(scenario.disk, disk_path, progress) as disk:
-            disk_writer = disk and Workload(disk.blocks, scenario.disk.writer_spec())
+        with contextlib.ExitStack() as running:
+            if disk is None:
+                disk = running.enter_context(guest_disk(scenario.disk, disk_path, progress))
+            disk_writer = disk_writer or (disk and Workload(disk.blocks, scenario.disk.writer_spec()))
             source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget, disk=disk,
                             disk_writer=disk_writer)
-            with workload, disk_writer or contextlib.nullcontext(), ControlServer(source):  # precopy status and set
-                return source.run()
+            for context in (workload, disk_writer, ControlServer(source)):  # precopy status and set talk to it
+                if context is not None:
+                    running.enter_context(context)
+            return source.run()
     finally:
         link.close()
 

@@ -1,20 +1,29 @@
 """Shared-nothing migration: a guest disk mirrored alongside memory, its dirty blocks per pass, its faults."""
 
+import dataclasses
 import math
 import os
+import signal
+import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from emulator.disk import DiskImage, DiskSpec
+from emulator import cli
+from emulator.disk import DiskError, DiskImage, DiskSpec
 from emulator.guest import GuestMemory
+from emulator.migration import check, run_source
 from emulator.policy import PolicyConfig
-from emulator.receiver import DestinationLimits
+from emulator.receiver import Destination, DestinationLimits
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.guest import GuestSpec
+from emulator.transport import DestinationLink
 from emulator.workload import Workload, WorkloadSpec
+from tests.cli_process import PrecopyProcess
 from tests.engines import run_pair
-from tests.fakelink import link_pair
+from tests.fakelink import link_pair, wait_until
 
 PAGE = 4096
 BLOCK = 16 << 10
@@ -191,3 +200,101 @@ def test_a_block_changed_behind_the_tracking_is_caught(tmp_path, verify):
         assert "disk digest mismatch" in report.reason and os.listdir(received) == []
     else:  # the paused source disk, re-hashed after the resume, is not what was sent
         assert "escaped the dirty-block tracking" in report.reason and report.digests_match is False
+
+
+# real processes: a receiver killed mid-mirror, a source killed mid-mirror, refusals ahead of any copy --------
+def test_a_receiver_killed_mid_mirror_leaves_the_source_guest_and_its_disk_running(tmp_path):
+    received = tmp_path / "received"
+    received.mkdir()
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--timeout", "1s", "--disk-dir",
+                              str(received))
+    s = scenario(disk_rate=200 * BLOCK, disk_blocks=1024, codec="raw", timeout_s=1.0, max_bandwidth_bytes_per_s=10e6)
+    (tmp_path / "source").mkdir()
+    disk = DiskImage.create(s.disk, str(tmp_path / "source" / "disk.img"))
+    writer = Workload(disk.blocks, s.disk.writer_spec())
+    try:
+        endpoint = receiver.wait_listening()
+        guest = GuestMemory(s.guest)
+        workload = Workload(guest, s.workload)
+        # 4 MiB of memory, then 16 MiB of disk at 10 MB/s: 0.8 s after setup the mirror is under way
+        killer = threading.Thread(target=lambda: (wait_until(lambda: (received / "disk.img.part").exists(), 30),
+                                                  time.sleep(0.8), receiver.signal(signal.SIGKILL)), daemon=True)
+        killer.start()
+        report = run_source(s, endpoint, guest=guest, workload=workload, disk=disk, disk_writer=writer)
+        killer.join(5)
+    finally:
+        receiver.signal(signal.SIGKILL)
+        receiver.finish()
+    assert report.status == "failed" and "within 1 s" in report.reason, report.reason
+    assert 0 < report.block_job.offset < report.block_job.len
+    assert not writer.paused and writer.writes > 0  # the guest's I/O ran on at the source to the end
+    assert not os.path.exists(received / "disk.img")  # nothing under the disk's name
+    assert np.array_equal(file_bytes(disk.path), disk.blocks.data)  # the source's disk is the guest's, whole
+
+
+def test_a_source_killed_mid_mirror_leaves_no_file_on_the_destination(tmp_path):
+    received = tmp_path / "received"
+    received.mkdir()
+    link = DestinationLink("tcp://127.0.0.1:0", timeout_s=2.0)
+    destination, ended = Destination(link, limits=DestinationLimits(disk_dir=str(received))), {}
+    thread = threading.Thread(target=lambda: ended.update(outcome=destination.run(hello_timeout_s=60)), daemon=True)
+    thread.start()
+    try:
+        sender = PrecopyProcess("send", "--to", link.endpoint, "--memory", "4MiB", "--disk", "64MiB",
+                                "--disk-fill", "random", "--storage", "mirror", "--codec", "raw",
+                                "--max-bandwidth", "20MB/s", "--timeout", "1s", "--quiet")
+        wait_until(lambda: destination.blocks_applied > 0 or not thread.is_alive(), 60)
+        sender.signal(signal.SIGKILL)
+        sender.finish()
+        thread.join(15)
+    finally:
+        link.close()
+    outcome = ended["outcome"]
+    assert outcome.status == "failed" and "nothing from the source" in outcome.reason
+    assert 0 < outcome.blocks_applied < 1024 and outcome.disk_path is None
+    assert os.listdir(received) == []  # the part file went with the guest
+
+
+def test_check_names_a_disk_the_destination_has_no_room_for(tmp_path):
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--disk-dir", str(tmp_path))
+    try:
+        endpoint = receiver.wait_listening()
+        s = dataclasses.replace(scenario(), disk=DiskSpec(1 << 50, 1 << 20))  # 1 PiB: never made, only asked
+        answer = check(s, endpoint)
+    finally:
+        receiver.signal(signal.SIGINT)
+        receiver.finish()
+    assert [problem.field for problem in answer.problems] == ["disk.size_bytes"]
+    assert "free in the destination's disk directory" in answer.problems[0].text and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda path: None, "is not a writable directory"),
+    (lambda path: path.write_bytes(b"mine"), "exists; precopy makes the guest's disk and never overwrites"),
+])
+def test_a_disk_path_that_cannot_be_made_is_refused_before_anything_runs(tmp_path, capsys, make, expected):
+    path = tmp_path / "disk.img" if "exists" in expected else tmp_path / "missing" / "disk.img"
+    make(path)
+    assert cli.main(["migrate", "--memory", "1MiB", "--disk", "1MiB", "--disk-path", str(path), "--quiet"]) == 2
+    assert expected in capsys.readouterr().err
+    if path.exists():
+        assert path.read_bytes() == b"mine"
+
+
+def test_a_full_destination_disk_refuses_the_mirror_in_setup(tmp_path):
+    """A real filesystem of 1 MiB (tmpfs, needs root): the space is reserved before ACCEPT, or refused."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        s = scenario(codec="raw")  # a 4 MiB disk
+        with pytest.raises(DiskError, match="No space left on device"):
+            DiskImage.receiving(s.disk, str(small))  # what setup does once the check passed
+        assert os.listdir(small) == []
+        report, outcome, disk, writer, received = migrate(s, tmp_path, limits=DestinationLimits(disk_dir=str(small)))
+        assert report.status == "failed" and "free in the destination's disk directory" in report.reason
+        assert os.listdir(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
