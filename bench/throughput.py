@@ -8,9 +8,14 @@ Measures, in order:
    over 1 and 2 connections;
 2. LZ4 alone on 2 threads over batches of the default size of a 256 MiB guest (`half`, `text`),
    compressing and decompressing;
-3. pass 0 of precopy migrations with no writer (`emulator.migration.migrate`):
+3. the storage a mirrored disk goes through: a file of the disk's size mapped, written
+   and synced on this machine's temporary directory (what a destination does to receive
+   a disk), and read back from the page cache (what a source does to send one);
+4. pass 0 of precopy migrations with no writer (`emulator.migration.migrate`):
    guest GB/s, CPU seconds per GiB on each side, peak memory of both processes,
-   setup time and downtime;
+   setup time and downtime; the cases `disk` (a 16 MiB guest with a disk of the size,
+   storage mirror) and `mem+disk` (a guest and a disk of the size each) count memory
+   and disk bytes together, and add the destination's write-through in the handover;
 
 then prints a table (each rate also as a ratio to the ceiling measured in the same
 run) and checks the throughput targets. Targets are reported, not enforced: the exit
@@ -26,6 +31,7 @@ import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -37,6 +43,7 @@ import zmq
 
 from emulator import protocol
 from emulator.allocator import keep_freed_buffers
+from emulator.disk import DiskImage, DiskSpec
 from emulator.guest import GuestMemory, GuestSpec
 from emulator.migration import migrate
 from emulator.report import host_info
@@ -65,7 +72,10 @@ CASES = {
     "lz4-half": ("lz4", 1, "half"),
     "lz4-text": ("lz4", 1, "text"),
     "zero": ("raw", 1, "zero"),
+    "disk": ("raw", 1, "random"),
+    "mem+disk": ("raw", 1, "random"),
 }
+DISK_ONLY_MEMORY_BYTES = 16 << 20  # the `disk` case's guest: as little memory as a guest has, beside its disk
 
 # targets
 RAW_MIN_GB_S = 3.0
@@ -220,6 +230,30 @@ def _on_two_threads(pool, work, items):
     return time.perf_counter() - start, results
 
 
+def measure_storage(size_bytes, repeats):
+    """A disk's path through this machine's storage, in the temporary directory: GB/s to fill a fresh
+    mapped file (reserved and mapped as a destination receives a disk, then every byte written through
+    the mapping), seconds to sync it to the device, and GB/s to read it back (the source's reads)."""
+    source = np.random.default_rng(0).integers(0, 256, CEILING_SOURCE_BYTES, dtype=np.uint8)
+    fills, syncs, reads = [], [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="precopy-bench-") as directory:
+            disk = DiskImage.receiving(DiskSpec(size_bytes, fill="zero"), directory)
+            data = disk.blocks.data
+            started = time.perf_counter()
+            for offset in range(0, size_bytes, source.size):
+                np.copyto(data[offset : offset + source.size], source[: size_bytes - offset])
+            fills.append(size_bytes / (time.perf_counter() - started) / 1e9)
+            syncs.append(disk.sync())
+            started = time.perf_counter()
+            np.bitwise_xor.reduce(data.view(np.uint64))  # reads every byte through the mapping
+            reads.append(size_bytes / (time.perf_counter() - started) / 1e9)
+            del data
+            disk.discard()
+    return {"size_bytes": size_bytes, "fill_gb_s": median(fills), "sync_s": median(syncs),
+            "sync_gb_s": size_bytes / median(syncs) / 1e9, "read_pages_gb_s": median(reads)}
+
+
 def measure_compressor(fill, repeats):
     """LZ4 block compress and decompress of every BATCH_BYTES batch of a 256 MiB `fill` guest, 2 threads.
 
@@ -304,8 +338,11 @@ class PeakMemory:
 def run_migration(case, size_bytes, verify):
     """Migrate an idle guest for `case`; a record of pass 0's figures, or of the failure."""
     codec, channels, fill = CASES[case]
-    scenario = Scenario(GuestSpec(size_bytes, fill=fill), WorkloadSpec(rate_pages_per_s=0),
-                        MigrationOptions(codec=codec, channels=channels, verify=verify))
+    disk = DiskSpec(size_bytes, fill=fill) if case in ("disk", "mem+disk") else None
+    memory_bytes = DISK_ONLY_MEMORY_BYTES if case == "disk" else size_bytes
+    scenario = Scenario(GuestSpec(memory_bytes, fill=fill), WorkloadSpec(rate_pages_per_s=0),
+                        MigrationOptions(codec=codec, channels=channels, verify=verify,
+                                         storage="shared" if disk is None else "mirror"), disk=disk)
     record = {"case": case, "size_bytes": size_bytes}
     gc.collect()  # the previous run's guest must not count in this run's peak
     record["rss_before_bytes"] = _rss_bytes(os.getpid())  # this process's own share of the peak, for context
@@ -314,13 +351,16 @@ def run_migration(case, size_bytes, verify):
             report = migrate(scenario)
     except Exception as error:  # noqa: BLE001 - one failed run is recorded, the benchmark goes on
         return record | {"status": "error", "reason": f"{type(error).__name__}: {error}"}
-    record |= {"status": report.status, "reason": report.reason, "peak_x_guest": memory.peak_bytes / size_bytes}
+    held = memory_bytes + (size_bytes if disk else 0)  # a mapped disk's pages count in each side's RSS too
+    record |= {"status": report.status, "reason": report.reason, "peak_x_guest": memory.peak_bytes / held}
     if report.status != "completed" or not report.passes:
         return record
     first = report.passes[0]
-    per_gib = GIB / first.bytes_sent
+    moved = first.bytes_sent + first.disk_bytes_sent
+    per_gib = GIB / moved
     return record | {
-        "guest_gb_s": first.bytes_sent / first.duration_s / 1e9,
+        "guest_gb_s": moved / first.duration_s / 1e9,
+        "disk_sync_ms": report.blackout.disk_sync_s * 1e3 if disk else None,
         "source_cpu_s_per_gib": first.source_cpu_s * per_gib,
         "destination_cpu_s_per_gib": first.destination_cpu_s * per_gib,
         "setup_ms": report.summary["setup-time"],
@@ -330,7 +370,7 @@ def run_migration(case, size_bytes, verify):
 
 
 ROW_FIGURES = ("guest_gb_s", "source_cpu_s_per_gib", "destination_cpu_s_per_gib", "peak_x_guest",
-               "setup_ms", "downtime_ms")
+               "setup_ms", "downtime_ms", "disk_sync_ms")
 
 
 def summarize_case(case, size_bytes, records, ceilings):
@@ -398,6 +438,8 @@ def check_targets(rows, ceilings, compressor):
             results.append(_target(f"zero, {size}: >= {ZERO_MIN_GB_S:g} GB/s",
                                    rate is not None and rate >= ZERO_MIN_GB_S, f"{cell(rate)} GB/s"))
     for name, limit, unit in (("peak_x_guest", PEAK_MAX_X_GUEST, "x guest"), ("downtime_ms", DOWNTIME_MAX_MS, "ms")):
+        if name == "downtime_ms":  # a mirrored disk's blackout holds its write-through: reported, not a target
+            rows = [row for row in rows if row["case"] not in ("disk", "mem+disk")]
         worst = [row for row in rows if row[name] is not None]
         worst = max(worst, key=lambda row: row[name]) if worst else None
         label = "peak memory" if name == "peak_x_guest" else "downtime with no pages left"
@@ -415,15 +457,19 @@ def check_targets(rows, ceilings, compressor):
 # output -----------------------------------------------------------------------------
 
 
-def format_report(ceilings, compressor, rows, targets):
+def format_report(ceilings, compressor, storage, rows, targets):
     lines = [f"pyzmq ceiling (TCP loopback, {format_bytes(BATCH_BYTES)} payloads, HWM {HWM}; median GB/s): "
              + ", ".join(f"{channels} connection(s) {c['median']:.2f}" for channels, c in ceilings.items())]
+    for figures in storage.values():
+        lines.append(f"storage, a {format_bytes(figures['size_bytes'])} disk file in {tempfile.gettempdir()}: "
+                     f"fill through the mapping {figures['fill_gb_s']:.2f} GB/s, sync {figures['sync_s'] * 1e3:.0f} ms "
+                     f"({figures['sync_gb_s']:.2f} GB/s), read back {figures['read_pages_gb_s']:.2f} GB/s")
     for fill, figures in compressor.items():
         lines.append(f"lz4 alone, 2 threads, {fill}: compress {figures['compress_median']:.2f} GB/s, "
                      f"decompress {figures['decompress_median']:.2f} GB/s, ratio {figures['compression_ratio']:.2f}")
     lines.append("")
     header = (f"{'case':<9} {'size':>9} {'GB/s':>6} {'vs ceil':>7} {'src s/GiB':>9} {'dst s/GiB':>9} "
-              f"{'peak x':>6} {'setup ms':>8} {'down ms':>7} {'runs':>5}")
+              f"{'peak x':>6} {'setup ms':>8} {'down ms':>7} {'sync ms':>7} {'runs':>5}")
     lines += [header, "-" * len(header)]
     for row in rows:
         lines.append(
@@ -431,6 +477,7 @@ def format_report(ceilings, compressor, rows, targets):
             f"{cell(row['vs_ceiling'], '.0%'):>7} {cell(row['source_cpu_s_per_gib'], '.3f'):>9} "
             f"{cell(row['destination_cpu_s_per_gib'], '.3f'):>9} {cell(row['peak_x_guest']):>6} "
             f"{cell(row['setup_ms'], '.0f'):>8} {cell(row['downtime_ms'], '.1f'):>7} "
+            f"{cell(row['disk_sync_ms'], '.0f'):>7} "
             f"{row['completed']}/{row['runs']:<3}")
         for failure in row["failures"]:
             lines.append(f"          {failure}")
@@ -493,6 +540,8 @@ def run(args):
     ceilings = run_ceilings(side_repeats)
     fills = sorted({CASES[case][2] for case in args.cases if CASES[case][0] == "lz4"})
     compressor = {fill: measure_compressor(fill, side_repeats) for fill in fills}
+    mirrored = any(case in ("disk", "mem+disk") for case in args.cases)
+    storage = {size: measure_storage(size, side_repeats) for size in args.sizes} if mirrored else {}
     gc.collect()
     records, rows = [], []
     for size in args.sizes:
@@ -510,8 +559,8 @@ def run(args):
             records += size_records[case]
             rows.append(summarize_case(case, size, size_records[case], ceilings))
     targets = check_targets(rows, ceilings, compressor)
-    return {"ceilings": ceilings, "compressor": compressor, "migrations": records, "table": rows,
-            "targets": targets}
+    return {"ceilings": ceilings, "compressor": compressor, "storage": storage, "migrations": records,
+            "table": rows, "targets": targets}
 
 
 def main(argv=None):
@@ -524,7 +573,8 @@ def main(argv=None):
         print(f"throughput.py: error: {error}", file=sys.stderr)
         return 1
     wall_s = time.monotonic() - started_at()
-    print(format_report(results["ceilings"], results["compressor"], results["table"], results["targets"]))
+    print(format_report(results["ceilings"], results["compressor"], results["storage"], results["table"],
+                        results["targets"]))
     print(f"\nwall time {wall_s:.0f} s")
     if args.json:
         document = {"host": host_info(), "sizes": args.sizes, "cases": args.cases, "verify": args.verify, "repeats": args.repeats,

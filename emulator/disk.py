@@ -130,7 +130,9 @@ class DiskImage:
     def __init__(self, spec, path, descriptor, final_path=None, *, populate=False):
         self.spec, self.path, self.final_path = spec, path, final_path
         self._fd = descriptor
-        self._map = mmap.mmap(descriptor, spec.size_bytes)
+        # populated now, in setup (as guest memory is made resident): a first write into an unpopulated
+        # file mapping faults each page in, and ran at 0.45 GB/s here instead of 6.5 GB/s
+        self._map = mmap.mmap(descriptor, spec.size_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         self.blocks = GuestMemory(spec.blocks_spec(), populate=populate,
                                   data=np.frombuffer(self._map, dtype=np.uint8))
         self._syncing = None
@@ -197,19 +199,25 @@ class DiskImage:
     def commit(self):
         """Destination: put the verified copy under its final name, durably; return the seconds it took.
 
-        DiskError if the final name is taken or storage fails (the part file is then discarded)."""
+        The name is linked, never renamed over: whatever appeared under it (a file, a dangling
+        link) is kept and the commit refused. DiskError if so or if storage fails; `discard`
+        then removes the copy, wherever it is."""
         started = time.monotonic()
         try:
             self._join_sync()
             self.sync()
-            if os.path.exists(self.final_path):
-                raise DiskError(f"cannot put the disk at {self.final_path}: a file appeared there during the "
-                                "migration")
-            os.rename(self.path, self.final_path)
-            _sync_directory(os.path.dirname(self.final_path) or ".")
+            os.link(self.path, self.final_path)
+        except FileExistsError:
+            raise DiskError(f"cannot put the disk at {self.final_path}: a file appeared there during the "
+                            "migration") from None
         except OSError as error:
             raise _os_reason("write the disk", self.path, error) from None
-        self.path, self.final_path = self.final_path, None
+        part, self.path, self.final_path = self.path, self.final_path, None
+        try:
+            os.unlink(part)
+            _sync_directory(os.path.dirname(self.path) or ".")
+        except OSError as error:
+            raise _os_reason("put the disk at", self.path, error) from None
         return time.monotonic() - started
 
     def discard(self):

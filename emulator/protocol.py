@@ -556,7 +556,7 @@ class Decoder:
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < limit:
                     raise ValueError(f"got {name}={value!r}, expected an integer in [1, {limit})")
         if disk is not None:
-            if page_size is None or len(disk) != 2 or not all(
+            if page_size is None or not isinstance(disk, tuple) or len(disk) != 2 or not all(
                     type(v) is int and 0 < v < _U32_LIMIT + 1 for v in disk):
                 raise ValueError(f"got disk={disk!r}: expected (block_size, n_blocks) with the other limits")
         self._page_size = page_size
