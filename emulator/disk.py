@@ -84,8 +84,8 @@ class DiskSpec:
     def __post_init__(self):
         fields.check(self, self.RULES)
         if self.size_bytes % self.block_size:
-            raise ValueError(f"disk size must be a multiple of the block size ({format_bytes(self.block_size)}), "
-                             f"got {self.size_bytes}")
+            raise ValueError(f"size_bytes (the disk's size) must be a multiple of block_size "
+                             f"({format_bytes(self.block_size)}), got {self.size_bytes}")
         if self.n_blocks > MAX_PAGES:
             raise ValueError(f"a disk has at most {MAX_PAGES:,} blocks (block numbers are 32-bit on the wire)")
 

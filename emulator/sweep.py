@@ -216,11 +216,13 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("hot_share", float), ("vcpus", int), ("dirty_rate_pages_per_s", float), ("dirty_rate_bytes_per_s", float),
     ("bandwidth_cap_bytes_per_s", float), ("codec", str), ("channels", int), ("downtime_limit_s", float),
     ("max_passes", int), ("device_state_bytes", int), ("lambda_nominal", float),
+    ("storage", str), ("disk_bytes", int), ("disk_write_rate_bytes_per_s", float),
     # measured
     ("status", str), ("reason", str), ("switchover_reason", str), ("digests_match", str), ("passes", int),
     ("total_s", float), ("setup_s", float), ("migration_s", float), ("blackout_s", float),
     ("final_pages", int), ("guest_bytes", int), ("wire_bytes", int), ("pass0_throughput_bytes_per_s", float),
     ("lambda", float), ("base_s", float), ("measured_factor", float),
+    ("disk_wire_bytes", int), ("disk_final_blocks", int), ("disk_wait_s", float), ("disk_sync_s", float),
     # models
     ("thumb_low_s", float), ("thumb_high_s", float), ("thumb_verdict", str), ("thumb_error", float),
     ("geometric_factor", float), ("geometric_error", float), ("geometric_passes", int),
@@ -266,6 +268,8 @@ def _inputs_row(run: SweepRun, report_name: str) -> dict[str, Any]:
         channels=s.migration.channels, downtime_limit_s=s.migration.policy.downtime_limit_s,
         max_passes=s.migration.policy.max_passes, device_state_bytes=s.migration.device_state_bytes,
         lambda_nominal=run.lambda_nominal, guests=run.guests, max_concurrent=run.max_concurrent,
+        storage=s.migration.storage, disk_bytes=s.disk and s.disk.size_bytes,
+        disk_write_rate_bytes_per_s=s.disk and s.disk.write_rate_bytes_per_s,
     )
     return row
 
@@ -288,6 +292,10 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
                    wire_bytes=summary["ram"]["transferred"])
     if report.blackout is not None:
         row.update(blackout_s=report.blackout.total_s, final_pages=report.blackout.final_pages)
+    if report.block_job is not None:
+        row.update(disk_wire_bytes=summary["disk"]["transferred"], disk_wait_s=report.block_job.wait_s,
+                   disk_sync_s=report.block_job.sync_s,
+                   disk_final_blocks=report.blackout.final_disk_blocks if report.blackout else None)
     precopy_s = _phase_length(report, "precopy")
     if report.status == "completed" and report.blackout is not None and precopy_s is not None:
         row["migration_s"] = precopy_s + report.blackout.total_s

@@ -56,7 +56,7 @@ def test_other_block_sizes_are_refused(block_size, message):
 def test_the_size_must_be_a_multiple_of_the_block_size():
     with pytest.raises(ValueError) as caught:
         DiskSpec(3 * BLOCK + 4096, BLOCK)
-    assert str(caught.value) == "disk size must be a multiple of the block size (16.0 KiB), got 53248"
+    assert str(caught.value) == "size_bytes (the disk's size) must be a multiple of block_size (16.0 KiB), got 53248"
     with pytest.raises(ValueError, match="^size_bytes must be a size at least 1 B, got 0 B$"):
         DiskSpec(0, BLOCK)
 

@@ -5,6 +5,7 @@ problem; nothing crashes, nothing resumes, memory stays bounded, and a valid
 migration afterwards still succeeds.
 """
 
+import dataclasses
 import json
 import signal
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import zmq
 
 from emulator import protocol
+from emulator.disk import DiskSpec
 from emulator.guest import GuestSpec
 from emulator.migration import run_source
 from emulator.protocol import Codec, Flags, MsgType
@@ -120,6 +122,15 @@ BAD_SCENARIO_FIELDS = [
     ("config", "switches", "ab"),
     ("config", "version", 0),
     ("config", "bogus", 1),
+    ("disk", "name", "../../etc/passwd"),  # a peer names the file it writes: never a path
+    ("disk", "name", "/etc/passwd"),
+    ("disk", "name", "disk.img.part"),
+    ("disk", "block_size", 3000),
+    ("disk", "size_bytes", (1 << 20) + 1),
+    ("disk", "write_rate_bytes_per_s", "fast"),
+    ("disk", "pattern", "spiral"),
+    ("disk", "bogus", 1),
+    ("migration", "storage", "copy"),
 ]
 
 
@@ -131,6 +142,8 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
         context = zmq.Context()
         for part, name, value in BAD_SCENARIO_FIELDS:
             scenario = SMALL.to_dict()
+            if part == "disk":
+                scenario["disk"] = dataclasses.asdict(DiskSpec(1 << 20))
             scenario[part][name] = value
             hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x",
                                                                   "scenario": scenario})
