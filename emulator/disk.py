@@ -130,9 +130,7 @@ class DiskImage:
     def __init__(self, spec, path, descriptor, final_path=None, *, populate=False):
         self.spec, self.path, self.final_path = spec, path, final_path
         self._fd = descriptor
-        # populated now, in setup (as guest memory is made resident): a first write into an unpopulated
-        # file mapping faults each page in, and ran at 0.45 GB/s here instead of 6.5 GB/s
-        self._map = mmap.mmap(descriptor, spec.size_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        self._map = _writable_mapping(descriptor, spec.size_bytes)
         self.blocks = GuestMemory(spec.blocks_spec(), populate=populate,
                                   data=np.frombuffer(self._map, dtype=np.uint8))
         self._syncing = None
@@ -243,6 +241,22 @@ class DiskImage:
     def _join_sync(self):
         if self._syncing is not None:
             self._syncing.join()
+
+
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux 5.14; Python names it from 3.12 on
+
+
+def _writable_mapping(descriptor, size_bytes):
+    """A shared mapping of the file, its pages in place and writable now, in setup (as guest memory is
+    made resident). Unpopulated, a first write faults each page in (0.45 GB/s here); populated (MAP_POPULATE)
+    each still takes a write fault (5-6.5 GB/s); populated for writing, 18-22 GB/s, for 0.1-0.2 s per GiB
+    of setup. Where the kernel lacks MADV_POPULATE_WRITE, MAP_POPULATE alone."""
+    mapping = mmap.mmap(descriptor, size_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    try:
+        mapping.madvise(MADV_POPULATE_WRITE)
+    except OSError:
+        pass
+    return mapping
 
 
 def _reserve(descriptor, size_bytes, path):
