@@ -20,6 +20,8 @@ import importlib
 import importlib.metadata
 import json
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -31,6 +33,7 @@ from emulator import link_speed, run_options, units
 from emulator.display import (DEFAULT_INTERVAL_S, DrainBoard, JsonStream, LiveDisplay, SweepProgress,
                               describe_scenario, format_status, format_verdict)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
+from emulator.disk import DiskSpec
 from emulator.receiver import DestinationLimits
 from emulator.scenario import CONFIG_VERSION, GuestConfig
 from emulator.transport import parse_endpoint
@@ -199,7 +202,12 @@ def _add_debug(parser, default):
 def _add_run_options(parser):
     """The options shared by `migrate` and `send` (emulator.run_options), grouped as the help shows them."""
     for title in run_options.GROUPS:
-        run_options.add_options(parser.add_argument_group(title), run_options.keys_of(title))
+        group = parser.add_argument_group(title)
+        run_options.add_options(group, run_options.keys_of(title))
+        if title == "disk":
+            group.add_argument("--disk-path", metavar="FILE",
+                               help="where the source makes the guest's disk (it must not exist; it stays after the "
+                                    "run; default: a temporary file, removed after the run)")
 
     output = parser.add_argument_group("output")
     output.add_argument("--report", metavar="FILE", help="write the JSON report to FILE")
@@ -246,6 +254,9 @@ def build_parser():
                                   description="Migrate a guest to a receiver started on this machine "
                                               "(a child process, over TCP loopback).")
     _add_run_options(migrate)
+    migrate.add_argument_group("the receiver").add_argument(
+        "--disk-dir", metavar="DIR", help="where the receiver puts a mirrored disk (default: a temporary directory, "
+                                          "removed after the run)")
 
     send = commands.add_parser("send", help="migrate a guest to a receiver on another host",
                                description="Run the source end: migrate a guest to a receiver started "
@@ -291,6 +302,10 @@ def build_parser():
     offers.add_argument("--switch", metavar="NAME", action="append", default=[],
                         type=_rule_type("--switch", "External", lambda name: (name,), GuestConfig.RULES["switches"]),
                         help="a virtual switch guests' network adapters may connect to (repeatable; default none)")
+    offers.add_argument("--disk-dir", metavar="DIR",
+                        help="take mirrored guest disks (--storage mirror) into DIR: each as NAME.part until verified, "
+                             "then NAME, never over a file (default: none taken, a mirror is refused: a source may "
+                             "fill what it is given)")
     offers.add_argument("--config-version", type=_rule_type("--config-version", "1", run_options.whole_number,
                                                             GuestConfig.RULES["version"]),
                         default=CONFIG_VERSION, metavar="N",
@@ -395,6 +410,8 @@ def _add_analysis_commands(commands):
                        type=_float_type("--compression-ratio", "2.5", check=lambda v: v > 0, expected="> 0"),
                        help="guest bytes per wire byte; R = link x C (default 1: raw)")
     run_options.add_options(estimate.add_argument_group("dirty behaviour"), _ESTIMATE_DIRTY_KEYS)
+    run_options.add_options(estimate.add_argument_group("the guest's disk (shared-nothing: mirrored alongside memory)"),
+                            _ESTIMATE_DISK_KEYS)
     run_options.add_options(estimate.add_argument_group("policy"), _ESTIMATE_POLICY_KEYS)
     drained = estimate.add_argument_group("a drain: N guests alike, K at once, sharing --bandwidth")
     drained.add_argument("--guests", type=_int_type("--guests", "8", minimum=1, maximum=256), metavar="N",
@@ -534,23 +551,57 @@ def _run_migrate(args):
     _check_report_path(args.report)
     _check_memory_fits(2 * scenario.guest.memory_bytes,
                        "a migration on this machine holds the guest twice (source and destination):")
+    _check_disk_path(args.disk_path, scenario.disk)
+    _check_disk_dir(args.disk_dir)
     engine = _engine()
     display = _source_display(args)
     if display is not None:
         display.banner(describe_scenario(scenario))
-    return _finish(engine.migrate(scenario, progress=display), args, display)
+    return _finish(engine.migrate(scenario, progress=display, disk_path=args.disk_path, disk_dir=args.disk_dir), args,
+                   display)
 
 
 def _run_send(args):
     scenario = scenario_from_args(args, destination=parse_endpoint(args.to)[0].strip("[]"))
     _check_report_path(args.report)
     _check_memory_fits(scenario.guest.memory_bytes, "the source guest needs")
+    _check_disk_path(args.disk_path, scenario.disk)
     security = _client_security(args)
     engine = _engine()
     display = _source_display(args)
     if display is not None:
         display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}\n{describe_scenario(scenario)}")
-    return _finish(engine.send(scenario, args.to, progress=display, security=security), args, display)
+    return _finish(engine.send(scenario, args.to, progress=display, security=security, disk_path=args.disk_path),
+                   args, display)
+
+
+def _check_disk_dir(directory):
+    if directory is not None and not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+        raise UsageError(f"--disk-dir: {directory} is not a writable directory")
+
+
+def _check_disk_path(path, disk):
+    """Refuse a --disk-path the guest's disk cannot be made at, before anything is filled."""
+    if path is None:
+        return
+    if disk is None:
+        raise UsageError("--disk-path: the guest has no disk; give it one with --disk SIZE")
+    if os.path.lexists(path):
+        raise UsageError(f"--disk-path: {path} exists; precopy makes the guest's disk and never overwrites a file "
+                         "(remove it, or give another path)")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--disk-path: {path} cannot be created: {directory} is not a writable directory")
+    free = shutil.disk_usage(directory).free
+    if disk.size_bytes > free:
+        raise UsageError(f"--disk-path: the {units.format_bytes(disk.size_bytes)} disk does not fit in {directory} "
+                         f"({units.format_bytes(free)} free)")
+    name = os.path.basename(path)
+    try:
+        DiskSpec.RULES["name"](name)
+    except ValueError as error:
+        raise UsageError(f"--disk-path: the file's name is the disk's name on the destination, and it {error}") \
+            from None
 
 
 def _run_check(args):
@@ -628,6 +679,7 @@ def _run_receive(args):
     if args.max_incoming != 1 and not args.serve:
         raise UsageError("--max-incoming: a single receive hosts one migration; give --serve too "
                          "(example: --serve --max-incoming 2)")
+    _check_disk_dir(args.disk_dir)
     security = _server_security(args)
     engine = _engine()
     display = _display(args)
@@ -646,7 +698,7 @@ def _run_receive(args):
         limits = DestinationLimits(max_vcpus=args.max_vcpus, max_channels=args.max_channels,
                                    max_device_state_bytes=args.max_device_state, max_message_bytes=args.max_message,
                                    max_duration_s=args.max_duration, switches=tuple(name for (name,) in args.switch),
-                                   config_version=args.config_version)
+                                   config_version=args.config_version, disk_dir=args.disk_dir)
         last = engine.receive(args.listen, capacity_bytes=args.capacity, limits=limits, serve=args.serve,
                               max_incoming=args.max_incoming,
                               progress=display, timeout_s=args.timeout, wait_s=args.wait, security=security,
@@ -671,22 +723,29 @@ def _run_keygen(args):
 
 
 _ESTIMATE_DIRTY_KEYS = ("dirty_rate", "pattern", "hot_fraction", "hot_share", "stride", "zipf_s")
+_ESTIMATE_DISK_KEYS = ("disk", "disk_block", "disk_write_rate", "disk_pattern")
 _ESTIMATE_POLICY_KEYS = ("downtime_limit", "max_passes", "max_time", "on_stall", "stall_passes", "device_state")
 
 
 def _run_estimate(args):
     from emulator import estimate
 
-    scenario = scenario_from_args(args)
-    workload, policy = scenario.workload, scenario.migration.policy
+    scenario = scenario_from_args(args)  # the disk options without --disk are refused here
+    workload, policy, disk = scenario.workload, scenario.migration.policy, scenario.disk
     if workload.unpaced:
         raise UsageError("--dirty-rate: 'max' (unpaced) has no rate to model; give one (example: --dirty-rate 50000)")
+    if disk is not None and math.isinf(disk.write_rate_bytes_per_s):
+        raise UsageError("--disk-write-rate: 'max' (flat out) has no rate to model; give one "
+                         "(example: --disk-write-rate 20MB/s)")
+    if disk is not None and args.guests is not None:
+        raise UsageError("--disk/--guests: a drain forecast models memory only; give one of them")
     try:
         dirty = estimate.DirtyBehaviour.of(workload)
         inputs = estimate.EstimateInputs(
             memory_bytes=scenario.guest.memory_bytes, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
             page_size=scenario.guest.page_size, compression_ratio=args.compression_ratio,
-            device_state_bytes=scenario.migration.device_state_bytes, policy=policy)
+            device_state_bytes=scenario.migration.device_state_bytes, policy=policy,
+            disk=None if disk is None else estimate.DiskInputs.of(disk))
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.guests is not None:

@@ -23,8 +23,19 @@ than the link) the predicted remainder keeps shrinking by fractions of a page an
 stalls: the model runs to max passes, while a real run's stall detector fires once the
 shrinking is lost in noise. The plateau, and so the blackout, is still predicted.
 
+A disk (shared-nothing storage: mirrored alongside memory) is blocks of its block size,
+written at w_d block writes/s with a writer pattern of its own. Pass 0 sends all of memory
+and then every block; each later pass sends the memory's dirty pages and then the disk's
+dirty blocks over the same link, so it lasts (pages' bytes + blocks' bytes) / R. The
+disk's dirty set follows the model's rule over blocks (geometric: w_d t blocks, capped at
+the disk; working set: distinct_dirty_pages over its blocks), the policy sees the sum of
+both remainders, and both cross in the blackout. lambda stays memory's D / R (the
+geometric passes shrink by (D + D_disk) / R until a dirty set is capped). R applies to
+the disk's bytes as to memory's: the compression ratio given is taken to hold for both
+(a simplification).
+
 The overhead factor of a prediction is its total time (pre-copy passes + blackout) over
-the base time M / R: 1.0 means "one copy of memory and nothing else".
+the base time (M + disk) / R: 1.0 means "one copy of memory (and disk) and nothing else".
 
 Units: bytes, seconds, page writes per second. The bandwidth given is the link's (wire
 bytes/s); a compression ratio c (guest bytes / wire bytes) makes the effective
@@ -36,7 +47,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -45,6 +56,7 @@ from emulator.policy import PolicyConfig
 
 __all__ = [
     "DirtyBehaviour",
+    "DiskInputs",
     "Estimate",
     "EstimateInputs",
     "MODELS",
@@ -111,13 +123,52 @@ class DirtyBehaviour:
 
 
 @dataclass(frozen=True)
+class DiskInputs:
+    """A disk mirrored alongside memory (shared-nothing storage).
+
+    size_bytes: the disk's size, a multiple of block_size. block_size: bytes per block, the
+    unit of a write and of dirty tracking. dirty: its writer over blocks (rate_pages_per_s
+    is block writes/s).
+    """
+
+    size_bytes: int
+    block_size: int
+    dirty: DirtyBehaviour
+
+    @classmethod
+    def of(cls, disk) -> DiskInputs:
+        """The inputs of a DiskSpec; ValueError if its writer is flat out (no rate to model)."""
+        if math.isinf(disk.write_rate_bytes_per_s):
+            raise ValueError("the disk writer is flat out (write rate 'max'): no rate to model")
+        return cls(disk.size_bytes, disk.block_size, DirtyBehaviour.of(disk.writer_spec()))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ValueError(f"disk block size must be a whole number of bytes > 0, got {self.block_size!r}")
+        if not isinstance(self.size_bytes, int) or self.size_bytes <= 0 or self.size_bytes % self.block_size:
+            raise ValueError(f"disk size must be a positive multiple of the block size ({self.block_size} B), "
+                             f"got {self.size_bytes!r}")
+        if not isinstance(self.dirty, DirtyBehaviour):
+            raise ValueError(f"disk dirty behaviour must be a DirtyBehaviour, got {self.dirty!r:.80}")
+
+    @property
+    def n_blocks(self) -> int:
+        return self.size_bytes // self.block_size
+
+    @property
+    def write_bytes_per_s(self) -> float:
+        """D_disk: block writes/s x block size."""
+        return self.dirty.rate_pages_per_s * self.block_size
+
+
+@dataclass(frozen=True)
 class EstimateInputs:
     """What an estimate starts from.
 
     memory_bytes: guest memory M. bandwidth_bytes_per_s: the link (wire bytes/s).
     dirty: the dirty behaviour. page_size: bytes. compression_ratio: guest bytes per wire
     byte (1.0 = raw). device_state_bytes: sent raw in the blackout. policy: when pre-copy
-    stops (the emulator's PolicyConfig).
+    stops (the emulator's PolicyConfig). disk: a disk mirrored alongside memory (None: none).
     """
 
     memory_bytes: int
@@ -127,6 +178,7 @@ class EstimateInputs:
     compression_ratio: float = 1.0
     device_state_bytes: int = 0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    disk: DiskInputs | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.page_size, int) or self.page_size <= 0:
@@ -137,6 +189,8 @@ class EstimateInputs:
         _positive("bandwidth (bytes/s)", self.bandwidth_bytes_per_s)
         _positive("compression ratio", self.compression_ratio)
         _positive("device state (bytes)", self.device_state_bytes, allow_zero=True)
+        if self.disk is not None and not isinstance(self.disk, DiskInputs):
+            raise ValueError(f"disk must be DiskInputs or None, got {self.disk!r:.80}")
 
     @property
     def n_pages(self) -> int:
@@ -154,13 +208,14 @@ class EstimateInputs:
 
     @property
     def lam(self) -> float:
-        """lambda = D / R."""
+        """lambda = D / R (memory's writes only)."""
         return self.dirty_bytes_per_s / self.throughput_bytes_per_s
 
     @property
     def base_time_s(self) -> float:
-        """M / R: one copy of memory, nothing else."""
-        return self.memory_bytes / self.throughput_bytes_per_s
+        """(M + disk) / R: one copy of memory and the disk, nothing else."""
+        disk_bytes = 0 if self.disk is None else self.disk.size_bytes
+        return (self.memory_bytes + disk_bytes) / self.throughput_bytes_per_s
 
 
 # dirty pages after t seconds -----------------------------------------------------------------
@@ -207,7 +262,12 @@ def distinct_dirty_pages(dirty: DirtyBehaviour, n_pages: int, seconds: float) ->
 # predictions ------------------------------------------------------------------------------------
 @dataclass
 class PassPrediction:
-    """One predicted pre-copy pass: pages and bytes sent, seconds, dirty pages left at its end."""
+    """One predicted pre-copy pass: pages and bytes sent, seconds, dirty pages left at its end.
+
+    pages, bytes, remaining_*: memory's. disk_*: a disk's part (0 without one): blocks and
+    bytes sent, dirty blocks and bytes left. duration_s covers both; the policy compares
+    remaining_bytes + disk_remaining_bytes with threshold_bytes.
+    """
 
     pass_no: int
     pages: float
@@ -216,6 +276,10 @@ class PassPrediction:
     remaining_pages: float
     remaining_bytes: float
     threshold_bytes: float
+    disk_blocks: float = 0.0
+    disk_bytes: float = 0.0
+    disk_remaining_blocks: float = 0.0
+    disk_remaining_bytes: float = 0.0
 
 
 @dataclass
@@ -224,9 +288,9 @@ class ModelPrediction:
 
     switchover_reason: converged, max-passes, max-time or stalled (policy.REASONS).
     aborted: the policy gave up (stalled with on_stall abort): no blackout, the guest stays.
-    final_pages/final_bytes: sent in the blackout. blackout_s: final bytes / R + device
-    state / link. total_s: pre-copy + blackout. total_bytes: guest bytes sent in all.
-    factor: total_s / (M / R).
+    final_pages/final_bytes: memory sent in the blackout; final_disk_blocks/final_disk_bytes:
+    the disk's. blackout_s: both final bytes / R + device state / link. total_s: pre-copy +
+    blackout. total_bytes: guest bytes (memory and disk) sent in all. factor: total_s / base time.
     """
 
     model: str
@@ -240,6 +304,8 @@ class ModelPrediction:
     total_s: float
     total_bytes: float
     factor: float
+    final_disk_blocks: float = 0.0
+    final_disk_bytes: float = 0.0
 
     @property
     def converges(self) -> bool:
@@ -248,7 +314,7 @@ class ModelPrediction:
 
 @dataclass
 class RuleOfThumb:
-    """M / R x the factor range: base_s and the low/high times (seconds)."""
+    """(M + disk) / R x the factor range: base_s and the low/high times (seconds)."""
 
     base_s: float
     factor_low: float
@@ -258,7 +324,7 @@ class RuleOfThumb:
 
 
 def rule_of_thumb(inputs: EstimateInputs, factors: tuple[float, float] = THUMB_FACTORS) -> RuleOfThumb:
-    """Migration time = M / R x a factor in `factors` (1.5 to 3 by default)."""
+    """Migration time = (M + disk) / R x a factor in `factors` (1.5 to 3 by default)."""
     low, high = (_positive("factor", f) for f in factors)
     if low > high:
         raise ValueError(f"factor range must be low <= high, got {factors!r}")
@@ -266,60 +332,77 @@ def rule_of_thumb(inputs: EstimateInputs, factors: tuple[float, float] = THUMB_F
     return RuleOfThumb(base, low, high, base * low, base * high)
 
 
-def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[float], float]) -> ModelPrediction:
-    """Pre-copy with `dirtied(seconds) -> pages` and the emulator's policy; then the blackout."""
+def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBehaviour, int, float], float]
+                ) -> ModelPrediction:
+    """Pre-copy with the emulator's policy, then the blackout.
+
+    dirtied(behaviour, units, seconds): distinct units dirtied in `seconds` (memory's pages,
+    the disk's blocks)."""
     page = inputs.page_size
+    disk = inputs.disk
+    block = 0 if disk is None else disk.block_size
     rate = inputs.throughput_bytes_per_s
     history: list[float] = []
     passes: list[PassPrediction] = []
     elapsed = 0.0
     pages = float(inputs.n_pages)
+    blocks = 0.0 if disk is None else float(disk.n_blocks)
     while True:
-        duration = pages * page / rate
+        duration = (pages * page + blocks * block) / rate
         elapsed += duration
-        remaining = dirtied(duration)
-        history.append(remaining * page)
+        remaining = dirtied(inputs.dirty, inputs.n_pages, duration)
+        disk_remaining = 0.0 if disk is None else dirtied(disk.dirty, disk.n_blocks, duration)
+        history.append(remaining * page + disk_remaining * block)
         decision = policy.decide(inputs.policy, history, rate, elapsed)
         passes.append(PassPrediction(len(passes), pages, pages * page, duration, remaining,
-                                     remaining * page, decision.threshold_bytes))
+                                     remaining * page, decision.threshold_bytes,
+                                     blocks, blocks * block, disk_remaining, disk_remaining * block))
         if decision.action != "continue":
             break
-        pages = remaining
+        pages, blocks = remaining, disk_remaining
     aborted = decision.action == "abort"
-    final_pages = 0.0 if aborted else remaining
-    blackout = 0.0 if aborted else final_pages * page / rate + inputs.device_state_bytes / inputs.bandwidth_bytes_per_s
+    final_pages, final_blocks = (0.0, 0.0) if aborted else (remaining, disk_remaining)
+    final_bytes = final_pages * page + final_blocks * block
+    blackout = 0.0 if aborted else final_bytes / rate + inputs.device_state_bytes / inputs.bandwidth_bytes_per_s
     total_s = elapsed + blackout
-    total_bytes = math.fsum(p.bytes for p in passes) + final_pages * page
+    total_bytes = math.fsum(p.bytes + p.disk_bytes for p in passes) + final_bytes
     return ModelPrediction(model, passes, decision.reason, aborted, final_pages, final_pages * page,
-                           elapsed, blackout, total_s, total_bytes, total_s / inputs.base_time_s)
+                           elapsed, blackout, total_s, total_bytes, total_s / inputs.base_time_s,
+                           final_blocks, final_blocks * block)
+
+
+def _each_write_a_new_unit(dirty: DirtyBehaviour, units: int, seconds: float) -> float:
+    return min(float(units), dirty.rate_pages_per_s * seconds)
 
 
 def geometric(inputs: EstimateInputs) -> ModelPrediction:
-    """The geometric model: each write dirties a new page (capped at all of memory).
+    """The geometric model: each write dirties a new page (capped at all of memory), a disk's a new block.
 
     Pass 0 sends M; a pass of t seconds leaves min(N, w t) pages dirty, so with lambda < 1
-    pass i sends M x lambda^i.
+    pass i sends M x lambda^i (without a disk).
     """
-    n_pages = inputs.n_pages
-    rate = inputs.dirty.rate_pages_per_s
-    return _run_passes("geometric", inputs, lambda seconds: min(float(n_pages), rate * seconds))
+    return _run_passes("geometric", inputs, _each_write_a_new_unit)
 
 
 def working_set(inputs: EstimateInputs) -> ModelPrediction:
-    """The working-set model: a pass of t seconds leaves distinct_dirty_pages(t) pages dirty."""
-    n_pages = inputs.n_pages
-    return _run_passes("working_set", inputs, lambda seconds: distinct_dirty_pages(inputs.dirty, n_pages, seconds))
+    """The working-set model: a pass of t seconds leaves distinct_dirty_pages(t) pages (and blocks) dirty."""
+    return _run_passes("working_set", inputs, distinct_dirty_pages)
 
 
 @dataclass
 class Estimate:
-    """Every model's answer for one set of inputs."""
+    """Every model's answer for one set of inputs.
+
+    disk_adds_s: with a disk, each model's total time less the same guest's without the
+    disk (seconds, by model name); None without one.
+    """
 
     inputs: EstimateInputs
     lam: float
     rule_of_thumb: RuleOfThumb
     geometric: ModelPrediction
     working_set: ModelPrediction
+    disk_adds_s: dict[str, float] | None = None
 
     def model(self, name: str) -> ModelPrediction:
         if name not in MODELS:
@@ -331,6 +414,8 @@ class Estimate:
         data = asdict(self)
         data["inputs"]["throughput_bytes_per_s"] = self.inputs.throughput_bytes_per_s
         data["inputs"]["dirty_bytes_per_s"] = self.inputs.dirty_bytes_per_s
+        if self.inputs.disk is not None:
+            data["inputs"]["disk"]["write_bytes_per_s"] = self.inputs.disk.write_bytes_per_s
         data["lambda"] = data.pop("lam")
         for name in MODELS:
             data[name]["converges"] = self.model(name).converges
@@ -338,16 +423,22 @@ class Estimate:
 
 
 def estimate(inputs: EstimateInputs, factors: tuple[float, float] = THUMB_FACTORS) -> Estimate:
-    """All three estimates for `inputs`."""
-    return Estimate(inputs, inputs.lam, rule_of_thumb(inputs, factors), geometric(inputs), working_set(inputs))
+    """All three estimates for `inputs` (with a disk: and what the disk adds to each model's time)."""
+    result = Estimate(inputs, inputs.lam, rule_of_thumb(inputs, factors), geometric(inputs), working_set(inputs))
+    if inputs.disk is not None:
+        diskless = replace(inputs, disk=None)
+        result.disk_adds_s = {"geometric": result.geometric.total_s - geometric(diskless).total_s,
+                              "working_set": result.working_set.total_s - working_set(diskless).total_s}
+    return result
 
 
 def inputs_from_report(report) -> EstimateInputs:
     """The inputs an operator would use to predict a measured run (a Report).
 
-    M, the page size, the dirty behaviour, device state and policy come from its scenario;
-    R is pass 0's measured throughput (guest bytes / its duration), which already includes
-    any compression, so the compression ratio is 1.
+    M, the page size, the dirty behaviour, device state, policy and a mirrored disk (storage
+    mirror) come from its scenario; R is pass 0's measured throughput (guest bytes, memory's
+    and the disk's, / its duration), which already includes any compression, so the
+    compression ratio is 1.
     """
     if not report.passes:
         raise ValueError("the report has no pre-copy pass: nothing to measure the throughput from")
@@ -357,11 +448,13 @@ def inputs_from_report(report) -> EstimateInputs:
     first = report.passes[0]
     if workload.unpaced:
         raise ValueError("the run's writers were unpaced (dirty rate 'max'): no dirty rate to model")
-    dirty = DirtyBehaviour.of(workload)
+    disk = report.scenario.mirrored_disk
     return EstimateInputs(
-        memory_bytes=guest.memory_bytes, bandwidth_bytes_per_s=first.bytes_sent / first.duration_s,
-        dirty=dirty, page_size=guest.page_size, compression_ratio=1.0,
+        memory_bytes=guest.memory_bytes,
+        bandwidth_bytes_per_s=(first.bytes_sent + first.disk_bytes_sent) / first.duration_s,
+        dirty=DirtyBehaviour.of(workload), page_size=guest.page_size, compression_ratio=1.0,
         device_state_bytes=migration.device_state_bytes, policy=migration.policy,
+        disk=None if disk is None else DiskInputs.of(disk),
     )
 
 
@@ -369,16 +462,19 @@ def inputs_from_report(report) -> EstimateInputs:
 _MODEL_LABELS = {"geometric": "geometric", "working_set": "working set"}
 
 
+def _pattern_text(dirty: DirtyBehaviour, units: str) -> str:
+    if dirty.pattern == "hotset":
+        return f"hotset ({dirty.hot_fraction:.0%} of {units} get {dirty.hot_share:.0%} of writes)"
+    return dirty.pattern
+
+
 def format_estimate(result: Estimate) -> str:
-    """A readable multi-line account of an estimate: inputs, the three answers, pages per pass."""
+    """A readable multi-line account of an estimate: inputs, the three answers, pages (and blocks) per pass."""
     from emulator.units import format_bytes, format_duration, format_rate
 
     inputs = result.inputs
-    dirty = inputs.dirty
+    dirty, disk = inputs.dirty, inputs.disk
     config = inputs.policy
-    pattern = dirty.pattern
-    if pattern == "hotset":
-        pattern += f" ({dirty.hot_fraction:.0%} of pages get {dirty.hot_share:.0%} of writes)"
     stall = f", stall = {config.stall_passes} passes without a new minimum" if config.stall_passes else ""
     max_time = f", max time {format_duration(config.max_time_s)}" if config.max_time_s is not None else ""
     thumb = result.rule_of_thumb
@@ -387,13 +483,24 @@ def format_estimate(result: Estimate) -> str:
         f"throughput   R = {format_rate(inputs.throughput_bytes_per_s)}"
         f" (link {format_rate(inputs.bandwidth_bytes_per_s)} x compression {inputs.compression_ratio:.2f})",
         f"dirty rate   D = {dirty.rate_pages_per_s:,.0f} page writes/s = {format_rate(inputs.dirty_bytes_per_s)},"
-        f" {pattern}",
+        f" {_pattern_text(dirty, 'pages')}",
         f"lambda       D / R = {result.lam:.3f}",
+    ]
+    if disk is not None:
+        share = disk.write_bytes_per_s / inputs.throughput_bytes_per_s
+        lines += [
+            f"disk         {format_bytes(disk.size_bytes)} ({disk.n_blocks:,} blocks of"
+            f" {format_bytes(disk.block_size)}), mirrored alongside memory over the same link",
+            f"disk writes  {disk.dirty.rate_pages_per_s:,.1f} block writes/s = {format_rate(disk.write_bytes_per_s)}"
+            f" ({share:.3f} of R), {_pattern_text(disk.dirty, 'blocks')}",
+        ]
+    base = "M / R" if disk is None else "(M + disk) / R"
+    lines += [
         f"policy       downtime limit {format_duration(config.downtime_limit_s)}"
         f" (threshold {format_bytes(inputs.throughput_bytes_per_s * config.downtime_limit_s)}),"
         f" max passes {config.max_passes}{max_time}{stall}",
         "",
-        f"rule of thumb  M / R = {format_duration(thumb.base_s)}; x {thumb.factor_low:g} to {thumb.factor_high:g}"
+        f"rule of thumb  {base} = {format_duration(thumb.base_s)}; x {thumb.factor_low:g} to {thumb.factor_high:g}"
         f" = {format_duration(thumb.low_s)} to {format_duration(thumb.high_s)}",
         "",
         f"{'model':<12} {'passes':>6}  {'switch-over':<11} {'sent':>10} {'pre-copy':>10} {'blackout':>9}"
@@ -407,11 +514,24 @@ def format_estimate(result: Estimate) -> str:
             f" {format_duration(p.precopy_s):>10} {format_duration(p.blackout_s):>9}"
             f" {format_duration(p.total_s):>10} {p.factor:>6.2f}"
         )
-    lines += ["", f"{'pages sent':<10} {'geometric':>14} {'working set':>14}"]
     geo, ws = result.geometric, result.working_set
+    if disk is not None:
+        added = [f"{'+' if result.disk_adds_s[name] >= 0 else '-'}"
+                 f"{format_duration(abs(result.disk_adds_s[name]))} ({_MODEL_LABELS[name]})" for name in MODELS]
+        lines += ["", f"the {format_bytes(disk.size_bytes)} disk adds {added[0]}, {added[1]} to the total time"
+                      " (vs the same guest without it)"]
+    # columns: each model's pages, then (with a disk) each model's blocks
+    header = f"{'pages sent':<10} {'geometric':>14} {'working set':>14}"
+    columns = [(geo, "pages", 14), (ws, "pages", 14)]
+    if disk is not None:
+        header += f"  {'blocks: geometric':>18} {'working set':>14}"
+        columns += [(geo, "disk_blocks", 19), (ws, "disk_blocks", 14)]
+    lines += ["", header]
     for number in range(max(len(geo.passes), len(ws.passes))):
-        cells = [f"{m.passes[number].pages:>14,.0f}" if number < len(m.passes) else f"{'':>14}" for m in (geo, ws)]
-        lines.append(f"{'pass ' + str(number):<10} {cells[0]} {cells[1]}".rstrip())
-    finals = [f"{'-' if m.aborted else format(m.final_pages, ',.0f'):>14}" for m in (geo, ws)]
-    lines.append(f"{'blackout':<10} {finals[0]} {finals[1]}")
+        cells = [f"{getattr(m.passes[number], unit):>{width},.0f}" if number < len(m.passes) else f"{'':>{width}}"
+                 for m, unit, width in columns]
+        lines.append(f"{'pass ' + str(number):<10} {' '.join(cells)}".rstrip())
+    final = {"pages": "final_pages", "disk_blocks": "final_disk_blocks"}
+    finals = [f"{'-' if m.aborted else format(getattr(m, final[unit]), ',.0f'):>{width}}" for m, unit, width in columns]
+    lines.append(f"{'blackout':<10} {' '.join(finals)}")
     return "\n".join(lines)

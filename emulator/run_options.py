@@ -21,6 +21,7 @@ from typing import Any
 
 from emulator import compat, units
 from emulator.codecs import CODEC_NAMES
+from emulator.disk import STORAGE_MODES, DiskSpec
 from emulator.guest import FILL_PROFILES, GuestSpec
 from emulator.policy import PolicyConfig
 from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIFY_MODES, GuestConfig, MigrationOptions,
@@ -34,7 +35,7 @@ __all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_optio
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
           "migration": (MigrationOptions, _DEFAULTS.migration), "policy": (PolicyConfig, _DEFAULTS.migration.policy),
-          "config": (GuestConfig, _DEFAULTS.config)}
+          "config": (GuestConfig, _DEFAULTS.config), "disk": (DiskSpec, DiskSpec())}
 
 
 # how a value is read: a command-line text, or a grid file's value (TOML gives numbers and booleans) ---
@@ -137,6 +138,20 @@ def _names(value: Any) -> tuple[str, ...]:
     return () if text in ("", "none") else tuple(name.strip() for name in text.split(","))
 
 
+def _write_rate(value: Any) -> float:
+    """A disk writer's rate in bytes/s: 20MB/s, max (flat out) or 0 (idle)."""
+    if isinstance(value, str) and value.strip() == "max":
+        return float("inf")
+    rate = units.parse_bandwidth(value)
+    if rate is None:
+        raise ValueError(f"expected a rate such as 20MB/s, max or 0, got {value!r}")
+    return rate
+
+
+def _shown_write_rate(rate: float) -> str:
+    return "max" if rate == float("inf") else units.format_rate(rate) if rate else "0 (idle)"
+
+
 def _ms_duration(value: Any) -> float:
     return units.parse_duration(value, "ms")  # as QEMU takes a downtime limit
 
@@ -205,6 +220,23 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("config_version", "guest", "config", "version", whole_number, "2",
               "the guest's configuration version; a destination that supports only older ones refuses it",
               metavar="N"),
+    # the guest's disk
+    RunOption("disk", "disk", "disk", "size_bytes", units.parse_size, "4GiB",
+              "give the guest a disk of this size: a real file, written by a disk writer",
+              metavar="SIZE", default_text="none"),
+    RunOption("disk_block", "disk", "disk", "block_size", units.parse_size, "4KiB",
+              "the disk's block: what one write writes and the dirty-block bitmap tracks, 4 KiB to 1 MiB",
+              metavar="SIZE", show=units.compact_size),
+    RunOption("disk_fill", "disk", "disk", "fill", _text, "random", "initial disk content, as --fill",
+              choices=FILL_PROFILES),
+    RunOption("disk_write_rate", "disk", "disk", "write_rate_bytes_per_s", _write_rate, "20MB/s",
+              "what the disk writer writes per second: 20MB/s, max (flat out) or 0 (idle)", metavar="RATE",
+              show=_shown_write_rate),
+    RunOption("disk_pattern", "disk", "disk", "pattern", _text, "hotset", "which blocks the disk writer writes",
+              choices=tuple(PATTERNS)),
+    RunOption("storage", "disk", "migration", "storage", _text, "mirror",
+              "shared: both hosts see the disk, its handover is a token; mirror: shared-nothing, the disk is "
+              "copied alongside memory and the switch-over waits for both", choices=STORAGE_MODES),
     # workload
     RunOption("vcpus", "workload", "workload", "vcpus", whole_number, "4", "writer threads", metavar="N"),
     RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
@@ -260,7 +292,7 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
               "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),
 )}
-GROUPS = ("guest", "workload", "migration")
+GROUPS = ("guest", "disk", "workload", "migration")
 
 
 def keys_of(group: str) -> list[str]:
@@ -337,7 +369,11 @@ def scenario_from(values: dict[str, Any], name: Callable[[RunOption], str] = lam
             raise ValueError(f"{name(option)}: {error}") from None
     page_size = changes["guest"].get("page_size", _DEFAULTS.guest.page_size)
     if "seed" in values:
-        changes["workload"]["seed"] = values["seed"]
+        changes["workload"]["seed"] = changes["disk"]["seed"] = values["seed"]
+    if changes["disk"] and "disk" not in values:
+        without = [name(option) for key, option in OPTIONS.items() if key in values and option.part == "disk"]
+        if without:
+            raise ValueError(f"{'/'.join(without)}: the guest has no disk; give it one with {name(OPTIONS['disk'])}")
     changes["migration"].setdefault("batch_pages", default_batch_pages(page_size))
 
     def built(part, **more):
@@ -349,7 +385,11 @@ def scenario_from(values: dict[str, Any], name: Callable[[RunOption], str] = lam
 
     guest, workload, policy = built("guest"), built("workload"), built("policy")
     migration = built("migration", policy=policy)
+    disk = built("disk") if "disk" in values else None
+    if migration.storage == "mirror" and disk is None:
+        raise ValueError(f"{name(OPTIONS['storage'])} mirror copies the guest's disk, and it has none: give it one "
+                         f"with {name(OPTIONS['disk'])} SIZE")
     try:
-        return Scenario(guest, workload, migration, built("config"))
+        return Scenario(guest, workload, migration, built("config"), disk)
     except ValueError as error:
         raise ValueError(f"{name(OPTIONS['write_size'])}/{name(OPTIONS['page_size'])}: {error}") from None

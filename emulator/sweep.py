@@ -299,8 +299,9 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
     precopy_s = _phase_length(report, "precopy")
     if report.status == "completed" and report.blackout is not None and precopy_s is not None:
         row["migration_s"] = precopy_s + report.blackout.total_s
-    if not report.passes or math.isinf(rate):
-        return row
+    disk = s.mirrored_disk
+    if not report.passes or math.isinf(rate) or (disk is not None and math.isinf(disk.write_rate_bytes_per_s)):
+        return row  # a writer flat out has no rate for the models
     inputs = estimate.inputs_from_report(report)
     predicted = estimate.estimate(inputs)
     row.update(pass0_throughput_bytes_per_s=inputs.throughput_bytes_per_s, base_s=inputs.base_time_s,

@@ -245,11 +245,11 @@ class FakeEngine(types.ModuleType):
         if self.error is not None:
             raise self.error
 
-    def migrate(self, scenario, *, progress=None):
+    def migrate(self, scenario, *, progress=None, disk_path=None, disk_dir=None):
         self._call("migrate", scenario, progress=progress)
         return self.report
 
-    def send(self, scenario, to, *, progress=None, security=None):
+    def send(self, scenario, to, *, progress=None, security=None, disk_path=None):
         self._call("send", scenario, to, progress=progress, security=security)
         return self.report
 
@@ -524,7 +524,7 @@ def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_en
 
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 3)")
+    assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 4)")
 
 
 def test_the_default_message_size_follows_the_page_size(fake_engine, capsys):

@@ -2,12 +2,15 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from emulator import cli
+from emulator.disk import DiskSpec
 from emulator.estimate import (
     DirtyBehaviour,
+    DiskInputs,
     EstimateInputs,
     distinct_dirty_pages,
     estimate,
@@ -38,6 +41,11 @@ def inputs(rate_pages_per_s, *, pattern="uniform", link=4 * MIB, ratio=1.0, devi
 
 def sizes(prediction):
     return [p.pages for p in prediction.passes]
+
+
+def with_disk(base, rate_blocks_per_s, *, size=4 * MIB, block=64 << 10, pattern="uniform"):
+    """`base` with a mirrored disk: 4 MiB of 64 KiB blocks (64 of them) by default."""
+    return replace(base, disk=DiskInputs(size, block, DirtyBehaviour(rate_blocks_per_s, pattern)))
 
 
 # distinct dirty pages --------------------------------------------------------------------------
@@ -174,6 +182,105 @@ def test_inputs_from_report_take_r_from_pass_zero():
         inputs_from_report(Report(status="failed", scenario=scenario))
 
 
+# a mirrored disk ---------------------------------------------------------------------------------
+def test_an_idle_disk_adds_its_copy_time_to_the_base_and_the_rule_of_thumb():
+    # disk / R = 4 MiB / 4 MiB/s = 1 s more
+    thumb = rule_of_thumb(with_disk(inputs(512), 0))
+    assert (thumb.base_s, thumb.low_s, thumb.high_s) == (2.0, 3.0, 6.0)
+    result = estimate(with_disk(inputs(0), 0))
+    for model in (result.geometric, result.working_set):
+        [only] = model.passes
+        assert (only.pages, only.disk_blocks, only.bytes, only.disk_bytes) == (1024, 64, 4 * MIB, 4 * MIB)
+        assert (model.total_s, model.factor, model.total_bytes) == (2.0, 1.0, 8 * MIB)
+    assert result.disk_adds_s == {"geometric": 1.0, "working_set": 1.0}
+
+
+def test_each_pass_sends_the_dirty_pages_and_then_the_dirty_blocks():
+    # pass 0: 4 MiB + 4 MiB in 2 s: 1024 page writes (all of memory), 32 block writes (2 MiB);
+    # pass 1: 4 MiB + 2 MiB in 1.5 s: 768 pages, 24 blocks; pass 2: 3 MiB + 1.5 MiB in 1.125 s
+    p = geometric(with_disk(inputs(512), 16))
+    first, second, third = p.passes[:3]
+    assert (first.pages, first.disk_blocks, first.duration_s) == (1024, 64, 2.0)
+    assert (first.remaining_pages, first.disk_remaining_blocks, first.disk_remaining_bytes) == (1024, 32, 2 * MIB)
+    assert (second.pages, second.bytes, second.disk_blocks, second.disk_bytes) == (1024, 4 * MIB, 32, 2 * MIB)
+    assert (second.duration_s, second.remaining_pages, second.disk_remaining_blocks) == (1.5, 768, 24)
+    assert (third.bytes, third.disk_bytes, third.duration_s) == (3 * MIB, 1.5 * MIB, 1.125)
+    # working set: 1024 writes over 1024 pages and 32 over 64 blocks leave N (1 - e^(-writes/N)) of each
+    w = working_set(with_disk(inputs(512), 16)).passes[1]
+    assert w.pages == pytest.approx(1024 * -math.expm1(-1), rel=1e-14)
+    assert w.disk_blocks == pytest.approx(64 * -math.expm1(-0.5), rel=1e-14)
+    assert w.duration_s == pytest.approx(-math.expm1(-1) - math.expm1(-0.5), rel=1e-14)
+
+
+def test_the_switch_over_waits_for_the_disk():
+    # 40 page writes/s: memory alone converges after pass 0 (40 pages = 160 KiB fit 409.6 KiB)
+    assert [len(geometric(inputs(40)).passes), geometric(inputs(40)).switchover_reason] == [1, "converged"]
+    # with the disk pass 0 lasts 2 s: 80 pages (320 KiB) still fit, 16 dirty blocks (1 MiB) do not
+    p = geometric(with_disk(inputs(40), 8))
+    first, second = p.passes
+    assert first.remaining_bytes < first.threshold_bytes < first.remaining_bytes + first.disk_remaining_bytes
+    # pass 1: 320 KiB + 1 MiB in 0.328125 s leaves 13.125 pages + 2.625 blocks = 220.5 KiB: fits
+    assert (second.pages, second.disk_blocks, second.duration_s) == (80, 16, 0.328125)
+    assert p.switchover_reason == "converged" and p.precopy_s == 2.328125
+
+
+def test_the_blackout_sends_both_remainders_and_the_device_state():
+    p = geometric(with_disk(inputs(40, device=MIB), 8))
+    assert (p.final_pages, p.final_bytes, p.final_disk_blocks, p.final_disk_bytes) == (13.125, 53760, 2.625, 172032)
+    # 220.5 KiB at 4 MiB/s, then 1 MiB of device state at 4 MiB/s
+    assert p.blackout_s == 220.5 / 4096 + 0.25
+    assert p.total_s == 2.328125 + 220.5 / 4096 + 0.25 and p.factor == p.total_s / 2.0
+    assert p.total_bytes == 8 * MIB + 1344 * 1024 + 220.5 * 1024
+
+
+def test_without_a_disk_every_prediction_is_memory_only():
+    for base in (inputs(512), inputs(700, pattern="hotset"), inputs(2048, on_stall="abort"), inputs(0)):
+        result = estimate(base)
+        assert result.disk_adds_s is None and result.to_dict()["inputs"]["disk"] is None
+        assert "disk" not in format_estimate(result)
+        for model in (result.geometric, result.working_set):
+            assert (model.final_disk_blocks, model.final_disk_bytes) == (0, 0)
+            assert all((p.disk_blocks, p.disk_bytes, p.disk_remaining_blocks, p.disk_remaining_bytes) == (0, 0, 0, 0)
+                       for p in model.passes)
+    # the hand-computed memory-only case, through the disk-aware loop
+    p = geometric(inputs(512))
+    assert sizes(p) == [1024, 512, 256, 128] and p.total_s == 1.9375 and p.total_bytes == 1984 * PAGE
+
+
+def test_a_disk_estimate_shows_the_disk_and_what_it_adds():
+    result = estimate(with_disk(inputs(512), 16, pattern="hotset"))
+    text = format_estimate(result)
+    assert "disk         4.00 MiB (64 blocks of 64.0 KiB), mirrored alongside memory over the same link" in text
+    assert "16.0 block writes/s = 1.05 MB/s (0.250 of R), hotset (10% of blocks get 90% of writes)" in text
+    adds = result.disk_adds_s["geometric"]
+    assert adds == result.geometric.total_s - geometric(inputs(512)).total_s and adds > 1.0
+    assert "the 4.00 MiB disk adds +" in text and "rule of thumb  (M + disk) / R = 2.00 s" in text
+    data = result.to_dict()
+    assert data["inputs"]["disk"]["write_bytes_per_s"] == 16 * 65536
+    assert data["geometric"]["passes"][1]["disk_bytes"] == 2 * MIB
+
+
+def test_bad_disk_inputs_are_refused_with_the_value():
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        DiskInputs(100_000, 65536, DirtyBehaviour(0))
+    with pytest.raises(ValueError, match="flat out"):
+        DiskInputs.of(DiskSpec(write_rate_bytes_per_s=math.inf))
+
+
+def test_inputs_from_report_pick_up_a_mirrored_disk():
+    disk = DiskSpec(size_bytes=8 * MIB, block_size=64 << 10, write_rate_bytes_per_s=10 * 65536, pattern="hotset")
+    scenario = Scenario(GuestSpec(4 * MIB), WorkloadSpec(rate_pages_per_s=512, pattern="uniform"),
+                        MigrationOptions(device_state_bytes=0, storage="mirror"), disk=disk)
+    # pass 0: 4 MiB of memory and 8 MiB of disk in 2 s: R = 6 MiB/s
+    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB, 0, 2.0, 6e6, 512, 512.0, 0.0, 0, disk_blocks_sent=128,
+                        disk_bytes_sent=8 * MIB)
+    got = inputs_from_report(Report(status="completed", scenario=scenario, passes=[record]))
+    assert got.disk == DiskInputs(8 * MIB, 64 << 10, DirtyBehaviour(10.0, "hotset", 0.1, 0.9))
+    assert got.throughput_bytes_per_s == 6 * MIB and got.base_time_s == 2.0
+    shared = replace(scenario, migration=replace(scenario.migration, storage="shared"))
+    assert inputs_from_report(Report(status="completed", scenario=shared, passes=[record])).disk is None
+
+
 # the command ---------------------------------------------------------------------------------------
 ARGS = ["estimate", "--memory", "4MiB", "--bandwidth", "4MiB/s", "--dirty-rate", "512", "--pattern", "uniform",
         "--downtime-limit", "100ms", "--device-state", "0"]
@@ -205,6 +312,31 @@ def test_cli_estimate_prints_every_model(capsys):
 ])
 def test_cli_estimate_refuses_bad_values_naming_the_option(capsys, option, value, message):
     assert cli.main([*ARGS, option, value]) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+DISK_ARGS = ["estimate", "--memory", "1GiB", "--bandwidth", "1GB/s", "--disk", "4GiB", "--disk-write-rate", "10MB/s"]
+
+
+def test_cli_estimate_with_a_disk_prints_the_disk_and_what_it_adds(capsys):
+    assert cli.main(DISK_ARGS) == 0
+    out = capsys.readouterr().out
+    assert "disk         4.00 GiB (65,536 blocks of 64.0 KiB), mirrored alongside memory" in out
+    assert "disk writes  152.6 block writes/s = 10.0 MB/s" in out and "the 4.00 GiB disk adds +" in out
+    assert cli.main([*DISK_ARGS, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["inputs"]["disk"]["dirty"]["rate_pages_per_s"] == 10e6 / 65536
+    assert data["rule_of_thumb"]["base_s"] == 5 * 2**30 / 1e9
+    assert set(data["disk_adds_s"]) == {"geometric", "working_set"}
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--disk-write-rate", "10MB/s"], "--disk-write-rate: the guest has no disk; give it one with --disk"),
+    (["--disk", "4GiB", "--disk-write-rate", "max"], "--disk-write-rate: 'max' (flat out) has no rate to model"),
+    (["--disk", "4GiB", "--guests", "3"], "--disk/--guests: a drain forecast models memory only"),
+])
+def test_cli_estimate_refuses_disk_options_it_cannot_model(capsys, options, message):
+    assert cli.main([*ARGS, *options]) == cli.EXIT_USAGE
     assert message in capsys.readouterr().err
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from emulator import cli, run_options, sweep
+from emulator.disk import DiskSpec
 from emulator.guest import GuestSpec
 from emulator.run_options import OPTIONS, scenario_from
 from emulator.scenario import GuestConfig, MigrationOptions, Scenario
@@ -16,22 +17,26 @@ DEFAULT = Scenario()
 
 def _field_value(scenario, option):
     part = scenario.migration.policy if option.part == "policy" else getattr(scenario, option.part)
-    return getattr(part, option.field)
+    return getattr(DiskSpec() if part is None else part, option.field)  # no disk: as the default disk
 
 
 @pytest.mark.parametrize("key", list(OPTIONS))
 def test_each_example_sets_its_field_and_nothing_else(key):
     option = OPTIONS[key]
-    scenario = scenario_from({key: option.value(option.example)})
+    # the disk's other options, and a mirror, need a disk: the example is then a change to a guest with one
+    with_disk = {"disk": OPTIONS["disk"].value("1GiB")} if key == "storage" or (option.part == "disk"
+                                                                                and key != "disk") else {}
+    scenario = scenario_from({**with_disk, key: option.value(option.example)})
+    default = scenario_from(with_disk)
     if key == "dirty_rate":
         assert scenario.workload.rate_pages_per_s == 20000
     else:
         assert _field_value(scenario, option) == option.read(option.example)
-    assert _field_value(scenario, option) != _field_value(DEFAULT, option)  # an example shows a change
+    assert _field_value(scenario, option) != _field_value(default, option)  # an example shows a change
     others = [other for other in OPTIONS.values() if other.field != option.field and other.key != "batch_pages"]
     if key not in ("page_size", "batch_pages"):  # the page size moves the default message size (tested below)
         others.append(OPTIONS["batch_pages"])
-    assert [other.key for other in others if _field_value(scenario, other) != _field_value(DEFAULT, other)] == []
+    assert [other.key for other in others if _field_value(scenario, other) != _field_value(default, other)] == []
 
 
 def test_no_values_is_the_default_scenario():
@@ -113,7 +118,7 @@ def test_a_bad_axis_item_is_refused_naming_the_option(capsys):
 
 def test_each_option_owns_a_field_with_a_rule():
     parts = {"guest": GuestSpec, "workload": WorkloadSpec, "migration": MigrationOptions,
-             "policy": type(DEFAULT.migration.policy), "config": GuestConfig}
+             "policy": type(DEFAULT.migration.policy), "config": GuestConfig, "disk": DiskSpec}
     for option in OPTIONS.values():
         cls = parts[option.part]
         assert option.field in {field.name for field in dataclasses.fields(cls)}, option.key
