@@ -24,13 +24,15 @@ stalls: the model runs to max passes, while a real run's stall detector fires on
 shrinking is lost in noise. The plateau, and so the blackout, is still predicted.
 
 A disk (shared-nothing storage: mirrored alongside memory) is blocks of its block size,
-written at w_d block writes/s with a writer pattern of its own. Pass 0 sends all of memory
-and then every block; each later pass sends the memory's dirty pages and then the disk's
-dirty blocks over the same link, so it lasts (pages' bytes + blocks' bytes) / R. The
-disk's dirty set follows the model's rule over blocks (geometric: w_d t blocks, capped at
-the disk; working set: distinct_dirty_pages over its blocks), the policy sees the sum of
-both remainders, and both cross in the blackout. lambda stays memory's D / R (the
-geometric passes shrink by (D + D_disk) / R until a dirty set is capped). R applies to
+written at w_d block writes/s with a writer pattern of its own. Pass 0 sends every block
+and then all of memory; each later pass sends the disk's dirty blocks and then the memory's
+dirty pages over the same link, so it lasts (blocks' bytes + pages' bytes) / R. As the
+emulator does, each set is harvested just before it is sent: the blocks dirtied during
+the whole last pass, the pages dirtied since memory's last part began (its last part and
+this pass's disk part). Each dirty set follows the model's rule (geometric: w t units,
+capped at all of them; working set: distinct_dirty_pages), the policy sees the sum of
+both remainders at the end of a pass, and both cross in the blackout. lambda stays
+memory's D / R. R applies to
 the disk's bytes as to memory's: the compression ratio given is taken to hold for both
 (a simplification).
 
@@ -348,9 +350,10 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
     pages = float(inputs.n_pages)
     blocks = 0.0 if disk is None else float(disk.n_blocks)
     while True:
-        duration = (pages * page + blocks * block) / rate
+        memory_s = pages * page / rate
+        duration = blocks * block / rate + memory_s  # the disk's blocks cross first, then the pages
         elapsed += duration
-        remaining = dirtied(inputs.dirty, inputs.n_pages, duration)
+        remaining = dirtied(inputs.dirty, inputs.n_pages, memory_s)  # memory is harvested after the disk's part
         disk_remaining = 0.0 if disk is None else dirtied(disk.dirty, disk.n_blocks, duration)
         history.append(remaining * page + disk_remaining * block)
         decision = policy.decide(inputs.policy, history, rate, elapsed)
@@ -359,7 +362,8 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
                                      blocks, blocks * block, disk_remaining, disk_remaining * block))
         if decision.action != "continue":
             break
-        pages, blocks = remaining, disk_remaining
+        blocks = disk_remaining
+        pages = remaining if disk is None else dirtied(inputs.dirty, inputs.n_pages, memory_s + blocks * block / rate)
     aborted = decision.action == "abort"
     final_pages, final_blocks = (0.0, 0.0) if aborted else (remaining, disk_remaining)
     final_bytes = final_pages * page + final_blocks * block

@@ -19,9 +19,11 @@ tracking. Any failure before RESUMED resumes the source's writers: the guest
 keeps running here, unharmed.
 
 Storage mirror (shared-nothing): each pass sends the guest's dirty disk blocks
-after its memory pages (pass 0 every block), each set harvested just before it
+(pass 0 every block), then its memory pages, each set harvested just before it
 is sent, on the same channels and under the same cap; the policy weighs the
 memory and the disk left together, so the switch-over waits for the disk too.
+The disk goes first, as a block mirror runs before the memory migration: memory
+dirtied while a large disk crosses pass 0 is not sent twice.
 The blackout sends the last dirty blocks, COMPLETE carries the disk's digest,
 and the destination writes its copy through to storage and puts it in place
 before it resumes (the handover). The source's disk is only ever read.
@@ -249,13 +251,14 @@ class Source:
             started, cpu_started = self.clock(), time.process_time()
             writes_before = self.workload.writes
             disk_writes_before = self._disk_writes()
-            harvested = self.guest.harvest(self.harvest_buffer)
-            to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
-            counter = self._send_pages(to_send)
+            counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
             if self.mirror:
                 harvested = self.mirror.harvest()
                 blocks = np.arange(self.mirror.blocks.n_pages, dtype=np.int64) if pass_no == 0 else harvested
                 self._send_pages(blocks, counter, self.mirror.encoder)
+            harvested = self.guest.harvest(self.harvest_buffer)
+            to_send = np.arange(self.guest.n_pages, dtype=np.int64) if pass_no == 0 else harvested
+            self._send_pages(to_send, counter)
             self.link.send_control(self.protocol.pass_end(counter.pages, counter.blocks))
             ack = self._recv_control()
             duration_s = max(self.clock() - started, 1e-9)
@@ -330,11 +333,9 @@ class Source:
             if self.progress:
                 self.progress.message(f"auto-converge: vCPUs throttled to {throttle}%")
 
-    def _send_pages(self, page_numbers, counter=None, encoder=None):
+    def _send_pages(self, page_numbers, counter, encoder=None):
         """Send `page_numbers` (of the disk's blocks with the mirror's encoder): zero pages as numbers only,
-        the rest through the codec. Counted in `counter` (a new one for a pass's first part)."""
-        if counter is None:
-            counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
+        the rest through the codec; return `counter`, where they are counted."""
         encoder = encoder or self.encoder
         disk = encoder is not self.encoder
         every_s = getattr(self.progress, "interval_s", 0)  # a progress without intervals, or with 0, has none
@@ -468,11 +469,11 @@ class Source:
                            f"source's is {self.source_disk_digest}: its disk is not the guest's")
 
     def _send_final(self, pages, blocks):
-        """The final dirty pages, then the mirrored disk's final dirty blocks: the blackout's counter."""
-        counter = self._send_pages(pages)
+        """The mirrored disk's final dirty blocks, then the final dirty pages: the blackout's counter."""
+        counter = self.unrecorded = _PassCounter()
         if self.mirror:
             self._send_pages(blocks, counter, self.mirror.encoder)
-        return counter
+        return self._send_pages(pages, counter)
 
     def _warn_if_long(self, blackout):
         """A blackout past the warning threshold is an event, with its likely cause."""

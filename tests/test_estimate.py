@@ -195,42 +195,46 @@ def test_an_idle_disk_adds_its_copy_time_to_the_base_and_the_rule_of_thumb():
     assert result.disk_adds_s == {"geometric": 1.0, "working_set": 1.0}
 
 
-def test_each_pass_sends_the_dirty_pages_and_then_the_dirty_blocks():
-    # pass 0: 4 MiB + 4 MiB in 2 s: 1024 page writes (all of memory), 32 block writes (2 MiB);
-    # pass 1: 4 MiB + 2 MiB in 1.5 s: 768 pages, 24 blocks; pass 2: 3 MiB + 1.5 MiB in 1.125 s
+def test_each_pass_sends_the_dirty_blocks_and_then_the_dirty_pages():
+    # pass 0: 4 MiB of blocks (1 s), then 4 MiB of pages (1 s): 32 block writes (2 MiB) over the 2 s,
+    # 512 page writes over memory's 1 s; pass 1: the 32 blocks (0.5 s), then the pages written over
+    # memory's last second and this disk part: 768 (0.75 s); pass 2: 20 blocks, then 512 x 1.0625 pages
     p = geometric(with_disk(inputs(512), 16))
     first, second, third = p.passes[:3]
     assert (first.pages, first.disk_blocks, first.duration_s) == (1024, 64, 2.0)
-    assert (first.remaining_pages, first.disk_remaining_blocks, first.disk_remaining_bytes) == (1024, 32, 2 * MIB)
-    assert (second.pages, second.bytes, second.disk_blocks, second.disk_bytes) == (1024, 4 * MIB, 32, 2 * MIB)
-    assert (second.duration_s, second.remaining_pages, second.disk_remaining_blocks) == (1.5, 768, 24)
-    assert (third.bytes, third.disk_bytes, third.duration_s) == (3 * MIB, 1.5 * MIB, 1.125)
-    # working set: 1024 writes over 1024 pages and 32 over 64 blocks leave N (1 - e^(-writes/N)) of each
+    assert (first.remaining_pages, first.disk_remaining_blocks, first.disk_remaining_bytes) == (512, 32, 2 * MIB)
+    assert (second.pages, second.bytes, second.disk_blocks, second.disk_bytes) == (768, 3 * MIB, 32, 2 * MIB)
+    assert (second.duration_s, second.remaining_pages, second.disk_remaining_blocks) == (1.25, 384, 20)
+    assert (third.pages, third.disk_bytes, third.duration_s) == (544, 1.25 * MIB, 0.84375)
+    # working set: w writes over N units leave N (1 - e^(-w/N)) of them dirty
     w = working_set(with_disk(inputs(512), 16)).passes[1]
-    assert w.pages == pytest.approx(1024 * -math.expm1(-1), rel=1e-14)
-    assert w.disk_blocks == pytest.approx(64 * -math.expm1(-0.5), rel=1e-14)
-    assert w.duration_s == pytest.approx(-math.expm1(-1) - math.expm1(-0.5), rel=1e-14)
+    blocks = 64 * -math.expm1(-0.5)  # 32 writes over 64 blocks during pass 0's 2 s
+    assert w.disk_blocks == pytest.approx(blocks, rel=1e-14)
+    assert w.pages == pytest.approx(1024 * -math.expm1(-0.5 * (1 + blocks / 64)), rel=1e-14)
+    assert w.duration_s == pytest.approx(blocks / 64 + w.pages / 1024, rel=1e-14)
 
 
 def test_the_switch_over_waits_for_the_disk():
     # 40 page writes/s: memory alone converges after pass 0 (40 pages = 160 KiB fit 409.6 KiB)
     assert [len(geometric(inputs(40)).passes), geometric(inputs(40)).switchover_reason] == [1, "converged"]
-    # with the disk pass 0 lasts 2 s: 80 pages (320 KiB) still fit, 16 dirty blocks (1 MiB) do not
+    # with the disk pass 0 lasts 2 s: memory's 40 pages (160 KiB) still fit, 16 dirty blocks (1 MiB) do not
     p = geometric(with_disk(inputs(40), 8))
     first, second = p.passes
     assert first.remaining_bytes < first.threshold_bytes < first.remaining_bytes + first.disk_remaining_bytes
-    # pass 1: 320 KiB + 1 MiB in 0.328125 s leaves 13.125 pages + 2.625 blocks = 220.5 KiB: fits
-    assert (second.pages, second.disk_blocks, second.duration_s) == (80, 16, 0.328125)
-    assert p.switchover_reason == "converged" and p.precopy_s == 2.328125
+    # pass 1: 1 MiB of blocks (0.25 s), then 50 pages (200 KiB, 0.048828125 s): 1.953125 pages and
+    # 2.390625 blocks left, 160.8125 KiB: fits
+    assert (second.pages, second.disk_blocks, second.duration_s) == (50, 16, 0.298828125)
+    assert p.switchover_reason == "converged" and p.precopy_s == 2.298828125
 
 
 def test_the_blackout_sends_both_remainders_and_the_device_state():
     p = geometric(with_disk(inputs(40, device=MIB), 8))
-    assert (p.final_pages, p.final_bytes, p.final_disk_blocks, p.final_disk_bytes) == (13.125, 53760, 2.625, 172032)
-    # 220.5 KiB at 4 MiB/s, then 1 MiB of device state at 4 MiB/s
-    assert p.blackout_s == 220.5 / 4096 + 0.25
-    assert p.total_s == 2.328125 + 220.5 / 4096 + 0.25 and p.factor == p.total_s / 2.0
-    assert p.total_bytes == 8 * MIB + 1344 * 1024 + 220.5 * 1024
+    assert (p.final_pages, p.final_bytes, p.final_disk_blocks, p.final_disk_bytes) == (1.953125, 8000, 2.390625,
+                                                                                        156672)
+    # 160.8125 KiB at 4 MiB/s, then 1 MiB of device state at 4 MiB/s
+    assert p.blackout_s == 160.8125 / 4096 + 0.25
+    assert p.total_s == 2.298828125 + 160.8125 / 4096 + 0.25 and p.factor == p.total_s / 2.0
+    assert p.total_bytes == 8 * MIB + 1224 * 1024 + 160.8125 * 1024
 
 
 def test_without_a_disk_every_prediction_is_memory_only():
