@@ -41,7 +41,7 @@ def valid_messages():
     hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x", "scenario": SMALL.to_dict()})
     pages = protocol.encode_pages(1, 0, np.arange(4), bytes(4 * 4096), Codec.RAW, 4 * 4096)
     zero = protocol.encode_zero_pages(2, 0, [[0, 256]], 4096, Flags.RUNS)
-    pass_end = protocol.encode_control(MsgType.PASS_END, 3, 0, {"pass": 0, "messages": [1], "pages": 4})
+    pass_end = protocol.encode_control(MsgType.PASS_END, 3, 0, {"pass": 0, "messages": [1], "pages": 4, "blocks": 0})
     check = protocol.encode_control(MsgType.CHECK, 0, 0, {"protocol": protocol.VERSION, "scenario": SMALL.to_dict()})
     return [[bytes(frame) for frame in message] for message in (hello, pages, zero, pass_end, check)]
 

@@ -81,7 +81,7 @@ def test_header_layout_is_fixed_little_endian():
     frames = encode_control(MsgType.HEARTBEAT, 0x0102030405060708, 0x0A0B0C0D, {})
     h = frames[0]
     assert h[0:4] == b"PCPY"
-    assert h[4:6] == b"\x03\x00"  # version 3, little-endian
+    assert h[4:6] == b"\x04\x00"  # version 4, little-endian
     assert h[6] == MsgType.HEARTBEAT == 13
     assert h[7] == 0
     assert h[8:16] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
@@ -281,10 +281,10 @@ def test_bad_magic(decoder):
     assert "b'PCPZ'" in str(err) and "b'PCPY'" in str(err)
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 4, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 5, 0xFFFF])
 def test_bad_version(decoder, version):
     err = expect_error(decoder, with_header(pages_frames(), version=version), "version")
-    assert f"got {version}, expected 3" in str(err)
+    assert f"got {version}, expected 4" in str(err)
 
 
 @pytest.mark.parametrize("type_id", [0, 16, 255])
@@ -292,7 +292,7 @@ def test_unknown_type(decoder, type_id):
     expect_error(decoder, with_header(pages_frames(), type=type_id), "type")
 
 
-@pytest.mark.parametrize("bits", [4, 8, 0x80, 0xFF])
+@pytest.mark.parametrize("bits", [8, 16, 0x80, 0xFF])
 def test_unknown_flag_bits(decoder, bits):
     expect_error(decoder, with_header(pages_frames(), flags=bits), "flags")
 
@@ -629,7 +629,7 @@ def test_encode_pages_bad_page_numbers(pages, field):
         ({"pass_no": 1.5}, "pass_no"),
         ({"raw_len": PAGE_SIZE + 1}, "raw_len"),
         ({"raw_len": -1}, "raw_len"),
-        ({"flags": 4}, "flags"),
+        ({"flags": 8}, "flags"),
         ({"flags": Flags.RAW_FALLBACK, "codec": Codec.LZ4, "payload": b"x", "raw_len": PAGE_SIZE}, "flags"),
         ({"codec": 7}, "codec"),
         ({"codec": Codec.LZ4}, "payload"),  # not smaller than raw

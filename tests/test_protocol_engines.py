@@ -13,7 +13,8 @@ from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 
 PAGE = 4096
-RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.01, "digest_check_s": 0.0, "resume_s": 0.001}
+RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.01, "digest_check_s": 0.0, "resume_s": 0.001,
+                "disk_digest": None, "disk_sync_s": 0.0}
 SCENARIO = Scenario(GuestSpec(64 * PAGE), WorkloadSpec(), MigrationOptions(channels=2))
 
 
@@ -22,6 +23,7 @@ class ZeroBatch:
     """A batch (emulator.batches.Batch) of zero pages starting at `first`."""
     first: int
     kind: MsgType = MsgType.ZERO_PAGES
+    flags: Flags = Flags.NONE
 
     def frames(self, seq, pass_no, page_size):
         return protocol.encode_zero_pages(seq, pass_no, [self.first, self.first + 1], page_size, Flags.NONE)
@@ -93,7 +95,7 @@ def test_data_for_another_pass():
 
 def test_pass_end_with_wrong_length_counts():
     source, destination = joined()
-    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0], "pages": 0})
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0], "pages": 0, "blocks": 0})
     field, text = error_of(destination.receive_control, frames)
     assert field == "body.messages" and "expected 2 message counts, got [0]" in text
 
@@ -101,7 +103,7 @@ def test_pass_end_with_wrong_length_counts():
 def test_more_messages_than_announced():
     source, destination = joined()
     send_data(source, destination, 1)
-    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [1, 1], "pages": 0})
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [1, 1], "pages": 0, "blocks": 0})
     assert destination.receive_control(frames) == ()
     extra = protocol.encode_zero_pages(1, 0, [4, 5], PAGE, Flags.NONE)
     field, text = error_of(destination.receive_data, 0, extra)
@@ -111,7 +113,7 @@ def test_more_messages_than_announced():
 def test_data_before_accept():
     destination = DestinationProtocol()
     destination.receive_hello(destination.check_hello(SourceProtocol(2, PAGE).hello(SCENARIO.to_dict(), "s")))
-    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0, 0], "pages": 0})
+    frames = protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [0, 0], "pages": 0, "blocks": 0})
     field, text = error_of(destination.receive_control, frames)
     assert field == "type" and "PASS_END in state SETUP" in text
 
@@ -154,7 +156,7 @@ def test_a_failed_source_still_tells_the_destination_why():
 def test_a_second_pass_end_for_one_pass():
     source, destination = joined()
     destination.receive_control(source.pass_end(0))
-    again = protocol.encode_control(MsgType.PASS_END, 2, 0, {"pass": 0, "messages": [0, 0], "pages": 0})
+    again = protocol.encode_control(MsgType.PASS_END, 2, 0, {"pass": 0, "messages": [0, 0], "pages": 0, "blocks": 0})
     field, text = error_of(destination.receive_control, again)
     assert field == "type" and "cannot receive PASS_END in state PASS_SYNC" in text and destination.state == "FAILED"
 

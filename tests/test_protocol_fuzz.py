@@ -180,6 +180,7 @@ class Reference:
         self.pages = 0  # pages those messages held
         self.announced = None  # the counts of the PASS_END/COMPLETE that closes this pass, until they arrived
         self.promised_pages = None  # its "pages"
+        self.promised_blocks = None  # its "blocks" (this guest mirrors no disk: none can arrive)
         self.ending = None  # that message
         self.closed = False  # everything it counted arrived: awaiting acknowledge_pass or resumed
         self.device_state = False  # DEVICE_STATE arrived (the final pass)
@@ -305,15 +306,16 @@ class Reference:
             if kind == MsgType.COMPLETE and not self.device_state:
                 return self._reject("type")  # DEVICE_STATE comes before COMPLETE
             counts, pages = body.get("messages", MISSING), body.get("pages", MISSING)
-            if not isinstance(counts, list) or not is_int(pages):
+            blocks = body.get("blocks", MISSING)
+            if not isinstance(counts, list) or not is_int(pages) or not is_int(blocks):
                 return self._reject("body")
             if len(counts) != self.channels or not all(is_int(c) and c >= 0 for c in counts):
                 return self._reject("counts")
             if any(got > want for got, want in zip(self.received, counts)):
                 return self._reject("counts")
-            if pages < 0:  # could never match: refused at once rather than once the messages arrived
+            if pages < 0 or blocks < 0:  # could never match: refused at once rather than once the messages arrived
                 return self._reject("pages")
-            self.announced, self.promised_pages, self.ending = counts, pages, message
+            self.announced, self.promised_pages, self.promised_blocks, self.ending = counts, pages, blocks, message
             return self._closing()
         if kind == MsgType.ABORT:
             reason = body.get("reason")
@@ -352,7 +354,7 @@ class Reference:
     def _closing(self):
         if self.received != self.announced:
             return []
-        if self.pages != self.promised_pages:
+        if self.pages != self.promised_pages or self.promised_blocks != 0:
             return self._reject("pages")
         self.announced, self.closed = None, True
         if self.ending.type == MsgType.PASS_END:
@@ -364,7 +366,8 @@ class Reference:
 # The machine
 
 REFUSED = object()  # what _compare returns when the engine refused, as it should
-RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.0, "digest_check_s": 0.0, "resume_s": 0.0}
+RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.0, "digest_check_s": 0.0, "resume_s": 0.0,
+                "disk_digest": None, "disk_sync_s": 0.0}
 
 COUNTS = st.one_of(
     st.lists(st.integers(-2, 6), max_size=4),
@@ -797,8 +800,8 @@ class DestinationMachine(RuleBasedStateMachine):
         counts = list(model.received)  # closes the pass once its data arrived
         body = {
             MsgType.HELLO: {"protocol": VERSION, "session": "fuzz", "scenario": self.scenario.to_dict()},
-            MsgType.PASS_END: {"pass": pass_no, "messages": counts, "pages": model.pages},
-            MsgType.COMPLETE: {"pass": pass_no, "messages": counts, "pages": model.pages, "digest": "d",
+            MsgType.PASS_END: {"pass": pass_no, "messages": counts, "pages": model.pages, "blocks": 0},
+            MsgType.COMPLETE: {"pass": pass_no, "messages": counts, "pages": model.pages, "blocks": 0, "digest": "d",
                                "device_state_digest": "dd", "storage_token": "t"},
             MsgType.SWITCHOVER: {"pass": pass_no, "reason": "fuzz"},
             MsgType.ABORT: {"reason": "fuzz"},
