@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from emulator.protocol import RemoteProtocolError
 
-MAX_PROBLEMS = 16  # a destination finds at most 8 (receiver.Destination.problems): room, and a bound
+MAX_PROBLEMS = 16  # a destination finds at most 10 (receiver.judge): room, and a bound
 MAX_TEXT = 4096  # characters of one problem's text or fix
 
 
