@@ -643,11 +643,12 @@ def format_summary(report: Report) -> str:
         if summary["cpu-throttle-percentage"]:
             lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
         lines += _disk_lines(report)
+    mirrored = report.block_job is not None
     if report.passes:
         header = (
             f"{'pass':>4} {'sent':>10} {'wire':>10} {'remaining':>10}"
             f" {'bandwidth':>11} {'dirty rate':>16}"
-        )
+        ) + (f" {'disk sent':>10} {'disk left':>10}" if mirrored else "")
         lines += ["", header]
         for rec in report.passes:
             remaining = (
@@ -655,18 +656,22 @@ def format_summary(report: Report) -> str:
                 if page_size
                 else f"{rec.remaining_pages} pages"
             )
+            disk = (f" {format_bytes(rec.disk_bytes_sent):>10} {format_bytes(rec.disk_remaining_bytes):>10}"
+                    if mirrored else "")
             lines.append(
                 f"{rec.pass_no:>4} {format_bytes(rec.bytes_sent):>10}"
                 f" {format_bytes(rec.wire_bytes):>10} {remaining:>10}"
                 f" {format_rate(rec.bandwidth_bytes_per_s):>11}"
-                f" {_pages_rate(rec.dirty_pages_rate):>16}"
+                f" {_pages_rate(rec.dirty_pages_rate):>16}{disk}"
             )
     if report.blackout is not None:
         b = report.blackout
+        disk = (f" and {b.final_disk_blocks:,} disk blocks ({format_bytes(b.final_disk_wire_bytes)})" if mirrored
+                else "")
         lines += [
             "",
             f"blackout     {format_duration(b.total_s)}: {b.final_pages:,} pages"
-            f" ({format_bytes(b.final_wire_bytes)} on the wire)"
+            f" ({format_bytes(b.final_wire_bytes)} on the wire){disk}"
             f" in {format_duration(b.final_send_s)}",
             f"             device state {format_bytes(b.device_state_bytes)}"
             f" in {format_duration(b.device_state_s)},"
