@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from emulator.digest import RunningDigest
 from kernels import pages
 from tests import reference
 
@@ -192,8 +193,11 @@ def _readme_rows(first_header):
 
 
 def _page(description):
-    size = 64 if description.startswith("64-byte page, ") else PAGE
-    return _PAGE_CONTENT[description.removeprefix("64-byte page, ")](size), size
+    """(bytes, size) of "all zero" (a PAGE-byte page) or "64-byte page, all zero", "16384-byte page (a 16 KiB
+    block), all zero"."""
+    sized = re.match(r"(\d+)-byte page(?: \([^)]*\))?, (.*)", description)
+    size, content = (int(sized.group(1)), sized.group(2)) if sized else (PAGE, description)
+    return _PAGE_CONTENT[content](size), size
 
 
 def test_the_readme_page_digest_vectors():
@@ -224,6 +228,15 @@ def test_the_readme_memory_digest_vectors():
         if page_digests:
             listed = [int(d.strip(" `"), 16) for d in page_digests.split(",")]
             assert [int(d) for d in pages.page_digests(memory, PAGE)] == listed
+
+
+def test_the_readme_disk_digest_vector():
+    """The disk digest is the memory digest over blocks: the README's zero disk, and what a destination starts from."""
+    found = re.search(r"A disk of 4 zero 16 KiB blocks .*?has the disk digest\s+`([0-9a-f]{32})`",
+                      README.read_text(encoding="utf-8"), re.S)
+    disk = np.zeros(4 * 16384, dtype=np.uint8)
+    assert pages.memory_digest(disk, 16384) == reference.memory_digest(disk, 16384) == found.group(1)
+    assert RunningDigest(4, 16384).value() == found.group(1)
 
 
 def test_the_readme_device_state_digest_vectors():
