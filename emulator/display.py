@@ -119,6 +119,9 @@ def format_status(status):
              f"transferred  {format_bytes(status['transferred_bytes'])} on the wire",
              f"remaining    {format_bytes(status['remaining_pages'] * page)} dirty "
              f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)"]
+    if status["disk_remaining_bytes"] is not None:  # a mirrored disk
+        lines.append(f"disk         {format_bytes(status['disk_remaining_bytes'])} dirty of "
+                     f"{format_bytes(status['disk_bytes'])} mirrored")
     if rate is not None:
         lines.append(f"last pass    {format_rate(rate)}, {status['dirty_pages_rate']:,.0f} page writes/s")
     lines.append(f"parameters   downtime limit {format_duration(status['downtime_limit_s'])}, "

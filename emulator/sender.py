@@ -166,6 +166,7 @@ class Source:
         mirrored = scenario.mirrored_disk
         if (disk is None) != (scenario.disk is None):
             raise ValueError("a guest with a disk in its scenario needs its DiskImage, and only then")
+        self.disk_writer = disk_writer
         self.writers = [workload] + ([disk_writer] if disk_writer is not None else [])  # all pause in the blackout
         self.mirror = _Mirror(scenario, disk, self.codec) if mirrored else None
         self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size)
@@ -301,7 +302,7 @@ class Source:
             pass_no += 1
 
     def _disk_writes(self):
-        return self.writers[1].writes if len(self.writers) > 1 else 0
+        return self.disk_writer.writes if self.disk_writer is not None else 0
 
     def _record_disk(self, record, counter, disk_left, writes_before, waiting):
         """The disk's part of a pass record; the block job's readiness and the time spent waiting for it."""
@@ -381,6 +382,8 @@ class Source:
             "dirty_pages_rate": last.dirty_pages_rate if last else None,
             "downtime_limit_s": self.policy_in_force.downtime_limit_s,
             "max_bandwidth_bytes_per_s": self.limiter.rate_bytes_per_s,
+            "disk_remaining_bytes": self.mirror.remaining_bytes() if self.mirror else None,
+            "disk_bytes": self.mirror.disk.spec.size_bytes if self.mirror else None,
         }
 
     def change(self, name, value):
@@ -537,9 +540,9 @@ class Source:
         matched = None if self.destination_digest is None else self.source_digest == self.destination_digest
         if self.paused_memory_digest not in (None, self.source_digest):
             matched = False
-        if self.mirror and (self.destination_disk_digest != self.source_disk_digest
-                            or self.paused_disk_digest not in (None, self.source_disk_digest)):
-            matched = matched and False
+        if matched is not None and self.mirror and (self.destination_disk_digest != self.source_disk_digest or
+                                                    self.paused_disk_digest not in (None, self.source_disk_digest)):
+            matched = False  # the memory's digests matched, the disk's did not
         summary = summarize(
             self.passes, self.blackout, status=status, page_size=self.guest.page_size,
             total_pages=self.guest.n_pages, setup_s=setup_s, total_s=total_s,

@@ -571,7 +571,7 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
     text = format_status({"phase": "precopy", "elapsed_s": 2.5, "pass": 1, "pass_pages_sent": 256, "page_size": 4096,
                           "total_pages": 1024, "remaining_pages": 128, "transferred_bytes": 5 << 20,
                           "bandwidth_bytes_per_s": 2e8, "dirty_pages_rate": 5000.0, "downtime_limit_s": 0.3,
-                          "max_bandwidth_bytes_per_s": None})
+                          "max_bandwidth_bytes_per_s": None, "disk_remaining_bytes": None, "disk_bytes": None})
     assert text.splitlines() == [
         "phase        precopy after 2.50 s, pass 1 (1.00 MiB of it sent)",
         "transferred  5.00 MiB on the wire",
@@ -579,6 +579,12 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
         "last pass    200 MB/s, 5,000 page writes/s",
         "parameters   downtime limit 300 ms, bandwidth cap unlimited",
     ]
+    mirrored = format_status({"phase": "precopy", "elapsed_s": 2.5, "pass": 1, "pass_pages_sent": 0, "page_size": 4096,
+                              "total_pages": 1024, "remaining_pages": 0, "transferred_bytes": 0,
+                              "bandwidth_bytes_per_s": None, "dirty_pages_rate": None, "downtime_limit_s": 0.3,
+                              "max_bandwidth_bytes_per_s": None, "disk_remaining_bytes": 3 << 20,
+                              "disk_bytes": 1 << 30})
+    assert "disk         3.00 MiB dirty of 1.00 GiB mirrored" in mirrored.splitlines()
 
 
 @pytest.mark.parametrize("argv, says", [
