@@ -106,7 +106,7 @@ def _next(m, now):
     m.history += (remaining * inputs.page_size,)
     m.passes += 1
     bandwidth = m.moved_bytes / m.precopy_s  # guest bytes/s over its passes, as the source measures it
-    decision = policy.decide(inputs.policy, m.history, bandwidth, now - m.started_s)
+    decision = policy.decide(inputs.policy, m.history, bandwidth, now - m.started_s, inputs.memory_bytes)
     m.pages, m.sent_pages, m.pass_started_s = remaining, 0.0, now
     if decision.action != "continue":
         m.blackout_started_s = now

@@ -343,6 +343,7 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
     page = inputs.page_size
     disk = inputs.disk
     block = 0 if disk is None else disk.block_size
+    disk_bytes = 0 if disk is None else disk.size_bytes
     rate = inputs.throughput_bytes_per_s
     history: list[float] = []
     passes: list[PassPrediction] = []
@@ -356,7 +357,7 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
         remaining = dirtied(inputs.dirty, inputs.n_pages, memory_s)  # memory is harvested after the disk's part
         disk_remaining = 0.0 if disk is None else dirtied(disk.dirty, disk.n_blocks, duration)
         history.append(remaining * page + disk_remaining * block)
-        decision = policy.decide(inputs.policy, history, rate, elapsed)
+        decision = policy.decide(inputs.policy, history, rate, elapsed, inputs.memory_bytes + disk_bytes)
         passes.append(PassPrediction(len(passes), pages, pages * page, duration, remaining,
                                      remaining * page, decision.threshold_bytes,
                                      blocks, blocks * block, disk_remaining, disk_remaining * block))

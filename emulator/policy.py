@@ -15,6 +15,12 @@ Pure functions over numbers the sender measures (no I/O, no clock), in QEMU's vo
 4. stalled: no pass among the last ``stall_passes`` reached a new minimum of remaining
    bytes -> ``on_stall`` (switchover, as Hyper-V forces the final copy, or abort).
 
+The downtime ramp (OpenStack nova's live_migration_downtime, _steps and _delay): with a
+ramp of N steps of T seconds per GiB of guest (memory and any mirrored disk), the limit in
+force t seconds into pre-copy is ``D / N + (D - D / N) / N x i`` with ``i = min(N,
+floor(t / (T x GiB)))``: D / N at first, D after N steps. It rises with time, not with
+progress, as nova's does; the threshold above uses the limit in force.
+
 "Stalled", exactly: with ``K = stall_passes`` and history ``r[0..n-1]`` (remaining bytes at
 the end of each pass), the run is stalled when ``n > K`` and, for each of the last ``K``
 passes ``i``, ``r[i] >= min(r[0..i-1])``. Equivalently ``min(r[n-K:]) >= min(r[:n-K])``:
@@ -36,7 +42,9 @@ __all__ = [
     "Decision",
     "PolicyConfig",
     "REASONS",
+    "DowntimeRamp",
     "decide",
+    "downtime_limit_at",
     "expected_downtime_s",
     "is_stalled",
     "next_throttle_pct",
@@ -65,6 +73,35 @@ def _check_number(name: str, value: object, *, positive: bool = False) -> float:
 
 
 @dataclass(frozen=True)
+class DowntimeRamp:
+    """nova's downtime ramp: the limit grows in `steps` steps, each `delay_s_per_gib` seconds per GiB of guest
+    long (nova: 10 steps of 75 s per GiB, to 500 ms)."""
+
+    steps: int = 10
+    delay_s_per_gib: float = 75.0
+
+    RULES: ClassVar[dict] = {"steps": fields.whole(1, 1000), "delay_s_per_gib": fields.real(0, below=True)}
+
+    def __post_init__(self) -> None:
+        fields.check(self, self.RULES)
+
+    @classmethod
+    def from_dict(cls, data: object) -> DowntimeRamp | None:
+        """From `asdict` output (None: no ramp); TypeError if not an object of its keys."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise TypeError(f"downtime_ramp must be an object of steps and delay_s_per_gib, got {data!r:.80}")
+        return cls(**data)
+
+
+def _ramp_rule(value: object) -> object:
+    if value is not None and not isinstance(value, DowntimeRamp):
+        raise ValueError(f"must be a DowntimeRamp or none, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     """When pre-copy stops.
 
@@ -73,6 +110,8 @@ class PolicyConfig:
     max_time_s: switch over once pre-copy has run this long (seconds); None = no limit.
     stall_passes: K passes without a new minimum of remaining bytes = stalled; None = never.
     on_stall: "switchover" (force the final copy) or "abort" (keep the guest on the source).
+    downtime_ramp: a DowntimeRamp up to downtime_limit_s (see the module doc), or None: the
+        limit holds from the start.
     """
 
     downtime_limit_s: float = 0.3
@@ -80,6 +119,7 @@ class PolicyConfig:
     max_time_s: float | None = None
     stall_passes: int | None = 3
     on_stall: Literal["switchover", "abort"] = "switchover"
+    downtime_ramp: DowntimeRamp | None = None
 
     RULES: ClassVar[dict] = {
         # Zero is allowed: with no downtime budget only an empty dirty set converges.
@@ -88,6 +128,7 @@ class PolicyConfig:
         "max_time_s": fields.optional(fields.real(0, above=True, below=True), "no limit"),
         "stall_passes": fields.optional(fields.whole(1), "never stalled"),
         "on_stall": fields.one_of(_STALL_ACTIONS),
+        "downtime_ramp": _ramp_rule,
     }
 
     def __post_init__(self) -> None:
@@ -96,11 +137,24 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do after a pass: action, why (None when continuing), the threshold used."""
+    """What to do after a pass: action, why (None when continuing), the threshold used and the downtime
+    limit it was made of."""
 
     action: Action
     reason: Reason | None
     threshold_bytes: float
+    downtime_limit_s: float
+
+
+def downtime_limit_at(config: PolicyConfig, elapsed_s: float, guest_bytes: float) -> float:
+    """The downtime limit in force `elapsed_s` into pre-copy, for a guest of `guest_bytes` (module doc)."""
+    ramp = config.downtime_ramp
+    if ramp is None:
+        return config.downtime_limit_s
+    step_s = ramp.delay_s_per_gib * guest_bytes / (1 << 30)
+    step = ramp.steps if step_s == 0 else min(ramp.steps, math.floor(elapsed_s / step_s))
+    first = config.downtime_limit_s / ramp.steps
+    return first + (config.downtime_limit_s - first) / ramp.steps * step
 
 
 def threshold_bytes(bandwidth_bytes_per_s: float, downtime_limit_s: float) -> float:
@@ -136,6 +190,7 @@ def decide(
     remaining_bytes_history: Sequence[int],
     bandwidth_bytes_per_s: float,
     elapsed_s: float,
+    guest_bytes: float = 0.0,
 ) -> Decision:
     """Decide what follows the pass that just completed.
 
@@ -144,6 +199,7 @@ def decide(
         (at least one: call after pass 0).
     bandwidth_bytes_per_s: measured bandwidth (B/s), typically of the last pass.
     elapsed_s: seconds since pre-copy started.
+    guest_bytes: the guest's memory and mirrored disk, which set a downtime ramp's pace.
     """
     history = list(remaining_bytes_history)
     if not history:
@@ -151,17 +207,21 @@ def decide(
     for index, remaining in enumerate(history):
         _check_number(f"remaining_bytes_history[{index}]", remaining)
     elapsed = _check_number("elapsed_s", elapsed_s)
-    threshold = threshold_bytes(bandwidth_bytes_per_s, config.downtime_limit_s)
+    limit = downtime_limit_at(config, elapsed, _check_number("guest_bytes", guest_bytes))
+    threshold = threshold_bytes(bandwidth_bytes_per_s, limit)
+
+    def decision(action: Action, reason: Reason | None) -> Decision:
+        return Decision(action, reason, threshold, limit)
 
     if history[-1] <= threshold:
-        return Decision("switchover", "converged", threshold)
+        return decision("switchover", "converged")
     if len(history) >= config.max_passes:
-        return Decision("switchover", "max-passes", threshold)
+        return decision("switchover", "max-passes")
     if config.max_time_s is not None and elapsed >= config.max_time_s:
-        return Decision("switchover", "max-time", threshold)
+        return decision("switchover", "max-time")
     if config.stall_passes is not None and is_stalled(history, config.stall_passes):
-        return Decision(config.on_stall, "stalled", threshold)
-    return Decision("continue", None, threshold)
+        return decision(config.on_stall, "stalled")
+    return decision("continue", None)
 
 
 def _check_pct(name: str, value: object, low: int, high: int) -> int:

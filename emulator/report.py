@@ -72,6 +72,7 @@ class PassRecord:
         it: the size of the next harvest).
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
     threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
+    downtime_limit_s: the downtime limit in force after the pass (a ramp's step, or the limit).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
     source_cpu_s, destination_cpu_s: CPU seconds each side's process used during the pass
         (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
@@ -94,6 +95,7 @@ class PassRecord:
     throttle_pct: int
     source_cpu_s: float = 0.0
     destination_cpu_s: float = 0.0
+    downtime_limit_s: float = 0.0
     disk_blocks_sent: int = 0
     disk_bytes_sent: int = 0
     disk_wire_bytes: int = 0
@@ -644,11 +646,12 @@ def format_summary(report: Report) -> str:
             lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
         lines += _disk_lines(report)
     mirrored = report.block_job is not None
+    ramped = report.scenario is not None and report.scenario.migration.policy.downtime_ramp is not None
     if report.passes:
         header = (
             f"{'pass':>4} {'sent':>10} {'wire':>10} {'remaining':>10}"
             f" {'bandwidth':>11} {'dirty rate':>16}"
-        ) + (f" {'disk sent':>10} {'disk left':>10}" if mirrored else "")
+        ) + (f" {'disk sent':>10} {'disk left':>10}" if mirrored else "") + (f" {'limit':>8}" if ramped else "")
         lines += ["", header]
         for rec in report.passes:
             remaining = (
@@ -657,7 +660,7 @@ def format_summary(report: Report) -> str:
                 else f"{rec.remaining_pages} pages"
             )
             disk = (f" {format_bytes(rec.disk_bytes_sent):>10} {format_bytes(rec.disk_remaining_bytes):>10}"
-                    if mirrored else "")
+                    if mirrored else "") + (f" {format_duration(rec.downtime_limit_s):>8}" if ramped else "")
             lines.append(
                 f"{rec.pass_no:>4} {format_bytes(rec.bytes_sent):>10}"
                 f" {format_bytes(rec.wire_bytes):>10} {remaining:>10}"

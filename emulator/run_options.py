@@ -23,7 +23,7 @@ from emulator import compat, units
 from emulator.codecs import CODEC_NAMES
 from emulator.disk import STORAGE_MODES, DiskSpec
 from emulator.guest import FILL_PROFILES, GuestSpec
-from emulator.policy import PolicyConfig
+from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.scenario import (DEFAULT_BATCH_PAGES, DEFAULT_MESSAGE_BYTES, VERIFY_MODES, GuestConfig, MigrationOptions,
                                Scenario, default_batch_pages)
 from emulator.workload import WorkloadSpec
@@ -152,6 +152,20 @@ def _shown_write_rate(rate: float) -> str:
     return "max" if rate == float("inf") else units.format_rate(rate) if rate else "0 (idle)"
 
 
+def _ramp(value: Any) -> DowntimeRamp | None:
+    """STEPS:DELAY_PER_GIB (10:75s, nova's), or none."""
+    if units.means_no_limit(value):
+        return None
+    steps, colon, delay = _text(value).partition(":")
+    if not colon:
+        raise ValueError(f"expected STEPS:DELAY_PER_GIB such as 10:75s, or none, got {value!r}")
+    return DowntimeRamp(whole_number(steps), units.parse_duration(delay))
+
+
+def _shown_ramp(ramp: DowntimeRamp | None) -> str:
+    return "none" if ramp is None else f"{ramp.steps}:{units.format_duration(ramp.delay_s_per_gib)}"
+
+
 def _ms_duration(value: Any) -> float:
     return units.parse_duration(value, "ms")  # as QEMU takes a downtime limit
 
@@ -263,6 +277,10 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               default_text=f"{DEFAULT_MESSAGE_BYTES >> 20} MiB worth: {DEFAULT_BATCH_PAGES} of 4 KiB"),
     RunOption("downtime_limit", "migration", "policy", "downtime_limit_s", _ms_duration, "500ms",
               "blackout budget; a bare number is milliseconds, as QEMU", metavar="DURATION", show=_shown_duration),
+    RunOption("downtime_ramp", "migration", "policy", "downtime_ramp", _ramp, "10:75s",
+              "raise the downtime limit in steps up to --downtime-limit, as OpenStack nova does: STEPS:DELAY, each "
+              "step DELAY per GiB of guest long (nova's 10:75s to 500ms); none = the limit from the start",
+              metavar="STEPS:DELAY", show=_shown_ramp),
     RunOption("max_passes", "migration", "policy", "max_passes", whole_number, "10",
               "switch over after this many passes, pass 0 included", metavar="N"),
     RunOption("max_time", "migration", "policy", "max_time_s", _optional_duration, "60s",

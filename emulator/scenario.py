@@ -14,7 +14,7 @@ from emulator.compat import MAX_NAME, CpuModel, this_cpu
 from emulator.codecs import CODEC_NAMES
 from emulator.disk import STORAGE_MODES, DiskSpec
 from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
+from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.workload import WorkloadSpec
 
 DEFAULT_MEMORY_BYTES = 1 << 30
@@ -173,6 +173,12 @@ class Scenario:
         return max(1, self.migration.batch_pages * self.guest.page_size // self.disk.block_size)
 
     @property
+    def guest_bytes(self):
+        """What crosses at least once: the memory, and a mirrored disk (a downtime ramp's pace)."""
+        disk = self.mirrored_disk
+        return self.guest.memory_bytes + (0 if disk is None else disk.size_bytes)
+
+    @property
     def largest_payload_bytes(self):
         """The most a data message (or the device state) may hold once decoded."""
         disk = self.mirrored_disk
@@ -196,7 +202,9 @@ class Scenario:
             if workload.get("rate_pages_per_s") == "max":
                 workload["rate_pages_per_s"] = float("inf")
             migration = dict(data["migration"])
-            migration["policy"] = PolicyConfig(**migration["policy"])
+            policy = dict(migration["policy"])
+            policy["downtime_ramp"] = DowntimeRamp.from_dict(policy.get("downtime_ramp"))
+            migration["policy"] = PolicyConfig(**policy)
             # a scenario written before the configuration existed required no processor
             config = GuestConfig.from_dict(data["config"]) if "config" in data else GuestConfig(cpu=None)
             disk = None if data.get("disk") is None else DiskSpec.from_dict(data["disk"])

@@ -272,13 +272,14 @@ class Source:
             remaining_history.append(remaining * self.guest.page_size + disk_left)
             self._apply_changes()
             decision = policy.decide(self.policy_in_force, remaining_history, bandwidth,
-                                     self.timeline.now() - self.setup_s)
+                                     self.timeline.now() - self.setup_s, self.scenario.guest_bytes)
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
                 bandwidth_bytes_per_s=(counter.wire_bytes + counter.disk_wire_bytes) / duration_s,
                 remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
-                threshold_bytes=decision.threshold_bytes, throttle_pct=self.workload.throttle_pct,
+                threshold_bytes=decision.threshold_bytes, downtime_limit_s=decision.downtime_limit_s,
+                throttle_pct=self.workload.throttle_pct,
                 source_cpu_s=time.process_time() - cpu_started,
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
             )

@@ -10,7 +10,7 @@ import pytest
 
 from emulator import protocol
 from emulator.guest import GuestMemory, GuestSpec
-from emulator.policy import PolicyConfig
+from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.receiver import DestinationLimits
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import Workload, WorkloadSpec
@@ -327,3 +327,19 @@ def test_a_guest_the_destination_cannot_host_is_that_migrations_failure_with_its
     assert outcome.status == "failed" and destination.guest is None
     assert outcome.reason == "the destination failed: ValueError: the writers could not be built"
     assert report.status == "failed" and "the writers could not be built" in report.reason
+
+
+def test_a_downtime_ramp_raises_the_limit_until_a_stalled_guest_fits():
+    # a writer as fast as the 8 MB/s cap never converges at 250 ms; the ramp reaches 1 s (the whole
+    # 4 MiB guest fits) after 4 steps of 256 s per GiB = 1 s each
+    ramp = DowntimeRamp(4, 256.0)
+    s = scenario(rate=2000, fill="random", codec="raw", max_bandwidth_bytes_per_s=8e6,
+                 policy=PolicyConfig(downtime_limit_s=1.0, downtime_ramp=ramp, stall_passes=None, max_passes=100))
+    report, outcome, guest, destination = run_pair(s, *link_pair())
+    assert report.status == "completed" and report.switchover_reason == "converged", report.reason
+    limits = [p.downtime_limit_s for p in report.passes]
+    steps = [0.25 + 0.1875 * i for i in range(5)]
+    assert all(any(limit == pytest.approx(step) for step in steps) for limit in limits), limits
+    assert limits == sorted(limits) and limits[0] == pytest.approx(0.25) and limits[-1] > 0.25
+    assert all(p.threshold_bytes == pytest.approx(p.downtime_limit_s * 8e6, rel=0.2) for p in report.passes)
+    assert np.array_equal(destination.migrated, guest.data)

@@ -5,8 +5,10 @@ import pytest
 
 from emulator.policy import (
     Decision,
+    DowntimeRamp,
     PolicyConfig,
     decide,
+    downtime_limit_at,
     expected_downtime_s,
     is_stalled,
     next_throttle_pct,
@@ -111,13 +113,12 @@ CONFIG = PolicyConfig(downtime_limit_s=0.5, max_passes=5, max_time_s=10.0, stall
 
 def test_continue_while_shrinking():
     decision = decide(CONFIG, [10_000, 5_000, 2_000], BANDWIDTH, elapsed_s=1.0)
-    assert decision == Decision("continue", None, 500.0)
+    assert decision == Decision("continue", None, 500.0, 0.5)
 
 
 def test_converged_at_exactly_the_threshold():
     assert decide(CONFIG, [10_000, 500], BANDWIDTH, 1.0) == Decision(
-        "switchover", "converged", 500.0
-    )
+        "switchover", "converged", 500.0, 0.5)
     assert decide(CONFIG, [10_000, 501], BANDWIDTH, 1.0).action == "continue"
 
 
@@ -125,19 +126,19 @@ def test_converged_beats_everything():
     # 5 passes (max), stalled, past max time, stall action abort: still converged.
     config = dataclasses.replace(CONFIG, on_stall="abort")
     decision = decide(config, [400, 450, 460, 470, 480], BANDWIDTH, elapsed_s=99.0)
-    assert decision == Decision("switchover", "converged", 500.0)
+    assert decision == Decision("switchover", "converged", 500.0, 0.5)
 
 
 def test_max_passes_beats_max_time_and_stall():
     config = dataclasses.replace(CONFIG, on_stall="abort")
     history = [1000, 600, 700, 800, 900]  # 5 passes, stalled
     decision = decide(config, history, BANDWIDTH, elapsed_s=99.0)
-    assert decision == Decision("switchover", "max-passes", 500.0)
+    assert decision == Decision("switchover", "max-passes", 500.0, 0.5)
 
 
 def test_max_passes_counts_pass_zero():
     config = PolicyConfig(max_passes=1)
-    assert decide(config, [10**9], 1e9, 0.5) == Decision("switchover", "max-passes", 3e8)
+    assert decide(config, [10**9], 1e9, 0.5) == Decision("switchover", "max-passes", 3e8, 0.3)
     config = PolicyConfig(max_passes=2)
     assert decide(config, [10**9], 1e9, 0.5).action == "continue"
 
@@ -146,19 +147,16 @@ def test_max_time_beats_stall():
     config = dataclasses.replace(CONFIG, max_passes=30, on_stall="abort")
     history = [1000, 600, 700, 800, 900]
     assert decide(config, history, BANDWIDTH, elapsed_s=10.0) == Decision(
-        "switchover", "max-time", 500.0
-    )
+        "switchover", "max-time", 500.0, 0.5)
     # Just under the limit the stall decides.
     assert decide(config, history, BANDWIDTH, elapsed_s=9.999) == Decision(
-        "abort", "stalled", 500.0
-    )
+        "abort", "stalled", 500.0, 0.5)
 
 
 def test_stall_switches_over_by_default():
     config = PolicyConfig(downtime_limit_s=0.5, max_passes=30)
     assert decide(config, [1000, 600, 600, 600, 600], BANDWIDTH, 1.0) == Decision(
-        "switchover", "stalled", 500.0
-    )
+        "switchover", "stalled", 500.0, 0.5)
     assert decide(config, [1000, 600, 600, 600], BANDWIDTH, 1.0).action == "continue"
 
 
@@ -173,7 +171,7 @@ def test_no_max_time_means_none():
 
 
 def test_zero_bandwidth_converges_only_when_clean():
-    assert decide(CONFIG, [1000, 0], 0.0, 1.0) == Decision("switchover", "converged", 0.0)
+    assert decide(CONFIG, [1000, 0], 0.0, 1.0) == Decision("switchover", "converged", 0.0, 0.5)
     assert decide(CONFIG, [1000, 1], 0.0, 1.0).action == "continue"
 
 
@@ -240,3 +238,35 @@ def test_throttle_validation(kwargs, name):
         next_throttle_pct(**args)
     with pytest.raises(ValueError, match="dirtied_bytes must be a finite number >= 0"):
         next_throttle_pct(0, dirtied_bytes=-1, sent_bytes=1)
+
+
+# the downtime ramp (nova) ----------------------------------------------------------------------------
+GIB = 1 << 30
+
+
+def test_the_ramp_climbs_novas_steps_by_time_per_gib():
+    """nova's defaults: 500 ms in 10 steps of 75 s per GiB; a 2 GiB guest steps every 150 s."""
+    config = PolicyConfig(downtime_limit_s=0.5, downtime_ramp=DowntimeRamp(10, 75.0))
+    steps = [downtime_limit_at(config, t, 2 * GIB) for t in (0, 149.9, 150, 300, 1499.9, 1500, 10_000)]
+    assert steps == pytest.approx([0.05, 0.05, 0.095, 0.14, 0.455, 0.5, 0.5], abs=1e-12)
+    assert downtime_limit_at(PolicyConfig(downtime_limit_s=0.5), 0, GIB) == 0.5  # no ramp: the limit at once
+    assert downtime_limit_at(dataclasses.replace(config, downtime_ramp=DowntimeRamp(4, 0.0)), 0, GIB) == 0.5
+
+
+def test_decide_uses_the_limit_in_force_and_says_it():
+    config = PolicyConfig(downtime_limit_s=0.5, downtime_ramp=DowntimeRamp(10, 75.0), stall_passes=None)
+    early = decide(config, [60e6], 1e9, elapsed_s=10, guest_bytes=GIB)  # 50 ms x 1 GB/s = 50 MB: not yet
+    assert (early.action, early.downtime_limit_s, early.threshold_bytes) == ("continue", 0.05, pytest.approx(50e6))
+    later = decide(config, [60e6], 1e9, elapsed_s=80, guest_bytes=GIB)  # 95 ms: 95 MB fits
+    assert (later.action, later.reason, later.downtime_limit_s) == ("switchover", "converged", pytest.approx(0.095))
+
+
+def test_a_bad_ramp_is_refused():
+    with pytest.raises(ValueError, match="steps must be a whole number from 1 to 1000, got 0"):
+        DowntimeRamp(0, 75.0)
+    with pytest.raises(ValueError, match="delay_s_per_gib must be"):
+        DowntimeRamp(10, -1.0)
+    with pytest.raises(ValueError, match="must be a DowntimeRamp or none"):
+        PolicyConfig(downtime_ramp="10:75s")
+    with pytest.raises(TypeError, match="downtime_ramp must be an object"):
+        DowntimeRamp.from_dict([10, 75])
