@@ -722,9 +722,11 @@ def _run_keygen(args):
     return EXIT_OK
 
 
-_ESTIMATE_DIRTY_KEYS = ("dirty_rate", "pattern", "hot_fraction", "hot_share", "stride", "zipf_s")
+_ESTIMATE_DIRTY_KEYS = ("dirty_rate", "pattern", "hot_fraction", "hot_share", "stride", "zipf_s", "vcpus",
+                        "dirty_limit")
 _ESTIMATE_DISK_KEYS = ("disk", "disk_block", "disk_write_rate", "disk_pattern")
-_ESTIMATE_POLICY_KEYS = ("downtime_limit", "max_passes", "max_time", "on_stall", "stall_passes", "device_state")
+_ESTIMATE_POLICY_KEYS = ("downtime_limit", "downtime_ramp", "max_passes", "max_time", "on_stall", "stall_passes",
+                         "device_state")
 
 
 def _run_estimate(args):
@@ -745,7 +747,8 @@ def _run_estimate(args):
             memory_bytes=scenario.guest.memory_bytes, bandwidth_bytes_per_s=args.bandwidth, dirty=dirty,
             page_size=scenario.guest.page_size, compression_ratio=args.compression_ratio,
             device_state_bytes=scenario.migration.device_state_bytes, policy=policy,
-            disk=None if disk is None else estimate.DiskInputs.of(disk))
+            disk=None if disk is None else estimate.DiskInputs.of(disk),
+            dirty_limit_pages_per_s=estimate.dirty_limit_of(scenario))
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.guests is not None:

@@ -170,7 +170,10 @@ class EstimateInputs:
     memory_bytes: guest memory M. bandwidth_bytes_per_s: the link (wire bytes/s).
     dirty: the dirty behaviour. page_size: bytes. compression_ratio: guest bytes per wire
     byte (1.0 = raw). device_state_bytes: sent raw in the blackout. policy: when pre-copy
-    stops (the emulator's PolicyConfig). disk: a disk mirrored alongside memory (None: none).
+    stops (the emulator's PolicyConfig, a downtime ramp included). disk: a disk mirrored
+    alongside memory (None: none). dirty_limit_pages_per_s: dirty-limit, all vCPUs together:
+    from the first pass that dirtied more than half of what it sent, the page writes/s are
+    at most this (None: no limit).
     """
 
     memory_bytes: int
@@ -181,6 +184,7 @@ class EstimateInputs:
     device_state_bytes: int = 0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     disk: DiskInputs | None = None
+    dirty_limit_pages_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.page_size, int) or self.page_size <= 0:
@@ -193,6 +197,8 @@ class EstimateInputs:
         _positive("device state (bytes)", self.device_state_bytes, allow_zero=True)
         if self.disk is not None and not isinstance(self.disk, DiskInputs):
             raise ValueError(f"disk must be DiskInputs or None, got {self.disk!r:.80}")
+        if self.dirty_limit_pages_per_s is not None:
+            _positive("dirty limit (page writes/s)", self.dirty_limit_pages_per_s)
 
     @property
     def n_pages(self) -> int:
@@ -350,11 +356,12 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
     elapsed = 0.0
     pages = float(inputs.n_pages)
     blocks = 0.0 if disk is None else float(disk.n_blocks)
+    dirty = inputs.dirty  # held to the dirty limit once a pass needs it
     while True:
         memory_s = pages * page / rate
         duration = blocks * block / rate + memory_s  # the disk's blocks cross first, then the pages
         elapsed += duration
-        remaining = dirtied(inputs.dirty, inputs.n_pages, memory_s)  # memory is harvested after the disk's part
+        remaining = dirtied(dirty, inputs.n_pages, memory_s)  # memory is harvested after the disk's part
         disk_remaining = 0.0 if disk is None else dirtied(disk.dirty, disk.n_blocks, duration)
         history.append(remaining * page + disk_remaining * block)
         decision = policy.decide(inputs.policy, history, rate, elapsed, inputs.memory_bytes + disk_bytes)
@@ -363,8 +370,11 @@ def _run_passes(model: str, inputs: EstimateInputs, dirtied: Callable[[DirtyBeha
                                      blocks, blocks * block, disk_remaining, disk_remaining * block))
         if decision.action != "continue":
             break
+        limit = inputs.dirty_limit_pages_per_s
+        if limit is not None and limit < dirty.rate_pages_per_s and policy.needs_slowing(remaining * page, pages * page):
+            dirty = replace(dirty, rate_pages_per_s=limit)  # from the next pass on, as the emulator does
         blocks = disk_remaining
-        pages = remaining if disk is None else dirtied(inputs.dirty, inputs.n_pages, memory_s + blocks * block / rate)
+        pages = remaining if disk is None else dirtied(dirty, inputs.n_pages, memory_s + blocks * block / rate)
     aborted = decision.action == "abort"
     final_pages, final_blocks = (0.0, 0.0) if aborted else (remaining, disk_remaining)
     final_bytes = final_pages * page + final_blocks * block
@@ -459,11 +469,33 @@ def inputs_from_report(report) -> EstimateInputs:
         bandwidth_bytes_per_s=(first.bytes_sent + first.disk_bytes_sent) / first.duration_s,
         dirty=DirtyBehaviour.of(workload), page_size=guest.page_size, compression_ratio=1.0,
         device_state_bytes=migration.device_state_bytes, policy=migration.policy,
-        disk=None if disk is None else DiskInputs.of(disk),
+        disk=None if disk is None else DiskInputs.of(disk), dirty_limit_pages_per_s=dirty_limit_of(report.scenario),
     )
 
 
+def dirty_limit_of(scenario) -> float | None:
+    """A scenario's dirty limit as the models take it: page writes/s over all its vCPUs (None: none)."""
+    limit = scenario.migration.dirty_limit_bytes_per_s
+    return None if limit is None else limit / scenario.guest.page_size * scenario.workload.vcpus
+
+
 # text ---------------------------------------------------------------------------------------------
+def _strategy_lines(inputs: EstimateInputs) -> list[str]:
+    """What the models do of the convergence strategies given (each one they model; none other is)."""
+    from emulator.units import format_duration
+
+    lines = []
+    ramp = inputs.policy.downtime_ramp
+    if ramp is not None:
+        lines.append(f"strategy     downtime ramp: {ramp.steps} steps of {format_duration(ramp.delay_s_per_gib)} per "
+                     f"GiB up to the limit (modelled)")
+    if inputs.dirty_limit_pages_per_s is not None:
+        lines.append(f"strategy     dirty-limit: page writes held to {inputs.dirty_limit_pages_per_s:,.0f}/s in all "
+                     "from the first pass dirtying over half of what it sent (modelled)")
+    return lines
+
+
+
 _MODEL_LABELS = {"geometric": "geometric", "working_set": "working set"}
 
 
@@ -504,6 +536,7 @@ def format_estimate(result: Estimate) -> str:
         f"policy       downtime limit {format_duration(config.downtime_limit_s)}"
         f" (threshold {format_bytes(inputs.throughput_bytes_per_s * config.downtime_limit_s)}),"
         f" max passes {config.max_passes}{max_time}{stall}",
+        *_strategy_lines(inputs),
         "",
         f"rule of thumb  {base} = {format_duration(thumb.base_s)}; x {thumb.factor_low:g} to {thumb.factor_high:g}"
         f" = {format_duration(thumb.low_s)} to {format_duration(thumb.high_s)}",

@@ -47,6 +47,7 @@ __all__ = [
     "downtime_limit_at",
     "expected_downtime_s",
     "is_stalled",
+    "needs_slowing",
     "next_throttle_pct",
     "threshold_bytes",
 ]
@@ -230,6 +231,15 @@ def _check_pct(name: str, value: object, low: int, high: int) -> int:
     return value
 
 
+def needs_slowing(dirtied_bytes: float, sent_bytes: float, trigger_pct: int = 50) -> bool:
+    """True when a pass dirtied more than ``trigger_pct`` % of what it sent (QEMU's
+    throttle-trigger-threshold): auto-converge steps its throttle, dirty-limit starts."""
+    _check_pct("trigger_pct", trigger_pct, 1, 100)
+    _check_number("dirtied_bytes", dirtied_bytes)
+    _check_number("sent_bytes", sent_bytes)
+    return dirtied_bytes * 100 > sent_bytes * trigger_pct  # without the division: exact for integers
+
+
 def next_throttle_pct(
     current_pct: int,
     dirtied_bytes: int,
@@ -251,13 +261,9 @@ def next_throttle_pct(
     """
     _check_pct("max_pct", max_pct, 1, 99)
     _check_pct("current_pct", current_pct, 0, 100)
-    _check_pct("trigger_pct", trigger_pct, 1, 100)
     _check_pct("initial_pct", initial_pct, 1, 99)
     _check_pct("increment_pct", increment_pct, 1, 99)
-    _check_number("dirtied_bytes", dirtied_bytes)
-    _check_number("sent_bytes", sent_bytes)
-    # dirtied > sent * trigger / 100, without the division (exact for integers).
-    if dirtied_bytes * 100 <= sent_bytes * trigger_pct:
+    if not needs_slowing(dirtied_bytes, sent_bytes, trigger_pct):
         return min(current_pct, max_pct)
     if current_pct == 0:
         return min(initial_pct, max_pct)

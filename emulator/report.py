@@ -73,6 +73,8 @@ class PassRecord:
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
     threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
     downtime_limit_s: the downtime limit in force after the pass (a ramp's step, or the limit).
+    dirty_limit_throttle_s: seconds each vCPU spent held back by the dirty limit during the
+        pass, on average (0 without one).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
     source_cpu_s, destination_cpu_s: CPU seconds each side's process used during the pass
         (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
@@ -96,6 +98,7 @@ class PassRecord:
     source_cpu_s: float = 0.0
     destination_cpu_s: float = 0.0
     downtime_limit_s: float = 0.0
+    dirty_limit_throttle_s: float = 0.0
     disk_blocks_sent: int = 0
     disk_bytes_sent: int = 0
     disk_wire_bytes: int = 0
@@ -445,6 +448,9 @@ def summarize(
     expected-downtime            remaining bytes / bandwidth after the last pass (ms;
                                  None if unknown)
     cpu-throttle-percentage      auto-converge throttle at the end (%)
+    dirty-limit-throttle-time-per-round
+                                 the last pass's time each vCPU was held back by the dirty
+                                 limit (us; 0 without one)
     passes                       pre-copy passes completed (count)
     compression-ratio            guest bytes sent / wire bytes (None if nothing sent)
     ram.transferred              RAM bytes on the wire, pre-copy + blackout (bytes)
@@ -512,6 +518,7 @@ def summarize(
             expected_downtime_s * 1e3 if expected_downtime_s is not None else None
         ),
         "cpu-throttle-percentage": throttle_pct,
+        "dirty-limit-throttle-time-per-round": last.dirty_limit_throttle_s * 1e6 if last else 0.0,
         "passes": len(passes),
         "compression-ratio": guest_bytes / transferred if transferred else None,
         "ram": {

@@ -306,6 +306,10 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("auto_converge", "migration", "migration", "auto_converge", _flag, "true",
               "throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's auto-converge "
               "(20%%, then +10%% per pass, at most 99%%)", show=lambda on: "on" if on else "off"),
+    RunOption("dirty_limit", "migration", "migration", "dirty_limit_bytes_per_s", units.parse_bandwidth, "1MB/s",
+              "hold each vCPU to this rate of page writes (bytes/s) once a pass dirties more than half of what it "
+              "sent, as QEMU's dirty-limit (vcpu-dirty-limit); instead of --auto-converge", metavar="RATE",
+              default_text="none"),
     RunOption("verify", "migration", "migration", "verify", _text, "full",
               "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
               "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),

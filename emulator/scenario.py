@@ -101,6 +101,9 @@ class MigrationOptions:
     later passes, and the switch-over waits until both fit the downtime budget).
     auto_converge: throttle the writers when a pass dirties more than half of what
     it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
+    dirty_limit_bytes_per_s: instead, hold each vCPU to this many bytes of page writes
+    per second from the first such pass on (QEMU 8.1's dirty-limit, vcpu-dirty-limit);
+    None = no limit.
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -118,6 +121,7 @@ class MigrationOptions:
     blackout_warning_s: float | None = None
     verify: str = "incremental"
     auto_converge: bool = False
+    dirty_limit_bytes_per_s: float | None = None
     storage: str = "shared"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -132,11 +136,15 @@ class MigrationOptions:
         "blackout_warning_s": fields.optional(fields.real(0, above=True, below=True), "twice the downtime limit"),
         "verify": fields.one_of(VERIFY_MODES),
         "auto_converge": fields.flag,
+        "dirty_limit_bytes_per_s": fields.optional(fields.real(0, above=True, below=True), "no limit"),
         "storage": fields.one_of(STORAGE_MODES),
     }
 
     def __post_init__(self):
         fields.check(self, self.RULES)
+        if self.auto_converge and self.dirty_limit_bytes_per_s is not None:
+            raise ValueError("auto_converge and dirty_limit_bytes_per_s slow the vCPUs two ways: choose one "
+                             "(QEMU refuses both too)")
         if not isinstance(self.policy, PolicyConfig):
             raise ValueError(f"policy must be a PolicyConfig, got {self.policy!r}")
 

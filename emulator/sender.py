@@ -48,6 +48,7 @@ from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
 from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Report,
                              format_parameter, host_info, summarize)
+from emulator.units import format_rate
 from kernels import bitmap
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -252,6 +253,7 @@ class Source:
             started, cpu_started = self.clock(), time.process_time()
             writes_before = self.workload.writes
             disk_writes_before = self._disk_writes()
+            limited_before = self.workload.limited_s
             counter = self.unrecorded = _PassCounter()  # until a record holds it (a failure may come first)
             if self.mirror:
                 harvested = self.mirror.harvest()
@@ -280,6 +282,7 @@ class Source:
                 remaining_pages=remaining, dirty_pages_rate=(self.workload.writes - writes_before) / duration_s,
                 threshold_bytes=decision.threshold_bytes, downtime_limit_s=decision.downtime_limit_s,
                 throttle_pct=self.workload.throttle_pct,
+                dirty_limit_throttle_s=(self.workload.limited_s - limited_before) / self.scenario.workload.vcpus,
                 source_cpu_s=time.process_time() - cpu_started,
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
@@ -300,6 +303,8 @@ class Source:
                 return decision
             if self.options.auto_converge:
                 self._throttle(record)
+            elif self.options.dirty_limit_bytes_per_s is not None:
+                self._limit_if_needed(record)
             pass_no += 1
 
     def _disk_writes(self):
@@ -325,6 +330,16 @@ class Source:
         held_back = events.cpu_bound(record, self.limiter.rate_bytes_per_s)
         if held_back:
             self.progress.message(f"{held_back}: this machine's CPU, not the cap, set the pace")
+
+    def _limit_if_needed(self, record):
+        """Dirty-limit: from the first pass that dirtied more than it could afford, each vCPU is held to the limit."""
+        if self.workload.dirty_limit_pages_per_s is not None or not policy.needs_slowing(
+                record.remaining_pages * self.guest.page_size, record.bytes_sent):
+            return
+        limit = self.options.dirty_limit_bytes_per_s
+        self.workload.set_dirty_limit(limit / self.guest.page_size)
+        if self.progress:
+            self.progress.message(f"dirty-limit: each vCPU held to {format_rate(limit)} of page writes")
 
     def _throttle(self, record):
         """Auto-converge: slow the vCPUs when a pass dirtied more than it could afford."""

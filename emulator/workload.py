@@ -6,6 +6,11 @@ deadline schedule, so the long-run rate is exact however the slices jitter),
 performs them, and sleeps until the next is due. `pause()` returns only once
 every writer has left its kernel and is waiting: from then on no writer
 touches memory until `resume()`. That is the blackout's precondition.
+
+Two ways to slow the writers, as QEMU has: a throttle (auto-converge: each runs
+at (100 - pct)% of its rate) and a dirty limit (dirty-limit: each is held to at
+most a rate of page writes, whatever its own). Time a writer spends held back by
+the dirty limit is counted (`limited_s`).
 """
 
 import math
@@ -72,6 +77,7 @@ class _Writer:
         self.pattern = pattern
         self.writes = 0
         self.batch = MIN_BATCH
+        self.limited_s = 0.0  # seconds spent waiting because the dirty limit held it back
 
 
 class Workload:
@@ -102,7 +108,8 @@ class Workload:
         self._stopping = False
         self._parked = 0
         self._throttle_pct = 0
-        self._epoch = 0  # bumped on resume and throttle change: writers restart their schedule
+        self._limit_pages_per_s = None  # the dirty limit, per writer (None: none)
+        self._epoch = 0  # bumped on resume, throttle or limit change: writers restart their schedule
         self._threads = []
         self._active_s = 0.0
         self._active_since = None
@@ -172,6 +179,25 @@ class Workload:
             self._cond.notify_all()
 
     @property
+    def dirty_limit_pages_per_s(self):
+        """Each writer's dirty limit in page writes/s, or None."""
+        return self._limit_pages_per_s
+
+    def set_dirty_limit(self, pages_per_s):
+        """Hold each writer to at most `pages_per_s` page writes/s (QEMU's vcpu-dirty-limit); None lifts it."""
+        if pages_per_s is not None and not (pages_per_s > 0 and math.isfinite(pages_per_s)):
+            raise ValueError(f"a dirty limit must be a rate > 0 and finite, or none, got {pages_per_s!r}")
+        with self._cond:
+            self._limit_pages_per_s = pages_per_s
+            self._epoch += 1
+            self._cond.notify_all()
+
+    @property
+    def limited_s(self):
+        """Seconds the writers spent held back by the dirty limit, summed over writers."""
+        return sum(writer.limited_s for writer in self._writers)
+
+    @property
     def writes(self):
         """Page writes performed so far by all writers."""
         return sum(writer.writes for writer in self._writers)
@@ -206,21 +232,27 @@ class Workload:
             return not self._stopping
 
     def _run(self, writer):
-        rate = self.spec.rate_pages_per_s / len(self._writers)
+        own = self.spec.rate_pages_per_s / len(self._writers)
         epoch = None
         while self._park_if_asked():
             if epoch != self._epoch:
                 epoch = self._epoch
-                scale = 1 - self._throttle_pct / 100
+                rate = own * (1 - self._throttle_pct / 100)
+                limit = self._limit_pages_per_s
+                limited = limit is not None and limit < rate  # the limit, not the writer's own pace, decides
+                rate = min(rate, limit) if limited else rate
                 start, done = time.monotonic(), 0
-            if self.spec.unpaced:
-                self._write_unpaced(writer, scale)
+            if math.isinf(rate):
+                self._write_unpaced(writer, 1 - self._throttle_pct / 100)
                 continue
-            due = int(rate * scale * (time.monotonic() - start)) - done
+            due = int(rate * (time.monotonic() - start)) - done
             if due <= 0:
-                wait_s = (done + 1) / (rate * scale) - (time.monotonic() - start)
+                wait_s = min(max((done + 1) / rate - (time.monotonic() - start), 0.0), 0.05)
+                waited = time.monotonic()
                 with self._cond:
-                    self._cond.wait(min(max(wait_s, 0.0), 0.05))
+                    self._cond.wait(wait_s)
+                if limited:
+                    writer.limited_s += time.monotonic() - waited
                 continue
             n = min(due, max(MIN_BATCH, int(rate * SLICE_S)))
             writer.pattern.write(n)

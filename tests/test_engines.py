@@ -343,3 +343,21 @@ def test_a_downtime_ramp_raises_the_limit_until_a_stalled_guest_fits():
     assert limits == sorted(limits) and limits[0] == pytest.approx(0.25) and limits[-1] > 0.25
     assert all(p.threshold_bytes == pytest.approx(p.downtime_limit_s * 8e6, rel=0.2) for p in report.passes)
     assert np.array_equal(destination.migrated, guest.data)
+
+
+def test_dirty_limit_starts_once_needed_and_holds_the_writers_to_it():
+    # two writers flat out outrun a 20 MB/s cap; from the first pass that dirtied more than half of what it
+    # sent, each is held to 1 MB/s (256 page writes/s): 512 writes/s in all, and their time held back is shown
+    s = scenario(memory_pages=2048, rate=math.inf, fill="random", codec="raw", max_bandwidth_bytes_per_s=20e6,
+                 dirty_limit_bytes_per_s=1e6, policy=PolicyConfig(max_passes=5, stall_passes=None))
+    messages = Messages()
+    report, outcome, guest, destination = run_pair(s, *link_pair(), progress=messages)
+    assert report.status == "completed", report.reason
+    first, *limited = report.passes
+    assert first.dirty_limit_throttle_s == 0 and first.dirty_pages_rate > 10_000  # not needed before pass 0 ended
+    assert limited and all(p.dirty_pages_rate == pytest.approx(512, rel=0.15) for p in limited[1:])
+    assert all(p.dirty_limit_throttle_s > 0.5 * p.duration_s for p in limited[1:])
+    assert report.summary["dirty-limit-throttle-time-per-round"] == pytest.approx(
+        report.passes[-1].dirty_limit_throttle_s * 1e6)
+    assert "dirty-limit: each vCPU held to 1.00 MB/s of page writes" in messages.texts
+    assert np.array_equal(destination.migrated, guest.data)

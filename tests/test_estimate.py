@@ -22,7 +22,8 @@ from emulator.estimate import (
 )
 from emulator.guest import GuestSpec
 from emulator.migration import migrate
-from emulator.policy import PolicyConfig
+from emulator import policy
+from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.report import PassRecord, Report
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
@@ -402,3 +403,39 @@ def test_working_set_model_predicts_a_zipf_writer():
     # a few pages take most writes: pass 1 is only ~18% of memory, not the uniform writer's 39%
     assert len(predicted.passes) == 2 and 1300 < predicted.passes[1].pages < 1600
     _assert_passes_match(report, predicted)
+
+
+# convergence strategies the models know ------------------------------------------------------------
+def test_dirty_limit_holds_the_writes_from_the_first_pass_that_needs_it():
+    # 2048 page writes/s over 1024 pages: pass 0 (1 s) leaves all 1024 dirty, more than half of what it sent:
+    # from pass 1 the writes are held to 256/s, so passes shrink by 4 (1024 pages, then 256, 64...);
+    # threshold 0.1 s x 4 MiB/s = 102.4 pages
+    p = geometric(replace(inputs(2048), dirty_limit_pages_per_s=256.0))
+    assert sizes(p) == [1024, 1024, 256] and p.switchover_reason == "converged"
+    assert p.final_pages == 64 and p.total_s == 1 + 1 + 0.25 + 64 / 1024
+    assert sizes(geometric(inputs(2048)))[:3] == [1024, 1024, 1024]  # unlimited: it never shrinks
+    # a limit above the writers' own rate changes nothing
+    assert sizes(geometric(replace(inputs(512), dirty_limit_pages_per_s=1e6))) == sizes(
+        geometric(inputs(512)))
+
+
+def test_a_downtime_ramp_is_the_policys_own():
+    # 1024 page writes/s never converge at 0.1 s; a ramp of 4 steps of 256 s per GiB (1 s for 4 MiB) to 2 s:
+    # 0.5 s at first, 0.875 s from 1 s on (896 pages: the 1024 left after pass 0 do not fit), 1.25 s from
+    # 2 s on (all 1024 fit: pass 1 is the last)
+    ramp = PolicyConfig(downtime_limit_s=2.0, downtime_ramp=DowntimeRamp(4, 256.0), stall_passes=None)
+    p = geometric(replace(inputs(1024), policy=ramp))
+    limits = [policy.downtime_limit_at(ramp, sum(q.duration_s for q in p.passes[: i + 1]), 4 * MIB)
+              for i in range(len(p.passes))]
+    assert [q.threshold_bytes for q in p.passes] == [limit * 4 * MIB for limit in limits]
+    assert p.switchover_reason == "converged" and p.passes[-1].remaining_bytes <= p.passes[-1].threshold_bytes
+    assert limits == [0.875, 1.25] and sizes(p) == [1024, 1024]
+
+
+def test_the_estimate_says_which_strategies_it_models():
+    base = replace(inputs(2048), dirty_limit_pages_per_s=256.0,
+                               policy=PolicyConfig(downtime_ramp=DowntimeRamp(10, 75.0)))
+    text = format_estimate(estimate(base))
+    assert "strategy     downtime ramp: 10 steps of 1 min 15 s per GiB up to the limit (modelled)" in text
+    assert "strategy     dirty-limit: page writes held to 256/s in all" in text
+    assert "strategy" not in format_estimate(estimate(inputs(512)))

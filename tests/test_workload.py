@@ -87,3 +87,29 @@ def test_throttle_is_validated_and_slows_writers(guest):
 def test_bad_workload_specs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WorkloadSpec(**kwargs)
+
+
+def test_a_dirty_limit_holds_each_writer_to_its_rate_within_5_percent(guest):
+    """Writers flat out, then held to 2,000 page writes/s each (QEMU's vcpu-dirty-limit): 4,000/s for 2."""
+    workload = Workload(guest, WorkloadSpec(vcpus=2, rate_pages_per_s=math.inf, pattern="uniform"))
+    with workload:
+        wait_until(lambda: workload.writes > 10_000)  # flat out first
+        workload.set_dirty_limit(2000.0)
+        time.sleep(0.1)  # the writers take the limit at their next slice
+        writes, started = workload.writes, time.monotonic()
+        time.sleep(1.0)
+        rate = (workload.writes - writes) / (time.monotonic() - started)
+        limited = workload.limited_s
+    assert rate == pytest.approx(4000, rel=0.05)
+    assert limited > 1.0  # both writers spent most of that second held back
+    assert workload.dirty_limit_pages_per_s == 2000.0
+
+
+def test_a_dirty_limit_above_a_writers_own_rate_holds_nothing_back(guest):
+    workload = Workload(guest, WorkloadSpec(vcpus=1, rate_pages_per_s=1000, pattern="uniform"))
+    with workload:
+        workload.set_dirty_limit(5000.0)
+        time.sleep(0.5)
+    assert workload.limited_s == 0.0
+    with pytest.raises(ValueError, match="a dirty limit must be a rate > 0"):
+        workload.set_dirty_limit(0.0)
