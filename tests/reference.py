@@ -124,3 +124,56 @@ def writer(memory, page_size, bitmap, pattern, state, n_writes, *, write_size=8,
         set_bits(bitmap, [page])
         written.append(page)
     return written
+
+
+def uleb128(value):
+    """The ULEB128 bytes of `value`."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def xbzrle_encode(old, new):
+    """XBZRLE encoding of page `new` against `old` (bytes): (zrun, nzrun, changed bytes)... with no trailing zrun."""
+    out, i, n = bytearray(), 0, len(new)
+    while i < n:
+        start = i
+        while i < n and old[i] == new[i]:
+            i += 1
+        if i == n:
+            break
+        zrun, start = i - start, i
+        while i < n and old[i] != new[i]:
+            i += 1
+        out += uleb128(zrun) + uleb128(i - start) + bytes(new[start:i])
+    return bytes(out)
+
+
+def xbzrle_decode(encoded, old):
+    """Page `old` (bytes) with `encoded` applied; ValueError if it is malformed or overruns the page."""
+    page, i, d = bytearray(old), 0, 0
+
+    def number():
+        nonlocal i
+        value = shift = 0
+        while True:
+            if i >= len(encoded) or shift >= 35:
+                raise ValueError("ULEB128 cut short or too long")
+            byte = encoded[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    while i < len(encoded):
+        d += number()
+        count = number()
+        if count == 0 or d + count > len(page) or i + count > len(encoded):
+            raise ValueError("a run overruns the page or the encoding")
+        page[d : d + count] = encoded[i : i + count]
+        d, i = d + count, i + count
+    return bytes(page)
