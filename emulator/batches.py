@@ -13,10 +13,16 @@ are gathered into a fresh buffer (ZeroMQ may still hold the last one). LZ4
 runs on a pool of worker threads (python-lz4 releases the GIL), a few batches
 ahead of the sender, and results go out in order.
 
+XBZRLE (an encoder given a kernels.xbzrle.Cache, in passes after the first): each
+batch's pages whose last copy is cached go as one XBZRLE batch of deltas, when
+smaller than the page; the rest are gathered (a snapshot, which the cache keeps)
+and go through the codec. A page that goes as a zero page leaves the cache.
+
 Destination (BatchApplier): zero pages are cleared (in pass 0 the memory is
 already zero, so nothing is written); raw batches are copied into place at
 once, hashed as they are copied when a running digest is kept; LZ4 batches
-are decompressed, copied and hashed on the worker pool. Pages of one pass are
+are decompressed, copied and hashed on the worker pool; XBZRLE deltas are applied in
+place and hashed, on the receiving thread (they are small). Pages of one pass are
 distinct, so batches of a pass may land in any order; `drain()` waits for all
 of them before a pass is acknowledged or the memory verified.
 
@@ -36,7 +42,7 @@ import numpy as np
 from emulator import protocol
 from emulator.codecs import decode_batch, encode_batch
 from emulator.protocol import Codec, Flags, MsgType
-from kernels import bitmap
+from kernels import bitmap, xbzrle
 from kernels import pages as page_ops
 
 ZERO_SCAN_PAGES = 16384  # pages checked for zero per kernel call: 64 MiB of 4 KiB pages
@@ -89,12 +95,12 @@ class BatchEncoder:
 
     guest: the GuestMemory (or a disk's blocks, emulator.disk); codec: Codec; batch_pages:
     pages per PAGES message; digest: a RunningDigest to keep current, or None; flags: set
-    on every batch (Flags.DISK for a disk's blocks).
+    on every batch (Flags.DISK for a disk's blocks); xbzrle: a kernels.xbzrle.Cache, or None.
     """
 
-    def __init__(self, guest, codec, batch_pages, digest=None, flags=Flags.NONE):
+    def __init__(self, guest, codec, batch_pages, digest=None, flags=Flags.NONE, xbzrle=None):
         self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
-        self.flags = flags
+        self.flags, self.xbzrle = flags, xbzrle
         # raw batches are views or one gather: not worth a thread hop
         workers = worker_count() if codec == Codec.LZ4 else 0
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
@@ -107,21 +113,37 @@ class BatchEncoder:
         if self.pool:
             self.pool.shutdown(wait=True)
 
-    def batches(self, page_numbers):
-        """Yield the Batches that send `page_numbers` (ascending), in order."""
+    def batches(self, page_numbers, resent=False):
+        """Yield the Batches that send `page_numbers` (ascending), in order.
+
+        resent: the pages were sent before (a pass after the first): XBZRLE may send them as deltas."""
         page_size = self.guest.page_size
+        xbzrle = self.xbzrle if resent else None
         pending = deque()
         for start in range(0, page_numbers.size, ZERO_SCAN_PAGES):
             zero, nonzero = self._split(page_numbers[start : start + ZERO_SCAN_PAGES])
             if zero.size:
+                if xbzrle:
+                    xbzrle.forget(zero)
                 numbers, flags = _compact(zero, self.flags)
                 yield Batch(MsgType.ZERO_PAGES, numbers, flags, pages=zero.size, raw_len=zero.size * page_size)
             for first in range(0, nonzero.size, self.batch_pages):
-                numbers = nonzero[first : first + self.batch_pages]
+                numbers, raw = nonzero[first : first + self.batch_pages], None
+                if xbzrle:
+                    deltas, payload, numbers = xbzrle.encode(self.guest.data, numbers)
+                    if deltas.size:
+                        compact, flags = _compact(deltas, self.flags)
+                        yield Batch(MsgType.PAGES, compact, flags, Codec.XBZRLE, payload, deltas.size * page_size,
+                                    deltas.size)
+                    if not numbers.size:
+                        continue
+                    raw = np.empty(numbers.size * page_size, dtype=np.uint8)  # a snapshot: the cache keeps it
+                    page_ops.gather(self.guest.data, page_size, numbers, raw)
+                    xbzrle.remember(numbers, raw)
                 if self.pool is None:
-                    yield self._finish(self._encode(numbers))
+                    yield self._finish(self._encode(numbers, raw))
                     continue
-                pending.append(self.pool.submit(self._encode, numbers))
+                pending.append(self.pool.submit(self._encode, numbers, raw))
                 if len(pending) >= self.depth:
                     yield self._finish(pending.popleft().result())
         while pending:
@@ -152,13 +174,14 @@ class BatchEncoder:
         zero, nonzero, *delta = page_ops.split_zero_and_digest(memory, page_size, page_numbers, self.digest.table)
         return zero, nonzero, delta
 
-    def _encode(self, numbers):
-        """Gather (unless one run) and encode one batch. Runs on a worker thread for LZ4."""
+    def _encode(self, numbers, raw=None):
+        """Gather (unless one run, or `raw` holds them already) and encode one batch. Runs on a worker thread
+        for LZ4."""
         memory, page_size = self.guest.data, self.guest.page_size
         first, last = int(numbers[0]), int(numbers[-1])
-        if last - first + 1 == numbers.size:
+        if raw is None and last - first + 1 == numbers.size:
             raw = memory[first * page_size : (last + 1) * page_size]
-        else:
+        elif raw is None:
             raw = np.empty(numbers.size * page_size, dtype=np.uint8)
             page_ops.gather(memory, page_size, numbers, raw)
         codec, flags, payload = encode_batch(self.codec, raw)
@@ -195,6 +218,9 @@ class BatchApplier:
                 if self.digest:
                     self.digest.update_zero(numbers)
             return
+        if message.codec == Codec.XBZRLE:
+            self._finish(self._apply_deltas(message, numbers))
+            return
         if message.codec == Codec.RAW:
             self._finish(self._place(message, numbers))
             return
@@ -215,6 +241,16 @@ class BatchApplier:
             page_ops.scatter(memory, page_size, numbers, raw)
             return None
         return page_ops.scatter_and_digest(memory, page_size, numbers, raw, self.digest.table)
+
+    def _apply_deltas(self, message, numbers):
+        """Apply an XBZRLE batch onto the pages in place; its digest delta, or None."""
+        table = None if self.digest is None else self.digest.table
+        bad, total, xor = xbzrle.apply_batch(self.guest.data, self.guest.page_size, numbers, message.payload, table)
+        if bad >= 0:
+            where = f"page {int(numbers[bad])}" if bad < numbers.size else "the bytes after the last page"
+            raise protocol.RemoteProtocolError("payload", f"XBZRLE delta malformed at {where}: a count overruns "
+                                                          "the page or the payload")
+        return None if table is None else (total, xor)
 
     def _finish(self, delta):
         if delta is not None:

@@ -122,6 +122,9 @@ class Codec(enum.IntEnum):
 
     RAW = 0
     LZ4 = 1
+    #: Each page as a delta against the copy the destination already has (kernels/xbzrle.py);
+    #: never in pass 0, which is every page's first copy.
+    XBZRLE = 2
 
 
 #: Types whose payload is a UTF-8 JSON object.
@@ -634,6 +637,8 @@ class Decoder:
 
         body = None
         if msg_type in _PAGE_TYPES:
+            if codec == Codec.XBZRLE and pass_no == 0:
+                raise _fail("codec", "XBZRLE in pass 0: a delta needs a copy of the page sent before")
             unit, count = self._geometry(msg_type, flags)
             self._check_page_header(msg_type, flags, page_count, codec, raw_len, encoded_len, unit, count)
             if payload.nbytes != encoded_len:

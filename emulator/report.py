@@ -431,6 +431,7 @@ def summarize(
     unrecorded_wire_bytes: int = 0,
     unrecorded_disk_wire_bytes: int = 0,
     disk: Any = None,
+    xbzrle_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """QEMU query-migrate style totals over the records of a run.
 
@@ -477,6 +478,8 @@ def summarize(
     unrecorded_wire_bytes, unrecorded_disk_wire_bytes: what a pass cut short by a failure
     sent before it ended (no record holds it): counted in transferred and precopy-bytes.
     disk: the mirrored disk's DiskSpec (emulator.disk), or None: no "disk" key.
+    xbzrle_cache: QEMU's xbzrle-cache figures (cache-size, bytes, pages, cache-miss,
+    cache-miss-rate, encoding-rate, overflow), or None: no "xbzrle-cache" key.
     """
     if status not in STATUSES:
         raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -537,6 +540,7 @@ def summarize(
             "page-size": page_size,
         },
         **({} if disk is None else {"disk": _disk_summary(passes, blackout, status, disk, unrecorded_disk_wire_bytes)}),
+        **({} if xbzrle_cache is None else {"xbzrle-cache": xbzrle_cache}),
     }
 
 

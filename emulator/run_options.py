@@ -310,6 +310,12 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "hold each vCPU to this rate of page writes (bytes/s) once a pass dirties more than half of what it "
               "sent, as QEMU's dirty-limit (vcpu-dirty-limit); instead of --auto-converge", metavar="RATE",
               default_text="none"),
+    RunOption("xbzrle", "migration", "migration", "xbzrle", _flag, "true",
+              "from pass 1 on, send a page sent before as the runs where it changed when that is smaller, as QEMU's "
+              "XBZRLE (beside --codec, which carries the other pages)", show=lambda on: "on" if on else "off"),
+    RunOption("xbzrle_cache", "migration", "migration", "xbzrle_cache_bytes", units.parse_size, "256MiB",
+              "XBZRLE's cache of pages as last sent (QEMU's xbzrle cache-size)", metavar="SIZE",
+              show=units.compact_size),
     RunOption("verify", "migration", "migration", "verify", _text, "full",
               "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
               "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),

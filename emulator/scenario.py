@@ -103,7 +103,9 @@ class MigrationOptions:
     it sent (QEMU's auto-converge: 20% first, +10% per pass, at most 99%).
     dirty_limit_bytes_per_s: instead, hold each vCPU to this many bytes of page writes
     per second from the first such pass on (QEMU 8.1's dirty-limit, vcpu-dirty-limit);
-    None = no limit.
+    None = no limit. xbzrle: from pass 1 on, send a page whose last copy is in a cache
+    of xbzrle_cache_bytes as the runs where it changed, when that is smaller (QEMU's
+    XBZRLE, 64 MiB cache); other pages go through the codec.
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -122,6 +124,8 @@ class MigrationOptions:
     verify: str = "incremental"
     auto_converge: bool = False
     dirty_limit_bytes_per_s: float | None = None
+    xbzrle: bool = False
+    xbzrle_cache_bytes: int = 64 << 20
     storage: str = "shared"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
@@ -137,6 +141,8 @@ class MigrationOptions:
         "verify": fields.one_of(VERIFY_MODES),
         "auto_converge": fields.flag,
         "dirty_limit_bytes_per_s": fields.optional(fields.real(0, above=True, below=True), "no limit"),
+        "xbzrle": fields.flag,
+        "xbzrle_cache_bytes": fields.size(4096, 1 << 40),
         "storage": fields.one_of(STORAGE_MODES),
     }
 

@@ -49,7 +49,7 @@ from emulator.ratelimit import make_limiter
 from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Report,
                              format_parameter, host_info, summarize)
 from emulator.units import format_rate
-from kernels import bitmap
+from kernels import bitmap, xbzrle
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
 
@@ -186,7 +186,9 @@ class Source:
         self.harvest_buffer = np.empty(guest.dirty.size * bitmap.WORD_BITS, dtype=np.int64)
         self.incremental = self.options.verify == "incremental"
         self.running_digest = RunningDigest(guest.n_pages, guest.page_size) if self.incremental else None
-        self.encoder = BatchEncoder(guest, self.codec, self.options.batch_pages, self.running_digest)
+        self.xbzrle = xbzrle.Cache(self.options.xbzrle_cache_bytes, guest.page_size) if self.options.xbzrle else None
+        self.encoder = BatchEncoder(guest, self.codec, self.options.batch_pages, self.running_digest,
+                                    xbzrle=self.xbzrle)
         # made now, not in the blackout: the vCPU/device state is opaque, its size is what matters
         self.device_state = np.random.default_rng(scenario.guest.seed).bytes(self.options.device_state_bytes)
         self.device_state_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
@@ -358,7 +360,7 @@ class Source:
         every_s = getattr(self.progress, "interval_s", 0)  # a progress without intervals, or with 0, has none
         sampler = _IntervalSampler(self, len(page_numbers), every_s) if every_s and not self.paused and not disk \
             else None
-        for index, batch in enumerate(encoder.batches(page_numbers)):
+        for index, batch in enumerate(encoder.batches(page_numbers, resent=self.protocol.pass_no > 0)):
             if index % CONTROL_CHECK_BATCHES == 0:
                 self._check_control()
             counter.count(batch, self._send_data(batch), disk)
@@ -565,7 +567,7 @@ class Source:
             expected_downtime_s=self.expected_downtime_s,
             unrecorded_wire_bytes=self.unrecorded.wire_bytes if self.unrecorded else 0,
             unrecorded_disk_wire_bytes=self.unrecorded.disk_wire_bytes if self.unrecorded else 0,
-            disk=self.mirror and self.mirror.disk.spec,
+            disk=self.mirror and self.mirror.disk.spec, xbzrle_cache=self._xbzrle_stats(),
         )
         decision = self.decision
         return Report(
@@ -575,6 +577,16 @@ class Source:
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
             parameter_changes=self.parameter_changes, events=self.events, block_job=self._block_job(status),
         )
+
+    def _xbzrle_stats(self):
+        """The XBZRLE cache as QEMU's query-migrate "xbzrle-cache" shows it (None without XBZRLE)."""
+        cache = self.xbzrle
+        if cache is None:
+            return None
+        return {"cache-size": cache.slots * cache.page_size, "bytes": cache.delta_bytes, "pages": cache.delta_pages,
+                "cache-miss": cache.misses, "cache-miss-rate": cache.misses / cache.looked_up if cache.looked_up else 0.0,
+                "encoding-rate": cache.delta_pages * cache.page_size / cache.delta_bytes if cache.delta_bytes else 0.0,
+                "overflow": cache.overflows}
 
     def _block_job(self, status):
         """The disk mirror as QEMU's query-block-jobs shows one (None without a mirror)."""

@@ -297,7 +297,7 @@ def test_unknown_flag_bits(decoder, bits):
     expect_error(decoder, with_header(pages_frames(), flags=bits), "flags")
 
 
-@pytest.mark.parametrize("codec", [2, 255])
+@pytest.mark.parametrize("codec", [3, 255])
 def test_unknown_codec(decoder, codec):
     expect_error(decoder, with_header(pages_frames(), codec=codec), "codec")
 

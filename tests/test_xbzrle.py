@@ -138,3 +138,28 @@ def test_random_pages_round_trip_through_the_batch_kernels():
         deltas, payload, others = cache.encode(memory, np.arange(n))
         assert others.size == 0 and xbzrle.apply_batch(destination, PAGE, deltas, payload)[0] == -1
         assert np.array_equal(destination, memory) and np.array_equal(cache.data, memory)
+
+
+def test_a_hostile_xbzrle_frame_is_a_protocol_error_naming_the_field():
+    from emulator import protocol
+    from emulator.batches import BatchApplier
+    from emulator.digest import RunningDigest
+    from emulator.guest import GuestMemory, GuestSpec
+
+    decoder = protocol.Decoder(PAGE, 4, 4 * PAGE)
+    delta = hostile(reference.uleb128(PAGE - 2) + reference.uleb128(5) + bytes(5))
+    first_pass = protocol.encode_pages(0, 0, [1], delta, protocol.Codec.XBZRLE, PAGE)
+    with pytest.raises(protocol.RemoteProtocolError) as error:
+        decoder.decode(first_pass)
+    assert error.value.field == "codec" and "pass 0" in str(error.value)
+    guest = GuestMemory(GuestSpec(4 * PAGE, fill="random"))
+    before = guest.data.copy()
+    applier = BatchApplier(guest, RunningDigest(4, PAGE))
+    try:
+        message = decoder.decode(protocol.encode_pages(0, 1, [1], delta, protocol.Codec.XBZRLE, PAGE))
+        with pytest.raises(protocol.RemoteProtocolError) as error:
+            applier.apply(message)
+    finally:
+        applier.close()
+    assert error.value.field == "payload" and "page 1" in str(error.value)
+    assert np.array_equal(guest.data[:PAGE], before[:PAGE]) and np.array_equal(guest.data[2 * PAGE:], before[2 * PAGE:])
