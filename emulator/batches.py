@@ -265,10 +265,10 @@ def warm_up():
     """Compile, or load from Numba's cache, every kernel of the data path, before any clock runs.
 
     A tiny guest crosses both ends (zero and other pages, raw and LZ4, with and
-    without running digests, a first and a later pass, a full digest), so a migration's first
-    pass does not pay for first calls: about 0.15 s with a warm cache, seconds
-    without one, which would otherwise show up as pass-0 bandwidth. Once per process:
-    kernels stay loaded.
+    without running digests and XBZRLE, a first and later passes, a full digest), so a
+    migration's first pass does not pay for first calls: about 0.15 s with a warm cache,
+    seconds without one, which would otherwise show up as pass-0 bandwidth. Once per
+    process: kernels stay loaded.
     """
     from emulator.digest import RunningDigest
     from emulator.guest import GuestMemory, GuestSpec
@@ -278,15 +278,19 @@ def warm_up():
     source.data[: 4 * spec.page_size] = 0
     decoder = protocol.Decoder(spec.page_size, spec.n_pages, WARM_UP_PAGES * spec.page_size)
     every_other = np.arange(0, spec.n_pages, 2, dtype=np.int64)
-    for codec, digests in itertools.product(Codec, (True, False)):
-        encoder = BatchEncoder(source, codec, 8, RunningDigest(spec.n_pages, spec.page_size) if digests else None)
+    for codec, digests, deltas in itertools.product((Codec.RAW, Codec.LZ4), (True, False), (False, True)):
+        cache = xbzrle.Cache(WARM_UP_PAGES * spec.page_size, spec.page_size) if deltas else None
+        encoder = BatchEncoder(source, codec, 8, RunningDigest(spec.n_pages, spec.page_size) if digests else None,
+                               xbzrle=cache)
         applier = BatchApplier(destination, RunningDigest(spec.n_pages, spec.page_size) if digests else None)
         try:
-            bitmap.mark_dirty(source.dirty, every_other)
-            for pass_no, numbers in enumerate((np.arange(spec.n_pages, dtype=np.int64), source.harvest())):
-                for batch in encoder.batches(numbers):
+            for pass_no in range(3):  # XBZRLE: the second pass fills its cache, the third sends deltas
+                numbers = np.arange(spec.n_pages, dtype=np.int64) if pass_no == 0 else source.harvest()
+                for batch in encoder.batches(numbers, resent=pass_no > 0):
                     applier.apply(decoder.decode(batch.frames(0, pass_no, spec.page_size)))
                 applier.drain()
+                source.data[every_other * spec.page_size + 8] += 1
+                bitmap.mark_dirty(source.dirty, every_other)
             source.dirty_count()
             if digests:
                 encoder.digest.value(), applier.digest.value()

@@ -119,7 +119,20 @@ class SweepRun:
         drained = f"drain of {self.guests} guests, {self.max_concurrent} at once: " if self.is_drain else ""
         return (f"{drained}{units.format_bytes(s.guest.memory_bytes)} {s.workload.pattern} {load}"
                 f" at {units.format_rate(s.migration.max_bandwidth_bytes_per_s)} {s.migration.codec},"
-                f" downtime limit {units.format_duration(s.migration.policy.downtime_limit_s)}, seed {s.guest.seed}")
+                f" downtime limit {units.format_duration(s.migration.policy.downtime_limit_s)}, seed {s.guest.seed}"
+                + "".join(f", {strategy}" for strategy in strategies(s)))
+
+
+def strategies(scenario) -> list[str]:
+    """The convergence strategies a scenario runs, in words (none: an empty list)."""
+    options, ramp = scenario.migration, scenario.migration.policy.downtime_ramp
+    return [text for on, text in (
+        (options.auto_converge, "auto-converge"),
+        (options.dirty_limit_bytes_per_s is not None,
+         f"dirty-limit {units.format_rate(options.dirty_limit_bytes_per_s)}"),
+        (ramp is not None, ramp and f"downtime ramp {ramp.steps} steps of {units.format_duration(ramp.delay_s_per_gib)}/GiB"),
+        (options.xbzrle, f"xbzrle {units.format_bytes(options.xbzrle_cache_bytes)}"),
+    ) if on]
 
 
 # the grid ------------------------------------------------------------------------------------
@@ -217,12 +230,14 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("bandwidth_cap_bytes_per_s", float), ("codec", str), ("channels", int), ("downtime_limit_s", float),
     ("max_passes", int), ("device_state_bytes", int), ("lambda_nominal", float),
     ("storage", str), ("disk_bytes", int), ("disk_write_rate_bytes_per_s", float),
+    ("auto_converge", str), ("dirty_limit_bytes_per_s", float), ("downtime_ramp", str), ("xbzrle", str),
     # measured
     ("status", str), ("reason", str), ("switchover_reason", str), ("digests_match", str), ("passes", int),
     ("total_s", float), ("setup_s", float), ("migration_s", float), ("blackout_s", float),
     ("final_pages", int), ("guest_bytes", int), ("wire_bytes", int), ("pass0_throughput_bytes_per_s", float),
     ("lambda", float), ("base_s", float), ("measured_factor", float),
     ("disk_wire_bytes", int), ("disk_final_blocks", int), ("disk_wait_s", float), ("disk_sync_s", float),
+    ("guest_slowdown", float), ("final_throttle_pct", int), ("xbzrle_pages", int), ("xbzrle_cache_miss_rate", float),
     # models
     ("thumb_low_s", float), ("thumb_high_s", float), ("thumb_verdict", str), ("thumb_error", float),
     ("geometric_factor", float), ("geometric_error", float), ("geometric_passes", int),
@@ -270,8 +285,22 @@ def _inputs_row(run: SweepRun, report_name: str) -> dict[str, Any]:
         lambda_nominal=run.lambda_nominal, guests=run.guests, max_concurrent=run.max_concurrent,
         storage=s.migration.storage, disk_bytes=s.disk and s.disk.size_bytes,
         disk_write_rate_bytes_per_s=s.disk and s.disk.write_rate_bytes_per_s,
+        auto_converge=str(s.migration.auto_converge).lower(), dirty_limit_bytes_per_s=s.migration.dirty_limit_bytes_per_s,
+        downtime_ramp=None if s.migration.policy.downtime_ramp is None else
+        f"{s.migration.policy.downtime_ramp.steps}:{s.migration.policy.downtime_ramp.delay_s_per_gib:g}s",
+        xbzrle=str(s.migration.xbzrle).lower(),
     )
     return row
+
+
+def guest_slowdown(report) -> float | None:
+    """The share of its writes the guest lost during pre-copy (to a throttle or a dirty limit): 1 - the
+    writes counted / the writes its rate asks for. None for an unpaced or idle guest."""
+    rate = report.scenario.workload.rate_pages_per_s
+    precopy_s = sum(p.duration_s for p in report.passes)
+    if not rate or math.isinf(rate) or not precopy_s:
+        return None
+    return 1 - sum(p.dirty_pages_rate * p.duration_s for p in report.passes) / (rate * precopy_s)
 
 
 def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
@@ -292,6 +321,11 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
                    wire_bytes=summary["ram"]["transferred"])
     if report.blackout is not None:
         row.update(blackout_s=report.blackout.total_s, final_pages=report.blackout.final_pages)
+    if report.passes:
+        row.update(guest_slowdown=guest_slowdown(report), final_throttle_pct=report.passes[-1].throttle_pct)
+    if "xbzrle-cache" in summary:
+        row.update(xbzrle_pages=summary["xbzrle-cache"]["pages"],
+                   xbzrle_cache_miss_rate=summary["xbzrle-cache"]["cache-miss-rate"])
     if report.block_job is not None:
         row.update(disk_wire_bytes=summary["disk"]["transferred"], disk_wait_s=report.block_job.wait_s,
                    disk_sync_s=report.block_job.sync_s,

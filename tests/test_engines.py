@@ -330,10 +330,10 @@ def test_a_guest_the_destination_cannot_host_is_that_migrations_failure_with_its
 
 
 def test_a_downtime_ramp_raises_the_limit_until_a_stalled_guest_fits():
-    # a writer as fast as the 8 MB/s cap never converges at 250 ms; the ramp reaches 1 s (the whole
-    # 4 MiB guest fits) after 4 steps of 256 s per GiB = 1 s each
+    # a writer twice as fast as the 8 MB/s cap keeps about 80% of the 4 MiB guest dirty: never under the
+    # 2 MB of 250 ms; the ramp reaches 1 s (all of it fits) after 4 steps of 256 s per GiB = 1 s each
     ramp = DowntimeRamp(4, 256.0)
-    s = scenario(rate=2000, fill="random", codec="raw", max_bandwidth_bytes_per_s=8e6,
+    s = scenario(rate=4000, fill="random", codec="raw", max_bandwidth_bytes_per_s=8e6,
                  policy=PolicyConfig(downtime_limit_s=1.0, downtime_ramp=ramp, stall_passes=None, max_passes=100))
     report, outcome, guest, destination = run_pair(s, *link_pair())
     assert report.status == "completed" and report.switchover_reason == "converged", report.reason

@@ -117,6 +117,7 @@ def test_summarize_completed_run_by_hand():
         "downtime": 125.0,
         "expected-downtime": 100.0,  # 20 pages x 4096 B / 819200 B/s = 0.1 s
         "cpu-throttle-percentage": 20,
+        "dirty-limit-throttle-time-per-round": 0.0,  # no dirty limit
         "passes": 2,
         "compression-ratio": 2.0,  # 1120 pages x 4096 B / 2293760 B
         "ram": {
