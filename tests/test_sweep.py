@@ -8,7 +8,7 @@ import pytest
 from emulator import cli, sweep
 from emulator.estimate import DirtyBehaviour, EstimateInputs, working_set
 from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
+from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.report import Blackout, PassRecord, Phase, Report, summarize
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
@@ -401,3 +401,22 @@ def test_a_drain_run_is_drained_and_its_row_holds_the_forecast(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert summary.startswith("1 drains") and "completed" in summary
     assert sweep.read_csv(tmp_path / "sweep.csv")[0]["guests"] == 3
+
+
+def test_a_row_says_which_strategies_ran_and_what_the_guest_lost():
+    s = scenario_4mib(rate=1000.0)
+    s = dataclasses.replace(s, migration=dataclasses.replace(
+        s.migration, dirty_limit_bytes_per_s=1e6, xbzrle=True,
+        policy=dataclasses.replace(s.migration.policy, downtime_ramp=DowntimeRamp(10, 75.0))))
+    report = fake_report(s)
+    for record, rate in zip(report.passes, (1000.0, 250.0)):  # the limit held pass 1 to a quarter
+        record.dirty_pages_rate = rate
+    durations = [p.duration_s for p in report.passes]
+    row = sweep.row_for(one_run(s), report, "r.json")
+    assert row["guest_slowdown"] == pytest.approx(1 - (1000 * durations[0] + 250 * durations[1]) /
+                                                  (1000 * sum(durations)))
+    assert (row["auto_converge"], row["dirty_limit_bytes_per_s"], row["downtime_ramp"], row["xbzrle"]) == (
+        "false", 1e6, "10:75s", "true")
+    assert sweep.strategies(s) == ["dirty-limit 1.00 MB/s", "downtime ramp 10 steps of 1 min 15 s/GiB",
+                                   "xbzrle 64.0 MiB"]
+    assert sweep.strategies(scenario_4mib()) == [] and sweep.guest_slowdown(fake_report(scenario_4mib(0.0))) is None
