@@ -301,6 +301,40 @@ def sweep_figure(rows: list[dict[str, Any]]) -> Figure:
     return figure
 
 
+# convergence strategies -------------------------------------------------------------------------
+def compares_strategies(rows: list[dict[str, Any]]) -> bool:
+    """A sweep whose runs differ in their convergence strategies (bench/strategies.toml)."""
+    return len({row.get("strategies") for row in rows}) > 1
+
+
+def strategies_figure(rows: list[dict[str, Any]]) -> Figure:
+    """Each run's strategies against what they cost: time, blackout, bytes on the wire, the guest's slowdown."""
+    done = [row for row in rows if row.get("migration_s") is not None]
+    if not done:
+        raise ValueError("no completed run in the sweep: nothing to plot")
+    labels = [f"{row['run']}. {row['pattern']}: {row['strategies']}" for row in done]
+    panels = (("pre-copy + blackout (s)", [row["migration_s"] for row in done], "#5b8db8"),
+              ("blackout (s)", [row["blackout_s"] for row in done], BLACKOUT_COLOR),
+              ("on the wire (GiB)", [(row["wire_bytes"] or 0) / 2**30 for row in done], "#7fb77e"),
+              ("guest slowdown (% of writes lost)", [max(0.0, row["guest_slowdown"] or 0.0) * 100 for row in done],
+               "#c9a227"))
+    figure = Figure(figsize=(15, 1.2 + 0.45 * len(done)), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True)
+    positions = list(range(len(done)))[::-1]
+    for ax, (title, values, color) in zip(axes, panels):
+        ax.barh(positions, values, color=color)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        for y, value in zip(positions, values):
+            ax.annotate(f"{value:.3g}", (value, y), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7)
+    axes[0].set_yticks(positions, labels, fontsize=8)
+    caps = {row["bandwidth_cap_bytes_per_s"] for row in done}
+    figure.suptitle(f"Convergence strategies: {len(done)} runs, link cap "
+                    + ", ".join(units.format_rate(c) for c in sorted(c for c in caps if c is not None)), fontsize=11)
+    return figure
+
+
 # a drain ----------------------------------------------------------------------------------------
 def drain_figure(report) -> Figure:
     """The drain's migrations as bars over time (one row per guest, in queue order) above the link's use."""
@@ -347,7 +381,8 @@ def plot_file(path: str | Path, out_dir: str | Path | None = None) -> Path:
     if path.suffix == ".csv":
         from emulator.sweep import read_csv
 
-        figure = sweep_figure(read_csv(path))
+        rows = read_csv(path)
+        figure = strategies_figure(rows) if compares_strategies(rows) else sweep_figure(rows)
     elif path.suffix == ".json":
         figure = _json_figure(path)
     else:

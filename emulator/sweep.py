@@ -231,6 +231,7 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("max_passes", int), ("device_state_bytes", int), ("lambda_nominal", float),
     ("storage", str), ("disk_bytes", int), ("disk_write_rate_bytes_per_s", float),
     ("auto_converge", str), ("dirty_limit_bytes_per_s", float), ("downtime_ramp", str), ("xbzrle", str),
+    ("xbzrle_cache_bytes", int), ("strategies", str),
     # measured
     ("status", str), ("reason", str), ("switchover_reason", str), ("digests_match", str), ("passes", int),
     ("total_s", float), ("setup_s", float), ("migration_s", float), ("blackout_s", float),
@@ -289,6 +290,8 @@ def _inputs_row(run: SweepRun, report_name: str) -> dict[str, Any]:
         downtime_ramp=None if s.migration.policy.downtime_ramp is None else
         f"{s.migration.policy.downtime_ramp.steps}:{s.migration.policy.downtime_ramp.delay_s_per_gib:g}s",
         xbzrle=str(s.migration.xbzrle).lower(),
+        xbzrle_cache_bytes=s.migration.xbzrle_cache_bytes if s.migration.xbzrle else None,
+        strategies=", ".join(strategies(s)) or "none",
     )
     return row
 

@@ -155,3 +155,25 @@ def test_plot_file_knows_a_drain_report_and_it_reads_back(tmp_path):
     assert back.to_dict() == report.to_dict()
     assert plot.plot_file(tmp_path / "drain.json") == tmp_path / "drain.png"
     assert (tmp_path / "drain.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_sweep_of_strategies_is_drawn_as_what_each_cost(tmp_path):
+    import dataclasses
+
+    plain = scenario_4mib(512.0)
+    limited = dataclasses.replace(plain, migration=dataclasses.replace(plain.migration, dirty_limit_bytes_per_s=1e6))
+    rows = [sweep.row_for(one_run(s, index, 0.5), fake_report(s), f"reports/{index}.json")
+            for index, s in enumerate((plain, limited), 1)]
+    assert not plot.compares_strategies(_rows()) and plot.compares_strategies(rows)
+    figure = plot.strategies_figure(rows)
+    assert [ax.get_title() for ax in figure.axes] == ["pre-copy + blackout (s)", "blackout (s)", "on the wire (GiB)",
+                                                     "guest slowdown (% of writes lost)"]
+    labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
+    assert labels == ["1. uniform: none", "2. uniform: dirty-limit 1.00 MB/s"]
+    assert list(figure.axes[0].get_yticks()) == [1, 0]  # the first run on top
+    times = sorted(patch.get_width() for patch in figure.axes[0].patches)
+    assert times == pytest.approx([rows[0]["migration_s"]] * 2)
+    sweep.write_csv(rows, tmp_path / "sweep.csv")
+    assert plot.plot_file(tmp_path / "sweep.csv").name == "sweep.png"
+    with pytest.raises(ValueError, match="no completed run"):
+        plot.strategies_figure([{"migration_s": None, "strategies": "none"}])
