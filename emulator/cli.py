@@ -21,7 +21,6 @@ import importlib.metadata
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -33,7 +32,7 @@ from emulator import link_speed, run_options, units
 from emulator.display import (DEFAULT_INTERVAL_S, DrainBoard, JsonStream, LiveDisplay, SweepProgress,
                               describe_scenario, format_status, format_verdict)
 from emulator.protocol import VERSION as PROTOCOL_VERSION
-from emulator.disk import DiskSpec
+from emulator.disk import DiskSpec, free_bytes, writable_directory
 from emulator.receiver import DestinationLimits
 from emulator.scenario import CONFIG_VERSION, GuestConfig
 from emulator.transport import parse_endpoint
@@ -576,7 +575,7 @@ def _run_send(args):
 
 
 def _check_disk_dir(directory):
-    if directory is not None and not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+    if directory is not None and not writable_directory(directory):
         raise UsageError(f"--disk-dir: {directory} is not a writable directory")
 
 
@@ -590,9 +589,9 @@ def _check_disk_path(path, disk):
         raise UsageError(f"--disk-path: {path} exists; precopy makes the guest's disk and never overwrites a file "
                          "(remove it, or give another path)")
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+    if not writable_directory(directory):
         raise UsageError(f"--disk-path: {path} cannot be created: {directory} is not a writable directory")
-    free = shutil.disk_usage(directory).free
+    free = free_bytes(directory)
     if disk.size_bytes > free:
         raise UsageError(f"--disk-path: the {units.format_bytes(disk.size_bytes)} disk does not fit in {directory} "
                          f"({units.format_bytes(free)} free)")

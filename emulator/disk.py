@@ -140,22 +140,13 @@ class DiskImage:
         """A new disk file at `path` with the spec's content, written through to storage.
 
         DiskError if it cannot be created (it exists already: a guest disk is never overwritten)."""
-        try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise DiskError(f"cannot create the guest disk {path}: it exists (precopy never overwrites a file; "
-                            "remove it or give another --disk-path)") from None
-        except OSError as error:
-            raise _os_reason("create the guest disk", path, error) from None
-        try:
-            _reserve(descriptor, spec.size_bytes, path)
+        def made(descriptor):
             disk = cls(spec, path, descriptor, populate=True)
             disk.sync()
             return disk
-        except BaseException:
-            os.close(descriptor)
-            os.unlink(path)
-            raise
+
+        return _new_file(path, spec.size_bytes, "create the guest disk", "precopy never overwrites a file; remove "
+                         "it or give another --disk-path", made)
 
     @classmethod
     def receiving(cls, spec, directory):
@@ -165,20 +156,9 @@ class DiskImage:
         already arriving)."""
         final = os.path.join(directory, spec.name)
         part = final + PART_SUFFIX
-        try:
-            descriptor = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            raise DiskError(f"cannot receive the disk into {part}: it exists (another migration of this disk is "
-                            "arriving, or one was interrupted: remove the file)") from None
-        except OSError as error:
-            raise _os_reason("receive the disk into", part, error) from None
-        try:
-            _reserve(descriptor, spec.size_bytes, part)
-            return cls(spec, part, descriptor, final_path=final)
-        except BaseException:
-            os.close(descriptor)
-            os.unlink(part)
-            raise
+        return _new_file(part, spec.size_bytes, "receive the disk into", "another migration of this disk is "
+                         "arriving, or one was interrupted: remove the file",
+                         lambda descriptor: cls(spec, part, descriptor, final_path=final))
 
     def sync(self):
         """Write the mapped blocks through to storage (msync, then fsync); return the seconds it took."""
@@ -261,6 +241,24 @@ def _writable_mapping(descriptor, size_bytes):
         return mmap.mmap(descriptor, size_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
 
 
+def _new_file(path, size_bytes, action, if_it_exists, made):
+    """made(descriptor) for a file created at `path` (never over one) with `size_bytes` reserved; on any
+    failure the file is gone again. DiskError "cannot {action} {path}", with `if_it_exists` when it exists."""
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise DiskError(f"cannot {action} {path}: it exists ({if_it_exists})") from None
+    except OSError as error:
+        raise _os_reason(action, path, error) from None
+    try:
+        _reserve(descriptor, size_bytes, path)
+        return made(descriptor)
+    except BaseException:
+        os.close(descriptor)
+        os.unlink(path)
+        raise
+
+
 def _reserve(descriptor, size_bytes, path):
     """Give the file its size with its blocks allocated now: a write into the mapping can then never
     meet a full disk (which would kill the process with SIGBUS)."""
@@ -283,12 +281,17 @@ def free_bytes(directory):
     return shutil.disk_usage(directory).free
 
 
+def writable_directory(path):
+    """True if `path` is a directory this process may create files in."""
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
 def disk_problems(spec, directory):
     """Every reason the destination cannot mirror disk `spec` into `directory`: Problems (nothing is made)."""
     fix_dir = "receive --disk-dir DIR names where mirrored disks go"
     if directory is None:
         return [Problem("disk", "this destination takes no mirrored disks", f"use --storage shared, or {fix_dir}")]
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK | os.X_OK):
+    if not writable_directory(directory):
         return [Problem("disk", f"the destination's disk directory {directory} is not a writable directory",
                         f"create it, or {fix_dir}")]
     found = []
