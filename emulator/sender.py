@@ -168,7 +168,6 @@ class Source:
         if (disk is None) != (scenario.disk is None):
             raise ValueError("a guest with a disk in its scenario needs its DiskImage, and only then")
         self.disk_writer = disk_writer
-        self.writers = [workload] + ([disk_writer] if disk_writer is not None else [])  # all pause in the blackout
         self.mirror = _Mirror(scenario, disk, self.codec) if mirrored else None
         self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size)
         self.passes = []
@@ -420,12 +419,16 @@ class Source:
                 self.progress.message(f"set {name} to {format_parameter(name, value)} in pass {self.protocol.pass_no}")
 
     # phases 3-5: blackout, handover, resume ---------------------------------------
+    def _writers(self):
+        """The guest's vCPUs and its disk writer: all pause in the blackout."""
+        return [writer for writer in (self.workload, self.disk_writer) if writer is not None]
+
     def _pause_writers(self):
-        for writer in self.writers:
+        for writer in self._writers():
             writer.pause()
 
     def _resume_writers(self):
-        for writer in self.writers:
+        for writer in self._writers():
             writer.resume()
 
     def _blackout(self):

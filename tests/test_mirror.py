@@ -23,6 +23,7 @@ from emulator.transport import DestinationLink
 from emulator.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess
 from tests.engines import run_pair
+from tests.test_engines import RecordingGuest
 from tests.fakelink import link_pair, wait_until
 
 PAGE = 4096
@@ -77,42 +78,20 @@ def test_a_mirrored_disk_arrives_byte_identical_with_its_writer_flat_out(tmp_pat
         disk.close()
 
 
-class RecordingBlocks(GuestMemory):
-    """A disk's blocks whose harvests also note how far the writer's log had got (writer paused around it)."""
-
-    def __init__(self, blocks, writer_of):
-        super().__init__(blocks.spec, populate=False, data=blocks.data)
-        self.dirty = blocks.dirty
-        self.writer_of, self.harvests, self.log_marks = writer_of, [], [0]
-
-    def harvest(self, out=None):
-        writer = self.writer_of()
-        was_paused = writer.paused  # the blackout's harvest: writers already stopped
-        writer.pause()
-        try:
-            result = super().harvest(out)
-            self.harvests.append(result.copy())
-            self.log_marks.append(writer.logged_pages().size)
-            return result
-        finally:
-            if not was_paused:
-                writer.resume()
-
-
 def test_each_pass_sends_exactly_the_blocks_written_since_the_previous_harvest(tmp_path):
     s = scenario(disk_rate=2000 * BLOCK, pattern="hotset", codec="raw",
                  policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0, stall_passes=None),
                  max_bandwidth_bytes_per_s=40e6)
     (tmp_path / "source").mkdir()
     disk = DiskImage.create(s.disk, str(tmp_path / "source" / "disk.img"))
-    holder = {}
-    disk.blocks = RecordingBlocks(disk.blocks, lambda: holder["writer"])
-    writer = holder["writer"] = Workload(disk.blocks, s.disk.writer_spec(), log_capacity=1 << 20)
+    blocks = RecordingGuest(disk.blocks.spec, populate=False, data=disk.blocks.data)  # the disk's own bytes and bits
+    blocks.dirty, disk.blocks = disk.blocks.dirty, blocks
+    writer = Workload(blocks, s.disk.writer_spec(), log_capacity=1 << 20)
+    blocks.attach(writer)
     (tmp_path / "received").mkdir()
     report, outcome, _, _ = run_pair(s, *link_pair(), disk=disk, disk_writer=writer,
                                      limits=DestinationLimits(disk_dir=str(tmp_path / "received")))
     assert report.status == "completed", report.reason
-    blocks = disk.blocks
     assert len(blocks.harvests) == len(report.passes) + 1  # one per pass after pass 0, and the blackout's
     log = writer.logged_pages()
     checked = 0
