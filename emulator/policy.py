@@ -93,7 +93,10 @@ class DowntimeRamp:
             return None
         if not isinstance(data, dict):
             raise TypeError(f"downtime_ramp must be an object of steps and delay_s_per_gib, got {data!r:.80}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as error:  # a peer's value: say whose field it is
+            raise ValueError(f"downtime_ramp.{error}") from None
 
 
 def _ramp_rule(value: object) -> object:

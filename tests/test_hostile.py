@@ -131,6 +131,11 @@ BAD_SCENARIO_FIELDS = [
     ("disk", "pattern", "spiral"),
     ("disk", "bogus", 1),
     ("migration", "storage", "copy"),
+    ("migration", "dirty_limit_bytes_per_s", 0),
+    ("migration", "xbzrle", "yes"),
+    ("migration", "xbzrle_cache_bytes", 1),
+    ("policy", "downtime_ramp", {"steps": 0, "delay_s_per_gib": 75.0}),
+    ("policy", "downtime_ramp", [10, 75]),
 ]
 
 
@@ -144,7 +149,7 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
             scenario = SMALL.to_dict()
             if part == "disk":
                 scenario["disk"] = dataclasses.asdict(DiskSpec(1 << 20))
-            scenario[part][name] = value
+            (scenario["migration"]["policy"] if part == "policy" else scenario[part])[name] = value
             hello = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION, "session": "x",
                                                                   "scenario": scenario})
             sock = peer(context, endpoint)

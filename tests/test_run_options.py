@@ -61,6 +61,9 @@ def test_a_byte_dirty_rate_is_divided_by_the_page_size():
     ("hot_fraction", "1.5", WorkloadSpec.RULES["hot_fraction"]),
     ("device_state", "65MiB", MigrationOptions.RULES["device_state_bytes"]),
     ("page_size", "3000", GuestSpec.RULES["page_size"]),
+    ("disk", "0", DiskSpec.RULES["size_bytes"]),
+    ("disk_block", "3000", DiskSpec.RULES["block_size"]),
+    ("xbzrle_cache", "1KiB", MigrationOptions.RULES["xbzrle_cache_bytes"]),
 ])
 def test_the_command_line_refuses_with_the_dataclass_rule(key, bad, field_error, capsys):
     option = OPTIONS[key]
@@ -123,3 +126,16 @@ def test_each_option_owns_a_field_with_a_rule():
         cls = parts[option.part]
         assert option.field in {field.name for field in dataclasses.fields(cls)}, option.key
         assert option.field in cls.RULES, option.key
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--downtime-ramp", "0:75s"], "--downtime-ramp: steps must be a whole number from 1 to 1000, got 0"),
+    (["--downtime-ramp", "10"], "--downtime-ramp: expected STEPS:DELAY_PER_GIB such as 10:75s"),
+    (["--downtime-ramp", "10:-1s"], "--downtime-ramp: "),
+    (["--dirty-limit", "0"], "--dirty-limit: "),
+    (["--disk-write-rate", "fast", "--disk", "1MiB"], "--disk-write-rate: "),
+    (["--storage", "copy"], "--storage: must be one of shared, mirror, got 'copy'"),
+])
+def test_bad_strategy_and_disk_values_are_refused_naming_the_option(argv, says, capsys):
+    assert cli.main(["migrate", "--memory", "1MiB", "--quiet", *argv]) == 2
+    assert says in capsys.readouterr().err
