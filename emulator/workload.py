@@ -11,6 +11,11 @@ Two ways to slow the writers, as QEMU has: a throttle (auto-converge: each runs
 at (100 - pct)% of its rate) and a dirty limit (dirty-limit: each is held to at
 most a rate of page writes, whatever its own). Time a writer spends held back by
 the dirty limit is counted (`limited_s`).
+
+After a post-copy resume (a workload given `faults`, emulator.postcopy), a writer
+that stops before a missing page waits for it there; the time is its blocktime
+(`blocked_s`), and its schedule restarts after the wait: a stalled vCPU does not
+make up the writes it lost.
 """
 
 import math
@@ -78,15 +83,18 @@ class _Writer:
         self.writes = 0
         self.batch = MIN_BATCH
         self.limited_s = 0.0  # seconds spent waiting because the dirty limit held it back
+        self.blocked_s = 0.0  # seconds spent waiting for a missing page (post-copy)
 
 
 class Workload:
     """Writer threads over a GuestMemory. Use as a context manager, or start()/stop()."""
 
-    def __init__(self, guest, spec, *, log_capacity=0):
-        """guest: GuestMemory; spec: WorkloadSpec; log_capacity: pages each writer records (tests)."""
+    def __init__(self, guest, spec, *, log_capacity=0, faults=None):
+        """guest: GuestMemory; spec: WorkloadSpec; log_capacity: pages each writer records (tests);
+        faults: an emulator.postcopy.Faults whose missing pages the writers wait for."""
         self.guest = guest
         self.spec = spec
+        self.faults = faults
         zipf_table = zipf_cdf(guest.n_pages, spec.zipf_s) if spec.pattern == "zipf" else None  # one for all
         self._writers = [
             _Writer(
@@ -96,6 +104,7 @@ class Workload:
                     stride=spec.stride, zipf_s=spec.zipf_s, zipf_table=zipf_table,
                     start_page=index * guest.n_pages // spec.vcpus,
                     log=np.empty(log_capacity, dtype=np.int64) if log_capacity else None,
+                    missing=None if faults is None else faults.missing,
                 )
             )
             for index in range(spec.vcpus)
@@ -133,6 +142,8 @@ class Workload:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+        if self.faults is not None:
+            self.faults.wake_all()
         for thread in self._threads:
             thread.join()
         self._account_active()
@@ -148,6 +159,9 @@ class Workload:
         with self._cond:
             self._pause_requested = True
             self._cond.notify_all()
+        if self.faults is not None:
+            self.faults.wake_all()  # a writer waiting for a page parks instead
+        with self._cond:
             self._cond.wait_for(lambda: self._parked == len(self._threads))
         self._account_active()
 
@@ -196,6 +210,11 @@ class Workload:
     def limited_s(self):
         """Seconds the writers spent held back by the dirty limit, summed over writers."""
         return sum(writer.limited_s for writer in self._writers)
+
+    @property
+    def blocked_s(self):
+        """Seconds each writer waited for missing pages (post-copy), one entry per writer."""
+        return [writer.blocked_s for writer in self._writers]
 
     @property
     def writes(self):
@@ -255,15 +274,26 @@ class Workload:
                     writer.limited_s += time.monotonic() - waited
                 continue
             n = min(due, max(MIN_BATCH, int(rate * SLICE_S)))
-            writer.pattern.write(n)
-            writer.writes += n
-            done += n
+            made = writer.pattern.write(n)
+            writer.writes += made
+            done += made
+            if made < n:
+                self._wait_for_page(writer)
+                epoch = None  # the schedule restarts: the writes a stall cost are lost, not owed
+
+    def _wait_for_page(self, writer):
+        """The writer stopped before a missing page: wait for it (or until asked to pause or stop)."""
+        writer.blocked_s += self.faults.wait(writer.pattern.pending_page,
+                                             lambda: self._pause_requested or self._stopping)
 
     def _write_unpaced(self, writer, scale):
         """One slice flat out; the batch adapts so a slice lasts about SLICE_S."""
         began = time.perf_counter()
-        writer.pattern.write(writer.batch)
-        writer.writes += writer.batch
+        made = writer.pattern.write(writer.batch)
+        writer.writes += made
+        if made < writer.batch:
+            self._wait_for_page(writer)
+            return
         took = time.perf_counter() - began
         if took < SLICE_S / 2:
             writer.batch = min(writer.batch * 2, MAX_BATCH)

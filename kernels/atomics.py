@@ -56,6 +56,9 @@ def _rmw_intrinsic(operation):
 atomic_or = _rmw_intrinsic("or")
 atomic_or.__doc__ = "atomic_or(array, index, value) -> old value: array[index] |= value, atomically."
 
+atomic_and = _rmw_intrinsic("and")
+atomic_and.__doc__ = "atomic_and(array, index, value) -> old value: array[index] &= value, atomically."
+
 atomic_xchg = _rmw_intrinsic("xchg")
 atomic_xchg.__doc__ = "atomic_xchg(array, index, value) -> old value: array[index] = value, atomically."
 

@@ -14,11 +14,16 @@ so runs are reproducible per seed and threads share nothing but memory and
 the bitmap. A write stores `write_size` bytes (8-byte aligned, a random
 offset within the page) of fresh random data, then sets the page's bit with
 an atomic OR: the bytes are in memory before the bit can be harvested.
+
+After a post-copy resume some pages have not arrived yet: given a map of
+missing pages, a writer stops before it would touch one and keeps that page
+as its next write (`pending_page`), so the write it was about to make is made,
+unchanged, once the page is in place: the page fault of a real guest.
 """
 
 import numpy as np
 
-from kernels.bitmap import WORD_BITS, set_dirty
+from kernels.bitmap import WORD_BITS, is_set, set_dirty
 from kernels.checks import require_array, require_memory, require_page_size
 from kernels.config import kernel
 
@@ -68,15 +73,22 @@ def _choose_page(pattern, n_pages, hot_pages, hot_share, stride, spread, offset,
 
 
 @kernel
-def _write(memory, page_size, bitmap, pattern, hot_pages, hot_share, stride, spread, offset,
+def _write(memory, page_size, bitmap, missing, pending, pattern, hot_pages, hot_share, stride, spread, offset,
            zipf_cdf, state, cursor, n_writes, write_size, log, log_pos):
     words = memory.view(np.uint64)
     n_pages = memory.size // page_size
     words_per_page = page_size // 8
     words_per_write = write_size // 8
     slots = words_per_page - words_per_write + 1
-    for _ in range(n_writes):
-        page = _choose_page(pattern, n_pages, hot_pages, hot_share, stride, spread, offset, zipf_cdf, state, cursor)
+    page = pending[0]  # a write that stopped before a missing page: made first, to that page
+    pending[0] = -1
+    for done in range(n_writes):
+        if page < 0:
+            page = _choose_page(pattern, n_pages, hot_pages, hot_share, stride, spread, offset, zipf_cdf, state,
+                                cursor)
+        if missing.size and is_set(missing, page):
+            pending[0] = page
+            return done
         bits = next_random(state)
         # slot = floor(high 32 bits / 2**32 x slots): a multiply instead of a division
         first = page * words_per_page + np.int64(((bits >> np.uint64(32)) * np.uint64(slots)) >> np.uint64(32))
@@ -86,6 +98,8 @@ def _write(memory, page_size, bitmap, pattern, hot_pages, hot_share, stride, spr
         if log_pos[0] < log.size:
             log[log_pos[0]] = page
             log_pos[0] += 1
+        page = -1
+    return n_writes
 
 
 def zipf_cdf(n_pages, s):
@@ -113,11 +127,13 @@ class WriterPattern:
     stride: pages per step (sequential); zipf_s: zipf exponent; zipf_table: its
     zipf_cdf(n_pages, zipf_s), to share one (8 bytes a page) between writers, made
     here if None; spread_seed picks where hot pages lie; log: optional int64 array
-    that records written pages.
+    that records written pages; missing: a bitmap of pages not yet arrived
+    (post-copy), which a write waits for (see `write`).
     """
 
     def __init__(self, memory, page_size, bitmap, pattern="uniform", *, seed=0, stream=0, write_size=8,
-                 hot_fraction=0.1, hot_share=0.9, stride=1, zipf_s=1.0, zipf_table=None, start_page=0, log=None):
+                 hot_fraction=0.1, hot_share=0.9, stride=1, zipf_s=1.0, zipf_table=None, start_page=0, log=None,
+                 missing=None):
         self.page_size = require_page_size(page_size)
         self.n_pages = require_memory("memory", memory, self.page_size)
         require_array("memory", memory, np.uint8, writable=True)
@@ -151,12 +167,28 @@ class WriterPattern:
         self.cursor = np.array([start_page % self.n_pages], dtype=np.int64)
         self.log = np.empty(0, dtype=np.int64) if log is None else require_array("log", log, np.int64, writable=True)
         self.log_pos = np.zeros(1, dtype=np.int64)
+        if missing is None:
+            self.missing = np.empty(0, dtype=np.uint64)
+        else:
+            self.missing = require_array("missing", missing, np.uint64)
+            if missing.size * WORD_BITS < self.n_pages:
+                raise ValueError(f"missing covers {missing.size * WORD_BITS} pages, memory has {self.n_pages}")
+        self.pending = np.full(1, -1, dtype=np.int64)
 
     def write(self, n_writes):
-        """Perform `n_writes` page writes (releases the GIL while it runs)."""
-        _write(self.memory, self.page_size, self.bitmap, self.pattern, self.hot_pages, self.hot_share,
-               self.stride, self.spread, self.offset, self.cdf, self.state, self.cursor, int(n_writes),
-               self.write_size, self.log, self.log_pos)
+        """Perform up to `n_writes` page writes (releases the GIL while it runs); return how many were made.
+
+        Fewer only with a map of missing pages: the next write's page is missing, and
+        is `pending_page` until a later call makes that write."""
+        return _write(self.memory, self.page_size, self.bitmap, self.missing, self.pending, self.pattern,
+                      self.hot_pages, self.hot_share, self.stride, self.spread, self.offset, self.cdf, self.state,
+                      self.cursor, int(n_writes), self.write_size, self.log, self.log_pos)
+
+    @property
+    def pending_page(self):
+        """The missing page the next write waits for, or None."""
+        page = int(self.pending[0])
+        return None if page < 0 else page
 
     def logged(self):
         """Pages written so far, as recorded in the log (empty without a log)."""
