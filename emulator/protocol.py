@@ -56,14 +56,16 @@ __all__ = [
     "encode_zero_pages",
     "encode_device_state",
     "encode_control",
+    "encode_page_list",
     "pages_to_runs",
     "expand_runs",
     "expect_seq",
 ]
 
 MAGIC = b"PCPY"
-VERSION = 4  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT;
-# 4: a mirrored disk (Flags.DISK, the blocks counts and disk digests of PASS_END, COMPLETE and RESUMED)
+VERSION = 5  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT;
+# 4: a mirrored disk (Flags.DISK, the blocks counts and disk digests of PASS_END, COMPLETE and RESUMED);
+# 5: post-copy (POSTCOPY, MISSING, PAGE_REQUEST, POSTCOPY_END, POSTCOPY_DONE)
 
 # magic, version, type, flags, seq, pass_no, page_count, codec, pad, raw_len,
 # encoded_len. The pad is unpacked as "3s" (not "3x") so that it can be
@@ -100,6 +102,11 @@ class MsgType(enum.IntEnum):
     HEARTBEAT = 13
     CHECK = 14  # would you host this guest? (precopy check): answered outside any migration
     VERDICT = 15
+    POSTCOPY = 16  # the guest pauses here and resumes there before all its pages have arrived
+    MISSING = 17  # the pages that have not arrived: a page list
+    PAGE_REQUEST = 18  # from the destination: pages its vCPUs wait for, a page list
+    POSTCOPY_END = 19  # every missing page has been sent
+    POSTCOPY_DONE = 20  # from the destination: every page arrived
 
 
 class Flags(enum.IntFlag):
@@ -142,9 +149,14 @@ CONTROL_TYPES = frozenset(
         MsgType.HEARTBEAT,
         MsgType.CHECK,
         MsgType.VERDICT,
+        MsgType.POSTCOPY,
+        MsgType.POSTCOPY_END,
+        MsgType.POSTCOPY_DONE,
     }
 )
 _PAGE_TYPES = frozenset({MsgType.PAGES, MsgType.ZERO_PAGES})
+#: Types whose page-numbers frame is a set of pages (ascending, distinct) and that carry no payload.
+PAGE_LIST_TYPES = frozenset({MsgType.MISSING, MsgType.PAGE_REQUEST})
 _KNOWN_FLAGS = int(Flags.RUNS | Flags.RAW_FALLBACK | Flags.DISK)
 _KNOWN_CODECS = frozenset(int(c) for c in Codec)
 _KNOWN_TYPES = frozenset(int(t) for t in MsgType)
@@ -458,6 +470,27 @@ def encode_zero_pages(
     return [header, page_frame, b""]
 
 
+def encode_page_list(msg_type: MsgType, seq: int, pass_no: int, page_numbers: Any) -> list:
+    """Encode a MISSING or PAGE_REQUEST message: a set of page numbers, ascending and distinct.
+
+    The numbers go as (start, count) runs (Flags.RUNS) when that is shorter. MISSING may
+    list no page; PAGE_REQUEST lists at least one. Returns [header, page-numbers bytes, b""].
+    """
+    if msg_type not in PAGE_LIST_TYPES:
+        raise LocalProtocolError("type", f"got {msg_type!r}, expected MISSING or PAGE_REQUEST")
+    pages = _checked_page_array(page_numbers, LocalProtocolError, "page_numbers")
+    if pages.size > 1 and not (np.diff(pages.astype(np.int64)) > 0).all():
+        raise LocalProtocolError("page_numbers", "a page list must be ascending and distinct")
+    if pages.size == 0:
+        if msg_type == MsgType.PAGE_REQUEST:
+            raise LocalProtocolError("page_numbers", "got no pages, expected at least one")
+        return [_header(msg_type, Flags.NONE, seq, pass_no, 0, Codec.RAW, 0, 0), b"", b""]
+    runs = pages_to_runs(pages)
+    flags = Flags.RUNS if runs.size < pages.size else Flags.NONE
+    page_frame, page_count = _page_frame(runs if flags else pages, flags)
+    return [_header(msg_type, flags, seq, pass_no, page_count, Codec.RAW, 0, 0), page_frame, b""]
+
+
 def encode_device_state(seq: int, pass_no: int, blob: Any) -> list:
     """Encode a DEVICE_STATE message carrying an opaque vCPU/device blob.
 
@@ -636,7 +669,10 @@ class Decoder:
         codec = Codec(codec_id)
 
         body = None
-        if msg_type in _PAGE_TYPES:
+        if msg_type in PAGE_LIST_TYPES:
+            page_frame = self._check_page_list(msg_type, flags, page_count, codec, raw_len, encoded_len, page_view,
+                                               payload)
+        elif msg_type in _PAGE_TYPES:
             if codec == Codec.XBZRLE and pass_no == 0:
                 raise _fail("codec", "XBZRLE in pass 0: a delta needs a copy of the page sent before")
             unit, count = self._geometry(msg_type, flags)
@@ -729,6 +765,33 @@ class Decoder:
                     "encoded_len",
                     f"got {encoded_len} with codec {codec.name}, expected 0 < encoded_len < raw_len {raw_len}",
                 )
+
+    def _check_page_list(self, msg_type, flags, page_count, codec, raw_len, encoded_len, page_view, payload):
+        """A MISSING or PAGE_REQUEST: guest pages (never disk blocks), ascending and distinct, no payload."""
+        self._require_negotiated(msg_type)
+        assert self._n_pages is not None
+        if flags & ~Flags.RUNS:
+            raise _fail("flags", f"got {int(flags):#04x} on {msg_type.name}, expected RUNS or none")
+        for name, value in (("codec", codec), ("raw_len", raw_len), ("encoded_len", encoded_len),
+                            ("payload", payload.nbytes)):
+            if value != 0:
+                raise _fail(name, f"got {value} on {msg_type.name}, expected 0 (a page list carries no payload)")
+        least = 0 if msg_type == MsgType.MISSING else 1
+        if not least <= page_count <= self._n_pages:
+            raise _fail("page_count", f"got {page_count} on {msg_type.name}, expected {least}..{self._n_pages}")
+        if page_count == 0:
+            if page_view.nbytes or flags:
+                raise _fail("page_numbers", f"got {page_view.nbytes} bytes for no pages, expected none and no RUNS")
+            return np.empty(0, dtype=PAGE_NUMBER_DTYPE)
+        frame = self._check_page_frame(page_view, flags, page_count, self._n_pages)
+        if flags & Flags.RUNS:
+            pairs = frame.reshape(-1, 2).astype(np.int64)
+            ascending = (pairs[1:, 0] >= pairs[:-1, 0] + pairs[:-1, 1]).all()
+        else:
+            ascending = (np.diff(frame.astype(np.int64)) > 0).all()
+        if not ascending:
+            raise _fail("page_numbers", f"the pages of {msg_type.name} are not ascending and distinct")
+        return frame
 
     def _check_blob_header(
         self,

@@ -18,6 +18,11 @@ Rules:
 * The source sends data round-robin over its channels and waits for the
   destination's PASS_END of the same pass before the next pass.
 * Per data message the work is O(1): a seq check, a pass check, a count.
+* Post-copy: POSTCOPY (instead of SWITCHOVER) carries the device state's digest and the
+  storage token; DEVICE_STATE and the MISSING page list follow, then the destination
+  resumes. The missing pages then cross as a pass of their own, closed by
+  POSTCOPY_END's counts and digest as COMPLETE closes the final pass; the destination
+  asks for pages with PAGE_REQUEST and ends with POSTCOPY_DONE.
 * A CHECK is answered with verdict() outside any session (seq 0): the
   destination's engine never sees it, and nothing of the destination changes.
 """
@@ -26,11 +31,12 @@ import functools
 from dataclasses import dataclass
 
 from emulator.protocol import (VERSION, Decoder, Flags, LocalProtocolError, Message, MsgType, ProtocolError,
-                               RemoteProtocolError, encode_control, encode_device_state, expect_seq)
+                               RemoteProtocolError, encode_control, encode_device_state, encode_page_list, expect_seq)
 from emulator.states import DESTINATION, DONE, FAILED, SOURCE, Session
 
 _DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
-_PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER)
+_PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER, MsgType.POSTCOPY, MsgType.POSTCOPY_END)
+_PASS_CLOSERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.POSTCOPY_END)
 _NUMBER = (int, float)
 _REPLY_FIELDS = {  # what the source reads of each destination message, and its type
     MsgType.ACCEPT: (("data", list),),
@@ -41,6 +47,9 @@ _REPLY_FIELDS = {  # what the source reads of each destination message, and its 
                       ("disk_sync_s", _NUMBER)),
     MsgType.ANNOUNCE: (("location", str),),
     MsgType.ABORT: (("reason", str),),
+    MsgType.POSTCOPY_DONE: (("digest", str), ("blocktime_s", _NUMBER), ("vcpu_blocktime_s", list),
+                            ("pages_requested", int), ("requested_placed", int), ("last_page_s", _NUMBER),
+                            ("cpu_s", _NUMBER)),
 }
 
 
@@ -67,6 +76,24 @@ class FinalPassComplete:
 class Switchover:
     """The blackout began; pass_no is the final pass."""
     pass_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyBegins:
+    """The guest paused on the source to resume here before all its pages arrive (the POSTCOPY message)."""
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    """The pages that have not arrived (after the device state): mark them, resume, then send resumed()."""
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyComplete:
+    """Every message POSTCOPY_END promised has arrived: verify, then send postcopy_done()."""
+    end: Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +262,16 @@ class DestinationProtocol(_Engine):
             return (Heartbeat(),)
         if msg_type == MsgType.SWITCHOVER:
             return (Switchover(self.pass_no),)
+        if msg_type == MsgType.POSTCOPY:
+            message.field("device_state_digest", str)
+            message.field("storage_token", str)
+            return (PostcopyBegins(message),)
+        if msg_type == MsgType.MISSING:
+            if not self._pass.device_state:
+                raise RemoteProtocolError("type", "MISSING before DEVICE_STATE")
+            if message.pass_no != self.pass_no:
+                raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
+            return (Missing(message),)
         if msg_type == MsgType.DEVICE_STATE:
             if message.raw_len != self._device_state_bytes:
                 raise RemoteProtocolError("raw_len", f"device state of {message.raw_len} bytes, negotiated "
@@ -243,11 +280,11 @@ class DestinationProtocol(_Engine):
                 raise RemoteProtocolError("type", "a second DEVICE_STATE")
             self._pass.device_state = True
             return (DeviceState(message),)
-        if msg_type in (MsgType.PASS_END, MsgType.COMPLETE):
+        if msg_type in _PASS_CLOSERS:
             if msg_type == MsgType.COMPLETE and not self._pass.device_state:
                 raise RemoteProtocolError("type", "COMPLETE before DEVICE_STATE")
-            self._pass.announce(message, message.field("messages", list), message.field("pages", int),
-                                message.field("blocks", int))
+            blocks = 0 if msg_type == MsgType.POSTCOPY_END else message.field("blocks", int)
+            self._pass.announce(message, message.field("messages", list), message.field("pages", int), blocks)
             return self._closing()
         if msg_type == MsgType.ABORT:
             return (SourceAborted(*aborted(message)),)
@@ -260,6 +297,8 @@ class DestinationProtocol(_Engine):
             return ()
         if ending.type == MsgType.PASS_END:
             return (PassComplete(self.pass_no),)
+        if ending.type == MsgType.POSTCOPY_END:
+            return (PostcopyComplete(ending),)
         return (FinalPassComplete(ending),)
 
     @_failing
@@ -274,9 +313,22 @@ class DestinationProtocol(_Engine):
 
     @_failing
     def resumed(self, body):
-        """RESUMED frames with `body` (digest, timings, storage token)."""
-        self._require_complete(MsgType.COMPLETE)
+        """RESUMED frames with `body` (digest, timings, storage token): after the final pass, or in post-copy
+        after MISSING."""
+        if self.state != "POSTCOPY_RESUMING":
+            self._require_complete(MsgType.COMPLETE)
         return self._control(MsgType.RESUMED, self.pass_no, body)
+
+    def page_request(self, pages):
+        """PAGE_REQUEST frames asking for `pages` (ascending, distinct), which the vCPUs wait for."""
+        self.session.sent(MsgType.PAGE_REQUEST)
+        return encode_page_list(MsgType.PAGE_REQUEST, self._next_seq(), self.pass_no, pages)
+
+    @_failing
+    def postcopy_done(self, body):
+        """POSTCOPY_DONE frames with `body` (digest as applied, blocktimes) once POSTCOPY_END's counts arrived."""
+        self._require_complete(MsgType.POSTCOPY_END)
+        return self._control(MsgType.POSTCOPY_DONE, self.pass_no, body)
 
     def announce(self, location):
         return self._control(MsgType.ANNOUNCE, self.pass_no, {"location": location})
@@ -351,9 +403,9 @@ class SourceProtocol(_Engine):
     """The source's side of one migration over `channels` data channels of `page_size`-byte pages
     (and `block_size`-byte blocks of a mirrored disk, in batches flagged DISK)."""
 
-    def __init__(self, channels, page_size, block_size=None):
+    def __init__(self, channels, page_size, block_size=None, n_pages=None):
         super().__init__(SOURCE)
-        self.channels, self.page_size, self.block_size = channels, page_size, block_size
+        self.channels, self.page_size, self.block_size, self.n_pages = channels, page_size, block_size, n_pages
         self.messages = [0] * channels  # data messages of this pass, per channel
         self._data_seq = [0] * channels
         self._next_channel = 0
@@ -390,6 +442,22 @@ class SourceProtocol(_Engine):
         self.session.sent(MsgType.DEVICE_STATE)
         return encode_device_state(self._next_seq(), self.pass_no, blob)
 
+    def postcopy(self, reason, device_state_digest, storage_token):
+        """POSTCOPY frames: the guest pauses here to resume on the destination before all its pages arrive."""
+        return self._control(MsgType.POSTCOPY, self.pass_no, {"pass": self.pass_no, "reason": reason,
+                                                               "device_state_digest": device_state_digest,
+                                                               "storage_token": storage_token})
+
+    def missing(self, pages):
+        """MISSING frames: the pages (ascending) the destination resumes without."""
+        self.session.sent(MsgType.MISSING)
+        return encode_page_list(MsgType.MISSING, self._next_seq(), self.pass_no, pages)
+
+    def postcopy_end(self, pages, digest):
+        """POSTCOPY_END frames: every missing page has been sent, in these message counts; the memory digest."""
+        return self._control(MsgType.POSTCOPY_END, self.pass_no, {"pass": self.pass_no, "messages": self.messages,
+                                                                   "pages": pages, "digest": digest})
+
     def complete(self, pages, digest, device_state_digest, storage_token, blocks=0, disk_digest=None):
         """COMPLETE frames closing the final pass (disk_digest: the mirrored disk's, else None)."""
         return self._control(MsgType.COMPLETE, self.pass_no, {
@@ -408,6 +476,8 @@ class SourceProtocol(_Engine):
             if len(endpoints) != self.channels or not all(map(_is_data_endpoint, endpoints)):
                 raise RemoteProtocolError("body.data", f"expected {self.channels} data endpoints (TCP ports, or "
                                                        f"endpoint strings), got {endpoints!r:.80}")
+            if self.n_pages is not None:  # the destination's page lists (PAGE_REQUEST) are guest pages
+                self._decoder = Decoder(self.page_size, self.n_pages, 1)
         if message.type == MsgType.PASS_END:
             if message.body["pass"] != self.pass_no:
                 raise RemoteProtocolError("body.pass", f"acknowledged pass {message.body['pass']}, "

@@ -10,8 +10,14 @@ Rules:
   FAILED. HEARTBEAT is allowed in every non-final state and changes nothing.
 * Data messages (PAGES, ZERO_PAGES) travel on data channels and may reach the
   destination after the control message that follows them on the source
-  (PASS_END, SWITCHOVER, COMPLETE): the destination accepts them in the
-  states just after those, and the engine matches message counts instead.
+  (PASS_END, SWITCHOVER, COMPLETE, POSTCOPY_END): the destination accepts them
+  in the states just after those, and the engine matches message counts instead.
+* Post-copy (POSTCOPY instead of SWITCHOVER): the source sends the device
+  state and the MISSING pages, the destination resumes (RESUMED, ANNOUNCE),
+  then the missing pages cross as data, the destination asking for the ones
+  its vCPUs wait for (PAGE_REQUEST), until POSTCOPY_END's counts have arrived
+  and POSTCOPY_DONE says so. A request may still reach the source after
+  POSTCOPY_END: the page is on its way, and the request changes nothing.
 * A source that only asks whether the destination would host its guest sends
   CHECK instead of HELLO and ends with the VERDICT. The destination answers a
   CHECK outside any session, as it answers peers with no migration here: its
@@ -41,6 +47,7 @@ TRANSITIONS = {
             **_events(SEND, _DATA, "PRECOPY"),
             (SEND, MsgType.PASS_END): "PASS_SYNC",
             (SEND, MsgType.SWITCHOVER): "BLACKOUT",
+            (SEND, MsgType.POSTCOPY): "POSTCOPY_SWITCH",
         },
         "PASS_SYNC": {(RECV, MsgType.PASS_END): "PRECOPY"},
         "BLACKOUT": {
@@ -49,6 +56,18 @@ TRANSITIONS = {
         },
         "HANDOVER": {(RECV, MsgType.RESUMED): "RESUMED"},
         "RESUMED": {(RECV, MsgType.ANNOUNCE): DONE},
+        "POSTCOPY_SWITCH": {
+            (SEND, MsgType.DEVICE_STATE): "POSTCOPY_SWITCH",
+            (SEND, MsgType.MISSING): "POSTCOPY_HANDOVER",
+        },
+        "POSTCOPY_HANDOVER": {(RECV, MsgType.RESUMED): "POSTCOPY_RESUMED"},
+        "POSTCOPY_RESUMED": {(RECV, MsgType.ANNOUNCE): "POSTCOPY"},
+        "POSTCOPY": {
+            **_events(SEND, _DATA, "POSTCOPY"),
+            (RECV, MsgType.PAGE_REQUEST): "POSTCOPY",
+            (SEND, MsgType.POSTCOPY_END): "POSTCOPY_SYNC",
+        },
+        "POSTCOPY_SYNC": {(RECV, MsgType.PAGE_REQUEST): "POSTCOPY_SYNC", (RECV, MsgType.POSTCOPY_DONE): DONE},
     },
     DESTINATION: {
         "IDLE": {(RECV, MsgType.HELLO): "SETUP"},
@@ -57,6 +76,7 @@ TRANSITIONS = {
             **_events(RECV, _DATA, "PRECOPY"),
             (RECV, MsgType.PASS_END): "PASS_SYNC",
             (RECV, MsgType.SWITCHOVER): "BLACKOUT",
+            (RECV, MsgType.POSTCOPY): "POSTCOPY_SWITCH",
         },
         "PASS_SYNC": {**_events(RECV, _DATA, "PASS_SYNC"), (SEND, MsgType.PASS_END): "PRECOPY"},
         "BLACKOUT": {
@@ -65,6 +85,22 @@ TRANSITIONS = {
         },
         "VERIFY": {**_events(RECV, _DATA, "VERIFY"), (SEND, MsgType.RESUMED): "RESUMED"},
         "RESUMED": {(SEND, MsgType.ANNOUNCE): DONE},
+        "POSTCOPY_SWITCH": {
+            (RECV, MsgType.DEVICE_STATE): "POSTCOPY_SWITCH",
+            (RECV, MsgType.MISSING): "POSTCOPY_RESUMING",
+        },
+        "POSTCOPY_RESUMING": {(SEND, MsgType.RESUMED): "POSTCOPY_RESUMED"},
+        "POSTCOPY_RESUMED": {(SEND, MsgType.ANNOUNCE): "POSTCOPY"},
+        "POSTCOPY": {
+            **_events(RECV, _DATA, "POSTCOPY"),
+            (SEND, MsgType.PAGE_REQUEST): "POSTCOPY",
+            (RECV, MsgType.POSTCOPY_END): "POSTCOPY_SYNC",
+        },
+        "POSTCOPY_SYNC": {
+            **_events(RECV, _DATA, "POSTCOPY_SYNC"),
+            (SEND, MsgType.PAGE_REQUEST): "POSTCOPY_SYNC",
+            (SEND, MsgType.POSTCOPY_DONE): DONE,
+        },
     },
 }
 
