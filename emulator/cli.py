@@ -42,7 +42,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_WARNING = 3  # completed, with a warning event, under --fail-on-warning
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
-_EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED}
+_EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED, "lost": EXIT_FAILED}
 
 
 def exit_status(statuses):

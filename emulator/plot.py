@@ -35,7 +35,8 @@ MIB = float(1 << 20)
 COLORS = {"measured": "#404040", "geometric": "#d95f02", "working_set": "#1b9e77"}
 LABELS = {"measured": "measured", "geometric": "geometric model", "working_set": "working-set model"}
 BLACKOUT_COLOR = "#c0392b"
-PHASE_COLORS = {"setup": "#bbbbbb", "handover": "#e59866", "resume": "#f5b7b1", "announce": "#d7bde2"}
+PHASE_COLORS = {"setup": "#bbbbbb", "handover": "#e59866", "resume": "#f5b7b1", "announce": "#d7bde2",
+                "postcopy": "#a3d9a5"}
 MEMORY_COLORS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#8c564b", "#bcbd22")
 
 
@@ -313,7 +314,7 @@ def strategies_figure(rows: list[dict[str, Any]]) -> Figure:
     if not done:
         raise ValueError("no completed run in the sweep: nothing to plot")
     labels = [f"{row['run']}. {row['pattern']}: {row['strategies']}" for row in done]
-    panels = (("pre-copy + blackout (s)", [row["migration_s"] for row in done], "#5b8db8"),
+    panels = (("until all memory is there (s)", [row["migration_s"] for row in done], "#5b8db8"),
               ("blackout (s)", [row["blackout_s"] for row in done], BLACKOUT_COLOR),
               ("on the wire (GiB)", [(row["wire_bytes"] or 0) / 2**30 for row in done], "#7fb77e"),
               ("guest slowdown (% of writes lost)", [max(0.0, row["guest_slowdown"] or 0.0) * 100 for row in done],

@@ -15,6 +15,11 @@ Pure functions over numbers the sender measures (no I/O, no clock), in QEMU's vo
 4. stalled: no pass among the last ``stall_passes`` reached a new minimum of remaining
    bytes -> ``on_stall`` (switchover, as Hyper-V forces the final copy, or abort).
 
+With post-copy allowed, ``postcopy_now`` turns a decision into post-copy: any end of
+pre-copy but convergence (2-4: pre-copy cannot finish within the budget), or, with
+``after_passes``, once that many passes have completed without converging (QEMU's
+migrate-start-postcopy, issued by the user or an orchestrator).
+
 The downtime ramp (OpenStack nova's live_migration_downtime, _steps and _delay): with a
 ramp of N steps of T seconds per GiB of guest (memory and any mirrored disk), the limit in
 force t seconds into pre-copy is ``D / N + (D - D / N) / N x i`` with ``i = min(N,
@@ -49,13 +54,14 @@ __all__ = [
     "is_stalled",
     "needs_slowing",
     "next_throttle_pct",
+    "postcopy_now",
     "threshold_bytes",
 ]
 
-Action = Literal["continue", "switchover", "abort"]
-Reason = Literal["converged", "max-passes", "max-time", "stalled"]
-ACTIONS: tuple[str, ...] = ("continue", "switchover", "abort")
-REASONS: tuple[str, ...] = ("converged", "max-passes", "max-time", "stalled")
+Action = Literal["continue", "switchover", "abort", "postcopy"]
+Reason = Literal["converged", "max-passes", "max-time", "stalled", "postcopy-after"]
+ACTIONS: tuple[str, ...] = ("continue", "switchover", "abort", "postcopy")
+REASONS: tuple[str, ...] = ("converged", "max-passes", "max-time", "stalled", "postcopy-after")
 _STALL_ACTIONS = ("switchover", "abort")
 
 
@@ -226,6 +232,17 @@ def decide(
     if config.stall_passes is not None and is_stalled(history, config.stall_passes):
         return decision(config.on_stall, "stalled")
     return decision("continue", None)
+
+
+def postcopy_now(decision: Decision, passes_completed: int, after_passes: int | None = None) -> Decision | None:
+    """The post-copy Decision that replaces `decision` (module doc), or None: `decision` stands."""
+    if decision.reason == "converged":
+        return None
+    if decision.action != "continue":
+        return Decision("postcopy", decision.reason, decision.threshold_bytes, decision.downtime_limit_s)
+    if after_passes is not None and passes_completed >= after_passes:
+        return Decision("postcopy", "postcopy-after", decision.threshold_bytes, decision.downtime_limit_s)
+    return None
 
 
 def _check_pct(name: str, value: object, low: int, high: int) -> int:

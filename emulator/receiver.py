@@ -16,6 +16,11 @@ directory, its space reserved in setup; after each pass what arrived is written
 back in the background; in the handover its digest is checked, it is written
 through and renamed to its name before the guest resumes. On failure the part
 file is removed: nothing is ever left under the disk's name unverified.
+Post-copy (emulator.postcopy): after MISSING the guest resumes here at once, its
+vCPUs waiting for the missing pages they touch, which this thread asks for and
+places as they come (each once: a page that is not missing is a protocol error).
+Only the running digest can verify it, once the last page is in: the vCPUs have
+changed the memory since. A failure in between loses the guest (status "lost").
 """
 
 import hashlib
@@ -33,12 +38,14 @@ from emulator.disk import DiskError, DiskImage, disk_problems
 from emulator.guest import GuestMemory
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
 from emulator.protocol import Flags, MsgType, RemoteProtocolError
-from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, PassComplete,
-                                       SourceAborted, Switchover, stranger_abort, stranger_refusal, verdict)
+from emulator.postcopy import Faults
+from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, Missing,
+                                       PassComplete, PostcopyBegins, PostcopyComplete, SourceAborted, Switchover,
+                                       stranger_abort, stranger_refusal, verdict)
 from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
-from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT
+from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, WAKE
 from emulator.units import format_bytes, format_count
 from emulator.verdict import Problem, Verdict, refusal
 from emulator.workload import Workload
@@ -246,7 +253,9 @@ class Destination:
     limits: a DestinationLimits for everything else a source may ask for.
     progress: an object with phase(name, elapsed_s) and message(text), or None.
     on_verified: called with the GuestMemory once its digest matched, just before
-    the guest resumes (and its writers change it): the memory as migrated.
+    the guest resumes (and its writers change it): the memory as migrated. After a
+    post-copy, once the last page is in and the digest matched, with the writers
+    paused: the memory as migrated and as the guest has changed it here since.
     prepared: a Future of a blank GuestMemory made before HELLO for the guest that is
     expected (see emulator.migration.migrate); used if HELLO brings that guest.
     """
@@ -261,7 +270,7 @@ class Destination:
         self.progress, self.clock = progress, clock
         self.protocol = DestinationProtocol()
         self.peer = None
-        self.guest = None
+        self.guest = self.workload = None
         self.pages_applied = 0
         self.doors = Doorkeeper(link, progress)
         self.interrupted = False
@@ -269,6 +278,8 @@ class Destination:
         self.disk = self.disk_applier = self.disk_digest = None
         self.blocks_applied = 0
         self.device_state = b""
+        self.faults = self.postcopy = None  # post-copy's missing pages; its POSTCOPY message, once begun
+        self.live_postcopy = False  # resumed here without all its pages: a failure loses the guest
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its DestinationOutcome.
@@ -291,6 +302,8 @@ class Destination:
             failure = MigrationError(f"the destination failed: {type(error).__name__}: {error}")
         if failure and not failure.answered:
             self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
+        if self.workload is not None:
+            self.workload.stop()  # a post-copy guest may be running (or waiting for pages) here
         for applier in (self.applier, self.disk_applier):
             if applier:
                 applier.close()
@@ -303,10 +316,13 @@ class Destination:
                 disk_path = self.disk.path
                 self.disk.close()
         if failure:  # the partial guest is discarded, never resumed: nothing may keep its memory
-            self.guest = self.workload = self.applier = self.running_digest = None
+            self.guest = self.workload = self.applier = self.running_digest = self.faults = None
         self.disk = self.disk_applier = None
+        status = "completed"
+        if failure:
+            status = "lost" if self.live_postcopy else failure.status
         outcome = DestinationOutcome(
-            status=failure.status if failure else "completed", reason=failure.reason if failure else None,
+            status=status, reason=failure.reason if failure else None,
             digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,
             frames_refused=self.doors.frames_refused, blocks_applied=self.blocks_applied, disk_path=disk_path)
         self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
@@ -339,14 +355,19 @@ class Destination:
         self.applier = BatchApplier(self.guest, self.running_digest)
         options = scenario.migration
         ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
+        if self.faults is not None:
+            self.faults.doorbell = self.link.doorbell()
         self._send(self.protocol.accept(scenario, ports))
         self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {options.channels} channel(s)")
 
     def _hosted(self, scenario):
-        """The guest's blank memory and its workload, ready (started at resume): seconds for a big guest."""
+        """The guest's blank memory and its workload, ready (started at resume): seconds for a big guest.
+        With post-copy allowed, the writers will wait for missing pages."""
         guest = self._blank_guest(scenario.guest)
-        return guest, Workload(guest, scenario.workload)
+        if scenario.migration.postcopy:
+            self.faults = Faults(guest.n_pages, scenario.workload.vcpus)
+        return guest, Workload(guest, scenario.workload, faults=self.faults)
 
     def _blank_guest(self, spec):
         """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
@@ -423,6 +444,9 @@ class Destination:
                 if duration_left_s < silence_left_s:
                     continue  # the duration limit, not the source's silence: said at the top
                 raise
+            if incoming.channel == WAKE:  # a vCPU waits for a page
+                self._request_pages()
+                continue
             if incoming.channel == CONTROL:
                 if incoming.peer != self.peer:
                     self._refuse_intruder(incoming)
@@ -437,7 +461,9 @@ class Destination:
     def _on_event(self, event):
         if type(event) is DataPages:
             message = event.message
-            if message.flags & Flags.DISK:
+            if self.live_postcopy:
+                self._place_missing(message)
+            elif message.flags & Flags.DISK:
                 self.disk_applier.apply(message)
                 self.blocks_applied += message.page_count
             else:
@@ -458,6 +484,15 @@ class Destination:
             self._say(f"blackout: final pass {event.pass_no}")
         elif type(event) is DeviceState:
             self.device_state = bytes(event.message.payload)
+        elif type(event) is PostcopyBegins:
+            if self.faults is None:
+                raise RemoteProtocolError("type", "POSTCOPY, but this migration's scenario has no post-copy")
+            self.switchover_at, self.postcopy = self.clock(), event.message
+            self._say(f"post-copy: the guest moves here after pass {self.protocol.pass_no - 1}")
+        elif type(event) is Missing:
+            self._resume_without(event.message)
+        elif type(event) is PostcopyComplete:
+            self._end_postcopy(event.end)
         elif type(event) is SourceAborted:
             raise PeerAborted(event.reason, "source", event.cancelled)
 
@@ -502,6 +537,69 @@ class Destination:
         self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
         self._say("resumed and announced")
         self._warn_if_long(self.clock() - self.switchover_at)
+        self.workload.stop()  # the emulation ends here; a real guest would keep running
+
+    # post-copy -------------------------------------------------------------------
+    def _resume_without(self, missing):
+        """Resume the guest here with the MISSING pages marked: its vCPUs wait for each they touch."""
+        final_pages_s = self.clock() - self.switchover_at
+        device_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
+        if device_digest != self.postcopy.field("device_state_digest", str):
+            raise Mismatch("device state digest mismatch")
+        self.faults.mark(missing.page_numbers.astype("int64"))
+        started = self.clock()
+        self.faults.resumed_at = started
+        self.live_postcopy = True
+        self.workload.start()
+        resume_s = self.clock() - started
+        self.postcopy_cpu_started = time.process_time()
+        self._send(self.protocol.resumed({
+            "digest": "", "digest_check_s": 0.0, "final_pages_s": final_pages_s, "resume_s": resume_s,
+            "storage_token": self.postcopy.field("storage_token", str), "disk_digest": None, "disk_sync_s": 0.0,
+        }))
+        self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
+        self._say(f"resumed with {missing.page_count:,} pages missing, and announced")
+        self._warn_if_long(self.clock() - self.switchover_at)
+
+    def _request_pages(self):
+        """Ask the source for the pages the vCPUs wait for (those still missing)."""
+        if not self.live_postcopy:
+            return
+        pages = self.faults.take_requests()
+        if pages.size:
+            self._send(self.protocol.page_request(pages))
+
+    def _place_missing(self, message):
+        """Place a post-copy message's pages, all missing (else a protocol error), then wake their waiters."""
+        numbers = message.page_numbers
+        self.faults.check_missing(numbers)
+        self.applier.apply(message)
+        self.applier.drain()
+        self.faults.arrived(numbers.astype("int64"))
+        self.pages_applied += message.page_count
+
+    def _end_postcopy(self, end):
+        """Every page POSTCOPY_END promised is in: the running digest must be the source's."""
+        left = self.faults.left()
+        if left:
+            raise RemoteProtocolError("body.pages", f"POSTCOPY_END's messages arrived, {left:,} pages are still "
+                                                    "missing")
+        self.digest = self.running_digest.value()
+        if self.digest != end.field("digest", str):
+            raise Mismatch(f"memory digest mismatch after post-copy: source {end.body['digest']}, destination "
+                           f"{self.digest}")
+        faults = self.faults
+        self.workload.pause()
+        self._send(self.protocol.postcopy_done({
+            "digest": self.digest, "blocktime_s": faults.all_blocked_s, "vcpu_blocktime_s": self.workload.blocked_s,
+            "pages_requested": faults.requested, "requested_placed": faults.requested_placed,
+            "last_page_s": faults.last_page_at - faults.resumed_at if faults.last_page_at else 0.0,
+            "cpu_s": time.process_time() - self.postcopy_cpu_started,
+        }))
+        self.live_postcopy = False
+        self._say(f"post-copy done: {faults.requested:,} pages asked for")
+        if self.on_verified:
+            self.on_verified(self.guest)
         self.workload.stop()  # the emulation ends here; a real guest would keep running
 
     def _warn_if_long(self, blackout_s):

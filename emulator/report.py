@@ -42,6 +42,7 @@ __all__ = [
     "PHASES",
     "PassRecord",
     "Phase",
+    "Postcopy",
     "Report",
     "SCHEMA_VERSION",
     "STATUSES",
@@ -50,11 +51,13 @@ __all__ = [
     "summarize",
 ]
 
-SCHEMA_VERSION = 3
-READABLE_SCHEMAS = (1, 2, 3)  # 1 is upgraded as it is read; 2 lacks only the disk's fields, which default
-STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled")
-PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce")
-Status = Literal["completed", "failed", "cancelled"]
+SCHEMA_VERSION = 4
+# 1 is upgraded as it is read; 2 lacks only the disk's fields, 3 post-copy's, which default
+READABLE_SCHEMAS = (1, 2, 3, 4)
+#: lost: the migration failed after a post-copy resume, when neither side had all of the guest
+STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "lost")
+PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce", "postcopy")
+Status = Literal["completed", "failed", "cancelled", "lost"]
 
 
 @dataclass
@@ -142,6 +145,36 @@ class Blackout:
     final_disk_zero_blocks: int = 0
     final_disk_wire_bytes: int = 0
     disk_sync_s: float = 0.0
+
+
+@dataclass
+class Postcopy:
+    """Post-copy, from the destination's resume until its last missing page arrived.
+
+    missing_pages: pages missing at the resume. pages_requested: of them, the pages the
+    destination's vCPUs asked for, each once (QEMU's postcopy-requests counts requests).
+    requested_sent: pages the source sent because they were asked for before their push;
+    pushed_pages: pages it sent in order. requests: PAGE_REQUEST messages heard.
+    wire_bytes, zero_pages: the missing pages on the wire, and how many were zero.
+    duration_s: the source's resume (RESUMED heard) to POSTCOPY_DONE heard.
+    last_page_s: the destination's resume to its last page placed.
+    blocktime_s: time every vCPU was waiting for a page at once (QEMU's postcopy-blocktime).
+    vcpu_blocktime_s: each vCPU's time waiting for pages (postcopy-vcpu-blocktime).
+    destination_cpu_s: the destination's CPU time from resume to its last page.
+    """
+
+    missing_pages: int
+    pages_requested: int
+    requested_sent: int
+    pushed_pages: int
+    requests: int
+    wire_bytes: int
+    zero_pages: int
+    duration_s: float
+    last_page_s: float
+    blocktime_s: float
+    vcpu_blocktime_s: list[float] = field(default_factory=list)
+    destination_cpu_s: float = 0.0
 
 
 @dataclass
@@ -254,6 +287,7 @@ class Report:
     digests_match: source digest at pause == destination digest (None if never compared).
     summary: QEMU query-migrate style totals (``summarize``).
     block_job: the disk mirror (storage mirror), else None.
+    postcopy: the post-copy after the resume, once it ended (None: none, or it did not end).
     """
 
     schema: int = SCHEMA_VERSION
@@ -274,6 +308,7 @@ class Report:
     destination_digest: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     block_job: BlockJob | None = None
+    postcopy: Postcopy | None = None
 
     def __post_init__(self) -> None:
         if type(self.schema) is not int or self.schema != SCHEMA_VERSION:
@@ -330,6 +365,8 @@ class Report:
             data["blackout"] = _build(Blackout, data["blackout"], "report.blackout")
         if data.get("block_job") is not None:
             data["block_job"] = _build(BlockJob, data["block_job"], "report.block_job")
+        if data.get("postcopy") is not None:
+            data["postcopy"] = _build(Postcopy, data["postcopy"], "report.postcopy")
         return cls(**data)
 
     def write(self, path: str | os.PathLike[str]) -> None:
@@ -432,6 +469,7 @@ def summarize(
     unrecorded_disk_wire_bytes: int = 0,
     disk: Any = None,
     xbzrle_cache: dict[str, Any] | None = None,
+    postcopy: Postcopy | None = None,
 ) -> dict[str, Any]:
     """QEMU query-migrate style totals over the records of a run.
 
@@ -442,7 +480,7 @@ def summarize(
     ============================ ========================================================
     key                          meaning (unit)
     ============================ ========================================================
-    status                       completed / failed / cancelled
+    status                       completed / failed / cancelled / lost
     total-time                   migration start to end (ms)
     setup-time                   setup phase (ms)
     downtime                     blackout, pause -> "resumed" heard (ms; None: no pause)
@@ -467,6 +505,12 @@ def summarize(
     ram.precopy-bytes            wire bytes sent during pre-copy (bytes)
     ram.downtime-bytes           RAM wire bytes sent during the blackout (bytes)
     ram.page-size                page size (bytes)
+    ram.postcopy-bytes           RAM wire bytes sent after a post-copy resume (bytes;
+                                 in transferred too)
+    ram.postcopy-requests        pages the destination's vCPUs asked for (count)
+    postcopy-blocktime           every vCPU waiting for a page at once (ms)
+    postcopy-vcpu-blocktime      each vCPU's wait for pages (ms, a list)
+    (the postcopy keys only after a post-copy)
 
     disk.transferred             a mirrored disk's bytes on the wire (bytes); and as ram's:
     disk.remaining, disk.total, disk.duplicate (zero blocks), disk.normal (blocks),
@@ -490,10 +534,12 @@ def summarize(
     final_pages = blackout.final_pages if blackout else 0
     final_zero_pages = blackout.final_zero_pages if blackout else 0
     downtime_wire_bytes = blackout.final_wire_bytes if blackout else 0
+    postcopy_pages, postcopy_zero_pages, postcopy_wire_bytes = (
+        (postcopy.missing_pages, postcopy.zero_pages, postcopy.wire_bytes) if postcopy else (0, 0, 0))
     precopy_wire_bytes = sum(p.wire_bytes for p in passes) + unrecorded_wire_bytes
-    transferred = precopy_wire_bytes + downtime_wire_bytes
-    pages_sent = sum(p.pages_sent for p in passes) + final_pages
-    duplicate = sum(p.zero_pages for p in passes) + final_zero_pages
+    transferred = precopy_wire_bytes + downtime_wire_bytes + postcopy_wire_bytes
+    pages_sent = sum(p.pages_sent for p in passes) + final_pages + postcopy_pages
+    duplicate = sum(p.zero_pages for p in passes) + final_zero_pages + postcopy_zero_pages
     normal = pages_sent - duplicate
     guest_bytes = pages_sent * page_size
 
@@ -538,7 +584,11 @@ def summarize(
             "precopy-bytes": precopy_wire_bytes,
             "downtime-bytes": downtime_wire_bytes,
             "page-size": page_size,
+            **({} if postcopy is None else {"postcopy-bytes": postcopy_wire_bytes,
+                                            "postcopy-requests": postcopy.pages_requested}),
         },
+        **({} if postcopy is None else {"postcopy-blocktime": postcopy.blocktime_s * 1e3,
+                                        "postcopy-vcpu-blocktime": [b * 1e3 for b in postcopy.vcpu_blocktime_s]}),
         **({} if disk is None else {"disk": _disk_summary(passes, blackout, status, disk, unrecorded_disk_wire_bytes)}),
         **({} if xbzrle_cache is None else {"xbzrle-cache": xbzrle_cache}),
     }
@@ -691,6 +741,15 @@ def format_summary(report: Report) -> str:
             f" in {format_duration(b.device_state_s)},"
             f" digest check {format_duration(b.digest_check_s)},"
             f" resume {format_duration(b.resume_s)}",
+        ]
+    if report.postcopy is not None:
+        pc = report.postcopy
+        lines += [
+            f"post-copy    {pc.missing_pages:,} pages missing at resume, the last there after "
+            f"{format_duration(pc.last_page_s)}; {pc.pages_requested:,} asked for in "
+            f"{format_count(pc.requests, 'request')}, {pc.pushed_pages:,} pushed",
+            f"             vCPUs waited {', '.join(format_duration(b) for b in pc.vcpu_blocktime_s)} "
+            f"(all at once {format_duration(pc.blocktime_s)})",
         ]
     if report.digests_match is None:
         digests = "not compared"

@@ -316,6 +316,13 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("xbzrle_cache", "migration", "migration", "xbzrle_cache_bytes", units.parse_size, "256MiB",
               "XBZRLE's cache of pages as last sent (QEMU's xbzrle cache-size)", metavar="SIZE",
               show=units.compact_size),
+    RunOption("postcopy", "migration", "migration", "postcopy", _flag, "true",
+              "when pre-copy cannot converge, resume the guest on the destination with its dirty pages missing: "
+              "they cross on demand and in the background, as QEMU's postcopy-ram (a failure then loses the guest)",
+              show=lambda on: "on" if on else "off"),
+    RunOption("postcopy_after", "migration", "migration", "postcopy_after_passes", whole_number, "1",
+              "switch to post-copy after this many pre-copy passes, pass 0 included (implies --postcopy)",
+              metavar="N", default_text="once pre-copy cannot converge"),
     RunOption("verify", "migration", "migration", "verify", _text, "full",
               "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
               "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),

@@ -106,6 +106,11 @@ class MigrationOptions:
     None = no limit. xbzrle: from pass 1 on, send a page whose last copy is in a cache
     of xbzrle_cache_bytes as the runs where it changed, when that is smaller (QEMU's
     XBZRLE, 64 MiB cache); other pages go through the codec.
+    postcopy: when pre-copy cannot converge (stalled, max-passes, max-time), resume the
+    guest on the destination with its dirty pages missing, which then cross on demand
+    and in the background (QEMU's postcopy-ram; emulator.postcopy);
+    postcopy_after_passes: switch so after this many passes, pass 0 included, even
+    before pre-copy gives up (and with it, post-copy is on).
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -127,6 +132,8 @@ class MigrationOptions:
     xbzrle: bool = False
     xbzrle_cache_bytes: int = 64 << 20
     storage: str = "shared"
+    postcopy: bool = False
+    postcopy_after_passes: int | None = None
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     RULES: ClassVar[dict] = {
@@ -144,6 +151,8 @@ class MigrationOptions:
         "xbzrle": fields.flag,
         "xbzrle_cache_bytes": fields.size(4096, 1 << 40),
         "storage": fields.one_of(STORAGE_MODES),
+        "postcopy": fields.flag,
+        "postcopy_after_passes": fields.optional(fields.whole(1), "once pre-copy cannot converge"),
     }
 
     def __post_init__(self):
@@ -153,6 +162,14 @@ class MigrationOptions:
                              "(QEMU refuses both too)")
         if not isinstance(self.policy, PolicyConfig):
             raise ValueError(f"policy must be a PolicyConfig, got {self.policy!r}")
+        if self.postcopy_after_passes is not None:
+            object.__setattr__(self, "postcopy", True)  # post-copy after N passes is post-copy
+        if self.postcopy and self.verify != "incremental":
+            raise ValueError("post-copy verifies by running digests only (the destination's vCPUs change its "
+                             "memory while pages arrive): use verify incremental")
+        if self.postcopy and self.storage == "mirror":
+            raise ValueError("post-copy moves memory only: a mirrored disk must converge before the guest moves; "
+                             "use storage shared, or pre-copy")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,17 @@ dirtied while a large disk crosses pass 0 is not sent twice.
 The blackout sends the last dirty blocks, COMPLETE carries the disk's digest,
 and the destination writes its copy through to storage and puts it in place
 before it resumes (the handover). The source's disk is only ever read.
+
+Post-copy (emulator.postcopy): when pre-copy cannot converge, or after the passes
+asked for, the blackout sends only the device state and the list of missing pages
+(MISSING); the downtime ends when the destination resumes without them. Then every
+missing page is sent once, those its vCPUs ask for (PAGE_REQUEST) before the next
+push, the rest in ascending order. On a capped link a push message is what the cap
+carries in POSTCOPY_PUSH_S, so a request waits behind little; uncapped, a message
+is a full batch (smaller ones cost more per byte than the wait they save).
+POSTCOPY_END closes them with the running digest, and the
+destination's POSTCOPY_DONE says its digest as applied. From the resume until then
+neither side has the whole guest: a failure loses it (status "lost").
 """
 
 import dataclasses
@@ -38,7 +49,7 @@ import uuid
 
 import numpy as np
 
-from emulator import events, policy, protocol
+from emulator import events, policy, postcopy, protocol
 from emulator.batches import BatchEncoder
 from emulator.codecs import codec_from_name
 from emulator.digest import RunningDigest
@@ -46,12 +57,13 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import Flags, MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
-from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Report,
+from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Postcopy, Report,
                              format_parameter, host_info, summarize)
 from emulator.units import format_rate
 from kernels import bitmap, xbzrle
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
+POSTCOPY_PUSH_S = 0.002  # a post-copy push message on a capped link: what it carries in this time
 
 
 class _Timeline:
@@ -169,11 +181,15 @@ class Source:
             raise ValueError("a guest with a disk in its scenario needs its DiskImage, and only then")
         self.disk_writer = disk_writer
         self.mirror = _Mirror(scenario, disk, self.codec) if mirrored else None
-        self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size)
+        self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size,
+                                       guest.n_pages)
         self.passes = []
         self.unrecorded = None  # the _PassCounter of a pass (or blackout) still being sent
         self.paused = False
         self.blackout = None
+        self.backlog = None  # post-copy's missing pages (emulator.postcopy.Backlog), once the guest moved
+        self.live_postcopy = False  # the guest runs on the destination without all its pages: a failure loses it
+        self.postcopy = None  # the report's Postcopy record
         self.events = []  # what the run warns about (emulator.events)
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
         self.source_disk_digest = self.destination_disk_digest = self.paused_disk_digest = None
@@ -203,8 +219,11 @@ class Source:
             if decision.action == "abort":
                 raise MigrationError(f"pre-copy {decision.reason}: remaining dirty set did not shrink "
                                      f"for {self.options.policy.stall_passes} passes (on-stall abort)")
-            self._blackout()
-            self._announce()
+            if decision.action == "postcopy":
+                self._postcopy()
+            else:
+                self._blackout()
+                self._announce()
             self._confirm_source_memory()
         except KeyboardInterrupt:
             failure = Cancelled("cancelled by the user on the source")
@@ -214,10 +233,12 @@ class Source:
             self.encoder.close()
             if self.mirror:
                 self.mirror.encoder.close()
+        status = "completed"
         if failure:
+            status = "lost" if self.live_postcopy else failure.status
             self._abort(failure)
         self.timeline.end_current()
-        return self._report(failure.status if failure else "completed", failure.reason if failure else None)
+        return self._report(status, failure.reason if failure else None)
 
     def _abort(self, failure):
         """Tell the destination why (best effort, unless it knows) and keep the guest running here."""
@@ -230,7 +251,10 @@ class Source:
         if self.paused:
             self._resume_writers()
             self.paused = False
-        if self.progress:
+        if self.progress and self.live_postcopy:
+            self.progress.message(f"guest LOST: {failure.reason}; it ran on the destination without all its pages, "
+                                  "and the source's copy stays paused")
+        elif self.progress:
             self.progress.message(f"migration stopped: {failure.reason}; the guest keeps running on the source")
 
     # phase 1: setup ----------------------------------------------------------
@@ -276,6 +300,8 @@ class Source:
             self._apply_changes()
             decision = policy.decide(self.policy_in_force, remaining_history, bandwidth,
                                      self.timeline.now() - self.setup_s, self.scenario.guest_bytes)
+            if self.options.postcopy:
+                decision = policy.postcopy_now(decision, pass_no + 1, self.options.postcopy_after_passes) or decision
             record = PassRecord(
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * self.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
@@ -297,7 +323,7 @@ class Source:
                 self.progress.pass_done(record, self.guest.page_size, self.guest.n_pages)
                 if pass_no == 0:
                     self._say_if_cpu_bound(record)
-                if decision.reason in ("stalled", "max-passes", "max-time"):
+                if decision.reason in ("stalled", "max-passes", "max-time", "postcopy-after"):
                     self.progress.message(f"pre-copy {decision.reason}: {decision.action}")
             if decision.action != "continue":
                 self.decision = decision
@@ -492,6 +518,83 @@ class Source:
             raise Mismatch(f"the destination resumed with disk digest {self.destination_disk_digest}, the "
                            f"source's is {self.source_disk_digest}: its disk is not the guest's")
 
+    def _postcopy(self):
+        """Pause, send the device state and the missing pages' list; once the destination resumed, send each
+        missing page once (module doc)."""
+        pause_at = self.clock()
+        self._pause_writers()
+        self.paused = True
+        self.timeline.begin("blackout")
+        token = uuid.uuid4().hex
+        self.link.send_control(self.protocol.postcopy(self.decision.reason, self.device_state_digest, token))
+        missing = self.guest.harvest(self.harvest_buffer).copy()
+        device_started = self.clock()
+        self.link.send_control(self.protocol.device_state(self.device_state))
+        device_state_s = self.clock() - device_started
+        self.link.send_control(self.protocol.missing(missing))
+        self.timeline.begin("handover")
+        resumed = self._recv_control()
+        resumed_at = self.clock()
+        self.paused, self.live_postcopy = False, True  # from now on only the destination runs the guest
+        if resumed.field("storage_token", str) != token:
+            raise protocol.RemoteProtocolError("body.storage_token", "the destination took another storage token")
+        self.timeline.begin("resume")
+        self.blackout = Blackout(
+            total_s=resumed_at - pause_at, final_pages=0, final_bytes=0, final_wire_bytes=0, final_zero_pages=0,
+            final_send_s=resumed.field("final_pages_s", (int, float)), device_state_bytes=len(self.device_state),
+            device_state_s=device_state_s, digest_check_s=0.0, resume_s=resumed.field("resume_s", (int, float)))
+        self._warn_if_long(self.blackout)
+        if self.progress:
+            self.progress.message(f"post-copy: the guest resumed on the destination with "
+                                  f"{missing.size:,} pages missing")
+        self._announce()
+        self.timeline.begin("postcopy")
+        self._push(missing, resumed_at)
+
+    def _push(self, missing, resumed_at):
+        """Send every missing page once, asked-for pages first; POSTCOPY_END; the destination's POSTCOPY_DONE."""
+        self.backlog = postcopy.Backlog(missing)
+        counter = self.unrecorded = _PassCounter()
+        rate, batch_pages = self.limiter.rate_bytes_per_s, self.options.batch_pages
+        push_pages = min(batch_pages, max(1, int(rate * POSTCOPY_PUSH_S) // self.guest.page_size)) if rate \
+            else batch_pages
+        while True:
+            self._check_control()  # page requests join the backlog
+            pages = self.backlog.next_requested()
+            if not pages.size:
+                pages = self.backlog.next_pushed(push_pages)
+                if not pages.size:
+                    break
+            for batch in self.encoder.batches(pages):  # whole pages: XBZRLE's deltas are for pre-copy
+                counter.count(batch, self._send_data(batch), False)
+        self.limiter.settle()
+        self.source_digest = self.running_digest.value()
+        self.link.send_control(self.protocol.postcopy_end(counter.pages, self.source_digest))
+        done = self._recv_control()
+        self.destination_digest = done.body["digest"]
+        self.postcopy = self._postcopy_record(done, counter, missing.size, self.clock() - resumed_at)
+        self.unrecorded = None
+        if self.destination_digest != self.source_digest:
+            raise Mismatch(f"after post-copy the destination's memory digest is {self.destination_digest}, the "
+                           f"source's {self.source_digest}: the guest it runs is not this one")
+        self.live_postcopy = False
+        if self.progress:
+            self.progress.message(f"post-copy done: {self.postcopy.pages_requested:,} pages asked for, the vCPUs "
+                                  f"waited {sum(self.postcopy.vcpu_blocktime_s):.3f} s in all")
+
+    def _postcopy_record(self, done, counter, missing_pages, duration_s):
+        blocktimes = done.body["vcpu_blocktime_s"]
+        if len(blocktimes) != self.scenario.workload.vcpus or not all(
+                type(b) in (int, float) and b >= 0 for b in blocktimes):
+            raise protocol.RemoteProtocolError("body.vcpu_blocktime_s", f"expected {self.scenario.workload.vcpus} "
+                                                                        f"times >= 0, got {blocktimes!r:.80}")
+        return Postcopy(
+            missing_pages=missing_pages, pages_requested=done.body["pages_requested"],
+            requested_sent=self.backlog.requested_sent, pushed_pages=self.backlog.pushed,
+            requests=self.backlog.requests, wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages,
+            duration_s=duration_s, last_page_s=done.body["last_page_s"], blocktime_s=done.body["blocktime_s"],
+            vcpu_blocktime_s=[float(b) for b in blocktimes], destination_cpu_s=done.body["cpu_s"])
+
     def _send_final(self, pages, blocks):
         """The mirrored disk's final dirty blocks, then the final dirty pages: the blackout's counter."""
         counter = self.unrecorded = _PassCounter()
@@ -541,10 +644,10 @@ class Source:
             self._receive_one()
 
     def _recv_control(self):
-        """The next control message that is not a heartbeat, checked by the protocol engine."""
+        """The next control message that is not a heartbeat (or a page request), checked by the protocol engine."""
         while True:
             message = self._receive_one()
-            if message.type != MsgType.HEARTBEAT:
+            if message.type not in (MsgType.HEARTBEAT, MsgType.PAGE_REQUEST):
                 return message
 
     def _receive_one(self):
@@ -552,6 +655,8 @@ class Source:
         if message.type == MsgType.ABORT:
             reason, cancelled = aborted(message)
             raise PeerAborted(reason, "destination", cancelled)
+        if message.type == MsgType.PAGE_REQUEST:
+            self.backlog.request(message.page_numbers)
         return message
 
     # the report --------------------------------------------------------------------
@@ -570,7 +675,7 @@ class Source:
             expected_downtime_s=self.expected_downtime_s,
             unrecorded_wire_bytes=self.unrecorded.wire_bytes if self.unrecorded else 0,
             unrecorded_disk_wire_bytes=self.unrecorded.disk_wire_bytes if self.unrecorded else 0,
-            disk=self.mirror and self.mirror.disk.spec, xbzrle_cache=self._xbzrle_stats(),
+            disk=self.mirror and self.mirror.disk.spec, xbzrle_cache=self._xbzrle_stats(), postcopy=self.postcopy,
         )
         decision = self.decision
         return Report(
@@ -579,6 +684,7 @@ class Source:
             switchover_reason=decision.reason if decision else None, digests_match=matched,
             source_digest=self.source_digest, destination_digest=self.destination_digest, summary=summary,
             parameter_changes=self.parameter_changes, events=self.events, block_job=self._block_job(status),
+            postcopy=self.postcopy,
         )
 
     def _xbzrle_stats(self):

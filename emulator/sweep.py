@@ -132,6 +132,8 @@ def strategies(scenario) -> list[str]:
          f"dirty-limit {units.format_rate(options.dirty_limit_bytes_per_s)}"),
         (ramp is not None, ramp and f"downtime ramp {ramp.steps} steps of {units.format_duration(ramp.delay_s_per_gib)}/GiB"),
         (options.xbzrle, f"xbzrle {units.format_bytes(options.xbzrle_cache_bytes)}"),
+        (options.postcopy, "post-copy" + ("" if options.postcopy_after_passes is None else
+                                          f" after {options.postcopy_after_passes} passes")),
     ) if on]
 
 
@@ -239,6 +241,8 @@ COLUMNS: tuple[tuple[str, type], ...] = (
     ("lambda", float), ("base_s", float), ("measured_factor", float),
     ("disk_wire_bytes", int), ("disk_final_blocks", int), ("disk_wait_s", float), ("disk_sync_s", float),
     ("guest_slowdown", float), ("final_throttle_pct", int), ("xbzrle_pages", int), ("xbzrle_cache_miss_rate", float),
+    ("postcopy_missing_pages", int), ("postcopy_pages_requested", int), ("postcopy_last_page_s", float),
+    ("postcopy_blocktime_s", float), ("postcopy_vcpu_blocktime_s", float),
     # models
     ("thumb_low_s", float), ("thumb_high_s", float), ("thumb_verdict", str), ("thumb_error", float),
     ("geometric_factor", float), ("geometric_error", float), ("geometric_passes", int),
@@ -297,13 +301,20 @@ def _inputs_row(run: SweepRun, report_name: str) -> dict[str, Any]:
 
 
 def guest_slowdown(report) -> float | None:
-    """The share of its writes the guest lost during pre-copy (to a throttle or a dirty limit): 1 - the
-    writes counted / the writes its rate asks for. None for an unpaced or idle guest."""
+    """The share of its writes the guest lost while it moved, to a throttle or a dirty limit in pre-copy and
+    to waits for pages in post-copy: 1 - the writes made / the writes its rate asks for over pre-copy and
+    post-copy (each vCPU makes none while it waits). None for an unpaced or idle guest."""
     rate = report.scenario.workload.rate_pages_per_s
     precopy_s = sum(p.duration_s for p in report.passes)
     if not rate or math.isinf(rate) or not precopy_s:
         return None
-    return 1 - sum(p.dirty_pages_rate * p.duration_s for p in report.passes) / (rate * precopy_s)
+    made = sum(p.dirty_pages_rate * p.duration_s for p in report.passes)
+    asked_s = precopy_s
+    postcopy = report.postcopy
+    if postcopy is not None:
+        asked_s += postcopy.duration_s
+        made += rate * (postcopy.duration_s - sum(postcopy.vcpu_blocktime_s) / report.scenario.workload.vcpus)
+    return 1 - made / (rate * asked_s)
 
 
 def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
@@ -329,13 +340,20 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
     if "xbzrle-cache" in summary:
         row.update(xbzrle_pages=summary["xbzrle-cache"]["pages"],
                    xbzrle_cache_miss_rate=summary["xbzrle-cache"]["cache-miss-rate"])
+    if report.postcopy is not None:
+        postcopy = report.postcopy
+        row.update(postcopy_missing_pages=postcopy.missing_pages, postcopy_pages_requested=postcopy.pages_requested,
+                   postcopy_last_page_s=postcopy.last_page_s, postcopy_blocktime_s=postcopy.blocktime_s,
+                   postcopy_vcpu_blocktime_s=sum(postcopy.vcpu_blocktime_s) / len(postcopy.vcpu_blocktime_s))
     if report.block_job is not None:
         row.update(disk_wire_bytes=summary["disk"]["transferred"], disk_wait_s=report.block_job.wait_s,
                    disk_sync_s=report.block_job.sync_s,
                    disk_final_blocks=report.blackout.final_disk_blocks if report.blackout else None)
     precopy_s = _phase_length(report, "precopy")
     if report.status == "completed" and report.blackout is not None and precopy_s is not None:
-        row["migration_s"] = precopy_s + report.blackout.total_s
+        # until the guest runs on the destination with all of its memory: post-copy's last page included
+        row["migration_s"] = precopy_s + report.blackout.total_s + (report.postcopy.duration_s if report.postcopy
+                                                                    else 0.0)
     disk = s.mirrored_disk
     if not report.passes or math.isinf(rate) or (disk is not None and math.isinf(disk.write_rate_bytes_per_s)):
         return row  # a writer flat out has no rate for the models
@@ -353,6 +371,8 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
     if row["migration_s"] is not None:
         measured = row["migration_s"] / inputs.base_time_s
         row["measured_factor"] = measured
+        if report.postcopy is not None:
+            return row  # the models are of pre-copy: they have no post-copy to compare with
         row["thumb_verdict"], row["thumb_error"] = thumb_verdict(measured)
         for model in estimate.MODELS:
             row[f"{model}_error"] = row[f"{model}_factor"] / measured - 1

@@ -29,6 +29,7 @@ from emulator.security import HANDSHAKE_FAILURES, Authenticator, secure_client, 
 DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
 MIN_DATA_HWM = 2  # messages queued per data socket and side, at least: one in flight, one ready
 CONTROL = -1  # channel number of the control socket in Incoming
+WAKE = -2  # channel number of an Incoming that only says a Doorbell rang
 HEARTBEATS_PER_TIMEOUT = 4
 PAIR_FINISHED, PAIR_CANCEL = b"", b"cancel"  # a listener's one-frame signals on a PeerLink's pair
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
@@ -122,6 +123,33 @@ def _handshake_failure(monitor, *, server, secured):
     """What the socket monitor's next event says of a failed handshake (security.why_handshake_failed), or None."""
     event = recv_monitor_message(monitor)
     return why_handshake_failed(event["event"], event["value"], server=server, secured=secured)
+
+
+class Doorbell:
+    """Wakes a destination link's recv from another thread: a post-copy vCPU that asks for a page
+    (the receiving thread, which owns the sockets, sends the request). A pipe the poll watches."""
+
+    def __init__(self):
+        self.fd, self._write = os.pipe()
+        for fd in (self.fd, self._write):
+            os.set_blocking(fd, False)
+
+    def ring(self):
+        try:
+            os.write(self._write, b"\0")
+        except BlockingIOError:
+            pass  # rung already, and not yet answered
+
+    def answer(self):
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        os.close(self.fd)
+        os.close(self._write)
 
 
 @dataclass
@@ -223,6 +251,8 @@ class _DestinationEnd:
     join), and define recv and send_control.
     """
 
+    _doorbell = None  # this migration's Doorbell, once asked for
+
     def _socket(self, kind):
         sock = _socket(self.context, kind, self.timeout_s)
         if self.security:
@@ -248,14 +278,27 @@ class _DestinationEnd:
             self.data.append(sock)
         return advertised
 
+    def doorbell(self):
+        """A Doorbell whose ring makes recv return an Incoming on channel WAKE (closed with the data sockets)."""
+        self._doorbell = Doorbell()
+        self._poller.register(self._doorbell.fd, zmq.POLLIN)
+        return self._doorbell
+
     def close_data(self):
         """Close the data sockets (between two migrations on the same control socket)."""
         for sock in self.data:
             self._poller.unregister(sock)
             sock.close(linger=0)
         self.data = []
+        doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None:
+            self._poller.unregister(doorbell.fd)
+            doorbell.close()
 
     def _data_message(self, ready, timeout_s):
+        if self._doorbell is not None and self._doorbell.fd in ready:
+            self._doorbell.answer()
+            return Incoming(WAKE, [])
         for channel, sock in enumerate(self.data):
             if sock in ready:
                 return Incoming(channel, sock.recv_multipart(copy=False))

@@ -7,7 +7,7 @@ views live guest memory is captured at send time.
 import queue
 import time
 
-from emulator.transport import CONTROL, Incoming, PeerTimeout
+from emulator.transport import CONTROL, WAKE, Incoming, PeerTimeout
 
 SOURCE_PEER = b"source"
 
@@ -67,11 +67,22 @@ class FakeDestinationLink:
         assert peer == SOURCE_PEER
         self.pipe.to_source.put([bytes(f) for f in frames])
 
+    def doorbell(self):
+        return _Doorbell(self.pipe.to_destination)
+
     def close_data(self):
         pass
 
     def close(self):
         pass
+
+
+class _Doorbell:
+    def __init__(self, to_destination):
+        self.to_destination = to_destination
+
+    def ring(self):
+        self.to_destination.put(Incoming(WAKE, []))
 
 
 def link_pair(timeout_s=5.0):

@@ -200,7 +200,7 @@ def test_round_trip_every_field():
 def test_json_shape():
     data = json.loads(make_report().to_json())
     assert list(data)[:3] == ["schema", "status", "reason"]
-    assert data["schema"] == SCHEMA_VERSION == 3
+    assert data["schema"] == SCHEMA_VERSION == 4
     assert data["phases"][2] == {"phase": "blackout", "start_s": 2.0, "end_s": 2.5}
     assert data["passes"][0]["pass_no"] == 0
     assert data["blackout"]["final_wire_bytes"] == 40_960
@@ -222,10 +222,10 @@ def test_minimal_report_round_trip():
 
 def test_unknown_schema_version_refused():
     data = json.loads(make_report().to_json())
-    data["schema"] = 4
+    data["schema"] = 5
     with pytest.raises(ValueError) as info:
         Report.from_json(json.dumps(data))
-    assert str(info.value) == "unsupported report schema 4: this precopy reads schemas 1, 2, 3"
+    assert str(info.value) == "unsupported report schema 5: this precopy reads schemas 1, 2, 3, 4"
     with pytest.raises(ValueError, match="unsupported report schema 7"):
         Report(schema=7, status="completed")
 
@@ -265,7 +265,7 @@ def test_a_schema_1_report_reads_back_upgraded():
     for record in data["passes"]:
         record["pages_dirtied"] = record["remaining_pages"]
     report = Report.from_json(json.dumps(data))
-    assert report.schema == 3 and report.destination == DestinationOutcome(
+    assert report.schema == 4 and report.destination == DestinationOutcome(
         "completed", digest="ab" * 16, endpoint="tcp://127.0.0.1:4000", pages_applied=5)
     assert report.scenario == make_report().scenario and report.passes == make_report().passes
 
