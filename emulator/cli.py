@@ -412,6 +412,8 @@ def _add_analysis_commands(commands):
     run_options.add_options(estimate.add_argument_group("the guest's disk (shared-nothing: mirrored alongside memory)"),
                             _ESTIMATE_DISK_KEYS)
     run_options.add_options(estimate.add_argument_group("policy"), _ESTIMATE_POLICY_KEYS)
+    run_options.add_options(estimate.add_argument_group("strategies the models leave out (the estimate says so)"),
+                            _ESTIMATE_UNMODELLED_KEYS)
     drained = estimate.add_argument_group("a drain: N guests alike, K at once, sharing --bandwidth")
     drained.add_argument("--guests", type=_int_type("--guests", "8", minimum=1, maximum=256), metavar="N",
                          help="forecast draining N such guests instead of migrating one")
@@ -726,6 +728,7 @@ _ESTIMATE_DIRTY_KEYS = ("dirty_rate", "pattern", "hot_fraction", "hot_share", "s
 _ESTIMATE_DISK_KEYS = ("disk", "disk_block", "disk_write_rate", "disk_pattern")
 _ESTIMATE_POLICY_KEYS = ("downtime_limit", "downtime_ramp", "max_passes", "max_time", "on_stall", "stall_passes",
                          "device_state")
+_ESTIMATE_UNMODELLED_KEYS = ("auto_converge", "xbzrle", "postcopy", "postcopy_after")
 
 
 def _run_estimate(args):
@@ -747,7 +750,8 @@ def _run_estimate(args):
             page_size=scenario.guest.page_size, compression_ratio=args.compression_ratio,
             device_state_bytes=scenario.migration.device_state_bytes, policy=policy,
             disk=None if disk is None else estimate.DiskInputs.of(disk),
-            dirty_limit_pages_per_s=estimate.dirty_limit_of(scenario))
+            dirty_limit_pages_per_s=estimate.dirty_limit_of(scenario),
+            unmodelled=estimate.unmodelled_strategies(scenario))
     except ValueError as error:
         raise UsageError(str(error)) from None
     if args.guests is not None:

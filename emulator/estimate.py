@@ -173,7 +173,8 @@ class EstimateInputs:
     stops (the emulator's PolicyConfig, a downtime ramp included). disk: a disk mirrored
     alongside memory (None: none). dirty_limit_pages_per_s: dirty-limit, all vCPUs together:
     from the first pass that dirtied more than half of what it sent, the page writes/s are
-    at most this (None: no limit).
+    at most this (None: no limit). unmodelled: the strategies given that the models leave out
+    (see `unmodelled_strategies`), which the estimate names.
     """
 
     memory_bytes: int
@@ -185,6 +186,7 @@ class EstimateInputs:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     disk: DiskInputs | None = None
     dirty_limit_pages_per_s: float | None = None
+    unmodelled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.page_size, int) or self.page_size <= 0:
@@ -470,6 +472,7 @@ def inputs_from_report(report) -> EstimateInputs:
         dirty=DirtyBehaviour.of(workload), page_size=guest.page_size, compression_ratio=1.0,
         device_state_bytes=migration.device_state_bytes, policy=migration.policy,
         disk=None if disk is None else DiskInputs.of(disk), dirty_limit_pages_per_s=dirty_limit_of(report.scenario),
+        unmodelled=unmodelled_strategies(report.scenario),
     )
 
 
@@ -477,6 +480,22 @@ def dirty_limit_of(scenario) -> float | None:
     """A scenario's dirty limit as the models take it: page writes/s over all its vCPUs (None: none)."""
     limit = scenario.migration.dirty_limit_bytes_per_s
     return None if limit is None else limit / scenario.guest.page_size * scenario.workload.vcpus
+
+
+#: what each strategy the models leave out would change, said beside the estimate
+UNMODELLED = {
+    "auto-converge": "its throttle steps with what each pass measures",
+    "xbzrle": "what a delta saves depends on the bytes each write changes and on the cache's hits",
+    "post-copy": "the models are of pre-copy; post-copy's time is the pages left at the switch over the link, "
+                 "and its cost the vCPUs' waits, which depend on what they touch",
+}
+
+
+def unmodelled_strategies(scenario) -> tuple[str, ...]:
+    """The convergence strategies a scenario runs that the models leave out (names of UNMODELLED)."""
+    options = scenario.migration
+    return tuple(name for name, on in (("auto-converge", options.auto_converge), ("xbzrle", options.xbzrle),
+                                       ("post-copy", options.postcopy)) if on)
 
 
 # text ---------------------------------------------------------------------------------------------
@@ -492,6 +511,8 @@ def _strategy_lines(inputs: EstimateInputs) -> list[str]:
     if inputs.dirty_limit_pages_per_s is not None:
         lines.append(f"strategy     dirty-limit: page writes held to {inputs.dirty_limit_pages_per_s:,.0f}/s in all "
                      "from the first pass dirtying over half of what it sent (modelled)")
+    for name in inputs.unmodelled:
+        lines.append(f"strategy     {name}: not modelled ({UNMODELLED[name]})")
     return lines
 
 

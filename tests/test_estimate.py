@@ -18,6 +18,7 @@ from emulator.estimate import (
     geometric,
     inputs_from_report,
     rule_of_thumb,
+    unmodelled_strategies,
     working_set,
 )
 from emulator.guest import GuestSpec
@@ -439,3 +440,13 @@ def test_the_estimate_says_which_strategies_it_models():
     assert "strategy     downtime ramp: 10 steps of 1 min 15 s per GiB up to the limit (modelled)" in text
     assert "strategy     dirty-limit: page writes held to 256/s in all" in text
     assert "strategy" not in format_estimate(estimate(inputs(512)))
+
+
+def test_the_estimate_says_which_strategies_it_leaves_out_and_leaves_its_figures_alone():
+    s = Scenario(migration=MigrationOptions(auto_converge=True, xbzrle=True, postcopy_after_passes=2))
+    assert unmodelled_strategies(s) == ("auto-converge", "xbzrle", "post-copy")
+    assert unmodelled_strategies(Scenario()) == ()
+    told = replace(inputs(2048), unmodelled=("post-copy",))
+    text = format_estimate(estimate(told))
+    assert "strategy     post-copy: not modelled (the models are of pre-copy;" in text
+    assert estimate(told).geometric == estimate(inputs(2048)).geometric

@@ -9,7 +9,7 @@ from emulator import cli, sweep
 from emulator.estimate import DirtyBehaviour, EstimateInputs, working_set
 from emulator.guest import GuestSpec
 from emulator.policy import DowntimeRamp, PolicyConfig
-from emulator.report import Blackout, PassRecord, Phase, Report, summarize
+from emulator.report import Blackout, PassRecord, Phase, Postcopy, Report, summarize
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 
@@ -420,3 +420,21 @@ def test_a_row_says_which_strategies_ran_and_what_the_guest_lost():
     assert sweep.strategies(s) == ["dirty-limit 1.00 MB/s", "downtime ramp 10 steps of 1 min 15 s/GiB",
                                    "xbzrle 64.0 MiB"]
     assert sweep.strategies(scenario_4mib()) == [] and sweep.guest_slowdown(fake_report(scenario_4mib(0.0))) is None
+
+
+def test_a_post_copy_row_counts_the_stalls_and_the_time_until_the_last_page():
+    s = scenario_4mib(rate=1000.0)
+    s = dataclasses.replace(s, migration=dataclasses.replace(s.migration, postcopy_after_passes=2))
+    report = fake_report(s)
+    report.postcopy = Postcopy(missing_pages=256, pages_requested=12, requested_sent=10, pushed_pages=246,
+                               requests=9, wire_bytes=256 * PAGE, zero_pages=0, duration_s=0.5, last_page_s=0.49,
+                               blocktime_s=0.05, vcpu_blocktime_s=[0.2])
+    row = sweep.row_for(one_run(s), report, "r.json")
+    precopy_s = sum(p.duration_s for p in report.passes)
+    assert row["migration_s"] == pytest.approx(precopy_s + report.blackout.total_s + 0.5)
+    assert row["guest_slowdown"] == pytest.approx(1 - (1000 * precopy_s + 1000 * (0.5 - 0.2)) /
+                                                  (1000 * (precopy_s + 0.5)))
+    assert (row["postcopy_missing_pages"], row["postcopy_pages_requested"], row["postcopy_vcpu_blocktime_s"]) == (
+        256, 12, 0.2)
+    assert row["strategies"] == "post-copy after 2 passes" and row["measured_factor"] is not None
+    assert row["geometric_error"] is None  # the models are of pre-copy: no error against a post-copy
