@@ -148,10 +148,6 @@ class Backlog:
         self.requested_sent = 0  # pages sent because they were asked for
         self.pushed = 0  # pages sent in order
 
-    @property
-    def done(self):
-        return self.cursor >= self.pages.size and not self._asked
-
     def request(self, numbers):
         """A PAGE_REQUEST's pages: RemoteProtocolError for a page that was not missing; sent ones are on their way."""
         self.requests += 1
@@ -174,12 +170,15 @@ class Backlog:
         return self.pages[at]
 
     def next_pushed(self, count):
-        """Up to `count` of the next unsent pages in order, now marked sent."""
-        while self.cursor < self.pages.size and not self.unsent[self.cursor]:
-            self.cursor += 1
-        end = min(self.cursor + count, self.pages.size)
-        at = np.flatnonzero(self.unsent[self.cursor:end]) + self.cursor
+        """The next `count` unsent pages in order (fewer at the end), now marked sent."""
+        taken, wanted = [], count
+        while wanted and self.cursor < self.pages.size:
+            end = min(self.cursor + wanted, self.pages.size)
+            at = np.flatnonzero(self.unsent[self.cursor:end]) + self.cursor
+            taken.append(at)
+            wanted -= at.size
+            self.cursor = end
+        at = np.concatenate(taken) if taken else np.empty(0, dtype=np.int64)
         self.unsent[at] = False
-        self.cursor = end
         self.pushed += int(at.size)
         return self.pages[at]

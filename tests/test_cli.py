@@ -155,6 +155,10 @@ def test_send_and_receive_arguments():
         (["receive", "--listen", "tcp://*:1", "--switch", ""], "--switch"),
         (["receive", "--listen", "tcp://*:1", "--config-version", "70000"], "--config-version"),
         (["compat", "--hosts", "/nonexistent/a.json"], "--hosts"),
+        (["migrate", "--postcopy-after", "0"], "--postcopy-after"),
+        (["migrate", "--postcopy-after", "two"], "--postcopy-after"),
+        (["migrate", "--postcopy", "--verify", "full"], "--postcopy"),
+        (["migrate", "--postcopy-after", "2", "--disk", "1MiB", "--storage", "mirror"], "--postcopy"),
     ],
 )
 def test_bad_values_are_refused_naming_the_option(argv, option, capsys, fake_engine):

@@ -12,6 +12,7 @@ from emulator.policy import (
     expected_downtime_s,
     is_stalled,
     next_throttle_pct,
+    postcopy_now,
     threshold_bytes,
 )
 
@@ -270,3 +271,21 @@ def test_a_bad_ramp_is_refused():
         PolicyConfig(downtime_ramp="10:75s")
     with pytest.raises(TypeError, match="downtime_ramp must be an object"):
         DowntimeRamp.from_dict([10, 75])
+
+
+@pytest.mark.parametrize("decision, passes, after, expected", [
+    (Decision("switchover", "converged", 1.0, 0.3), 5, 1, None),  # pre-copy finished: no post-copy
+    (Decision("switchover", "stalled", 1.0, 0.3), 5, None, "stalled"),
+    (Decision("abort", "stalled", 1.0, 0.3), 5, None, "stalled"),  # instead of giving up
+    (Decision("switchover", "max-passes", 1.0, 0.3), 30, None, "max-passes"),
+    (Decision("switchover", "max-time", 1.0, 0.3), 3, None, "max-time"),
+    (Decision("continue", None, 1.0, 0.3), 1, None, None),
+    (Decision("continue", None, 1.0, 0.3), 1, 2, None),
+    (Decision("continue", None, 1.0, 0.3), 2, 2, "postcopy-after"),
+])
+def test_post_copy_replaces_every_end_of_pre_copy_but_convergence(decision, passes, after, expected):
+    switched = postcopy_now(decision, passes, after)
+    if expected is None:
+        assert switched is None
+    else:
+        assert switched == Decision("postcopy", expected, 1.0, 0.3)

@@ -26,6 +26,7 @@ from emulator.protocol import (
     RemoteProtocolError,
     encode_control,
     encode_device_state,
+    encode_page_list,
     encode_pages,
     encode_zero_pages,
     expand_runs,
@@ -835,3 +836,56 @@ def test_fuzz_mutated_valid_frames(index, frame, edits, cut, extra):
 def test_fuzz_structured_headers(type_id, flags, page_count, codec, raw_len, encoded_len, pages, payload):
     header = HEADER.pack(MAGIC, VERSION, type_id, flags, 0, 0, page_count, codec, b"\0\0\0", raw_len, encoded_len)
     decode_or_protocol_error([header, pages, payload])
+
+
+# --------------------------------------------------------------------------
+# Page lists (MISSING, PAGE_REQUEST): post-copy's sets of pages
+
+
+@pytest.mark.parametrize("msg_type", [MsgType.MISSING, MsgType.PAGE_REQUEST])
+@pytest.mark.parametrize("pages, runs", [([7], False), ([1, 5, 9], False), (list(range(10, 20)) + [40], True),
+                                         (list(range(N_PAGES)), True)])
+def test_a_page_list_round_trips_as_runs_when_shorter(decoder, msg_type, pages, runs):
+    message = decoder.decode(encode_page_list(msg_type, 3, 2, np.array(pages)))
+    assert message.type == msg_type and message.page_count == len(pages) and message.pass_no == 2
+    assert bool(message.flags & Flags.RUNS) == runs and message.page_numbers.tolist() == pages
+    assert (message.codec, message.raw_len, message.encoded_len, message.payload.nbytes) == (Codec.RAW, 0, 0, 0)
+
+
+def test_missing_may_be_empty_and_a_request_may_not(decoder):
+    message = decoder.decode(encode_page_list(MsgType.MISSING, 0, 1, np.array([], dtype=np.int64)))
+    assert message.page_count == 0 and message.page_numbers.size == 0
+    with pytest.raises(LocalProtocolError, match="at least one"):
+        encode_page_list(MsgType.PAGE_REQUEST, 0, 1, [])
+    empty_request = with_header(encode_page_list(MsgType.MISSING, 0, 1, []), type=int(MsgType.PAGE_REQUEST))
+    expect_error(decoder, empty_request, "page_count")
+
+
+@pytest.mark.parametrize("pages", [[5, 5], [9, 3]])
+def test_a_page_list_out_of_order_is_refused_both_ways(decoder, pages):
+    with pytest.raises(LocalProtocolError, match="ascending and distinct"):
+        encode_page_list(MsgType.PAGE_REQUEST, 0, 1, pages)
+    header = with_header(encode_page_list(MsgType.PAGE_REQUEST, 0, 1, [1]), page_count=2)
+    expect_error(decoder, [header[0], np.array(pages, dtype="<u4").tobytes(), b""], "page_numbers")
+
+
+def test_overlapping_runs_in_a_page_list_are_refused(decoder):
+    frames = encode_page_list(MsgType.MISSING, 0, 1, list(range(10, 20)))
+    runs = np.array([[10, 6], [14, 4]], dtype="<u4")  # 10..15 and 14..17: page 14 twice
+    expect_error(decoder, [with_header(frames, page_count=10)[0], runs.tobytes(), b""], "page_numbers")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"codec": int(Codec.LZ4)}, "codec"), ({"raw_len": PAGE_SIZE}, "raw_len"), ({"encoded_len": 4}, "encoded_len"),
+    ({"flags": int(Flags.DISK)}, "flags"), ({"flags": int(Flags.RAW_FALLBACK)}, "flags"),
+    ({"page_count": N_PAGES + 1}, "page_count"),
+])
+def test_a_page_list_with_a_bad_header_is_refused_naming_the_field(decoder, change, field):
+    expect_error(decoder, with_header(encode_page_list(MsgType.PAGE_REQUEST, 0, 1, [3, 4]), **change), field)
+
+
+def test_a_page_list_with_a_payload_or_a_page_past_memory_is_refused(decoder):
+    frames = encode_page_list(MsgType.MISSING, 0, 1, [3])
+    expect_error(decoder, [frames[0], frames[1], b"x"], "payload")
+    expect_error(decoder, [frames[0], np.array([N_PAGES], dtype="<u4").tobytes(), b""], "page_numbers")
+    expect_error(Decoder(), frames, "type")  # before negotiation: no pages to name

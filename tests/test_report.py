@@ -13,6 +13,7 @@ from emulator.report import (
     DestinationOutcome,
     PassRecord,
     Phase,
+    Postcopy,
     Report,
     format_parameter,
     format_summary,
@@ -391,3 +392,37 @@ def test_written_report_has_ordinary_permissions(tmp_path):
                                                ("max_bandwidth_bytes_per_s", None, "unlimited")])
 def test_a_set_parameter_reads_in_its_unit(name, value, text):
     assert format_parameter(name, value) == text
+
+
+def make_postcopy():
+    return Postcopy(missing_pages=300, pages_requested=40, requested_sent=25, pushed_pages=275, requests=31,
+                    wire_bytes=1_228_800, zero_pages=10, duration_s=0.6, last_page_s=0.58, blocktime_s=0.2,
+                    vcpu_blocktime_s=[0.25, 0.3], destination_cpu_s=0.4)
+
+
+def test_a_post_copy_is_counted_in_the_totals_as_qemu_counts_it_and_reads_back():
+    passes, blackout, postcopy = make_passes(), make_blackout(), make_postcopy()
+    plain = summarize(passes, blackout, status="completed", page_size=PAGE_SIZE, total_pages=TOTAL_PAGES,
+                      setup_s=0.5, total_s=3.0)
+    summary = summarize(passes, blackout, status="completed", page_size=PAGE_SIZE, total_pages=TOTAL_PAGES,
+                        setup_s=0.5, total_s=3.0, postcopy=postcopy)
+    ram = summary["ram"]
+    assert ram["transferred"] == plain["ram"]["transferred"] + 1_228_800 and ram["postcopy-bytes"] == 1_228_800
+    assert ram["normal"] == plain["ram"]["normal"] + 290 and ram["duplicate"] == plain["ram"]["duplicate"] + 10
+    assert ram["postcopy-requests"] == 40 and summary["postcopy-blocktime"] == 200.0
+    assert summary["postcopy-vcpu-blocktime"] == [250.0, 300.0] and "postcopy-blocktime" not in plain
+    report = dataclasses.replace(make_report(), status="completed", summary=summary, postcopy=postcopy)
+    again = Report.from_json(report.to_json())
+    assert again == report and isinstance(again.postcopy, Postcopy)
+    text = format_summary(report)
+    assert "post-copy    300 pages missing at resume, the last there after 580 ms; 40 asked for in 31 requests" \
+        in text and "vCPUs waited 250 ms, 300 ms (all at once 200 ms)" in text
+
+
+def test_a_guest_lost_in_post_copy_is_a_status_of_its_own_and_a_schema_3_report_has_no_post_copy():
+    lost = dataclasses.replace(make_report(), status="lost", reason="nothing from the source within 2 s")
+    assert Report.from_json(lost.to_json()).status == "lost"
+    data = json.loads(make_report().to_json())
+    data["schema"] = 3
+    del data["postcopy"]
+    assert Report.from_json(json.dumps(data)).postcopy is None

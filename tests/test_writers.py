@@ -91,3 +91,36 @@ def test_bad_parameters_are_refused(kwargs, message):
     memory, bits = make(8)
     with pytest.raises(ValueError, match=message):
         writers.WriterPattern(memory, PAGE, bits, **kwargs)
+
+
+@pytest.mark.parametrize("pattern", ["uniform", "sequential"])
+def test_a_writer_stops_before_a_missing_page_and_makes_that_same_write_once_it_arrives(pattern):
+    n_pages = 97
+    memory, bits = make(n_pages)
+    missing = bitmap.new_bitmap(n_pages)
+    bitmap.mark_dirty(missing, np.arange(0, n_pages, 3))  # a third of memory has not arrived
+    writer = writers.WriterPattern(memory, PAGE, bits, pattern, seed=11, stream=1, stride=5, missing=missing)
+    made, stops = 0, 0
+    while made < 3000:
+        asked = 3000 - made
+        done = writer.write(asked)
+        made += done
+        if done < asked:
+            page = writer.pending_page
+            assert page % 3 == 0 and not memory[page * PAGE : (page + 1) * PAGE].any()  # never touched while missing
+            assert writer.write(10) == 0 and writer.pending_page == page  # still missing: still waiting, no write
+            bitmap.clear_pages(missing, np.array([page]))  # it arrives
+            stops += 1
+    assert stops > 10 and writer.pending_page is None
+    unhindered_memory, unhindered_bits = make(n_pages)
+    writers.WriterPattern(unhindered_memory, PAGE, unhindered_bits, pattern, seed=11, stream=1, stride=5).write(3000)
+    assert np.array_equal(memory, unhindered_memory) and np.array_equal(bits, unhindered_bits)  # the same writes
+
+
+def test_clear_pages_clears_only_their_bits():
+    bits = bitmap.new_bitmap(130)
+    bitmap.mark_dirty(bits, np.arange(130))
+    bitmap.clear_pages(bits, np.array([0, 63, 64, 129]))
+    assert bitmap.harvest(bits).tolist() == [p for p in range(130) if p not in (0, 63, 64, 129)]
+    with pytest.raises(IndexError):
+        bitmap.clear_pages(bits, np.array([192]))
