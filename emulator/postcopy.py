@@ -119,10 +119,10 @@ class Faults:
         return (int(self.missing[page >> 6]) >> (page & 63)) & 1 == 1
 
     def take_requests(self):
-        """The pages asked for since the last call, ascending (int64), for one PAGE_REQUEST."""
+        """The pages asked for since the last call and still missing, ascending (int64), for one PAGE_REQUEST."""
         with self._cond:
             asked, self._asked = self._asked, []
-        return np.array(sorted(asked), dtype=np.int64)
+        return np.array(sorted(page for page in asked if self._is_missing(page)), dtype=np.int64)
 
     @property
     def requested(self):
@@ -147,6 +147,9 @@ class Backlog:
         self.requests = 0  # PAGE_REQUEST messages heard
         self.requested_sent = 0  # pages sent because they were asked for
         self.pushed = 0  # pages sent in order
+
+    def unsent_pages(self):
+        return int(np.count_nonzero(self.unsent))
 
     def request(self, numbers):
         """A PAGE_REQUEST's pages: RemoteProtocolError for a page that was not missing; sent ones are on their way."""

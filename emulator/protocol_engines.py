@@ -410,6 +410,7 @@ class SourceProtocol(_Engine):
         self._data_seq = [0] * channels
         self._next_channel = 0
         self._decoder = Decoder()
+        self.destination_resumed = False  # a RESUMED came: the guest may run there, whatever its body holds
 
     def hello(self, scenario_dict, session_id):
         return self._control(MsgType.HELLO, 0, {"protocol": VERSION, "session": session_id,
@@ -469,6 +470,8 @@ class SourceProtocol(_Engine):
     def receive(self, frames):
         """The destination's control message, checked (type, seq, acknowledged pass, body fields)."""
         message = self._receive_control(frames, self._decoder)
+        if message.type == MsgType.RESUMED:
+            self.destination_resumed = True
         for name, kind in _REPLY_FIELDS.get(message.type, ()):
             message.field(name, kind)
         if message.type == MsgType.ACCEPT:

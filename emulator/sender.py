@@ -149,7 +149,7 @@ class _IntervalSampler:
             pass_pages=self.pass_pages, wire_bytes_per_s=(counter.wire_bytes - self.last_wire) / (now - self.last),
             dirty_pages=dirty, pass_left_s=pass_left_s,
             end_s=None if pass_left_s is None else pass_left_s + dirty / rate,
-            firm=not source.scenario.workload.rate_pages_per_s,
+            firm=not source.scenario.workload.rate_pages_per_s or source.live_postcopy,  # nothing dirties in post-copy
         ))
         self.last, self.last_wire = now, counter.wire_bytes
 
@@ -188,7 +188,7 @@ class Source:
         self.paused = False
         self.blackout = None
         self.backlog = None  # post-copy's missing pages (emulator.postcopy.Backlog), once the guest moved
-        self.live_postcopy = False  # the guest runs on the destination without all its pages: a failure loses it
+        self.postcopy_complete = False  # every missing page arrived, and the digests matched
         self.postcopy = None  # the report's Postcopy record
         self.events = []  # what the run warns about (emulator.events)
         self.source_digest = self.destination_digest = self.paused_memory_digest = None
@@ -207,6 +207,12 @@ class Source:
         # made now, not in the blackout: the vCPU/device state is opaque, its size is what matters
         self.device_state = np.random.default_rng(scenario.guest.seed).bytes(self.options.device_state_bytes)
         self.device_state_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
+
+    @property
+    def live_postcopy(self):
+        """The guest runs on the destination without all its pages: a failure loses it."""
+        return (self.decision is not None and self.decision.action == "postcopy" and self.protocol.destination_resumed
+                and not self.postcopy_complete)
 
     # the run -------------------------------------------------------------------
     def run(self):
@@ -248,12 +254,16 @@ class Source:
                 self.link.send_control(frames)
             except MigrationError:
                 pass
-        if self.paused:
+        moved = self.protocol.destination_resumed  # whatever came with it: the guest may run there now
+        if self.paused and not moved:
             self._resume_writers()
             self.paused = False
         if self.progress and self.live_postcopy:
             self.progress.message(f"guest LOST: {failure.reason}; it ran on the destination without all its pages, "
                                   "and the source's copy stays paused")
+        elif self.progress and moved:
+            self.progress.message(f"migration failed: {failure.reason}; the destination said it resumed, so the "
+                                  "source's copy stays paused")
         elif self.progress:
             self.progress.message(f"migration stopped: {failure.reason}; the guest keeps running on the source")
 
@@ -323,7 +333,11 @@ class Source:
                 self.progress.pass_done(record, self.guest.page_size, self.guest.n_pages)
                 if pass_no == 0:
                     self._say_if_cpu_bound(record)
-                if decision.reason in ("stalled", "max-passes", "max-time", "postcopy-after"):
+                if decision.action == "postcopy":
+                    why = f"after {pass_no + 1} passes" if decision.reason == "postcopy-after" else \
+                        f"pre-copy {decision.reason}"
+                    self.progress.message(f"{why}: switching to post-copy")
+                elif decision.reason in ("stalled", "max-passes", "max-time"):
                     self.progress.message(f"pre-copy {decision.reason}: {decision.action}")
             if decision.action != "continue":
                 self.decision = decision
@@ -418,7 +432,8 @@ class Source:
             "phase": self.timeline.phases[-1].phase if self.timeline and self.timeline.phases else "starting",
             "elapsed_s": self.timeline.now() if self.timeline else 0.0, "pass": self.protocol.pass_no,
             "pass_pages_sent": counter.pages if counter else 0, "page_size": self.guest.page_size,
-            "total_pages": self.guest.n_pages, "remaining_pages": self.guest.dirty_count(),
+            "total_pages": self.guest.n_pages,
+            "remaining_pages": self.backlog.unsent_pages() if self.live_postcopy else self.guest.dirty_count(),
             "transferred_bytes": sum(p.wire_bytes + p.disk_wire_bytes for p in passes)
             + (counter.wire_bytes + counter.disk_wire_bytes if counter else 0),
             "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
@@ -535,7 +550,7 @@ class Source:
         self.timeline.begin("handover")
         resumed = self._recv_control()
         resumed_at = self.clock()
-        self.paused, self.live_postcopy = False, True  # from now on only the destination runs the guest
+        self.paused = False  # from now on only the destination runs the guest
         if resumed.field("storage_token", str) != token:
             raise protocol.RemoteProtocolError("body.storage_token", "the destination took another storage token")
         self.timeline.begin("resume")
@@ -555,6 +570,8 @@ class Source:
         """Send every missing page once, asked-for pages first; POSTCOPY_END; the destination's POSTCOPY_DONE."""
         self.backlog = postcopy.Backlog(missing)
         counter = self.unrecorded = _PassCounter()
+        every_s = getattr(self.progress, "interval_s", 0)
+        sampler = _IntervalSampler(self, missing.size, every_s) if every_s else None
         rate, batch_pages = self.limiter.rate_bytes_per_s, self.options.batch_pages
         push_pages = min(batch_pages, max(1, int(rate * POSTCOPY_PUSH_S) // self.guest.page_size)) if rate \
             else batch_pages
@@ -567,6 +584,8 @@ class Source:
                     break
             for batch in self.encoder.batches(pages):  # whole pages: XBZRLE's deltas are for pre-copy
                 counter.count(batch, self._send_data(batch), False)
+            if sampler:
+                sampler.sample(counter)
         self.limiter.settle()
         self.source_digest = self.running_digest.value()
         self.link.send_control(self.protocol.postcopy_end(counter.pages, self.source_digest))
@@ -577,7 +596,7 @@ class Source:
         if self.destination_digest != self.source_digest:
             raise Mismatch(f"after post-copy the destination's memory digest is {self.destination_digest}, the "
                            f"source's {self.source_digest}: the guest it runs is not this one")
-        self.live_postcopy = False
+        self.postcopy_complete = True
         if self.progress:
             self.progress.message(f"post-copy done: {self.postcopy.pages_requested:,} pages asked for, the vCPUs "
                                   f"waited {sum(self.postcopy.vcpu_blocktime_s):.3f} s in all")

@@ -188,12 +188,18 @@ def test_a_corrupted_page_is_caught_and_the_destination_never_resumes():
 
 
 class LyingDestinationLink(CorruptingLink):
-    """A destination that reports another memory digest in RESUMED than the one it checked."""
+    """A destination that reports another memory digest in RESUMED than the one it checked (or, with
+    `drop`, leaves that field out)."""
+
+    def __init__(self, link, drop=None):
+        super().__init__(link)
+        self.drop = drop
 
     def send_control(self, peer, frames):
         if protocol.HEADER.unpack_from(bytes(frames[0]))[2] == protocol.MsgType.RESUMED:
             body = json.loads(bytes(frames[2]))
             body["digest"] = "0" * 32
+            body.pop(self.drop, None)
             frames = protocol.encode_control(protocol.MsgType.RESUMED, protocol.HEADER.unpack_from(bytes(frames[0]))[4],
                                              0, body)
         self.link.send_control(peer, frames)
@@ -205,6 +211,16 @@ def test_a_destination_that_resumes_with_another_digest_fails_the_migration():
                                                    LyingDestinationLink(destination_link))
     assert report.status == "failed" and report.digests_match is False
     assert "0" * 32 in report.reason and report.source_digest in report.reason
+
+
+def test_a_resumed_with_a_field_missing_leaves_the_source_paused():
+    s = scenario(rate=2000.0, codec="raw")
+    source_link, destination_link = link_pair()
+    paused = []
+    report, outcome, guest, destination = run_pair(s, source_link, LyingDestinationLink(destination_link, "resume_s"),
+                                                   after=lambda workload: paused.append(workload.paused))
+    assert report.status == "failed" and "body.resume_s" in report.reason
+    assert paused == [True]  # the destination said it resumed: the guest must not run here too
 
 
 class GarbageLink(CorruptingLink):
