@@ -121,8 +121,9 @@ def test_a_stalled_pre_copy_becomes_post_copy_and_a_paced_guest_counts_its_stall
     assert report.status == "completed", report.reason
     assert report.switchover_reason == "max-passes" and report.postcopy is not None
     postcopy = report.postcopy
-    assert len(postcopy.vcpu_blocktime_s) == 2 and 0 < postcopy.blocktime_s <= min(postcopy.vcpu_blocktime_s)
-    assert max(postcopy.vcpu_blocktime_s) <= postcopy.duration_s
+    assert len(postcopy.vcpu_blocktime_s) == 2 and sum(postcopy.vcpu_blocktime_s) > 0
+    assert 0 <= postcopy.blocktime_s <= min(postcopy.vcpu_blocktime_s)  # all at once is at most each one's
+    assert max(postcopy.vcpu_blocktime_s) <= postcopy.last_page_s + 0.05  # no wait outlasts the last page
     summary = report.summary
     assert summary["ram"]["postcopy-requests"] == postcopy.pages_requested
     assert summary["ram"]["postcopy-bytes"] == postcopy.wire_bytes
