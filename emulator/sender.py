@@ -59,7 +59,7 @@ from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
 from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Postcopy, Report,
                              format_parameter, host_info, summarize)
-from emulator.units import format_rate
+from emulator.units import format_count, format_rate
 from kernels import bitmap, xbzrle
 
 CONTROL_CHECK_BATCHES = 16  # look for an ABORT from the destination every this many messages
@@ -334,7 +334,7 @@ class Source:
                 if pass_no == 0:
                     self._say_if_cpu_bound(record)
                 if decision.action == "postcopy":
-                    why = f"after {pass_no + 1} passes" if decision.reason == "postcopy-after" else \
+                    why = f"after {format_count(pass_no + 1, 'pass')}" if decision.reason == "postcopy-after" else \
                         f"pre-copy {decision.reason}"
                     self.progress.message(f"{why}: switching to post-copy")
                 elif decision.reason in ("stalled", "max-passes", "max-time"):

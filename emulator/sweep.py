@@ -133,7 +133,7 @@ def strategies(scenario) -> list[str]:
         (ramp is not None, ramp and f"downtime ramp {ramp.steps} steps of {units.format_duration(ramp.delay_s_per_gib)}/GiB"),
         (options.xbzrle, f"xbzrle {units.format_bytes(options.xbzrle_cache_bytes)}"),
         (options.postcopy, "post-copy" + ("" if options.postcopy_after_passes is None else
-                                          f" after {options.postcopy_after_passes} passes")),
+                                          f" after {units.format_count(options.postcopy_after_passes, 'pass')}")),
     ) if on]
 
 
@@ -368,11 +368,9 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
         row[f"{model}_passes"] = len(prediction.passes)
         row[f"{model}_converges"] = str(prediction.converges).lower()
         row[f"{model}_blackout_s"] = prediction.blackout_s
-    if row["migration_s"] is not None:
+    if row["migration_s"] is not None and report.postcopy is None:  # the models are of pre-copy: not comparable
         measured = row["migration_s"] / inputs.base_time_s
         row["measured_factor"] = measured
-        if report.postcopy is not None:
-            return row  # the models are of pre-copy: they have no post-copy to compare with
         row["thumb_verdict"], row["thumb_error"] = thumb_verdict(measured)
         for model in estimate.MODELS:
             row[f"{model}_error"] = row[f"{model}_factor"] / measured - 1
