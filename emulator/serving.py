@@ -6,7 +6,9 @@ its control messages pass through the listener (an inproc PAIR), its pages come 
 to data sockets of its own, never through the listener. The listener answers everyone
 else: a CHECK with VERDICT, a HELLO beyond max_incoming with REFUSE (busy), a message
 that is neither with ABORT. Memory is reserved per incoming guest as its HELLO arrives:
-each is offered the capacity the others leave.
+each is offered the capacity the others leave. A migration that has sent REFUSE or
+ABORT is ending: it holds neither a place nor memory, so a source that is told no and
+tries again at once is not turned away as busy while its last migration winds down.
 """
 
 import itertools
@@ -16,7 +18,7 @@ import time
 import zmq
 
 from emulator.errors import MigrationError
-from emulator.protocol import MsgType, RemoteProtocolError
+from emulator.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
 from emulator.protocol_engines import DestinationProtocol
 from emulator.receiver import Destination, DestinationLimits, Doorkeeper, available_memory_bytes
 from emulator.transport import PAIR_CANCEL, PAIR_FINISHED, SIGNAL_CHECK_S, PeerLink
@@ -43,6 +45,7 @@ class _Incoming:
         self.number, self.peer, self.pair, self.memory_bytes = number, peer, pair, memory_bytes
         self.thread = None
         self.outcome = None
+        self.ending = False  # it sent REFUSE or ABORT: it hosts nothing more
 
 
 class Listener:
@@ -67,8 +70,12 @@ class Listener:
         for sock in (link.control, link.monitor):
             self._poller.register(sock, zmq.POLLIN)
 
+    def hosting(self):
+        """The migrations that hold a place and memory: all but those ending."""
+        return [incoming for incoming in self.incoming.values() if not incoming.ending]
+
     def capacity_left(self):
-        return self.capacity_bytes - sum(incoming.memory_bytes for incoming in self.incoming.values())
+        return self.capacity_bytes - sum(incoming.memory_bytes for incoming in self.hosting())
 
     def serve(self):
         """Answer and host sources until interrupted; return the outcome of a migration the
@@ -84,11 +91,11 @@ class Listener:
         ready = dict(self._poller.poll(timeout_s * 1000))
         if self.link.monitor in ready:
             self.link.turned_away()
-        if self.link.control in ready:
-            self._from_peer(self.link.recv_control())
-        for incoming in list(self.incoming.values()):
+        for incoming in list(self.incoming.values()):  # first: a migration that has finished frees its place
             if incoming.pair in ready:
                 self._from_migration(incoming)
+        if self.link.control in ready:
+            self._from_peer(self.link.recv_control())
 
     # messages from sources ----------------------------------------------------------
     def _from_peer(self, message):
@@ -101,11 +108,12 @@ class Listener:
         except RemoteProtocolError as error:
             self.doors.refuse(message, error)
             return
-        full = len(self.incoming) >= self.max_incoming
+        hosting = len(self.hosting())
+        full = hosting >= self.max_incoming
         if opening.type == MsgType.CHECK:
             self.doors.answer_check(message, opening, self.limits, self.capacity_left(), busy=full)
         elif full:
-            self.doors.turn_away(message, f"busy with {format_count(len(self.incoming), 'migration')}, this "
+            self.doors.turn_away(message, f"busy with {format_count(hosting, 'migration')}, this "
                                           f"destination's limit (receive --max-incoming {self.max_incoming})")
         else:
             self._begin(message, opening)
@@ -141,6 +149,9 @@ class Listener:
         if len(frames) == 1 and frames[0].bytes == PAIR_FINISHED:
             self._finished(incoming)
             return
+        header = frames[0].bytes
+        if len(header) == HEADER_SIZE and HEADER.unpack(header)[2] in (MsgType.REFUSE, MsgType.ABORT):
+            incoming.ending = True
         try:
             self.link.send_control(incoming.peer, frames, wait=False)
         except MigrationError:

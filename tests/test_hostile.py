@@ -11,6 +11,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 import zmq
 
 from emulator import protocol
@@ -26,6 +27,14 @@ FRAMES = 300
 SMALL = Scenario(GuestSpec(256 * 4096, fill="random"), WorkloadSpec(rate_pages_per_s=2000),
                  MigrationOptions(timeout_s=3.0))
 
+
+@pytest.fixture
+def context():
+    """A ZeroMQ context for a test's own peers, destroyed (its sockets closed) however the test ends: a
+    context left with open sockets would hang the session when it is collected."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
 
 def peer(context, endpoint, **options):
     """A DEALER connected to `endpoint`, as a source's control socket, with ZeroMQ `options` set first."""
@@ -67,12 +76,11 @@ def mutations(rng):
         yield [bytes(frame) for frame in frames]
 
 
-def test_live_receiver_survives_hostile_frames_then_migrates():
+def test_live_receiver_survives_hostile_frames_then_migrates(context):
     receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--capacity", "64MiB",
                               "--timeout", "2s", "--json")
     try:
         endpoint = receiver.wait_listening()
-        context = zmq.Context()
         replies = {}
         for frames in mutations(np.random.default_rng(7)):
             sock = peer(context, endpoint)  # a fresh peer each time: a new identity, a clean slate
@@ -83,7 +91,6 @@ def test_live_receiver_survives_hostile_frames_then_migrates():
             if reply.type in (MsgType.ABORT, MsgType.REFUSE):
                 assert reply.body["reason"]
             sock.close()
-        context.term()
         assert sum(replies.values()) == FRAMES and set(replies) <= {"ABORT", "REFUSE", "ACCEPT", "VERDICT"}, replies
         assert replies["ABORT"] > FRAMES / 2, replies
         deadline = time.monotonic() + 15
@@ -139,12 +146,11 @@ BAD_SCENARIO_FIELDS = [
 ]
 
 
-def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_then_migrates():
+def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_then_migrates(context):
     receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--capacity", "64MiB",
                               "--timeout", "2s", "--json")
     try:
         endpoint = receiver.wait_listening()
-        context = zmq.Context()
         for part, name, value in BAD_SCENARIO_FIELDS:
             scenario = SMALL.to_dict()
             if part == "disk":
@@ -160,7 +166,6 @@ def test_a_serving_receiver_refuses_a_semantically_bad_hello_naming_the_field_th
             field = "page size" if name == "page_size" else name
             assert field in reply.body["reason"] or name in reply.body["reason"], (name, reply.body["reason"])
             sock.close()
-        context.term()
         report = run_source(SMALL, endpoint)
         assert report.status == "completed" and report.digests_match, report.reason
     finally:
@@ -178,13 +183,12 @@ def resident_mib(pid, field="VmRSS"):
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
 
 
-def test_a_serving_receiver_returns_a_failed_migrations_memory():
+def test_a_serving_receiver_returns_a_failed_migrations_memory(context):
     receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "2s", "--json")
     try:
         endpoint = receiver.wait_listening()
         before = resident_mib(receiver.proc.pid)
         big = Scenario(GuestSpec(512 << 20), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(timeout_s=3.0))
-        context = zmq.Context()
         sock = peer(context, endpoint)
         sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
             "protocol": protocol.VERSION, "session": "x", "scenario": big.to_dict()}))
@@ -194,7 +198,6 @@ def test_a_serving_receiver_returns_a_failed_migrations_memory():
                 break
         sock.send_multipart(protocol.encode_control(MsgType.ABORT, 1, 0, {"reason": "changed my mind"}))
         sock.close()
-        context.term()
         assert resident_mib(receiver.proc.pid, "VmHWM") > before + 400  # the guest was really there
         deadline = time.monotonic() + 10
         while resident_mib(receiver.proc.pid) >= before + 64 and time.monotonic() < deadline:
@@ -205,11 +208,10 @@ def test_a_serving_receiver_returns_a_failed_migrations_memory():
         receiver.finish()
 
 
-def test_a_peer_that_never_reads_does_not_hold_up_the_server():
+def test_a_peer_that_never_reads_does_not_hold_up_the_server(context):
     receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "2s", "--json")
     try:
         endpoint = receiver.wait_listening()
-        context = zmq.Context()
         deaf = peer(context, endpoint, RCVHWM=1, SNDHWM=0)  # every garbage frame earns an ABORT it never takes
         for _ in range(40_000):
             deaf.send_multipart([b"x"])
@@ -224,7 +226,6 @@ def test_a_peer_that_never_reads_does_not_hold_up_the_server():
         assert time.monotonic() - started < 1.0  # a send to the deaf peer waits for nothing
         deaf.close()
         probe.close()
-        context.term()
     finally:
         receiver.signal(signal.SIGTERM)
         receiver.finish()
