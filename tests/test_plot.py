@@ -166,7 +166,7 @@ def test_a_sweep_of_strategies_is_drawn_as_what_each_cost(tmp_path):
             for index, s in enumerate((plain, limited), 1)]
     assert not plot.compares_strategies(_rows()) and plot.compares_strategies(rows)
     figure = plot.strategies_figure(rows)
-    assert [ax.get_title() for ax in figure.axes] == ["pre-copy + blackout (s)", "blackout (s)", "on the wire (GiB)",
+    assert [ax.get_title() for ax in figure.axes] == ["until all memory is there (s)", "blackout (s)", "on the wire (GiB)",
                                                      "guest slowdown (% of writes lost)"]
     labels = [label.get_text() for label in figure.axes[0].get_yticklabels()]
     assert labels == ["1. uniform: none", "2. uniform: dirty-limit 1.00 MB/s"]
