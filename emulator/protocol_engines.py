@@ -176,6 +176,13 @@ class _Engine:
         self.session.sent(msg_type)
         return encode_control(msg_type, self._next_seq(), pass_no, body)
 
+    def _page_list(self, msg_type, pages):
+        """A page list's frames: the pages are checked before the message is counted or takes a seq."""
+        frames = encode_page_list(msg_type, self._sent_seq, self.pass_no, pages)
+        self.session.sent(msg_type)
+        self._next_seq()
+        return frames
+
     def _next_seq(self):
         seq, self._sent_seq = self._sent_seq, self._sent_seq + 1
         return seq
@@ -319,10 +326,10 @@ class DestinationProtocol(_Engine):
             self._require_complete(MsgType.COMPLETE)
         return self._control(MsgType.RESUMED, self.pass_no, body)
 
+    @_failing
     def page_request(self, pages):
         """PAGE_REQUEST frames asking for `pages` (ascending, distinct), which the vCPUs wait for."""
-        self.session.sent(MsgType.PAGE_REQUEST)
-        return encode_page_list(MsgType.PAGE_REQUEST, self._next_seq(), self.pass_no, pages)
+        return self._page_list(MsgType.PAGE_REQUEST, pages)
 
     @_failing
     def postcopy_done(self, body):
@@ -449,10 +456,10 @@ class SourceProtocol(_Engine):
                                                                "device_state_digest": device_state_digest,
                                                                "storage_token": storage_token})
 
+    @_failing
     def missing(self, pages):
         """MISSING frames: the pages (ascending) the destination resumes without."""
-        self.session.sent(MsgType.MISSING)
-        return encode_page_list(MsgType.MISSING, self._next_seq(), self.pass_no, pages)
+        return self._page_list(MsgType.MISSING, pages)
 
     def postcopy_end(self, pages, digest):
         """POSTCOPY_END frames: every missing page has been sent, in these message counts; the memory digest."""

@@ -6,10 +6,11 @@ import pytest
 
 from emulator import protocol
 from emulator.guest import GuestSpec
-from emulator.protocol import Flags, MsgType, RemoteProtocolError
+from emulator.protocol import Flags, LocalProtocolError, MsgType, RemoteProtocolError
 from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, aborted,
                                        SourceProtocol, Switchover)
 from emulator.scenario import MigrationOptions, Scenario
+from emulator.states import FAILED
 from emulator.workload import WorkloadSpec
 
 PAGE = 4096
@@ -223,3 +224,12 @@ def test_the_source_checks_the_fields_it_reads_of_resumed():
 def test_only_a_json_true_says_an_abort_was_cancelled_on_both_sides(body, cancelled):
     message = protocol.Decoder().decode(protocol.encode_control(MsgType.ABORT, 0, 0, body))
     assert aborted(message) == ("r", cancelled)
+
+
+@pytest.mark.parametrize("pages", [[], [2, 1], [1, 1], [-1]])
+def test_a_bad_page_request_fails_the_engine_and_spends_no_sequence_number(pages):
+    engine = DestinationProtocol()
+    engine.session.state, engine._sent_seq = "POSTCOPY", 7
+    with pytest.raises(LocalProtocolError) as info:
+        engine.page_request(pages)
+    assert info.value.field == "page_numbers" and engine.state == FAILED and engine._sent_seq == 7

@@ -11,14 +11,17 @@ Checked at every step, besides that agreement (these do not trust the reference)
 * A refused message raises RemoteProtocolError (a bad local call, or a channel never negotiated,
   LocalProtocolError); no other exception escapes. The engine is then FAILED and stays FAILED.
 * DataPages carry page numbers < n_pages, the current pass, and a negotiated channel.
-* PassComplete comes once per pass and FinalPassComplete once, each only when every channel
-  delivered exactly the messages its PASS_END/COMPLETE counted; an honest migration ends in DONE.
+* Missing lists ascending, distinct pages < n_pages, of the current pass.
+* PassComplete comes once per pass and FinalPassComplete (or, in post-copy, PostcopyComplete) once,
+  each only when every channel delivered exactly the messages its PASS_END/COMPLETE/POSTCOPY_END
+  counted; an honest migration, pre-copy or post-copy, ends in DONE.
 * pass_no grows by one per acknowledge_pass, in no other way.
 
 A migration turns hostile at a state drawn for it (or never). A hostile step that fails the engine is
 mostly rewound (a new engine replays what was accepted before it), so that many hostile messages meet
 the engine in the same state; the others are left failed, and poke_the_failed_engine checks them.
-The Session table itself is taken as given here (tests/test_states.py checks it).
+The Session table itself is taken as given here (tests/test_states.py checks it), and so are the
+receiver's rules (post-copy's pages all missing, a scenario that allows post-copy: tests/test_postcopy.py).
 """
 
 import functools
@@ -38,9 +41,11 @@ from emulator.batches import Batch
 from emulator.codecs import encode_batch
 from emulator.guest import GuestSpec
 from emulator.protocol import (HEADER, MAGIC, VERSION, Codec, Decoder, Flags, LocalProtocolError, MsgType,
-                               ProtocolError, RemoteProtocolError, encode_control, encode_device_state)
+                               ProtocolError, RemoteProtocolError, encode_control, encode_device_state,
+                               encode_page_list)
 from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, Heartbeat,
-                                       PassComplete, SourceAborted, SourceProtocol, Switchover)
+                                       Missing, PassComplete, PostcopyBegins, PostcopyComplete, SourceAborted,
+                                       SourceProtocol, Switchover)
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.states import DESTINATION, DONE, FAILED, FINAL_STATES, RECV, SEND, TRANSITIONS
 from emulator.workload import WorkloadSpec
@@ -48,17 +53,21 @@ from emulator.workload import WorkloadSpec
 PAGE_SIZE = 512  # small frames: the engine never looks inside pages
 CONTROL = "control"  # the channel key of the control socket here
 DATA_TYPES = (MsgType.PAGES, MsgType.ZERO_PAGES)
-PASS_CARRIERS = (MsgType.PASS_END, MsgType.SWITCHOVER, MsgType.COMPLETE)
+PASS_CARRIERS = (MsgType.PASS_END, MsgType.SWITCHOVER, MsgType.COMPLETE, MsgType.POSTCOPY, MsgType.POSTCOPY_END)
+PASS_CLOSERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.POSTCOPY_END)
+CLOSER_KINDS = tuple(t.name for t in PASS_CLOSERS)
 DATA_KINDS = ("raw", "lz4", "lz4-noise", "zero", "zero-runs", "raw-runs")
 TEMPLATE_KINDS = DATA_KINDS + tuple(t.name for t in MsgType if t not in DATA_TYPES)
+# the pages of the page-list templates and of page_request: MISSING's encode as runs, PAGE_REQUEST's as a list
+PAGE_LISTS = {MsgType.MISSING: (0, 1, 2), MsgType.PAGE_REQUEST: (0, 2)}
 HEADER_FIELDS = ("magic", "version", "type", "flags", "seq", "pass_no", "page_count", "codec", "pad", "raw_len",
                  "encoded_len")  # the order of protocol.HEADER
 HEADER_BITS = {"version": 16, "type": 8, "flags": 8, "seq": 64, "pass_no": 32, "page_count": 32, "codec": 8,
                "raw_len": 64, "encoded_len": 64}
-MISSING = object()  # a body key left out
+ABSENT = object()  # a body key left out
 
 # derandomize: the same cases every run; database=None: no failing examples saved between runs
-FUZZ = settings(max_examples=500, stateful_step_count=30, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=800, stateful_step_count=30, deadline=None, derandomize=True, database=None,
                 report_multiple_bugs=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -138,6 +147,12 @@ def summary(event):
         return ("final", *message_key(event.complete))
     if kind is Switchover:
         return ("switchover", event.pass_no)
+    if kind is PostcopyBegins:
+        return ("postcopy", *message_key(event.message))
+    if kind is Missing:
+        return ("missing", *message_key(event.message))
+    if kind is PostcopyComplete:
+        return ("postcopy_complete", *message_key(event.end))
     if kind is DeviceState:
         return ("device", *message_key(event.message))
     if kind is SourceAborted:
@@ -178,12 +193,12 @@ class Reference:
         self.data_seq = []
         self.received = []  # data messages of this pass, per channel
         self.pages = 0  # pages those messages held
-        self.announced = None  # the counts of the PASS_END/COMPLETE that closes this pass, until they arrived
+        self.announced = None  # the counts of the PASS_END/COMPLETE/POSTCOPY_END closing this pass, until they arrived
         self.promised_pages = None  # its "pages"
         self.promised_blocks = None  # its "blocks" (this guest mirrors no disk: none can arrive)
         self.ending = None  # that message
-        self.closed = False  # everything it counted arrived: awaiting acknowledge_pass or resumed
-        self.device_state = False  # DEVICE_STATE arrived (the final pass)
+        self.closed = False  # everything it counted arrived: awaiting acknowledge_pass, resumed or postcopy_done
+        self.device_state = False  # DEVICE_STATE arrived (the final pass, or the post-copy pass before MISSING)
         self.last = None  # the last message decoded
 
     def _step(self, direction, msg_type):
@@ -270,9 +285,17 @@ class Reference:
         return []
 
     def resumed(self):
-        if not self._closed_by(MsgType.COMPLETE):
-            return self._reject("incomplete")
+        if self.state != "POSTCOPY_RESUMING" and not self._closed_by(MsgType.COMPLETE):
+            return self._reject("incomplete")  # post-copy resumes before its pass completes
         return self._send(MsgType.RESUMED)
+
+    def page_request(self):
+        return self._send(MsgType.PAGE_REQUEST)
+
+    def postcopy_done(self):
+        if not self._closed_by(MsgType.POSTCOPY_END):
+            return self._reject("incomplete")
+        return self._send(MsgType.POSTCOPY_DONE)
 
     # messages from the source ---------------------------------------------------
     def control(self, frames):
@@ -286,7 +309,7 @@ class Reference:
         self.control_seq += 1
         kind, body = message.type, message.body
         if kind in PASS_CARRIERS:
-            announced = body.get("pass", MISSING)
+            announced = body.get("pass", ABSENT)
             if not is_int(announced):
                 return self._reject("body")
             if announced != self.pass_no:
@@ -295,6 +318,16 @@ class Reference:
             return [("heartbeat",)]
         if kind == MsgType.SWITCHOVER:
             return [("switchover", self.pass_no)]
+        if kind == MsgType.POSTCOPY:
+            if not all(isinstance(body.get(name), str) for name in ("device_state_digest", "storage_token")):
+                return self._reject("body")
+            return [("postcopy", *message_key(message))]
+        if kind == MsgType.MISSING:
+            if not self.device_state:
+                return self._reject("type")  # DEVICE_STATE comes before MISSING
+            if message.pass_no != self.pass_no:
+                return self._reject("pass")  # the one control message whose header pass_no counts
+            return [("missing", *message_key(message))]
         if kind == MsgType.DEVICE_STATE:
             if message.raw_len != self.scenario.migration.device_state_bytes:
                 return self._reject("size")
@@ -302,11 +335,11 @@ class Reference:
                 return self._reject("type")  # exactly once
             self.device_state = True
             return [("device", *message_key(message))]
-        if kind in (MsgType.PASS_END, MsgType.COMPLETE):
+        if kind in PASS_CLOSERS:
             if kind == MsgType.COMPLETE and not self.device_state:
                 return self._reject("type")  # DEVICE_STATE comes before COMPLETE
-            counts, pages = body.get("messages", MISSING), body.get("pages", MISSING)
-            blocks = body.get("blocks", MISSING)
+            counts, pages = body.get("messages", ABSENT), body.get("pages", ABSENT)
+            blocks = 0 if kind == MsgType.POSTCOPY_END else body.get("blocks", ABSENT)  # post-copy moves no disk
             if not isinstance(counts, list) or not is_int(pages) or not is_int(blocks):
                 return self._reject("body")
             if len(counts) != self.channels or not all(is_int(c) and c >= 0 for c in counts):
@@ -359,7 +392,8 @@ class Reference:
         self.announced, self.closed = None, True
         if self.ending.type == MsgType.PASS_END:
             return [("pass", self.pass_no)]
-        return [("final", *message_key(self.ending))]
+        kind = "final" if self.ending.type == MsgType.COMPLETE else "postcopy_complete"
+        return [(kind, *message_key(self.ending))]
 
 
 # --------------------------------------------------------------------------
@@ -368,6 +402,8 @@ class Reference:
 REFUSED = object()  # what _compare returns when the engine refused, as it should
 RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.0, "digest_check_s": 0.0, "resume_s": 0.0,
                 "disk_digest": None, "disk_sync_s": 0.0}
+POSTCOPY_DONE_BODY = {"digest": "d", "blocktime_s": 0.0, "vcpu_blocktime_s": [0.0], "pages_requested": 0,
+                      "requested_placed": 0, "last_page_s": 0.0, "cpu_s": 0.0}
 
 COUNTS = st.one_of(
     st.lists(st.integers(-2, 6), max_size=4),
@@ -375,10 +411,10 @@ COUNTS = st.one_of(
              min_size=1, max_size=3),
     st.one_of(st.integers(-1, 3), st.none(), st.text(max_size=3), st.dictionaries(st.text(max_size=2),
                                                                                    st.integers(0, 3), max_size=2)),
-    st.just(MISSING),
+    st.just(ABSENT),
 )
 # an offset from the right value, no integer, or no value
-PASS_VALUES = st.one_of(st.integers(-2, 3), st.sampled_from([None, True, False, "0", 0.0, 1.5, [0], {}, MISSING]))
+PASS_VALUES = st.one_of(st.integers(-2, 3), st.sampled_from([None, True, False, "0", 0.0, 1.5, [0], {}, ABSENT]))
 HEADER_CHANGES = st.one_of(st.integers(-3, 3), st.sampled_from([PAGE_SIZE, -PAGE_SIZE, 1 << 31, 1 << 32, 1 << 63]))
 MUTATIONS = st.one_of(
     st.tuples(st.just("flip"), st.integers(0, 2), st.integers(0, 4096), st.integers(1, 255)),
@@ -396,13 +432,17 @@ GARBAGE = st.one_of(
 CHANNELS = st.one_of(st.just(CONTROL), st.integers(-2, 4))
 ADVANCE_TARGETS = ("SETUP", "PRECOPY", "PRECOPY-data", "PASS_SYNC-pending", "PASS_SYNC-closed", "BLACKOUT",
                    "BLACKOUT-data", "BLACKOUT-device", "VERIFY-pending", "VERIFY-closed", "RESUMED",
-                   DONE)  # see DestinationMachine._at
+                   "POSTCOPY_SWITCH", "POSTCOPY_SWITCH-device", "POSTCOPY_RESUMING", "POSTCOPY_RESUMED", "POSTCOPY",
+                   "POSTCOPY-data", "POSTCOPY_SYNC-pending", "POSTCOPY_SYNC-closed", DONE)  # see DestinationMachine._at
 REWIND = st.sampled_from([True, True, True, False])
-CALLS = ("accept", "acknowledge", "resumed", "announce", "refuse", "abort", "heartbeat")  # DestinationMachine._call
-# where a migration turns hostile (None: never); twice as often where the most rules apply
-HOSTILE_AT = st.sampled_from((None, "IDLE", "SETUP", "RESUMED", DONE,
-                              *2 * [t for t in ADVANCE_TARGETS if t.startswith(("PRECOPY", "PASS_SYNC", "BLACKOUT",
-                                                                                  "VERIFY"))]))
+CALLS = ("accept", "acknowledge", "resumed", "announce", "page_request", "postcopy_done", "refuse", "abort",
+         "heartbeat")  # DestinationMachine._call
+PASS_ANSWERS = {"PASS_SYNC": "acknowledge", "VERIFY": "resumed", "POSTCOPY_SYNC": "postcopy_done"}  # what each awaits
+# where a migration turns hostile (None: never); twice as often where the most rules apply, not where no message
+# but HEARTBEAT and ABORT may arrive
+FEW_RULES_APPLY = ("SETUP", "RESUMED", "POSTCOPY_RESUMING", "POSTCOPY_RESUMED", DONE)
+HOSTILE_AT = st.sampled_from((None, "IDLE", *FEW_RULES_APPLY,
+                              *2 * [t for t in ADVANCE_TARGETS if t not in FEW_RULES_APPLY]))
 
 
 def hostile(**strategies):
@@ -432,14 +472,14 @@ class DestinationMachine(RuleBasedStateMachine):
     def negotiate(self, channels, n_pages, batch_pages, device_state_bytes, passes, hostile_at):
         self.scenario = Scenario(GuestSpec(n_pages * PAGE_SIZE, page_size=PAGE_SIZE), WorkloadSpec(),
                                  MigrationOptions(channels=channels, batch_pages=batch_pages,
-                                                  device_state_bytes=device_state_bytes))
+                                                  device_state_bytes=device_state_bytes, postcopy=True))
         self.passes = passes
         self._begin(hostile_at)
 
     def _begin(self, hostile_at):
         """A new migration: a fresh engine, reference and source; hostile from state `hostile_at` (None: never)."""
         channels = self.scenario.migration.channels
-        self.source = SourceProtocol(channels, PAGE_SIZE)
+        self.source = SourceProtocol(channels, PAGE_SIZE, n_pages=self.scenario.guest.n_pages)  # reads PAGE_REQUEST
         self.in_flight = [deque() for _ in range(channels)]
         self.device_state_sent = False
         self.pages_sent = Counter()  # by the honest source, per pass
@@ -526,15 +566,21 @@ class DestinationMachine(RuleBasedStateMachine):
                 pages = message.page_numbers
                 assert pages.size == message.page_count >= 1 and int(pages.max()) < n_pages
                 self.delivered[event.channel] += 1
-            elif type(event) in (PassComplete, FinalPassComplete):
-                final = type(event) is FinalPassComplete
-                counted = event.complete.body["messages"] if final else self.counted
-                assert self.delivered == counted, f"{event} after {self.delivered} messages, counted {counted}"
-                if final:
-                    self.final_completes += 1
-                else:
+            elif type(event) is Missing:
+                message = event.message
+                assert message.type == MsgType.MISSING and message.pass_no == self.engine.pass_no
+                pages = message.page_numbers.astype(np.int64)
+                assert pages.size == message.page_count and (np.diff(pages) > 0).all()
+                assert pages.size == 0 or int(pages.max()) < n_pages
+            elif type(event) in (PassComplete, FinalPassComplete, PostcopyComplete):
+                if type(event) is PassComplete:
+                    counted = self.counted
                     assert event.pass_no == self.engine.pass_no
                     self.pass_completes[event.pass_no] += 1
+                else:  # pre-copy's last pass, or post-copy's
+                    counted = (event.complete if type(event) is FinalPassComplete else event.end).body["messages"]
+                    self.final_completes += 1
+                assert self.delivered == counted, f"{event} after {self.delivered} messages, counted {counted}"
                 self.delivered = [0] * len(self.delivered)
 
     def _call(self, name):
@@ -547,6 +593,10 @@ class DestinationMachine(RuleBasedStateMachine):
             "acknowledge": (model.acknowledge, lambda: engine.acknowledge_pass(0, 0.0), MsgType.PASS_END),
             "resumed": (model.resumed, lambda: engine.resumed(RESUMED_BODY), MsgType.RESUMED),
             "announce": (model.announce, lambda: engine.announce("here"), MsgType.ANNOUNCE),
+            "page_request": (model.page_request, lambda: engine.page_request(PAGE_LISTS[MsgType.PAGE_REQUEST]),
+                             MsgType.PAGE_REQUEST),
+            "postcopy_done": (model.postcopy_done, lambda: engine.postcopy_done(POSTCOPY_DONE_BODY),
+                              MsgType.POSTCOPY_DONE),
             "refuse": (model.refuse, lambda: engine.refuse("no"), MsgType.REFUSE),
             "heartbeat": (model.heartbeat, engine.heartbeat, MsgType.HEARTBEAT),
             "abort": (model.abort, lambda: engine.abort("bye"), MsgType.ABORT),
@@ -558,12 +608,14 @@ class DestinationMachine(RuleBasedStateMachine):
         if name == "abort" and was_done:
             assert frames is None, "an ABORT after the migration completed"
             return
-        message = Decoder().decode(frames)
+        message = model.decoder.decode(frames)  # negotiated: a PAGE_REQUEST is a page list
         assert message.type == msg_type and message.seq == self.sent_seq, (message.type, message.seq)
         self.sent_seq += 1
         if name == "acknowledge":
             self.acks += 1
             assert message.body["pass"] == pass_no == engine.pass_no - 1
+        if name == "page_request":
+            assert message.pass_no == pass_no and message.page_numbers.tolist() == list(PAGE_LISTS[msg_type])
         if not (self.source.finished or self.replaying):
             try:
                 self.source.receive(wire(frames))
@@ -633,8 +685,14 @@ class DestinationMachine(RuleBasedStateMachine):
         self._call("accept")
 
     def _sending(self):
-        """The source may send data now (the final pages come before DEVICE_STATE)."""
-        return self.source.state == "PRECOPY" or self.source.state == "BLACKOUT" and not self.device_state_sent
+        """The source may send data now (the final pages come before DEVICE_STATE; post-copy's after ANNOUNCE)."""
+        state = self.source.state
+        return state in ("PRECOPY", "POSTCOPY") or state == "BLACKOUT" and not self.device_state_sent
+
+    def _may_begin_postcopy(self):
+        """Post-copy's pass is never pass 0, and the source sends nothing of it before POSTCOPY (data of the pass
+        could reach the destination after POSTCOPY, where none may come until ANNOUNCE)."""
+        return self.source.state == "PRECOPY" and self.source.pass_no >= 1 and not any(self.source.messages)
 
     @precondition(lambda self: self._alive() and self._sending() and sum(map(len, self.in_flight)) < 8)
     @rule(data=st.data())
@@ -667,7 +725,13 @@ class DestinationMachine(RuleBasedStateMachine):
     def switchover(self):
         self._receive(CONTROL, wire(self.source.switchover("converged")))
 
-    @precondition(lambda self: self._alive() and self.source.state == "BLACKOUT" and not self.device_state_sent)
+    @precondition(lambda self: self._alive() and self._may_begin_postcopy())
+    @rule()
+    def postcopy(self):
+        self._receive(CONTROL, wire(self.source.postcopy("max-passes", "dd", "t")))
+
+    @precondition(lambda self: self._alive() and self.source.state in ("BLACKOUT", "POSTCOPY_SWITCH")
+                  and not self.device_state_sent)
     @rule()
     def device_state(self):
         self.device_state_sent = True
@@ -678,15 +742,38 @@ class DestinationMachine(RuleBasedStateMachine):
     def complete(self):
         self._receive(CONTROL, wire(self.source.complete(self.pages_sent[self.source.pass_no], "d", "dd", "t")))
 
-    @precondition(lambda self: self.model.state == "VERIFY" and self.model.closed)
+    @precondition(lambda self: self._alive() and self.source.state == "POSTCOPY_SWITCH" and self.device_state_sent)
+    @rule(data=st.data())
+    def missing(self, data):
+        """MISSING lists any pages, none included (which pages then cross is the receiver's business)."""
+        pages = data.draw(st.lists(st.integers(0, self.scenario.guest.n_pages - 1), unique=True), label="missing")
+        self._receive(CONTROL, wire(self.source.missing(sorted(pages))))
+
+    @precondition(lambda self: self._alive() and self.source.state == "POSTCOPY")
+    @rule()
+    def postcopy_end(self):
+        self._receive(CONTROL, wire(self.source.postcopy_end(self.pages_sent[self.source.pass_no], "d")))
+
+    @precondition(lambda self: self.model.state == "VERIFY" and self.model.closed
+                  or self.model.state == "POSTCOPY_RESUMING")
     @rule()
     def resumed(self):
         self._call("resumed")
 
-    @precondition(lambda self: self.model.state == "RESUMED")
+    @precondition(lambda self: self.model.state in ("RESUMED", "POSTCOPY_RESUMED"))
     @rule()
     def announce(self):
         self._call("announce")
+
+    @precondition(lambda self: self.model.state in ("POSTCOPY", "POSTCOPY_SYNC"))
+    @rule()
+    def page_request(self):
+        self._call("page_request")
+
+    @precondition(lambda self: self.model.state == "POSTCOPY_SYNC" and self.model.closed)
+    @rule()
+    def postcopy_done(self):
+        self._call("postcopy_done")
 
     @precondition(lambda self: self.model.state not in ("IDLE", *FINAL_STATES))
     @rule(sender=st.sampled_from(["source", "destination"]))
@@ -718,14 +805,19 @@ class DestinationMachine(RuleBasedStateMachine):
         wants_data, wants_pending = target.endswith("-data"), target.endswith("-pending")
         messages_per_pass = data.draw(st.integers(1 if wants_data or wants_pending else 0, 3),
                                       label="messages per pass")
+        # out of pre-copy by post-copy to its states, by a switch-over to the blackout's, either way to DONE
+        postcopy = target.startswith("POSTCOPY") or target == DONE and data.draw(st.booleans(), label="post-copy")
+        final_pass = max(self.passes, 1) if postcopy else self.passes  # post-copy's pass is never pass 0
         for _ in range(200):
             model, source_state = self.model, self.source.state
             if self._at(target) or model.state in FINAL_STATES or self.diverged:
                 return
             sending = self._sending()
             if any(self.in_flight) and not (wants_pending and sending) and (
-                    wants_data or model.state in ("PASS_SYNC", "VERIFY") or data.draw(st.booleans())):
+                    wants_data or model.state in ("PASS_SYNC", "VERIFY", "POSTCOPY_SYNC") or data.draw(st.booleans())):
                 self.deliver_data(data)
+            elif postcopy and self.source.pass_no >= final_pass and self._may_begin_postcopy():
+                self.postcopy()
             elif sending and sum(self.source.messages) < messages_per_pass:
                 self.send_data(data)
             elif model.state == "IDLE":
@@ -734,18 +826,24 @@ class DestinationMachine(RuleBasedStateMachine):
                 self.accept()
             elif model.state == "PASS_SYNC" and model.closed:
                 self.acknowledge()
-            elif model.state == "VERIFY" and model.closed:
+            elif model.state == "VERIFY" and model.closed or model.state == "POSTCOPY_RESUMING":
                 self.resumed()
-            elif model.state == "RESUMED":
+            elif model.state in ("RESUMED", "POSTCOPY_RESUMED"):
                 self.announce()
-            elif source_state == "PRECOPY" and self.source.pass_no < self.passes:
+            elif model.state == "POSTCOPY_SYNC" and model.closed:
+                self.postcopy_done()
+            elif source_state == "PRECOPY" and self.source.pass_no < final_pass:
                 self.pass_end()
             elif source_state == "PRECOPY":
                 self.switchover()
-            elif source_state == "BLACKOUT" and not self.device_state_sent:
+            elif source_state in ("BLACKOUT", "POSTCOPY_SWITCH") and not self.device_state_sent:
                 self.device_state()
             elif source_state == "BLACKOUT":
                 self.complete()
+            elif source_state == "POSTCOPY_SWITCH":
+                self.missing(data)
+            elif source_state == "POSTCOPY":
+                self.postcopy_end()
             else:
                 raise AssertionError(f"an honest migration is stuck: destination {model.state}, source {source_state}")
         raise AssertionError(f"an honest migration did not reach {target}")
@@ -763,7 +861,8 @@ class DestinationMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._peaceful())
     @rule(data=st.data())
     def finish(self, data):
-        """An honest migration ends in DONE, with one FinalPassComplete and one PassComplete per earlier pass."""
+        """An honest migration ends in DONE, with one FinalPassComplete (or PostcopyComplete) and one PassComplete
+        per earlier pass."""
         self._advance(DONE, data)
         assert self.model.state == self.source.state == DONE and self.final_completes == 1
         assert self.pass_completes == Counter(range(self.engine.pass_no))
@@ -797,6 +896,8 @@ class DestinationMachine(RuleBasedStateMachine):
         msg_type, pass_no = MsgType[kind], model.pass_no
         if msg_type == MsgType.DEVICE_STATE:
             return wire(encode_device_state(seq, pass_no, bytes(options.device_state_bytes)))
+        if msg_type in PAGE_LISTS:
+            return wire(encode_page_list(msg_type, seq, pass_no, PAGE_LISTS[msg_type]))
         counts = list(model.received)  # closes the pass once its data arrived
         body = {
             MsgType.HELLO: {"protocol": VERSION, "session": "fuzz", "scenario": self.scenario.to_dict()},
@@ -804,10 +905,13 @@ class DestinationMachine(RuleBasedStateMachine):
             MsgType.COMPLETE: {"pass": pass_no, "messages": counts, "pages": model.pages, "blocks": 0, "digest": "d",
                                "device_state_digest": "dd", "storage_token": "t"},
             MsgType.SWITCHOVER: {"pass": pass_no, "reason": "fuzz"},
+            MsgType.POSTCOPY: {"pass": pass_no, "reason": "fuzz", "device_state_digest": "dd", "storage_token": "t"},
+            MsgType.POSTCOPY_END: {"pass": pass_no, "messages": counts, "pages": model.pages, "digest": "d"},
             MsgType.ABORT: {"reason": "fuzz"},
             MsgType.REFUSE: {"reason": "fuzz"},
             MsgType.ACCEPT: {"data": [0]},
             MsgType.RESUMED: RESUMED_BODY,
+            MsgType.POSTCOPY_DONE: POSTCOPY_DONE_BODY,
             MsgType.ANNOUNCE: {"location": "x"},
         }.get(msg_type, {})
         return wire(encode_control(msg_type, seq, pass_no, body))
@@ -839,27 +943,28 @@ class DestinationMachine(RuleBasedStateMachine):
         channel = self._data_channel(channel)
         self._receive(channel, rewrite_header(self._template(kind, channel), "pass_no", change))
 
-    @hostile(kind=st.sampled_from(["PASS_END", "COMPLETE"]), counts=COUNTS)
+    @hostile(kind=st.sampled_from(CLOSER_KINDS), counts=COUNTS)
     def wrong_counts(self, kind, counts):
         frames = self._template(kind)
         body = dict(Decoder().decode(frames).body, messages=counts)
-        if counts is MISSING:
+        if counts is ABSENT:
             del body["messages"]
         self._receive(CONTROL, wire(encode_control(MsgType[kind], self.model.control_seq, self.model.pass_no, body)))
 
     def _closing_body(self, kind, of):
-        """A PASS_END or COMPLETE body counting what arrived (`of` "arrived") or what the source sent ("sent")."""
+        """A PASS_END, COMPLETE or POSTCOPY_END body counting what arrived (`of` "arrived") or what the source sent
+        ("sent")."""
         body = Decoder().decode(self._template(kind)).body
         if of == "sent":
             body.update(messages=list(self.source.messages), pages=self.pages_sent[self.source.pass_no])
         return body
 
-    @hostile(kind=st.sampled_from(["PASS_END", "COMPLETE"]), of=st.sampled_from(["arrived", "sent"]),
+    @hostile(kind=st.sampled_from(CLOSER_KINDS), of=st.sampled_from(["arrived", "sent"]),
              value=PASS_VALUES, negative=st.sampled_from([None, -1]))
     def wrong_pages(self, kind, of, value, negative):
         """body.pages off by a little (refused once the counted messages arrived), negative, not an integer."""
         body = self._closing_body(kind, of)
-        if value is MISSING:
+        if value is ABSENT:
             del body["pages"]
         elif negative is not None:
             body["pages"] = negative
@@ -869,7 +974,7 @@ class DestinationMachine(RuleBasedStateMachine):
             body["pages"] = value
         self._receive(CONTROL, wire(encode_control(MsgType[kind], self.model.control_seq, self.model.pass_no, body)))
 
-    @hostile(kind=st.sampled_from(["PASS_END", "COMPLETE"]), offsets=st.lists(st.integers(-2, 2), max_size=4))
+    @hostile(kind=st.sampled_from(CLOSER_KINDS), offsets=st.lists(st.integers(-2, 2), max_size=4))
     def counts_near_received(self, kind, offsets):
         """Counts off by a little: fewer than already received, negative, one channel too few or many."""
         received = self.model.received + [0] * max(0, len(offsets) - len(self.model.received))
@@ -881,11 +986,23 @@ class DestinationMachine(RuleBasedStateMachine):
     def wrong_pass_in_body(self, kind, value):
         """Another pass (an acknowledged one, a future one) or no pass at all, in body.pass."""
         body = Decoder().decode(self._template(kind)).body
-        if value is MISSING:
+        if value is ABSENT:
             del body["pass"]
         else:
             body["pass"] = self.model.pass_no + value if is_int(value) else value
         self._receive(CONTROL, wire(encode_control(MsgType[kind], self.model.control_seq, self.model.pass_no, body)))
+
+    @hostile(name=st.sampled_from(["device_state_digest", "storage_token"]),
+             value=st.sampled_from([ABSENT, None, 0, True, ["dd"], {}, ""]))
+    def postcopy_body(self, name, value):
+        """POSTCOPY whose device_state_digest or storage_token is no string (or the empty one, a string)."""
+        body = Decoder().decode(self._template("POSTCOPY")).body
+        if value is ABSENT:
+            del body[name]
+        else:
+            body[name] = value
+        self._receive(CONTROL, wire(encode_control(MsgType.POSTCOPY, self.model.control_seq, self.model.pass_no,
+                                                   body)))
 
     @hostile(kind=st.sampled_from(TEMPLATE_KINDS), channel=CHANNELS, field=st.sampled_from(HEADER_FIELDS),
              change=HEADER_CHANGES)
@@ -895,11 +1012,12 @@ class DestinationMachine(RuleBasedStateMachine):
             channel = self._data_channel(channel)
         self._receive(channel, rewrite_header(self._template(kind, channel), field, change))
 
-    @hostile(kind=st.sampled_from(DATA_KINDS), channel=st.integers(0, 2),
+    @hostile(kind=st.sampled_from(DATA_KINDS + ("MISSING",)), channel=st.integers(0, 2),
              numbers=st.lists(st.one_of(st.integers(0, 48), st.integers(0, 2**32 - 1)), max_size=4))
     def lying_page_frame(self, kind, channel, numbers):
-        """A page-numbers frame that disagrees with page_count, or names pages out of range."""
-        channel = self._data_channel(channel)
+        """A page-numbers frame that disagrees with page_count, names pages out of range, or (MISSING's) pages
+        out of order or twice."""
+        channel = CONTROL if kind == "MISSING" else self._data_channel(channel)
         frames = self._template(kind, channel)
         frames[1] = np.asarray(numbers, dtype=protocol.PAGE_NUMBER_DTYPE).tobytes()
         self._receive(channel, frames)
@@ -920,6 +1038,13 @@ class DestinationMachine(RuleBasedStateMachine):
         """DEVICE_STATE of the wrong size, or of the right one (a second one is refused)."""
         size = max(0, self.scenario.migration.device_state_bytes + change)
         self._receive(CONTROL, wire(encode_device_state(self.model.control_seq, self.model.pass_no, bytes(size))))
+
+    @hostile(pages=st.lists(st.integers(0, 3), unique=True), change=st.sampled_from([0, 0, -1, 1]))
+    def missing_at_any_time(self, pages, change):
+        """A MISSING (of pages < 4 <= n_pages) before DEVICE_STATE, a second one, outside post-copy, or (`change`)
+        of another pass: the one control message whose header pass_no counts."""
+        frames = wire(encode_page_list(MsgType.MISSING, self.model.control_seq, self.model.pass_no, sorted(pages)))
+        self._receive(CONTROL, rewrite_header(frames, "pass_no", change))
 
     @hostile(channel=CHANNELS)
     def replay(self, channel):
@@ -943,10 +1068,10 @@ class DestinationMachine(RuleBasedStateMachine):
         frames = self._template(kind) if garbage is None else garbage
         self._receive_hello(frames if mutation is None or garbage is not None else mutate(frames, mutation))
 
-    @hostile(cancelled=st.sampled_from([MISSING, True, False, 1, "true", None]))
+    @hostile(cancelled=st.sampled_from([ABSENT, True, False, 1, "true", None]))
     def source_aborts(self, cancelled):
         """ABORT from the source (cancelled: by its user only if `"cancelled": true`)."""
-        body = {"reason": "fuzz"} if cancelled is MISSING else {"reason": "fuzz", "cancelled": cancelled}
+        body = {"reason": "fuzz"} if cancelled is ABSENT else {"reason": "fuzz", "cancelled": cancelled}
         self._receive(CONTROL, wire(encode_control(MsgType.ABORT, self.model.control_seq, self.model.pass_no, body)))
 
     @hostile(seq=st.sampled_from([0, 1, 7]))
@@ -958,6 +1083,12 @@ class DestinationMachine(RuleBasedStateMachine):
     def caller_out_of_order(self, name):
         """The engine's own caller at the wrong time (or, by chance, the right one)."""
         self._call(name)
+
+    @precondition(lambda self: self.model.state in PASS_ANSWERS)
+    @hostile()
+    def caller_answers_early(self):
+        """The call that answers PASS_END, COMPLETE or POSTCOPY_END, maybe before all the data it counted arrived."""
+        self._call(PASS_ANSWERS[self.model.state])
 
 
 def test_destination_protocol_against_the_reference():
