@@ -55,14 +55,6 @@ class Serving:
                 and not self.link.data and destination.pages_applied == 0)
 
 
-@pytest.fixture
-def context():
-    """A ZeroMQ context for a test's own peers, destroyed (its sockets closed) however the test ends: a
-    context left with open sockets would hang the session when it is collected."""
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
 def test_check_names_every_problem_and_changes_nothing_on_the_destination():
     with Serving(limits=LIMITS, capacity_bytes=64 * PAGE) as serving:
         answer = migration.check(MISFITS, serving.link.endpoint)

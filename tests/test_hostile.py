@@ -11,7 +11,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 import zmq
 
 from emulator import protocol
@@ -27,14 +26,6 @@ FRAMES = 300
 SMALL = Scenario(GuestSpec(256 * 4096, fill="random"), WorkloadSpec(rate_pages_per_s=2000),
                  MigrationOptions(timeout_s=3.0))
 
-
-@pytest.fixture
-def context():
-    """A ZeroMQ context for a test's own peers, destroyed (its sockets closed) however the test ends: a
-    context left with open sockets would hang the session when it is collected."""
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
 
 def peer(context, endpoint, **options):
     """A DEALER connected to `endpoint`, as a source's control socket, with ZeroMQ `options` set first."""
