@@ -48,15 +48,12 @@ class Faults:
         self._blocked = 0  # vCPUs waiting now
         self._all_blocked_since = None
         self.all_blocked_s = 0.0  # time every vCPU was waiting at once
-        self.missing_pages = 0  # pages missing at the resume
-        self.placed = 0  # of them, pages placed since
-        self.requested_placed = 0  # of them, pages a vCPU had asked for
+        self.requested_placed = 0  # pages placed that a vCPU had asked for
         self.resumed_at = self.last_page_at = None
 
     def mark(self, pages):
         """The pages (ascending int64) that have not arrived: a vCPU waits for each before writing it."""
         bitmap.mark_dirty(self.missing, pages)
-        self.missing_pages = int(pages.size)
 
     def left(self):
         """Pages still missing."""
@@ -78,7 +75,6 @@ class Faults:
         bitmap.clear_pages(self.missing, pages)
         now = self.clock()
         with self._cond:
-            self.placed += int(pages.size)
             self.last_page_at = now
             if not self._requested:
                 return
