@@ -18,13 +18,12 @@ batch's pages whose last copy is cached go as one XBZRLE batch of deltas, when
 smaller than the page; the rest are gathered (a snapshot, which the cache keeps)
 and go through the codec. A page that goes as a zero page leaves the cache.
 
-Destination (BatchApplier): zero pages are cleared (in pass 0 the memory is
-already zero, so nothing is written); raw batches are copied into place at
-once, hashed as they are copied when a running digest is kept; LZ4 batches
-are decompressed, copied and hashed on the worker pool; XBZRLE deltas are applied in
-place and hashed, on the receiving thread (they are small). Pages of one pass are
-distinct, so batches of a pass may land in any order; `drain()` waits for all
-of them before a pass is acknowledged or the memory verified.
+Destination (BatchApplier, one per data channel, on that channel's thread:
+emulator.dataplane): zero pages are cleared (in pass 0 the memory is already
+zero, so nothing is written); raw batches are copied into place, hashed as they
+are copied when a running digest is kept; LZ4 batches are decompressed, then
+copied and hashed; XBZRLE deltas are applied in place and hashed. Pages of one
+pass are distinct, so the channels' batches of a pass may land in any order.
 
 Both sides keep a RunningDigest (emulator.digest) when asked, so the memory
 digest at the end costs nothing.
@@ -194,47 +193,34 @@ class BatchEncoder:
 
 
 class BatchApplier:
-    """Applies decoded PAGES and ZERO_PAGES messages to a guest (see the module doc).
+    """Applies decoded PAGES and ZERO_PAGES messages to a guest, on the calling thread (see the module doc).
 
-    guest: the destination GuestMemory, zero-filled; digest: a RunningDigest or None.
+    guest: the destination GuestMemory, zero-filled; digest: a RunningDigest or None. Each
+    data channel's thread has an applier of its own: its digest changes go to a part of
+    the digest of its own, and `applied` counts the pages (or blocks) it placed.
     """
 
     def __init__(self, guest, digest=None):
-        self.guest, self.digest = guest, digest
-        workers = worker_count()
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="apply")
-        self.depth = PIPELINE_DEPTH_PER_WORKER * workers
-        self.pending = deque()
-
-    def close(self):
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.guest = guest
+        self.digest = None if digest is None else digest.part()
+        self.applied = 0
 
     def apply(self, message):
-        """Apply one validated data message (LZ4 batches finish later: see drain)."""
+        """Apply one validated data message: its pages are in memory (and hashed) when this returns."""
         numbers = message.page_numbers
         if message.type == MsgType.ZERO_PAGES:
             if message.pass_no > 0:  # pass 0 meets a freshly zeroed memory
                 page_ops.zero_pages(self.guest.data, self.guest.page_size, numbers)
                 if self.digest:
                     self.digest.update_zero(numbers)
-            return
-        if message.codec == Codec.XBZRLE:
+        elif message.codec == Codec.XBZRLE:
             self._finish(self._apply_deltas(message, numbers))
-            return
-        if message.codec == Codec.RAW:
+        else:
             self._finish(self._place(message, numbers))
-            return
-        self.pending.append(self.pool.submit(self._place, message, numbers))
-        if len(self.pending) >= self.depth:
-            self._finish(self.pending.popleft().result())
-
-    def drain(self):
-        """Wait until every batch handed to apply() is in memory."""
-        while self.pending:
-            self._finish(self.pending.popleft().result())
+        self.applied += message.page_count
 
     def _place(self, message, numbers):
-        """Decode one batch into guest memory; return its digest delta, or None. Runs on a worker thread for LZ4."""
+        """Decode one batch into guest memory; return its digest delta, or None."""
         memory, page_size = self.guest.data, self.guest.page_size
         raw = np.frombuffer(decode_batch(message.codec, message.payload, message.raw_len), dtype=np.uint8)
         if self.digest is None:
@@ -282,19 +268,18 @@ def warm_up():
         cache = xbzrle.Cache(WARM_UP_PAGES * spec.page_size, spec.page_size) if deltas else None
         encoder = BatchEncoder(source, codec, 8, RunningDigest(spec.n_pages, spec.page_size) if digests else None,
                                xbzrle=cache)
-        applier = BatchApplier(destination, RunningDigest(spec.n_pages, spec.page_size) if digests else None)
+        received = RunningDigest(spec.n_pages, spec.page_size) if digests else None
+        applier = BatchApplier(destination, received)
         try:
             for pass_no in range(3):  # XBZRLE: the second pass fills its cache, the third sends deltas
                 numbers = np.arange(spec.n_pages, dtype=np.int64) if pass_no == 0 else source.harvest()
                 for batch in encoder.batches(numbers, resent=pass_no > 0):
                     applier.apply(decoder.decode(batch.frames(0, pass_no, spec.page_size)))
-                applier.drain()
                 source.data[every_other * spec.page_size + 8] += 1
                 bitmap.mark_dirty(source.dirty, every_other)
             source.dirty_count()
             if digests:
-                encoder.digest.value(), applier.digest.value()
+                encoder.digest.value(), received.value()
             destination.digest()
         finally:
             encoder.close()
-            applier.close()

@@ -18,6 +18,10 @@ Rules:
 * The source sends data round-robin over its channels and waits for the
   destination's PASS_END of the same pass before the next pass.
 * Per data message the work is O(1): a seq check, a pass check, a count.
+* Data channels may be checked on threads of their own (check_data, then data_applied
+  once the message is in memory), each channel on one thread, beside the thread that
+  owns the control socket: the counts are kept under a lock, and a pass is complete
+  when every message announced has been applied, whichever thread saw the last one.
 * Post-copy: POSTCOPY (instead of SWITCHOVER) carries the device state's digest and the
   storage token; DEVICE_STATE and the MISSING page list follow, then the destination
   resumes. The missing pages then cross as a pass of their own, closed by
@@ -28,6 +32,7 @@ Rules:
 """
 
 import functools
+import threading
 from dataclasses import dataclass
 
 from emulator.protocol import (VERSION, Decoder, Flags, LocalProtocolError, Message, MsgType, ProtocolError,
@@ -204,6 +209,7 @@ class DestinationProtocol(_Engine):
         self._device_state_bytes = 0
         self._data_seq = []
         self._pass = _PassCount(0)
+        self._counting = threading.Lock()  # the pass's counts, shared by the data channels' threads
 
     @staticmethod
     def check_hello(frames):
@@ -241,20 +247,46 @@ class DestinationProtocol(_Engine):
 
     @_failing
     def receive_data(self, channel, frames):
-        """Events for a message on data channel `channel`: DataPages, then maybe (Final)PassComplete."""
+        """Events for a message on data channel `channel`: DataPages, then maybe (Final)PassComplete.
+
+        One thread's form of check_data and data_applied: the message counts as applied
+        at once, and its caller applies it before it handles the next event."""
+        message = self.check_data(channel, frames)
+        return (DataPages(channel, message), *self.data_applied(channel, message))
+
+    def check_data(self, channel, frames):
+        """The message `frames` on data channel `channel`, checked (type, seq, pass, count): apply it, then
+        call data_applied. Called on the channel's own thread; RemoteProtocolError changes no state here
+        (the control thread's fail() records it)."""
         if not 0 <= channel < self._channels:
             raise LocalProtocolError("channel", f"data channel {channel} was not negotiated ({self._channels} were)")
         message = self._decoder.decode(frames)
-        self.session.received(message.type)
+        if message.type in _DATA:
+            self.session.check_received(message.type)  # data never change the state
+        else:
+            self.session.received(message.type)
         self._data_seq[channel] = expect_seq(message, self._data_seq[channel])
         if message.type not in _DATA:
             raise RemoteProtocolError("type", f"{message.type.name} on data channel {channel}")
-        if message.pass_no != self.pass_no:
-            raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
-        if not self._pass.take(channel, message.page_count, message.flags & Flags.DISK):
-            raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
-                                             f"{self.pass_no}")
-        return (DataPages(channel, message), *self._closing())
+        with self._counting:
+            if message.pass_no != self.pass_no:
+                raise RemoteProtocolError("pass_no", f"got {message.pass_no}, the current pass is {self.pass_no}")
+            if not self._pass.take(channel, message.page_count, message.flags & Flags.DISK):
+                raise RemoteProtocolError("seq", f"channel {channel} sent more messages than announced for pass "
+                                                 f"{self.pass_no}")
+        return message
+
+    def data_applied(self, channel, message):
+        """(PassComplete,), (FinalPassComplete,) or (PostcopyComplete,) once `message` (from check_data) was the
+        last one its pass awaited, in memory now; else ()."""
+        with self._counting:
+            self._pass.applied[channel] += 1
+            return self._closing()
+
+    @_failing
+    def fail(self, error):
+        """Raise `error`, a data channel's protocol error, here: the side moves to FAILED."""
+        raise error
 
     @_failing
     def receive_control(self, frames):
@@ -291,8 +323,10 @@ class DestinationProtocol(_Engine):
             if msg_type == MsgType.COMPLETE and not self._pass.device_state:
                 raise RemoteProtocolError("type", "COMPLETE before DEVICE_STATE")
             blocks = 0 if msg_type == MsgType.POSTCOPY_END else message.field("blocks", int)
-            self._pass.announce(message, message.field("messages", list), message.field("pages", int), blocks)
-            return self._closing()
+            counts, pages = message.field("messages", list), message.field("pages", int)
+            with self._counting:
+                self._pass.announce(message, counts, pages, blocks)
+                return self._closing()
         if msg_type == MsgType.ABORT:
             return (SourceAborted(*aborted(message)),)
         raise RemoteProtocolError("type", f"{msg_type.name} on the control channel")
@@ -314,8 +348,9 @@ class DestinationProtocol(_Engine):
         self._require_complete(MsgType.PASS_END)
         frames = self._control(MsgType.PASS_END, self.pass_no,
                                {"pass": self.pass_no, "pages_applied": pages_applied, "cpu_s": cpu_s})
-        self.pass_no += 1
-        self._pass = _PassCount(self._channels)
+        with self._counting:
+            self.pass_no += 1
+            self._pass = _PassCount(self._channels)
         return frames
 
     @_failing
@@ -349,10 +384,12 @@ class DestinationProtocol(_Engine):
 
 class _PassCount:
     """One pass on the destination: data messages and pages per channel against what PASS_END or COMPLETE
-    promised. Complete when every channel delivered exactly its count; nothing may arrive after that."""
+    promised. Complete when every channel delivered exactly its count and all of it was applied; nothing
+    may arrive after that."""
 
     def __init__(self, channels):
-        self.messages = [0] * channels
+        self.messages = [0] * channels  # checked
+        self.applied = [0] * channels  # and in memory
         self.pages = self.blocks = 0
         self.expected = None  # the message counts the closing PASS_END or COMPLETE promised
         self.promised = None  # and the (pages, blocks)
@@ -382,7 +419,7 @@ class _PassCount:
 
     def completed(self):
         """The closing message once the pass just became complete, else None."""
-        if self.complete or self.messages != self.expected:
+        if self.complete or self.applied != self.expected:
             return None
         for name, promised, held in zip(("pages", "blocks"), self.promised, (self.pages, self.blocks)):
             if promised != held:

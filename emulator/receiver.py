@@ -33,15 +33,16 @@ from typing import ClassVar
 
 from emulator import events, fields, protocol
 from emulator.batches import BatchApplier
+from emulator.dataplane import ReceivingPlane
 from emulator.digest import RunningDigest
 from emulator.disk import DiskError, DiskImage, disk_problems
 from emulator.guest import GuestMemory
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
 from emulator.protocol import Flags, MsgType, RemoteProtocolError
 from emulator.postcopy import Faults
-from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, Missing,
-                                       PassComplete, PostcopyBegins, PostcopyComplete, SourceAborted, Switchover,
-                                       stranger_abort, stranger_refusal, verdict)
+from emulator.protocol_engines import (DestinationProtocol, DeviceState, FinalPassComplete, Missing, PassComplete,
+                                       PostcopyBegins, PostcopyComplete, SourceAborted, Switchover, stranger_abort,
+                                       stranger_refusal, verdict)
 from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
@@ -271,15 +272,23 @@ class Destination:
         self.protocol = DestinationProtocol()
         self.peer = None
         self.guest = self.workload = None
-        self.pages_applied = 0
         self.doors = Doorkeeper(link, progress)
         self.interrupted = False
-        self.applier = None
-        self.disk = self.disk_applier = self.disk_digest = None
-        self.blocks_applied = 0
+        self.appliers = self.disk_appliers = []  # a BatchApplier per data channel, for its thread
+        self.plane = None  # the data channels' threads (emulator.dataplane), once accepted
+        self.disk = self.disk_digest = None
         self.device_state = b""
         self.faults = self.postcopy = None  # post-copy's missing pages; its POSTCOPY message, once begun
         self.live_postcopy = False  # resumed here without all its pages: a failure loses the guest
+        self._placing_missing = threading.Lock()  # post-copy pages are placed one message at a time
+
+    @property
+    def pages_applied(self):
+        return sum(applier.applied for applier in self.appliers)
+
+    @property
+    def blocks_applied(self):
+        return sum(applier.applied for applier in self.disk_appliers)
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its DestinationOutcome.
@@ -304,9 +313,8 @@ class Destination:
             self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
         if self.workload is not None:
             self.workload.stop()  # a post-copy guest may be running (or waiting for pages) here
-        for applier in (self.applier, self.disk_applier):
-            if applier:
-                applier.close()
+        if self.plane is not None:
+            self.plane.stop()
         self.link.close_data()
         disk_path = None
         if self.disk is not None:
@@ -315,16 +323,19 @@ class Destination:
             else:
                 disk_path = self.disk.path
                 self.disk.close()
+        pages_applied, blocks_applied = self.pages_applied, self.blocks_applied
         if failure:  # the partial guest is discarded, never resumed: nothing may keep its memory
-            self.guest = self.workload = self.applier = self.running_digest = self.faults = None
-        self.disk = self.disk_applier = None
+            self.guest = self.workload = self.running_digest = self.faults = self.plane = None
+            self.appliers = []
+        self.disk = None
+        self.disk_appliers = []
         status = "completed"
         if failure:
             status = "lost" if self.live_postcopy else failure.status
         outcome = DestinationOutcome(
             status=status, reason=failure.reason if failure else None,
-            digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=self.pages_applied,
-            frames_refused=self.doors.frames_refused, blocks_applied=self.blocks_applied, disk_path=disk_path)
+            digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=pages_applied,
+            frames_refused=self.doors.frames_refused, blocks_applied=blocks_applied, disk_path=disk_path)
         self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
@@ -349,15 +360,19 @@ class Destination:
                 self._send(self.protocol.refuse(str(error)))
                 raise Refused(str(error)) from None
             self.disk_digest = RunningDigest(disk.n_blocks, disk.block_size) if self.incremental else None
-            self.disk_applier = BatchApplier(self.disk.blocks, self.disk_digest)
         self.guest, self.workload = self._while_heartbeating(lambda: self._hosted(scenario))
         self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
-        self.applier = BatchApplier(self.guest, self.running_digest)
         options = scenario.migration
+        self.appliers = [BatchApplier(self.guest, self.running_digest) for _ in range(options.channels)]
+        if self.disk is not None:
+            self.disk_appliers = [BatchApplier(self.disk.blocks, self.disk_digest) for _ in range(options.channels)]
         ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
+        doorbell = self.link.doorbell()
         if self.faults is not None:
-            self.faults.doorbell = self.link.doorbell()
-        self._send(self.protocol.accept(scenario, ports))
+            self.faults.doorbell = doorbell
+        frames = self.protocol.accept(scenario, ports)
+        self.plane = ReceivingPlane(self.link.data_receivers(), self.protocol, self._place, doorbell)
+        self._send(frames)
         self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {options.channels} channel(s)")
 
@@ -435,49 +450,42 @@ class Destination:
             if duration_left_s <= 0:
                 raise MigrationError(f"the migration lasted longer than this destination's limit of "
                                      f"{self.limits.max_duration_s:g} s")
-            silence_left_s = heard_at + self.link.timeout_s - now
+            silence_left_s = max(heard_at, self.plane.last_heard_at) + self.link.timeout_s - now
             if silence_left_s <= 0:
                 raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")
             try:
                 incoming = self.link.recv(min(silence_left_s, duration_left_s))
             except PeerTimeout:
-                if duration_left_s < silence_left_s:
-                    continue  # the duration limit, not the source's silence: said at the top
-                raise
-            if incoming.channel == WAKE:  # a vCPU waits for a page
+                continue  # said at the top, unless the data channels heard from the source meanwhile
+            if incoming.channel == WAKE:  # a vCPU waits for a page, or the data channels have news
                 self._request_pages()
+                happened = self.plane.events()
+            elif incoming.peer != self.peer:
+                self._refuse_intruder(incoming)
                 continue
-            if incoming.channel == CONTROL:
-                if incoming.peer != self.peer:
-                    self._refuse_intruder(incoming)
-                    continue
-                happened = self.protocol.receive_control(incoming.frames)
             else:
-                happened = self.protocol.receive_data(incoming.channel, incoming.frames)
-            heard_at = time.monotonic()
+                happened = self.protocol.receive_control(incoming.frames)
+                heard_at = time.monotonic()
             for event in happened:
                 self._on_event(event)
 
+    def _place(self, channel, message):
+        """Put a checked data message into memory, on its channel's thread (emulator.dataplane)."""
+        if self.live_postcopy:
+            self._place_missing(channel, message)
+        elif message.flags & Flags.DISK:
+            self.disk_appliers[channel].apply(message)
+        else:
+            self.appliers[channel].apply(message)
+
     def _on_event(self, event):
-        if type(event) is DataPages:
-            message = event.message
-            if self.live_postcopy:
-                self._place_missing(message)
-            elif message.flags & Flags.DISK:
-                self.disk_applier.apply(message)
-                self.blocks_applied += message.page_count
-            else:
-                self.applier.apply(message)
-                self.pages_applied += message.page_count
-        elif type(event) is PassComplete:
-            self._drain()
+        if type(event) is PassComplete:
             if self.disk is not None:
                 self.disk.sync_in_background()
             cpu_now = time.process_time()
             self._send(self.protocol.acknowledge_pass(self.pages_applied, cpu_now - self.pass_cpu_started))
             self.pass_cpu_started = cpu_now
         elif type(event) is FinalPassComplete:
-            self._drain()
             self._verify_and_resume(event.complete)
         elif type(event) is Switchover:
             self.switchover_at = self.clock()
@@ -495,11 +503,6 @@ class Destination:
             self._end_postcopy(event.end)
         elif type(event) is SourceAborted:
             raise PeerAborted(event.reason, "source", event.cancelled)
-
-    def _drain(self):
-        for applier in (self.applier, self.disk_applier):
-            if applier:
-                applier.drain()
 
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
@@ -569,14 +572,14 @@ class Destination:
         if pages.size:
             self._send(self.protocol.page_request(pages))
 
-    def _place_missing(self, message):
-        """Place a post-copy message's pages, all missing (else a protocol error), then wake their waiters."""
+    def _place_missing(self, channel, message):
+        """Place a post-copy message's pages, all missing (else a protocol error), then wake their waiters.
+        One message at a time: a page sent twice at once on two channels must be refused, not placed twice."""
         numbers = message.page_numbers
-        self.faults.check_missing(numbers)
-        self.applier.apply(message)
-        self.applier.drain()
-        self.faults.arrived(numbers.astype("int64"))
-        self.pages_applied += message.page_count
+        with self._placing_missing:
+            self.faults.check_missing(numbers)
+            self.appliers[channel].apply(message)
+            self.faults.arrived(numbers.astype("int64"))
 
     def _end_postcopy(self, end):
         """Every page POSTCOPY_END promised is in: the running digest must be the source's."""

@@ -174,7 +174,10 @@ class Listener:
     def _cancel_all(self):
         """Ctrl-C: cancel every migration (each tells its source), and wait until they have ended."""
         for incoming in self.incoming.values():
-            incoming.pair.send(PAIR_CANCEL)
+            try:  # never wait: a migration that has just ended no longer reads, and says so below
+                incoming.pair.send(PAIR_CANCEL, flags=zmq.DONTWAIT)
+            except zmq.Again:
+                pass
         deadline = time.monotonic() + self.link.timeout_s + 1
         while self.incoming and time.monotonic() < deadline:
             try:

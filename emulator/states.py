@@ -122,6 +122,15 @@ class Session:
         """Record that the peer sent `msg_type`; raises RemoteProtocolError if not allowed now."""
         self._step(RECV, MsgType(msg_type), RemoteProtocolError)
 
+    def check_received(self, msg_type):
+        """As received(), for an event that leaves the state as it is (a data message, checked on its
+        channel's thread): raises the same error when it is illegal now, and writes nothing; the
+        thread that owns the state records the failure (DestinationProtocol.fail)."""
+        state = self.state
+        if state in FINAL_STATES or TRANSITIONS[self.role][state].get((RECV, msg_type)) != state:
+            raise RemoteProtocolError("type", f"the {self.role} cannot receive {MsgType(msg_type).name} in state "
+                                              f"{state}")
+
     @property
     def finished(self):
         return self.state in FINAL_STATES

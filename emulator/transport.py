@@ -3,7 +3,11 @@
 Topology: the destination binds a ROUTER (control) at its listen endpoint
 and one PULL per data channel on free ports of the same interface; the source
 connects a DEALER and one PUSH per channel. Each link has its own context
-with an I/O thread per channel, so channels move bytes in parallel. Data
+with an I/O thread per channel, and each data socket is pinned to an I/O
+thread of its own (ZMQ_AFFINITY), so channels move bytes in parallel: left to
+itself, ZeroMQ put two or three channels on one thread. On the destination each
+data socket is read by its channel's thread (a DataReceiver, emulator.dataplane),
+not by the thread that owns the control socket. Data
 messages go zero-copy (`copy=False`); the send and receive high-water marks
 bound how many messages each channel buffers (DATA_BUFFER_BYTES worth), so a
 slow destination throttles the source instead of growing its memory. Every receive has a deadline and
@@ -63,6 +67,11 @@ def _socket(context, kind, timeout_s):
     sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(timeout_s * 1000 / HEARTBEATS_PER_TIMEOUT)))
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(timeout_s * 1000)))
     return sock
+
+
+def _pin(sock, index, io_threads):
+    """Give data socket number `index` an I/O thread of its own, round-robin over `io_threads`."""
+    sock.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
 
 
 def _send(sock, frames, copy):
@@ -174,7 +183,8 @@ class SourceLink:
         self.timeout_s, self.security = timeout_s, security
         if self.port is not None:
             _probe(self.host, self.port, timeout_s)
-        self.context = zmq.Context(io_threads=max(1, channels))
+        self.io_threads = max(1, channels)
+        self.context = zmq.Context(io_threads=self.io_threads)
         self.control = self._socket(zmq.DEALER)
         self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES)  # says at once why keys do not match
         self.refused = None  # why the destination's end turned us away, once it did
@@ -199,6 +209,7 @@ class SourceLink:
                 endpoint = f"tcp://{self.host}:{endpoint}"
             sock = self._socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, data_hwm(message_bytes))
+            _pin(sock, len(self.data), self.io_threads)
             sock.connect(endpoint)
             self.data.append(sock)
 
@@ -246,9 +257,9 @@ class SourceLink:
 class _DestinationEnd:
     """What a destination's links share: the data PULLs a migration binds on the listen host.
 
-    Subclasses set context, security, host, endpoint, timeout_s, data_prefix (where
-    ipc:// and inproc:// data endpoints begin) and _poller (which the data sockets
-    join), and define recv and send_control.
+    Subclasses set context, io_threads, security, host, endpoint, timeout_s, data_prefix
+    (where ipc:// and inproc:// data endpoints begin) and _poller (which a Doorbell
+    joins), and define recv and send_control.
     """
 
     _doorbell = None  # this migration's Doorbell, once asked for
@@ -268,15 +279,19 @@ class _DestinationEnd:
         for channel in range(channels):
             sock = self._socket(zmq.PULL)
             sock.setsockopt(zmq.RCVHWM, data_hwm(message_bytes))
+            _pin(sock, channel, self.io_threads)
             if self.endpoint.startswith("tcp://"):
                 advertised.append(sock.bind_to_random_port(f"tcp://{self.host}"))
             else:
                 endpoint = f"{self.data_prefix}-data{channel}"
                 sock.bind(endpoint)
                 advertised.append(endpoint)
-            self._poller.register(sock, zmq.POLLIN)
             self.data.append(sock)
         return advertised
+
+    def data_receivers(self):
+        """A DataReceiver per data socket, each for its channel's thread alone."""
+        return [DataReceiver(sock) for sock in self.data]
 
     def doorbell(self):
         """A Doorbell whose ring makes recv return an Incoming on channel WAKE (closed with the data sockets)."""
@@ -285,9 +300,9 @@ class _DestinationEnd:
         return self._doorbell
 
     def close_data(self):
-        """Close the data sockets (between two migrations on the same control socket)."""
+        """Close the data sockets (between two migrations on the same control socket), once their threads
+        have stopped."""
         for sock in self.data:
-            self._poller.unregister(sock)
             sock.close(linger=0)
         self.data = []
         doorbell, self._doorbell = self._doorbell, None
@@ -295,14 +310,26 @@ class _DestinationEnd:
             self._poller.unregister(doorbell.fd)
             doorbell.close()
 
-    def _data_message(self, ready, timeout_s):
+    def _wake(self, ready, timeout_s):
         if self._doorbell is not None and self._doorbell.fd in ready:
             self._doorbell.answer()
             return Incoming(WAKE, [])
-        for channel, sock in enumerate(self.data):
-            if sock in ready:
-                return Incoming(channel, sock.recv_multipart(copy=False))
         raise PeerTimeout(f"nothing from the source within {timeout_s:g} s")
+
+
+class DataReceiver:
+    """One data socket of a destination, read by its channel's thread alone (ZeroMQ sockets are not
+    shared between threads): the socket is made on another thread, and only read and polled on this one."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self._poller = _poller((sock, zmq.POLLIN))
+
+    def recv(self, timeout_s):
+        """The next message's frames (not copied), or None when none came within `timeout_s`."""
+        if self._poller.poll(_poll_ms(timeout_s)):
+            return self.sock.recv_multipart(copy=False)
+        return None
 
 
 class DestinationLink(_DestinationEnd):
@@ -315,7 +342,8 @@ class DestinationLink(_DestinationEnd):
         self.host, port = parse_endpoint(listen)
         self.timeout_s, self.security = timeout_s, security
         # I/O threads are fixed when the context starts; data channels come later.
-        self.context = zmq.Context(io_threads=max(1, max_channels or os.cpu_count() or 1))
+        self.io_threads = max(1, max_channels or os.cpu_count() or 1)
+        self.context = zmq.Context(io_threads=self.io_threads)
         self.authenticator = Authenticator(self.context, security) if security else None
         self.control = self._socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -338,7 +366,7 @@ class DestinationLink(_DestinationEnd):
         self._poller = _poller((self.control, zmq.POLLIN), (self.monitor, zmq.POLLIN))
 
     def recv(self, timeout_s=None):
-        """The next message from the control socket or a data channel.
+        """The next message from the control socket, or WAKE when the doorbell rang.
 
         Raises PeerTimeout when nothing arrives within `timeout_s` (default: the link's;
         math.inf waits for ever).
@@ -353,7 +381,7 @@ class DestinationLink(_DestinationEnd):
             self.turned_away()
         if self.control in ready:
             return self.recv_control()
-        return self._data_message(ready, timeout_s)
+        return self._wake(ready, timeout_s)
 
     def recv_control(self):
         """The control message waiting now (after a poll said so), with its sender."""
@@ -397,6 +425,7 @@ class PeerLink(_DestinationEnd):
 
     def __init__(self, listener, pair_endpoint, first):
         self.context, self.security, self.host = listener.context, listener.security, listener.host
+        self.io_threads = listener.io_threads
         self.endpoint, self.timeout_s = listener.endpoint, listener.timeout_s
         self.peer, self.address, self._first = first.peer, first.address, first
         self.on_turned_away = None  # the listener hears of turned-away connections, not a migration
@@ -419,7 +448,7 @@ class PeerLink(_DestinationEnd):
             if len(frames) == 1 and frames[0].bytes == PAIR_CANCEL:
                 raise KeyboardInterrupt
             return Incoming(CONTROL, frames, self.peer, self.address)
-        return self._data_message(ready, timeout_s)
+        return self._wake(ready, timeout_s)
 
     def send_control(self, peer, frames, wait=True):
         """Hand `frames` to the listener, which sends them on to the source (it drops them if it has gone)."""

@@ -16,7 +16,7 @@ class _Pipe:
     def __init__(self):
         self.to_destination = queue.Queue()
         self.to_source = queue.Queue()
-        self.channels = 0
+        self.data = []  # a queue per data channel, once the destination opened them
 
 
 def _get(q, timeout_s, who):
@@ -31,13 +31,13 @@ class FakeSourceLink:
         self.pipe, self.timeout_s = pipe, timeout_s
 
     def open_data(self, endpoints, message_bytes):
-        assert len(endpoints) == self.pipe.channels and message_bytes > 0
+        assert len(endpoints) == len(self.pipe.data) and message_bytes > 0
 
     def send_control(self, frames):
         self.pipe.to_destination.put(Incoming(CONTROL, [bytes(f) for f in frames], SOURCE_PEER))
 
     def send_data(self, channel, frames):
-        self.pipe.to_destination.put(Incoming(channel, [bytes(f) for f in frames]))
+        self.pipe.data[channel].put([bytes(f) for f in frames])
 
     def control_pending(self):
         return not self.pipe.to_source.empty()
@@ -57,8 +57,11 @@ class FakeDestinationLink:
 
     def open_data(self, channels, message_bytes):
         assert message_bytes > 0
-        self.pipe.channels = channels
+        self.pipe.data = [queue.Queue() for _ in range(channels)]
         return [f"inproc://fake-data-{channel}" for channel in range(channels)]
+
+    def data_receivers(self):
+        return [_Receiver(data) for data in self.pipe.data]
 
     def recv(self, timeout_s=None):
         return _get(self.pipe.to_destination, self.timeout_s if timeout_s is None else timeout_s, "source")
@@ -75,6 +78,17 @@ class FakeDestinationLink:
 
     def close(self):
         pass
+
+
+class _Receiver:
+    def __init__(self, data):
+        self.data = data
+
+    def recv(self, timeout_s):
+        try:
+            return self.data.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
 
 
 class _Doorbell:

@@ -218,14 +218,12 @@ class Guests:
                 (self.disk_applier if message.flags & Flags.DISK else self.memory_applier).apply(message)
 
     def copies_are_equal(self):
-        self.memory_applier.drain()
-        self.disk_applier.drain()
         return (np.array_equal(self.memory.data, self.memory_copy.data)
                 and np.array_equal(self.disk.blocks.data, self.disk_copy.blocks.data))
 
     def close(self):
-        for worker in (self.memory_encoder, self.disk_encoder, self.memory_applier, self.disk_applier):
-            worker.close()
+        for encoder in (self.memory_encoder, self.disk_encoder):
+            encoder.close()
         self.disk.close()
         self.disk_copy.discard()
 

@@ -155,11 +155,8 @@ def test_a_hostile_xbzrle_frame_is_a_protocol_error_naming_the_field():
     guest = GuestMemory(GuestSpec(4 * PAGE, fill="random"))
     before = guest.data.copy()
     applier = BatchApplier(guest, RunningDigest(4, PAGE))
-    try:
-        message = decoder.decode(protocol.encode_pages(0, 1, [1], delta, protocol.Codec.XBZRLE, PAGE))
-        with pytest.raises(protocol.RemoteProtocolError) as error:
-            applier.apply(message)
-    finally:
-        applier.close()
+    message = decoder.decode(protocol.encode_pages(0, 1, [1], delta, protocol.Codec.XBZRLE, PAGE))
+    with pytest.raises(protocol.RemoteProtocolError) as error:
+        applier.apply(message)
     assert error.value.field == "payload" and "page 1" in str(error.value)
     assert np.array_equal(guest.data[:PAGE], before[:PAGE]) and np.array_equal(guest.data[2 * PAGE:], before[2 * PAGE:])
