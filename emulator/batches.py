@@ -9,9 +9,10 @@ and with a running digest each page is hashed in the same read (a zero page
 crosses as its number only). The rest go in batches. A batch that is one run
 of consecutive pages is sent straight from guest memory, with no gather copy:
 a page written while on its way is dirty again and is resent. Other batches
-are gathered into a fresh buffer (ZeroMQ may still hold the last one). LZ4
-runs on a pool of worker threads (python-lz4 releases the GIL), a few batches
-ahead of the sender, and results go out in order.
+are gathered into a fresh buffer (ZeroMQ may still hold the last one). Gathers
+and LZ4 run on a pool of worker threads (python-lz4 releases the GIL), a few
+batches ahead of the sender, and results go out in order: the sending thread
+frames and sends, and reads no page bytes (but XBZRLE's, below).
 
 XBZRLE (an encoder given a kernels.xbzrle.Cache, in passes after the first): each
 batch's pages whose last copy is cached go as one XBZRLE batch of deltas, when
@@ -33,7 +34,6 @@ import functools
 import itertools
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +41,7 @@ import numpy as np
 from emulator import protocol
 from emulator.codecs import decode_batch, encode_batch
 from emulator.protocol import Codec, Flags, MsgType
+from emulator.threads import named_pool
 from kernels import bitmap, xbzrle
 from kernels import pages as page_ops
 
@@ -100,17 +101,15 @@ class BatchEncoder:
     def __init__(self, guest, codec, batch_pages, digest=None, flags=Flags.NONE, xbzrle=None):
         self.guest, self.codec, self.batch_pages, self.digest = guest, codec, batch_pages, digest
         self.flags, self.xbzrle = flags, xbzrle
-        # raw batches are views or one gather: not worth a thread hop
-        workers = worker_count() if codec == Codec.LZ4 else 0
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers else None
+        workers = worker_count()
+        self.pool = named_pool(workers, "encode")  # gathers and LZ4: the sending thread touches no page bytes
         self.depth = PIPELINE_DEPTH_PER_WORKER * workers
-        self.scanners = worker_count()
-        self.scan_pool = ThreadPoolExecutor(self.scanners, thread_name_prefix="scan")
+        self.scanners = workers
+        self.scan_pool = named_pool(self.scanners, "scan")
 
     def close(self):
         self.scan_pool.shutdown(wait=True)
-        if self.pool:
-            self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
 
     def batches(self, page_numbers, resent=False):
         """Yield the Batches that send `page_numbers` (ascending), in order.
@@ -139,9 +138,6 @@ class BatchEncoder:
                     raw = np.empty(numbers.size * page_size, dtype=np.uint8)  # a snapshot: the cache keeps it
                     page_ops.gather(self.guest.data, page_size, numbers, raw)
                     xbzrle.remember(numbers, raw)
-                if self.pool is None:
-                    yield self._finish(self._encode(numbers, raw))
-                    continue
                 pending.append(self.pool.submit(self._encode, numbers, raw))
                 if len(pending) >= self.depth:
                     yield self._finish(pending.popleft().result())
@@ -174,8 +170,7 @@ class BatchEncoder:
         return zero, nonzero, delta
 
     def _encode(self, numbers, raw=None):
-        """Gather (unless one run, or `raw` holds them already) and encode one batch. Runs on a worker thread
-        for LZ4."""
+        """Gather (unless one run, or `raw` holds them already) and encode one batch, on a worker thread."""
         memory, page_size = self.guest.data, self.guest.page_size
         first, last = int(numbers[0]), int(numbers[-1])
         if raw is None and last - first + 1 == numbers.size:

@@ -185,7 +185,7 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
         link.close()
 
 
-def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, disk_dir):
+def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, channels, disk_dir):
     """Child process: listen on a free loopback port, report it, serve one migration, report the outcome.
 
     The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
@@ -199,7 +199,7 @@ def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, disk_dir)
         prepared = preallocation.submit(GuestMemory.blank, guest_spec)
         preallocation.shutdown(wait=False)
     ready_to_move_pages()
-    link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
+    link = DestinationLink("tcp://127.0.0.1:0", timeout_s, max_channels=channels)  # an I/O thread per channel
     try:
         connection.send(link.endpoint)
         outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared,
@@ -274,7 +274,8 @@ def _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir):
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or sockets
     parent_end, child_end = context.Pipe()
     child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
-                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest, disk_dir))
+                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest,
+                                  scenario.migration.channels, disk_dir))
     with _ctrl_c_left_to_this_process():
         child.start()
     try:

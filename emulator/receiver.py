@@ -46,6 +46,7 @@ from emulator.protocol_engines import (DestinationProtocol, DeviceState, FinalPa
 from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
+from emulator.threads import CpuMeter
 from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, WAKE
 from emulator.units import format_bytes, format_count
 from emulator.verdict import Problem, Verdict, refusal
@@ -442,7 +443,7 @@ class Destination:
 
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
-        self.pass_cpu_started = time.process_time()
+        self.cpu = CpuMeter()
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
         while not self.protocol.finished:
             now = time.monotonic()
@@ -482,9 +483,7 @@ class Destination:
         if type(event) is PassComplete:
             if self.disk is not None:
                 self.disk.sync_in_background()
-            cpu_now = time.process_time()
-            self._send(self.protocol.acknowledge_pass(self.pages_applied, cpu_now - self.pass_cpu_started))
-            self.pass_cpu_started = cpu_now
+            self._send(self.protocol.acknowledge_pass(self.pages_applied, self.cpu.lap()))
         elif type(event) is FinalPassComplete:
             self._verify_and_resume(event.complete)
         elif type(event) is Switchover:
@@ -555,7 +554,7 @@ class Destination:
         self.live_postcopy = True
         self.workload.start()
         resume_s = self.clock() - started
-        self.postcopy_cpu_started = time.process_time()
+        self.cpu.lap()
         self._send(self.protocol.resumed({
             "digest": "", "digest_check_s": 0.0, "final_pages_s": final_pages_s, "resume_s": resume_s,
             "storage_token": self.postcopy.field("storage_token", str), "disk_digest": None, "disk_sync_s": 0.0,
@@ -597,7 +596,7 @@ class Destination:
             "digest": self.digest, "blocktime_s": faults.all_blocked_s, "vcpu_blocktime_s": self.workload.blocked_s,
             "pages_requested": faults.requested, "requested_placed": faults.requested_placed,
             "last_page_s": faults.last_page_at - faults.resumed_at if faults.last_page_at else 0.0,
-            "cpu_s": time.process_time() - self.postcopy_cpu_started,
+            "cpu_s": self.cpu.lap(),
         }))
         self.live_postcopy = False
         self._say(f"post-copy done: {faults.requested:,} pages asked for")

@@ -79,7 +79,8 @@ class PassRecord:
     dirty_limit_throttle_s: seconds each vCPU spent held back by the dirty limit during the
         pass, on average (0 without one).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
-    source_cpu_s, destination_cpu_s: CPU seconds each side's process used during the pass
+    source_cpu_s, destination_cpu_s: CPU seconds each side's migration used during the pass (all its
+    threads but the guest's vCPUs)
         (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
     disk_*: a mirrored disk's part (storage mirror; all 0 otherwise): blocks sent (zero
         blocks included), their bytes and wire bytes, zero blocks, dirty bytes left at the
@@ -524,6 +525,10 @@ def summarize(
     disk: the mirrored disk's DiskSpec (emulator.disk), or None: no "disk" key.
     xbzrle_cache: QEMU's xbzrle-cache figures (cache-size, bytes, pages, cache-miss,
     cache-miss-rate, encoding-rate, overflow), or None: no "xbzrle-cache" key.
+
+    cpu.source-s-per-gib, cpu.destination-s-per-gib: each end's CPU seconds per GiB of guest
+    memory (and disk) sent in pre-copy, the guest's own vCPUs left out: netperf's "service
+    demand" (None when nothing was sent).
     """
     if status not in STATUSES:
         raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -591,7 +596,15 @@ def summarize(
                                         "postcopy-vcpu-blocktime": [b * 1e3 for b in postcopy.vcpu_blocktime_s]}),
         **({} if disk is None else {"disk": _disk_summary(passes, blackout, status, disk, unrecorded_disk_wire_bytes)}),
         **({} if xbzrle_cache is None else {"xbzrle-cache": xbzrle_cache}),
+        "cpu": _service_demand(passes),
     }
+
+
+def _service_demand(passes):
+    """The summary's "cpu": each end's pre-copy CPU seconds per GiB it moved."""
+    gib = sum(p.bytes_sent + p.disk_bytes_sent for p in passes) / (1 << 30)
+    return {f"{end}-s-per-gib": sum(getattr(p, f"{end}_cpu_s") for p in passes) / gib if gib else None
+            for end in ("source", "destination")}
 
 
 def _disk_summary(passes, blackout, status, disk, unrecorded_wire_bytes):
@@ -705,6 +718,10 @@ def format_summary(report: Report) -> str:
         )
         if summary["cpu-throttle-percentage"]:
             lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
+        cpu = summary.get("cpu", {})  # (not in reports of schema 4 and older)
+        if cpu.get("source-s-per-gib") is not None:
+            lines.append(f"cpu          {cpu['source-s-per-gib']:.3f} s per GiB moved on the source, "
+                         f"{cpu['destination-s-per-gib']:.3f} on the destination (pre-copy)")
         lines += _disk_lines(report)
     mirrored = report.block_job is not None
     ramped = report.scenario is not None and report.scenario.migration.policy.downtime_ramp is not None

@@ -57,6 +57,7 @@ from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, Pe
 from emulator.protocol import Flags, MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
 from emulator.ratelimit import make_limiter
+from emulator.threads import CpuMeter
 from emulator.report import (Blackout, BlockJob, Interval, ParameterChange, PassRecord, Phase, Postcopy, Report,
                              format_parameter, host_info, summarize)
 from emulator.units import format_count, format_rate
@@ -285,7 +286,7 @@ class Source:
         pass_no = 0
         memory_fitted = False  # the memory left after the last pass fitted the budget: the disk held it up
         while True:
-            started, cpu_started = self.clock(), time.process_time()
+            started, cpu = self.clock(), CpuMeter()
             writes_before = self.workload.writes
             disk_writes_before = self._disk_writes()
             limited_before = self.workload.limited_s
@@ -320,7 +321,7 @@ class Source:
                 threshold_bytes=decision.threshold_bytes, downtime_limit_s=decision.downtime_limit_s,
                 throttle_pct=self.workload.throttle_pct,
                 dirty_limit_throttle_s=(self.workload.limited_s - limited_before) / self.scenario.workload.vcpus,
-                source_cpu_s=time.process_time() - cpu_started,
+                source_cpu_s=cpu.lap(),
                 destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
             if self.mirror:

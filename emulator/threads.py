@@ -9,6 +9,9 @@ thread's own clock inside Python cannot see.
 
 import ctypes
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 _PR_SET_NAME = 15
@@ -18,9 +21,9 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # role of a thread, from the start of its name: the data plane's names, then ZeroMQ's and Numba's
 ROLES = (
     ("recv-", "channel"), ("send-", "channel"), ("scan", "scan"), ("encode", "encode"),
-    ("ZMQbg/IO", "zmq-io"), ("ZMQbg", "zmq-other"), ("vcpu", "guest"), ("disk-w", "guest"),
+    ("ZMQbg/IO", "zmq-io"), ("ZMQbg", "zmq-other"), ("vcpu", "guest"),
 )
-GUEST_ROLE = "guest"  # the guest's own vCPUs (and disk writer): not the migration's cost
+GUEST_ROLE = "guest"  # the guest's own vCPUs (and a disk's writer, its vcpu0): not the migration's cost
 
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,6 +36,15 @@ def name_this_thread(name):
     """Give the calling thread `name` (cut to 15 bytes) where the OS shows thread names."""
     if _prctl is not None:
         _prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:_NAME_BYTES]), 0, 0, 0)
+
+
+def _name_as_python_does():
+    name_this_thread(threading.current_thread().name)
+
+
+def named_pool(workers, prefix):
+    """A ThreadPoolExecutor of `workers` threads that the OS shows as PREFIX_0, PREFIX_1..."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=prefix, initializer=_name_as_python_does)
 
 
 @dataclass(frozen=True)
@@ -90,3 +102,21 @@ def migration_cpu_s(used):
     """CPU seconds of [ThreadCpu] `used`, the guest's own threads left out: what moving its memory cost."""
     return sum(thread.cpu_s for thread in used if not any(
         thread.name.startswith(prefix) for prefix, name in ROLES if name == GUEST_ROLE))
+
+
+class CpuMeter:
+    """The CPU seconds a migration uses in this process: every thread's but the guest's own vCPUs' (from
+    /proc; without /proc, the whole process's time). `lap()` gives the seconds since the last lap."""
+
+    def __init__(self):
+        self._proc = bool(thread_cpu())
+        self._then = self._read()
+
+    def _read(self):
+        return thread_cpu() if self._proc else time.process_time()
+
+    def lap(self):
+        now = self._read()
+        used = migration_cpu_s(cpu_between(self._then, now)) if self._proc else now - self._then
+        self._then = now
+        return used

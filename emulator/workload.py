@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from emulator import fields
+from emulator.threads import name_this_thread
 from kernels.writers import PATTERNS, WriterPattern, zipf_cdf
 
 SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds pause latency
@@ -251,6 +252,7 @@ class Workload:
             return not self._stopping
 
     def _run(self, writer):
+        name_this_thread(threading.current_thread().name)  # vcpuN, for per-thread CPU (emulator.threads)
         own = self.spec.rate_pages_per_s / len(self._writers)
         epoch = None
         while self._park_if_asked():

@@ -43,6 +43,8 @@ def make_passes():
             dirty_pages_rate=50.0,
             threshold_bytes=307_200.0,
             throttle_pct=0,
+            source_cpu_s=0.003,
+            destination_cpu_s=0.002,
         ),
         PassRecord(
             pass_no=1,
@@ -136,6 +138,8 @@ def test_summarize_completed_run_by_hand():
             "downtime-bytes": 40_960,
             "page-size": 4096,
         },
+        # pre-copy sent 4096000 + 409600 B = 4505600 B = 4505600 / 2**30 GiB; CPU 0.003 s and 0.002 s in pass 0
+        "cpu": {"source-s-per-gib": 0.003 * 2**30 / 4_505_600, "destination-s-per-gib": 0.002 * 2**30 / 4_505_600},
     }
 
 
@@ -347,12 +351,13 @@ def test_format_summary():
     )
     assert lines[4] == "pages        906 normal, 214 zero, 3 harvests"
     assert lines[5] == "throttle     20%"
-    assert lines[7:10] == [
+    assert lines[6] == "cpu          0.715 s per GiB moved on the source, 0.477 on the destination (pre-copy)"
+    assert lines[8:11] == [
         "pass       sent       wire  remaining   bandwidth       dirty rate",
         "   0   3.91 MiB   1.95 MiB    400 KiB   1.02 MB/s       50 pages/s",
         "   1    400 KiB    200 KiB   80.0 KiB    819 kB/s       80 pages/s",
     ]
-    assert lines[11:] == [
+    assert lines[12:] == [
         "blackout     125 ms: 20 pages (40.0 KiB on the wire) in 50.0 ms",
         "             device state 512 B in 10.0 ms, digest check 20.0 ms, resume 30.0 ms",
         "switchover   converged",
