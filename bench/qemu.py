@@ -4,7 +4,9 @@ For each case, guest size and repeat, it migrates an idle guest over TCP loopbac
 in a row: with QEMU (`qemu-system-x86_64`), then with precopy
 (`emulator.migration.migrate`, both ends on this machine), and prints, per variant, the
 median (min-max) guest GB/s, CPU seconds per GiB on each side and the downtime, and the
-precopy/QEMU ratio of each repeat's pair (median over repeats).
+precopy/QEMU ratio of each repeat's pair (median over repeats). A run without a figure
+(failed, or missing a total) shows n/a, with a line under its row saying why, and is left
+out of the medians and of its repeat's ratio.
 
 QEMU: a RAM-only guest, no disk and no OS, never started (`-S`), on TCG. The source's
 RAM is a file (in /dev/shm when it has room) prefilled with the bytes precopy's guest
@@ -112,7 +114,9 @@ CASES = {
 
 
 def median(values):
-    return statistics.median(values) if values else None
+    """The median of the values that are not None; None if none is."""
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def migration_timeout_s(size_bytes):
@@ -356,18 +360,26 @@ def run_qemu(variant, size_bytes, ram_path, workdir):
     finally:
         for side in sides:
             side.kill()
-    return record | _figures(size_bytes, final["total-time"], final["setup-time"], final.get("downtime"),
+    return record | _figures(size_bytes, final.get("total-time"), final.get("setup-time"), final.get("downtime"),
                              source_cpu, destination_cpu)
 
 
 def _figures(size_bytes, total_ms, setup_ms, downtime_ms, source_cpu_s, destination_cpu_s):
-    """The figures both kinds of run report, from their totals."""
-    transfer_s = (total_ms - setup_ms) / 1e3
-    return {"status": "completed", "reason": None, "total_ms": total_ms, "setup_ms": setup_ms,
-            "downtime_ms": downtime_ms, "guest_gb_s": size_bytes / transfer_s / 1e9 if transfer_s > 0 else None,
+    """The figures both kinds of run report, from their totals. A figure whose totals are missing
+    (None) is None, and so is the GB/s of a run not longer than its setup; the reason says why."""
+    totals = {"total-time": total_ms, "setup-time": setup_ms, "downtime": downtime_ms,
+              "source CPU": source_cpu_s, "destination CPU": destination_cpu_s}
+    missing = [name for name, value in totals.items() if value is None]
+    transfer_s = None if total_ms is None or setup_ms is None else (total_ms - setup_ms) / 1e3
+    reasons = [f"missing {', '.join(missing)}"] if missing else []
+    if transfer_s is not None and transfer_s <= 0:
+        reasons.append(f"total-time {total_ms:g} ms is not after setup-time {setup_ms:g} ms")
+    return {"status": "completed", "reason": "; ".join(reasons) or None, "total_ms": total_ms, "setup_ms": setup_ms,
+            "downtime_ms": downtime_ms,
+            "guest_gb_s": size_bytes / transfer_s / 1e9 if transfer_s is not None and transfer_s > 0 else None,
             "source_cpu_s": source_cpu_s, "destination_cpu_s": destination_cpu_s,
-            "source_cpu_s_per_gib": source_cpu_s * GIB / size_bytes,
-            "destination_cpu_s_per_gib": destination_cpu_s * GIB / size_bytes}
+            "source_cpu_s_per_gib": None if source_cpu_s is None else source_cpu_s * GIB / size_bytes,
+            "destination_cpu_s_per_gib": None if destination_cpu_s is None else destination_cpu_s * GIB / size_bytes}
 
 
 # precopy ------------------------------------------------------------------------------
@@ -433,30 +445,50 @@ def run_precopy(variant, codec, channels, verify, fill, size_bytes):
 # the table ----------------------------------------------------------------------------
 
 
-ROW_FIGURES = ("source_cpu_s_per_gib", "destination_cpu_s_per_gib", "downtime_ms")
+# the figures of a row, each the median over the runs that have it, with its column's name
+ROW_FIGURES = {"guest_gb_s": "GB/s", "source_cpu_s_per_gib": "src s/GiB", "destination_cpu_s_per_gib": "dst s/GiB",
+               "downtime_ms": "down ms"}
+
+
+def _figure(record, name):
+    """A run's figure `name`; None when the run failed or has no such figure."""
+    return record.get(name) if record["status"] == "completed" else None
+
+
+def _rates(runs):
+    """{repeat: guest GB/s} of the runs that have a GB/s."""
+    return {r["repeat"]: r["guest_gb_s"] for r in runs if _figure(r, "guest_gb_s") is not None}
+
+
+def _note(record):
+    """The line under the table on a run that failed or lacks a figure of the table; None for another run."""
+    if record["status"] != "completed":
+        return f"run {record['repeat'] + 1}, {record['status']}: {record['reason']}"
+    missing = [label for name, label in ROW_FIGURES.items() if _figure(record, name) is None]
+    if not missing:
+        return None
+    because = f": {record['reason']}" if record["reason"] else ""
+    return f"run {record['repeat'] + 1}, no {', '.join(missing)}{because}"
 
 
 def summarize(records, size_bytes, case, variants):
     """One row per variant of `case` at `size_bytes`: medians, the GB/s range, and the ratio to the
-    case's QEMU reference taken within each repeat (median over repeats)."""
+    case's QEMU reference taken within each repeat where both have a GB/s (median over repeats)."""
     reference = CASES[case][3]
     mine = [r for r in records if r["size_bytes"] == size_bytes and r["case"] == case]
-    reference_rates = {r["repeat"]: r["guest_gb_s"] for r in mine
-                       if r["variant"] == reference and r["status"] == "completed"}
+    reference_rates = _rates(r for r in mine if r["variant"] == reference)
     rows = []
     for variant in variants:
         runs = [r for r in mine if r["variant"] == variant]
-        done = [r for r in runs if r["status"] == "completed" and r["guest_gb_s"]]
-        rates = [r["guest_gb_s"] for r in done]
-        ratios = [r["guest_gb_s"] / reference_rates[r["repeat"]] for r in done if r["repeat"] in reference_rates]
-        row = {"case": case, "size_bytes": size_bytes, "variant": variant, "runs": len(runs), "completed": len(done),
-               "failures": [f"run {r['repeat'] + 1}, {r['status']}: {r['reason']}" for r in runs
-                            if r["status"] != "completed"],
-               "guest_gb_s": median(rates), "guest_gb_s_min": min(rates, default=None),
-               "guest_gb_s_max": max(rates, default=None), "reference": reference,
-               "vs_reference": None if variant == reference else median(ratios)}
+        rates = _rates(runs)
+        ratios = [rate / reference_rates[repeat] for repeat, rate in rates.items() if repeat in reference_rates]
+        row = {"case": case, "size_bytes": size_bytes, "variant": variant, "runs": len(runs),
+               "completed": sum(r["status"] == "completed" for r in runs),
+               "notes": [note for r in runs if (note := _note(r)) is not None],
+               "guest_gb_s_min": min(rates.values(), default=None), "guest_gb_s_max": max(rates.values(), default=None),
+               "reference": reference, "vs_reference": None if variant == reference else median(ratios)}
         for name in ROW_FIGURES:
-            row[name] = median([r[name] for r in done if r[name] is not None])
+            row[name] = median([_figure(r, name) for r in runs])
         rows.append(row)
     return rows
 
@@ -475,14 +507,14 @@ def format_report(host, rows):
     lines += [header, "-" * len(header)]
     for row in rows:
         rate = (f"{cell(row['guest_gb_s'])} ({cell(row['guest_gb_s_min'])}-{cell(row['guest_gb_s_max'])})"
-                if row["completed"] else "n/a")
+                if row["guest_gb_s"] is not None else "n/a")
         versus = "ref" if row["variant"] == row["reference"] else cell(row["vs_reference"])
         lines.append(
             f"{row['case']:<5} {format_bytes(row['size_bytes']):>9} {row['variant']:<28} {rate:<22} {versus:>7} "
             f"{cell(row['source_cpu_s_per_gib']):>9} {cell(row['destination_cpu_s_per_gib']):>9} "
             f"{cell(row['downtime_ms'], '.1f'):>7} {str(row['completed']) + '/' + str(row['runs']):>5}")
-        for failure in row["failures"]:
-            lines.append(f"      {failure}")
+        for note in row["notes"]:
+            lines.append(f"      {note}")
     return "\n".join(lines)
 
 
@@ -531,8 +563,9 @@ def parse_args(argv):
 def _outcome(record):
     if record["status"] != "completed":
         return f"{record['status']}: {record['reason']}"
-    return (f"{cell(record['guest_gb_s'])} GB/s, CPU s/GiB source {record['source_cpu_s_per_gib']:.2f} "
-            f"destination {record['destination_cpu_s_per_gib']:.2f}, downtime {cell(record['downtime_ms'], '.1f')} ms")
+    return (f"{cell(record['guest_gb_s'])} GB/s, CPU s/GiB source {cell(record['source_cpu_s_per_gib'])} "
+            f"destination {cell(record['destination_cpu_s_per_gib'])}, downtime {cell(record['downtime_ms'], '.1f')} ms"
+            + (f"; {record['reason']}" if record["reason"] else ""))
 
 
 def run(args):
