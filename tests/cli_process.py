@@ -10,12 +10,19 @@ import time
 LISTENING = re.compile(r"listening on (tcp://\S+)")
 
 
+def as_from_a_terminal():
+    """For Popen's preexec_fn: Ctrl-C (SIGINT) handled as a terminal's job gets it. A job started with `&`
+    from a script inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class PrecopyProcess:
     """`python -m emulator.cli ARGS` in its own process group; stderr is read for its endpoint."""
 
     def __init__(self, *args):
         self.proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                     preexec_fn=as_from_a_terminal)
 
     def wait_listening(self, timeout_s=60):
         """The endpoint a receiver reports once it listens."""

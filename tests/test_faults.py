@@ -25,7 +25,7 @@ from emulator.receiver import Destination
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.transport import DestinationLink
 from emulator.workload import Workload, WorkloadSpec
-from tests.cli_process import PrecopyProcess
+from tests.cli_process import PrecopyProcess, as_from_a_terminal
 from tests.engines import Observer
 
 TIMEOUT_S = 1.0
@@ -146,7 +146,7 @@ def test_ctrl_c_early_in_migrate_ends_both_processes_without_a_traceback(after_s
 def test_ctrl_c_while_the_command_loads_is_a_quiet_cancel(after_s):
     command = subprocess.Popen([sys.executable, "-c", "import sys; from emulator.launch import main; sys.exit(main())",
                                 "migrate", "--memory", "64MiB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, preexec_fn=as_from_a_terminal)
     time.sleep(after_s)  # Python has started; the command line's imports are loading
     os.killpg(command.pid, signal.SIGINT)
     out, err = command.communicate(timeout=60)

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.cli_process import as_from_a_terminal
+
 pytestmark = pytest.mark.skipif(not hasattr(pty, "openpty"), reason="needs a pseudo-terminal")
 
 PRECOPY = [sys.executable, "-c", "import sys; from emulator.launch import main; sys.exit(main())"]  # the entry point
@@ -23,7 +25,7 @@ def _run_on_a_terminal(argv, timeout_s):
     controller, terminal = pty.openpty()
     began = time.monotonic()
     proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True,
-                            env={**os.environ, "COLUMNS": str(COLUMNS)})
+                            env={**os.environ, "COLUMNS": str(COLUMNS)}, preexec_fn=as_from_a_terminal)
     os.close(terminal)
     lines, pending = [], b""
     try:
