@@ -4,11 +4,10 @@
     precopy send --to tcp://HOST:PORT [options]   source end; the receiver runs elsewhere
     precopy receive --listen tcp://ADDR:PORT      destination end
 
-Exit status: 0 the migration completed; 1 it failed or was cancelled, or a runtime error;
-2 bad usage (one line ``precopy: error: ...`` naming the option); 3 completed with a warning
-event under --fail-on-warning; 130 interrupted (Ctrl-C).
-``precopy`` with no subcommand prints the help and exits 0: asking for orientation is not
-an error. ``--debug`` shows tracebacks instead of one-line errors.
+Exit statuses: EXIT_MEANINGS below, which --help lists (the README's table). Bad usage is
+one line ``precopy: error: ...`` naming the option. ``precopy`` with no subcommand prints
+the help and exits 0: asking for orientation is not an error. ``--debug`` shows tracebacks
+instead of one-line errors.
 
 Sizes, rates and durations are read by emulator.units (see its docstring for the units).
 """
@@ -21,6 +20,7 @@ import importlib.metadata
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -40,8 +40,16 @@ from emulator.transport import parse_endpoint
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_WARNING = 3  # completed, with a warning event, under --fail-on-warning
+EXIT_WARNING = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_MEANINGS = {  # as --help says them
+    EXIT_OK: "completed, or a serving receiver stopped between migrations",
+    EXIT_FAILED: "failed (or the guest was lost in post-copy), check's destination would refuse the guest, status "
+                 "or set found no migration, or a runtime error",
+    EXIT_USAGE: "bad usage: nothing was started",
+    EXIT_WARNING: "completed with a warning event, under --fail-on-warning",
+    EXIT_INTERRUPTED: "cancelled: Ctrl-C or SIGTERM",
+}
 _EXIT_FOR_STATUS = {"completed": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_INTERRUPTED, "lost": EXIT_FAILED}
 
 
@@ -57,13 +65,47 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing usage and exiting."""
+    """argparse that raises UsageError instead of printing usage and exiting, takes "-1GiB" as a value and
+    says when a unit was typed apart from its number."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse reads a word that starts with "-" as an option unless it is a bare negative number, so
+        # "--memory -1GiB" would say "expected one argument"; a "-" then a digit is a value here, which the
+        # option's reader refuses by name ("must not be negative"). No option of ours starts "-<digit>".
+        self._negative_number_matcher = re.compile(r"-\.?\d")
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(_unit_apart(args, extras) or f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
     def error(self, message):
         # argparse says "argument --memory: ..."; we say "--memory: ...".
         if message.startswith("argument "):
             message = message[len("argument "):]
         raise UsageError(message)
+
+
+def _unit_apart(argv, extras):
+    """The error for "--memory 1 GiB" (a unit left over, after an option's number), or None."""
+    for option, number, word in zip(argv, argv[1:], argv[2:]):
+        if word in extras and option.startswith("--") and word[:1].isalpha() and _reads_with_a_unit(number + word):
+            return f"{option}: write the unit right after the number, without a space: {option} {number}{word}"
+    return None
+
+
+def _reads_with_a_unit(text):
+    """True if `text` is a size, a duration or a rate (a dirty rate's units include a bandwidth's)."""
+    for read in (units.parse_size, units.parse_duration, lambda rate: units.parse_dirty_rate(rate, page_size=4096)):
+        try:
+            read(text)
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 # argument types: each names its option and gives an example when it refuses a value ------
@@ -241,9 +283,8 @@ def build_parser():
     """The argparse parser of `precopy` and its subcommands."""
     parser = _Parser(prog="precopy", description="Emulate live-migration memory pre-copy: a guest's memory is "
                      "streamed from a sender to a receiver over ZeroMQ while writer threads dirty it.",
-                     epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: 0 completed, "
-                            "1 failed or cancelled (check: incompatible), 2 bad usage, 3 a warning under "
-                            "--fail-on-warning, 130 interrupted.")
+                     epilog="Run 'precopy COMMAND --help' for a command's options. Exit status: "
+                            + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_MEANINGS.items()) + ".")
     _add_debug(parser, default=False)
     parser.add_argument("--version", action="version",
                         version=f"precopy {importlib.metadata.version('precopy')} (wire protocol {PROTOCOL_VERSION})")
@@ -267,7 +308,7 @@ def build_parser():
         "check", help="ask a receiver whether it would host a guest, without migrating (as Compare-VM)",
         description="Ask a 'precopy receive' whether it would host the guest these options describe: it "
                     "answers with every reason it would refuse it, each with its fix. Nothing is allocated or "
-                    "moved on either end. Exit status 0 when compatible, 1 when not.")
+                    f"moved on either end. Exit status {EXIT_OK} when compatible, {EXIT_FAILED} when not.")
     _add_destination(check)
     for title in run_options.GROUPS:
         run_options.add_options(check.add_argument_group(title), run_options.keys_of(title))
@@ -859,12 +900,13 @@ def _running_migration(args):
     running = control.running()
     if args.pid is not None:
         if args.pid not in running:
-            raise UsageError(f"--pid: no migration of yours runs as process {args.pid} (running: "
-                             f"{', '.join(map(str, sorted(running))) or 'none'})")
+            raise control.NotRunning(f"--pid: no migration of yours runs as process {args.pid} (running: "
+                                     f"{', '.join(map(str, sorted(running))) or 'none'})")
         return running[args.pid]
-    if len(running) != 1:
-        raise UsageError("no migrate or send of yours is running on this host" if not running else
-                         f"{len(running)} migrations run (processes {', '.join(map(str, sorted(running)))}): "
+    if not running:
+        raise control.NotRunning("no migrate or send of yours is running on this host")
+    if len(running) > 1:
+        raise UsageError(f"{len(running)} migrations run (processes {', '.join(map(str, sorted(running)))}): "
                          "give --pid")
     return next(iter(running.values()))
 
@@ -909,10 +951,10 @@ def main(argv=None):
     """Run the command line; return the process exit status."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
+        parser = build_parser()  # inside: a Ctrl-C while it is built is a quiet cancel too
         args = parser.parse_args(argv)
         debug = args.debug
         if args.command is None:

@@ -24,6 +24,10 @@ SETTABLE = {"downtime_limit_s": PolicyConfig.RULES["downtime_limit_s"],
             "max_bandwidth_bytes_per_s": MigrationOptions.RULES["max_bandwidth_bytes_per_s"]}
 
 
+class NotRunning(LookupError):
+    """No migration of this user's runs where one was asked for: nothing to talk to (the CLI exits 1)."""
+
+
 def runtime_dir():
     """Where running migrations' control sockets are (made, private to this user, if missing)."""
     base = os.environ.get("XDG_RUNTIME_DIR")

@@ -89,7 +89,7 @@ class GuestRun:
     started_s: float | None = None
     switchover_s: float | None = None
     resumed_s: float | None = None
-    ended_s: float | None = None
+    ended_s: float | None = None  # when its last migration ended (None: none has)
     report: Report | None = None
 
     def to_dict(self):
@@ -458,11 +458,14 @@ class Drain:
             self._ended(index, report.status, report.reason)
 
     def _ended(self, index, status, reason, active=True):
+        """Guest `index` is done for now; `active`: its migration had begun (only then has it an end, so the
+        concurrency pairs every end with a start)."""
         run = self.runs[index]
         run.status, run.reason = status, reason
         if status == "completed":
             run.resumed_s = self.now()
-        run.ended_s = self.now()
+        if active:
+            run.ended_s = self.now()
         self.active.discard(index)
         if status == "completed":
             self._say(f"{run.name}: resumed on {run.destination} after {format_duration(run.resumed_s - run.started_s)}")

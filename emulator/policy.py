@@ -115,7 +115,7 @@ def _ramp_rule(value: object) -> object:
 class PolicyConfig:
     """When pre-copy stops.
 
-    downtime_limit_s: the blackout budget in seconds (QEMU's downtime-limit, 300 ms).
+    downtime_limit_s: the blackout budget in seconds, > 0 (QEMU's downtime-limit, 300 ms).
     max_passes: switch over once this many passes (pass 0 included) have completed.
     max_time_s: switch over once pre-copy has run this long (seconds); None = no limit.
     stall_passes: K passes without a new minimum of remaining bytes = stalled; None = never.
@@ -132,8 +132,9 @@ class PolicyConfig:
     downtime_ramp: DowntimeRamp | None = None
 
     RULES: ClassVar[dict] = {
-        # Zero is allowed: with no downtime budget only an empty dirty set converges.
-        "downtime_limit_s": fields.real(0, below=True),
+        # Zero is refused: with no downtime budget only an empty dirty set would converge, so pre-copy
+        # would run to a cap and every blackout be past the limit.
+        "downtime_limit_s": fields.real(0, above=True, below=True),
         "max_passes": fields.whole(1),
         "max_time_s": fields.optional(fields.real(0, above=True, below=True), "no limit"),
         "stall_passes": fields.optional(fields.whole(1), "never stalled"),

@@ -390,7 +390,7 @@ class Source:
         if throttle != self.workload.throttle_pct:
             self.workload.set_throttle(throttle)
             if self.progress:
-                self.progress.message(f"auto-converge: vCPUs throttled to {throttle}%")
+                self.progress.message(f"auto-converge: vCPUs throttled by {throttle}%")
 
     def _send_pages(self, page_numbers, counter, encoder=None):
         """Send `page_numbers` (of the disk's blocks with the mirror's encoder): zero pages as numbers only,

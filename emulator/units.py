@@ -2,16 +2,18 @@
 
 Conventions decided here (the CLI and the README rely on them):
 
+- Case: only the b's matters, in sizes and rates alike. ``B`` is a byte; a lone ``b``,
+  which people write for bits and for bytes, is refused as ambiguous ("1Gib", "512mb",
+  "Mb/s"), as is "MBps": bits are spelled ``bit`` or ``bps``. Everything else reads in
+  any case: "4g" is 4G, "512MIB" 512MiB, "300MS" 300ms.
 - Sizes: ``B``; binary ``KiB MiB GiB TiB``; decimal ``KB MB GB TB``; a bare ``K M G T``
-  (no ``B``) is binary, as in QEMU's ``-m 4G``; a plain number is bytes. Units are
-  case-insensitive ("mb" is a megabyte: a size has no bits and no milli-units). Fractions
-  are allowed when they come to a whole number of bytes ("1.5GiB", not "1.5B").
+  (no ``B``) is binary, as in QEMU's ``-m 4G``; a plain number is bytes. Fractions are
+  allowed when they come to a whole number of bytes ("1.5GiB", not "1.5B").
 - Bandwidths are bytes/s unless they say bits. ``<size unit>/s`` takes the size prefixes
   above (``MB/s`` = 10^6 B/s, ``MiB/s`` = 2^20 B/s); ``bit/s`` and ``bps`` forms are bits
-  (``Gbit/s`` = ``Gbps`` = 10^9/8 B/s; ``Kibit/s`` style binary prefixes also work). The
-  byte/bit letter is case-sensitive there, and ``Mb/s`` / ``MBps`` are refused as
-  ambiguous. A plain number is refused on the command line (``100`` would be 100 B/s, never
-  what anyone means); from Python, a number is bytes/s. "unlimited" means no limit.
+  (``Gbit/s`` = ``Gbps`` = 10^9/8 B/s; ``Kibit/s`` style binary prefixes also work). A
+  plain number is refused on the command line (``100`` would be 100 B/s, never what anyone
+  means); from Python, a number is bytes/s. "unlimited" means no limit.
 - Dirty rates are page writes per second: "20000", "20000pages/s", a byte rate such as
   "100MiB/s" (divided by the page size), or "max" (writers run flat out).
 - Durations: ``ns us ms s min h`` (also ``µs``, ``sec``, ``hour``...); a bare number is in
@@ -131,6 +133,11 @@ def _split(text: object) -> tuple[Fraction, str]:
     return Fraction(match["number"]), match["unit"]
 
 
+def _fold_case(unit: str) -> str:
+    """`unit` in lower case but its b and B, the one letter whose case matters (module doc)."""
+    return "".join(letter if letter in "bB" else letter.lower() for letter in unit)
+
+
 def parse_size(text: str | int) -> int:
     """Parse a memory size ("512MiB", "4G", "1.5GiB", "1073741824") into bytes."""
     try:
@@ -138,6 +145,9 @@ def parse_size(text: str | int) -> int:
         factor = _SIZE_UNITS.get(unit.lower())
         if factor is None:
             raise _Problem(f"unknown unit {unit!r}")
+        if "b" in unit:
+            prefix = unit[:-1]  # the b of a known unit is its last letter
+            raise _Problem(f"ambiguous unit {unit!r} (a size is in bytes: write {prefix[:1].upper()}{prefix[1:]}B)")
         value = number * factor
         if value.denominator != 1:
             raise _Problem(f"{float(value):g} bytes is not a whole number of bytes")
@@ -148,24 +158,25 @@ def parse_size(text: str | int) -> int:
 
 def _rate_bytes_per_s(number: Fraction, unit: str) -> Fraction:
     """Bytes/s for a number and a rate unit ("", "MB/s", "Gbit/s", "Mbps", ...)."""
-    if unit == "":
+    folded = _fold_case(unit)
+    if folded == "":
         return number
-    if unit.endswith("bps"):
-        prefix = unit[: -len("bps")].lower()
+    if folded.endswith("bps"):
+        prefix = folded[: -len("bps")]
         if prefix in _BIT_PREFIXES:
             return number * _BIT_PREFIXES[prefix] / 8
-    elif unit.endswith("Bps"):
+    elif folded.endswith("Bps"):
         raise _Problem(f"ambiguous unit {unit!r} (write {unit[:-3]}B/s or {unit[:-3]}bps)")
-    elif unit.endswith("/s"):
-        base = unit[: -len("/s")]
-        if base.lower().endswith("bit"):
-            prefix = base[: -len("bit")].lower()
+    elif folded.endswith("/s"):
+        base = folded[: -len("/s")]
+        if base.endswith("bit"):
+            prefix = base[: -len("bit")]
             if prefix in _BIT_PREFIXES:
                 return number * _BIT_PREFIXES[prefix] / 8
         elif base.endswith("b"):
             raise _Problem(
-                f"ambiguous unit {unit!r} (write {base[:-1]}bit/s for bits"
-                f" or {base[:-1]}B/s for bytes)"
+                f"ambiguous unit {unit!r} (write {unit[:-3]}bit/s for bits"
+                f" or {unit[:-3]}B/s for bytes)"
             )
         elif base.endswith("B") and base.lower() in _SIZE_UNITS:
             return number * _SIZE_UNITS[base.lower()]

@@ -70,7 +70,7 @@ def test_byte_dirty_rate_uses_the_page_size():
     assert scenario("--page-size", "8192", "--dirty-rate", "100MiB/s").workload.rate_pages_per_s == 12800.0
 
 
-@pytest.mark.parametrize("text, seconds", [("50", 0.05), ("300ms", 0.3), ("1s", 1.0), ("0", 0.0)])
+@pytest.mark.parametrize("text, seconds", [("50", 0.05), ("300ms", 0.3), ("1s", 1.0), ("0.5", 0.0005)])
 def test_downtime_limit_bare_number_is_milliseconds(text, seconds):
     assert scenario("--downtime-limit", text).migration.policy.downtime_limit_s == seconds
 
@@ -600,3 +600,33 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
 def test_bad_interval_and_set_values_are_refused_naming_the_option(argv, says, capsys):
     assert cli.main(argv) == 2
     assert says in capsys.readouterr().err
+
+
+# what a new user hit -----------------------------------------------------------------------
+def test_help_and_readme_give_the_one_exit_table(capsys):
+    from pathlib import Path
+
+    assert cli.main(["--help"]) == 0
+    assert ("Exit status: 0 completed, or a serving receiver stopped between migrations; 1 failed (or the guest was "
+            "lost in post-copy), check's destination would refuse the guest, status or set found no migration, or a "
+            "runtime error; 2 bad usage: nothing was started; 3 completed with a warning event, under "
+            "--fail-on-warning; 130 cancelled: Ctrl-C or SIGTERM.") in " ".join(capsys.readouterr().out.split())
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("Every command ends with one of these exit statuses")[1].split("\n\n")[1]
+    assert [int(row.split("|")[1]) for row in table.splitlines()[2:]] == list(cli.EXIT_MEANINGS) == [0, 1, 2, 3, 130]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--memory", "-1GiB"], "--memory: invalid size '-1GiB': must not be negative; expected a number with a unit such "
+                            "as 512MiB, 4GiB or 1073741824 (example: --memory 512MiB)"),
+    (["--memory", "1", "GiB"], "--memory: write the unit right after the number, without a space: --memory 1GiB"),
+    (["--timeout", "10", "s"], "--timeout: write the unit right after the number, without a space: --timeout 10s"),
+    (["--memory", "1GiB", "extra"], "unrecognized arguments: extra"),
+    (["--downtime-limit", "0"], "--downtime-limit: must be a number > 0 and finite, got 0.0 "
+                                "(example: --downtime-limit 500ms)"),
+])
+def test_a_value_typed_negative_apart_from_its_unit_or_zero_is_refused_naming_the_option(argv, says, capsys,
+                                                                                          fake_engine):
+    assert cli.main(["migrate", *argv]) == 2
+    assert capsys.readouterr().err == f"precopy: error: {says}\n"
+    assert fake_engine.calls == []

@@ -40,6 +40,7 @@ def test_status_and_set_are_answered_and_bad_requests_refused_naming_why(served)
     assert source.changes == [("downtime_limit_s", 0.5), ("max_bandwidth_bytes_per_s", None)]
     for request, says in [({"set": {"channels": 4}}, "'channels' cannot be changed while a migration runs"),
                           ({"set": {"downtime_limit_s": -1}}, "downtime_limit_s"),
+                          ({"set": {"downtime_limit_s": 0}}, "downtime_limit_s must be a number > 0 and finite, got 0"),
                           ({"set": {"max_bandwidth_bytes_per_s": 0}}, "max_bandwidth_bytes_per_s must be a number > 0, got 0 (or none: unlimited)"),
                           ({"set": {"max_bandwidth_bytes_per_s": "fast"}},
                            "max_bandwidth_bytes_per_s must be a number > 0, got 'fast' (or none: unlimited)"),
@@ -77,12 +78,23 @@ def test_a_running_migration_is_found_asked_and_adjusted_and_the_report_says_whe
     assert os.getpid() not in control.running()  # the socket went with the migration
 
 
-def test_status_and_set_without_a_running_migration_or_a_change_are_usage_errors(capsys):
-    assert control.running().get(os.getpid()) is None
-    assert main(["set", "--pid", str(os.getpid()), "--downtime-limit", "1s"]) == 2
-    assert f"--pid: no migration of yours runs as process {os.getpid()}" in capsys.readouterr().err
+def test_status_and_set_without_a_running_migration_have_nothing_to_talk_to_and_exit_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # none of this user's other migrations
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == "precopy: error: no migrate or send of yours is running on this host\n"
+    assert main(["set", "--downtime-limit", "1s"]) == 1
+    assert capsys.readouterr().err == "precopy: error: no migrate or send of yours is running on this host\n"
+    assert main(["set", "--pid", str(os.getpid()), "--downtime-limit", "1s"]) == 1
+    assert capsys.readouterr().err == (f"precopy: error: --pid: no migration of yours runs as process {os.getpid()} "
+                                       "(running: none)\n")
+
+
+def test_set_without_a_change_or_with_a_zero_downtime_limit_is_a_usage_error(capsys):
     assert main(["set"]) == 2
     assert "set: give --downtime-limit or --max-bandwidth" in capsys.readouterr().err
+    assert main(["set", "--downtime-limit", "0"]) == 2
+    assert capsys.readouterr().err == ("precopy: error: --downtime-limit: must be a number > 0 and finite, got 0.0 "
+                                       "(example: --downtime-limit 500ms)\n")
 
 
 def test_a_migration_runs_without_a_control_socket_where_none_can_be_made(tmp_path, monkeypatch):

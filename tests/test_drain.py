@@ -215,3 +215,22 @@ def test_placement_by_capacity_picks_the_receiver_with_the_most_memory_free():
     assert [run.destination for run in by_capacity.guests] == [endpoints[1]] * 3
     assert [run.destination for run in in_turn.guests] == endpoints
     assert by_capacity.status == in_turn.status == "completed"
+
+
+def test_guests_no_destination_would_host_never_count_as_migrating():
+    class NoProcesses(Drain):  # no guest processes: no migration begins
+        def _start_guests(self):
+            pass
+
+        def _stop_guests(self):
+            pass
+
+    def unreachable(scenario, destination):
+        raise drain.MigrationError("no answer from the destination")
+
+    options = DrainOptions(("tcp://127.0.0.1:9",), max_concurrent=2, retry=True)
+    report = NoProcesses(guests(2), options, check=unreachable).run()
+    assert [(run.status, run.reason, run.started_s, run.ended_s) for run in report.guests] == [
+        ("failed", "no destination would host it: tcp://127.0.0.1:9: no answer from the destination", None, None)] * 2
+    assert (report.concurrency, report.peak_concurrency, report.mean_concurrency) == ([], 0, 0.0)
+    assert drain.format_drain(report).splitlines()[0].endswith(": 0 of 2 guests moved, at most 0 at once (mean 0.0)")

@@ -50,7 +50,7 @@ def test_idle_guest_arrives_byte_identical(codec, channels, verify):
 @pytest.mark.parametrize("codec, verify", [("raw", "incremental"), ("lz4", "full")])
 def test_writers_flat_out_still_arrive_byte_identical(codec, verify):
     s = scenario(memory_pages=4096, rate=math.inf, codec=codec, verify=verify,
-                 policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0))
+                 policy=PolicyConfig(max_passes=4, downtime_limit_s=1e-9))
     for _ in range(3):
         report, outcome, guest, destination = run_pair(s, *link_pair())
         assert report.status == "completed", report.reason
@@ -80,7 +80,7 @@ class RecordingGuest(GuestMemory):
 
 def test_each_pass_sends_exactly_the_pages_written_since_the_previous_harvest():
     s = scenario(memory_pages=4096, fill="random", rate=20_000, pattern="hotset",
-                 policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0, stall_passes=None))
+                 policy=PolicyConfig(max_passes=6, downtime_limit_s=1e-9, stall_passes=None))
     guest = RecordingGuest(s.guest)
     # one writer: its log is in write order, so log slices between marks are exact
     workload = Workload(guest, WorkloadSpec(vcpus=1, rate_pages_per_s=20_000, pattern="hotset", seed=3),
@@ -147,7 +147,7 @@ class LeakyGuest(GuestMemory):
 @pytest.mark.parametrize("verify", ["incremental", "full"])
 def test_a_write_that_escapes_dirty_tracking_is_caught(verify):
     s = scenario(fill="random", rate=50_000, codec="raw", verify=verify,
-                 policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0))
+                 policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9))
     guest = LeakyGuest(s.guest)
     report, outcome, _, destination = run_pair(s, *link_pair(), guest=guest)
     assert report.status == "failed" and report.digests_match is not True
@@ -386,7 +386,7 @@ def test_xbzrle_sends_small_writes_into_a_hot_set_as_deltas_byte_identical(codec
     def run(xbzrle):
         s = scenario(memory_pages=4096, rate=20_000, pattern="hotset", fill="random", codec=codec, verify=verify,
                      xbzrle=xbzrle, xbzrle_cache_bytes=16 << 20, max_bandwidth_bytes_per_s=40e6,
-                     policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0, stall_passes=None))
+                     policy=PolicyConfig(max_passes=4, downtime_limit_s=1e-9, stall_passes=None))
         s = dataclasses.replace(s, workload=dataclasses.replace(s.workload, write_size=64))
         report, outcome, guest, destination = run_pair(s, *link_pair())
         assert report.status == "completed", report.reason
@@ -405,7 +405,7 @@ def test_xbzrle_sends_small_writes_into_a_hot_set_as_deltas_byte_identical(codec
 
 def test_xbzrle_with_writers_flat_out_stays_byte_identical():
     s = scenario(memory_pages=2048, rate=math.inf, pattern="hotset", fill="random", codec="raw", xbzrle=True,
-                 policy=PolicyConfig(max_passes=5, downtime_limit_s=0.0))
+                 policy=PolicyConfig(max_passes=5, downtime_limit_s=1e-9))
     for _ in range(3):
         report, outcome, guest, destination = run_pair(s, *link_pair())
         assert report.status == "completed", report.reason

@@ -115,10 +115,10 @@ def test_device_state_crosses_the_link_uncompressed_in_the_blackout():
 
 
 def test_geometric_stops_at_max_passes_and_max_time():
-    p = geometric(inputs(512, downtime_limit_s=0.0, max_passes=3))
+    p = geometric(inputs(512, downtime_limit_s=1e-9, max_passes=3))
     assert sizes(p) == [1024, 512, 256] and p.switchover_reason == "max-passes" and not p.converges
     assert (p.final_pages, p.total_s) == (128, 1.875)
-    q = geometric(inputs(512, downtime_limit_s=0.0, max_time_s=1.2))
+    q = geometric(inputs(512, downtime_limit_s=1e-9, max_time_s=1.2))
     assert sizes(q) == [1024, 512] and q.switchover_reason == "max-time" and q.final_pages == 256
 
 

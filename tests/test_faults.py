@@ -36,7 +36,7 @@ def scenario():
     # a capped link keeps pre-copy going long enough to be interrupted in each phase
     return Scenario(GuestSpec(8 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=20_000, seed=2),
                     MigrationOptions(codec="raw", timeout_s=TIMEOUT_S, max_bandwidth_bytes_per_s=40e6,
-                                     policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0)))
+                                     policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9)))
 
 
 class StrikeAt(Observer):

@@ -29,7 +29,7 @@ def test_writers_flat_out_over_tcp_arrive_byte_identical(codec, channels):
     s = Scenario(GuestSpec(2048 * PAGE, fill="mixed", seed=1),
                  WorkloadSpec(vcpus=2, rate_pages_per_s=math.inf, pattern="uniform", seed=2),
                  MigrationOptions(codec=codec, channels=channels, timeout_s=10,
-                                  policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0)))
+                                  policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9)))
     destination_link = DestinationLink("tcp://127.0.0.1:0", 10)
     source_link = SourceLink(destination_link.endpoint, 10)
     try:

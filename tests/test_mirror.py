@@ -59,7 +59,7 @@ def migrate(s, tmp_path, *, disk_writer_log=0, disk=None, limits=None, **options
 @pytest.mark.parametrize("codec, verify, channels", [("raw", "incremental", 1), ("lz4", "full", 3)])
 def test_a_mirrored_disk_arrives_byte_identical_with_its_writer_flat_out(tmp_path, codec, verify, channels):
     s = scenario(disk_rate=math.inf, rate=math.inf, codec=codec, verify=verify, channels=channels,
-                 policy=PolicyConfig(max_passes=4, downtime_limit_s=0.0))
+                 policy=PolicyConfig(max_passes=4, downtime_limit_s=1e-9))
     for run in range(3):
         report, outcome, disk, writer, received = migrate(s, tmp_path / str(run))
         assert report.status == "completed", report.reason
@@ -80,7 +80,7 @@ def test_a_mirrored_disk_arrives_byte_identical_with_its_writer_flat_out(tmp_pat
 
 def test_each_pass_sends_exactly_the_blocks_written_since_the_previous_harvest(tmp_path):
     s = scenario(disk_rate=2000 * BLOCK, pattern="hotset", codec="raw",
-                 policy=PolicyConfig(max_passes=6, downtime_limit_s=0.0, stall_passes=None),
+                 policy=PolicyConfig(max_passes=6, downtime_limit_s=1e-9, stall_passes=None),
                  max_bandwidth_bytes_per_s=40e6)
     (tmp_path / "source").mkdir()
     disk = DiskImage.create(s.disk, str(tmp_path / "source" / "disk.img"))
@@ -107,7 +107,7 @@ def test_each_pass_sends_exactly_the_blocks_written_since_the_previous_harvest(t
 
 def test_the_switchover_waits_for_the_disk_and_says_how_long(tmp_path):
     # idle memory fits a zero budget after pass 0; a disk written flat out never does
-    s = scenario(disk_rate=math.inf, codec="raw", policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0))
+    s = scenario(disk_rate=math.inf, codec="raw", policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9))
     report, outcome, disk, writer, received = migrate(s, tmp_path)
     assert report.status == "completed", report.reason
     assert [p.remaining_pages for p in report.passes] == [0, 0, 0]

@@ -34,10 +34,11 @@ def test_config_is_frozen():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"downtime_limit_s": -0.1}, "downtime_limit_s must be a number >= 0 and finite, got -0.1"),
-        ({"downtime_limit_s": math.nan}, "downtime_limit_s must be a number >= 0 and finite, got nan"),
-        ({"downtime_limit_s": math.inf}, "downtime_limit_s must be a number >= 0 and finite, got inf"),
-        ({"downtime_limit_s": "300ms"}, "downtime_limit_s must be a number >= 0 and finite, got '300ms'"),
+        ({"downtime_limit_s": 0}, "downtime_limit_s must be a number > 0 and finite, got 0"),
+        ({"downtime_limit_s": -0.1}, "downtime_limit_s must be a number > 0 and finite, got -0.1"),
+        ({"downtime_limit_s": math.nan}, "downtime_limit_s must be a number > 0 and finite, got nan"),
+        ({"downtime_limit_s": math.inf}, "downtime_limit_s must be a number > 0 and finite, got inf"),
+        ({"downtime_limit_s": "300ms"}, "downtime_limit_s must be a number > 0 and finite, got '300ms'"),
         ({"max_passes": 0}, "max_passes must be a whole number >= 1, got 0"),
         ({"max_passes": 2.0}, "max_passes must be a whole number >= 1, got 2.0"),
         ({"max_passes": True}, "max_passes must be a whole number >= 1, got True"),
@@ -53,8 +54,18 @@ def test_config_validation(kwargs, message):
     assert message in str(info.value)
 
 
+def test_a_peers_zero_downtime_limit_is_refused_by_the_same_rule():
+    from emulator.scenario import Scenario
+
+    data = Scenario().to_dict()  # as HELLO carries it
+    data["migration"]["policy"]["downtime_limit_s"] = 0
+    with pytest.raises(ValueError) as info:
+        Scenario.from_dict(data)
+    assert str(info.value) == "downtime_limit_s must be a number > 0 and finite, got 0"
+
+
 def test_config_accepts_edges():
-    PolicyConfig(downtime_limit_s=0, max_passes=1, max_time_s=0.001, stall_passes=None)
+    PolicyConfig(downtime_limit_s=1e-9, max_passes=1, max_time_s=0.001, stall_passes=None)
     PolicyConfig(on_stall="abort")
 
 
@@ -216,6 +227,19 @@ def test_throttle_custom_parameters():
     assert next_throttle_pct(5, 11, 100, **kwargs) == 12
     assert next_throttle_pct(45, 11, 100, **kwargs) == 50
     assert next_throttle_pct(0, 11, 100, trigger_pct=10, initial_pct=60, max_pct=50) == 50
+
+
+def test_auto_converge_says_the_share_of_time_taken_from_the_vcpus():
+    from types import SimpleNamespace
+
+    from emulator.sender import Source
+    from tests.engines import Messages
+
+    workload = SimpleNamespace(throttle_pct=0, set_throttle=lambda pct: setattr(workload, "throttle_pct", pct))
+    source = SimpleNamespace(workload=workload, guest=SimpleNamespace(page_size=4096), progress=Messages())
+    Source._throttle(source, SimpleNamespace(remaining_pages=100, bytes_sent=4096 * 100))  # dirtied all it sent
+    assert workload.throttle_pct == 20
+    assert source.progress.texts == ["auto-converge: vCPUs throttled by 20%"]  # QEMU's cpu-throttle-percentage
 
 
 def test_throttle_never_falls_when_dirtying_calms():

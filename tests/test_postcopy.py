@@ -39,7 +39,7 @@ PAGE = 4096
 
 def scenario(memory_pages=4096, rate=math.inf, pattern="uniform", vcpus=2, **migration):
     migration.setdefault("timeout_s", 5.0)
-    migration.setdefault("policy", PolicyConfig(downtime_limit_s=0.0))
+    migration.setdefault("policy", PolicyConfig(downtime_limit_s=1e-9))
     return Scenario(GuestSpec(memory_pages * PAGE, fill="mixed", seed=5),
                     WorkloadSpec(vcpus=vcpus, rate_pages_per_s=rate, pattern=pattern, seed=6),
                     MigrationOptions(**migration))
@@ -116,7 +116,7 @@ def test_a_guest_that_converges_migrates_by_pre_copy_though_post_copy_is_allowed
 
 def test_a_stalled_pre_copy_becomes_post_copy_and_a_paced_guest_counts_its_stalls():
     s = scenario(rate=20_000, pattern="hotset", postcopy=True,
-                 policy=PolicyConfig(downtime_limit_s=0.0, max_passes=3, stall_passes=None))
+                 policy=PolicyConfig(downtime_limit_s=1e-9, max_passes=3, stall_passes=None))
     report, outcome, guest, destination = run_pair(s, *link_pair())
     assert report.status == "completed", report.reason
     assert report.switchover_reason == "max-passes" and report.postcopy is not None
@@ -142,7 +142,7 @@ def test_a_source_killed_during_post_copy_is_a_lost_guest_on_the_destination():
         # 64 MiB of random pages at 20 MB/s: post-copy after pass 0 has seconds of pages to push
         sender = PrecopyProcess("send", "--to", link.endpoint, "--memory", "64MiB", "--fill", "random",
                                 "--dirty-rate", "max", "--pattern", "uniform", "--vcpus", "2", "--codec", "raw",
-                                "--max-bandwidth", "20MB/s", "--postcopy-after", "1", "--downtime-limit", "0",
+                                "--max-bandwidth", "20MB/s", "--postcopy-after", "1", "--downtime-limit", "1ns",
                                 "--timeout", "1.5s", "--quiet")
         wait_until(lambda: destination.live_postcopy or not thread.is_alive(), 60)
         applied = destination.pages_applied

@@ -33,8 +33,8 @@ from emulator.units import (
         ("4k", 4096),
         ("16M", 16 * 2**20),
         ("1T", 2**40),
-        ("512mib", 512 * 2**20),  # case-insensitive
-        ("1gb", 10**9),
+        ("512MIB", 512 * 2**20),  # a prefix reads in any case; only b/B matters
+        ("1gB", 10**9),
         ("1.5GiB", 3 * 2**29),
         ("0.5KiB", 512),
         ("0.1GB", 100_000_000),  # exact, no float error
@@ -306,3 +306,39 @@ def test_format_count_says_the_plural_right(n, noun, text):
 def test_compact_size_is_exact_and_typeable(n_bytes, text):
     assert compact_size(n_bytes) == text
     assert parse_size(text) == n_bytes
+
+
+
+# case: only the b's matters (B a byte, a lone b ambiguous), in sizes and rates alike ---------------------------------
+@pytest.mark.parametrize("text, n_bytes", [("4g", 4 * 2**30), ("512mIB", 512 * 2**20), ("2kB", 2000), ("1T", 2**40)])
+def test_a_size_unit_reads_in_any_case_but_its_b(text, n_bytes):
+    assert parse_size(text) == n_bytes
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("1Gib", "ambiguous unit 'Gib' (a size is in bytes: write GiB)"),
+    ("512mb", "ambiguous unit 'mb' (a size is in bytes: write MB)"),
+    ("8kib", "ambiguous unit 'kib' (a size is in bytes: write KiB)"),
+    ("512b", "ambiguous unit 'b' (a size is in bytes: write B)"),
+])
+def test_a_size_in_bits_is_refused_as_a_rate_in_bits_is(text, problem):
+    with pytest.raises(ValueError) as info:
+        parse_size(text)
+    assert str(info.value) == (f"invalid size {text!r}: {problem}; expected a number with a unit such as 512MiB, "
+                               "4GiB or 1073741824")
+
+
+@pytest.mark.parametrize("text, bytes_per_s", [("100mB/s", 100e6), ("1GIB/s", 2.0**30), ("10gbit/s", 10e9 / 8),
+                                               ("1GbPS", 1e9 / 8), ("8KIbit/s", 1024.0)])
+def test_a_rate_unit_reads_in_any_case_but_its_b(text, bytes_per_s):
+    assert parse_bandwidth(text) == bytes_per_s
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("10GBIT/s", "unknown unit 'GBIT/s'"),  # B is a byte here too
+    ("100mBPS", "ambiguous unit 'mBPS' (write mB/s or mbps)"),
+])
+def test_a_rate_with_a_byte_where_a_bit_is_meant_is_refused(text, problem):
+    with pytest.raises(ValueError) as info:
+        parse_bandwidth(text)
+    assert f"invalid bandwidth {text!r}: {problem};" in str(info.value)

@@ -34,7 +34,7 @@ for codec in ("raw", "lz4"):
     for verify in ("incremental", "full"):
         s = Scenario(GuestSpec(2048 * 4096, fill="mixed", seed=1), WorkloadSpec(vcpus=2, rate_pages_per_s=50_000),
                      MigrationOptions(codec=codec, verify=verify, timeout_s=5.0,
-                                      policy=PolicyConfig(max_passes=3, downtime_limit_s=0.0)))
+                                      policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9)))
         guest = GuestMemory(s.guest)
         runs.append((s, guest, Workload(guest, s.workload)))
 warm_up()
