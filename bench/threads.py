@@ -11,7 +11,7 @@ GB/s (1 GiB = 1.074 GB), the fastest link a host could drive were that thread al
 the limit. The guest's own vCPUs are left out (there are none: the guest is idle).
 
     python bench/threads.py [--memory 2GiB] [--channels 1,4] [--codec raw] [--fill random]
-                            [--verify incremental] [--repeats 2] [--json FILE]
+                            [--verify incremental] [--batch-pages 1024] [--repeats 2] [--json FILE]
 
 Medians over the repeats; channel counts run inside the repeat loop (A B A B), so
 the machine's noise spreads over all of them.
@@ -27,7 +27,7 @@ import sys
 from emulator.guest import GuestSpec
 from emulator.migration import migrate
 from emulator.report import host_info
-from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
+from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
 from emulator.threads import cpu_between, role, thread_cpu
 from emulator.units import parse_size
 from emulator.workload import WorkloadSpec
@@ -86,9 +86,9 @@ def _by_role(used, main_tid, gib):
     return roles, (top.name, top.cpu_s / gib)
 
 
-def run_once(memory_bytes, channels, codec, fill, verify):
+def run_once(memory_bytes, channels, codec, fill, verify, batch_pages):
     scenario = Scenario(GuestSpec(memory_bytes, fill=fill), WorkloadSpec(rate_pages_per_s=0),
-                        MigrationOptions(codec=codec, channels=channels, verify=verify))
+                        MigrationOptions(codec=codec, channels=channels, verify=verify, batch_pages=batch_pages))
     sampler = _Sampler()
     gc.collect()
     report = migrate(scenario, progress=sampler)
@@ -155,6 +155,8 @@ def parse_args(argv):
     parser.add_argument("--codec", choices=("raw", "lz4"), default="raw")
     parser.add_argument("--fill", default="random", help="guest fill (default random)")
     parser.add_argument("--verify", choices=VERIFY_MODES, default="incremental")
+    parser.add_argument("--batch-pages", type=int, default=DEFAULT_BATCH_PAGES,
+                        help=f"pages per data message (default {DEFAULT_BATCH_PAGES})")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", help="write every run's figures here")
     args = parser.parse_args(argv)
@@ -173,8 +175,9 @@ def main(argv=None):
     for repeat in range(args.repeats):
         for channels in args.channels:
             progress(f"repeat {repeat + 1}/{args.repeats}: {channels} channel(s)")
-            records.append(run_once(args.memory, channels, args.codec, args.fill, args.verify))
-    print(f"{args.memory / GIB:g} GiB {args.fill} guest, {args.codec}, verify {args.verify}, idle; "
+            records.append(run_once(args.memory, channels, args.codec, args.fill, args.verify, args.batch_pages))
+    print(f"{args.memory / GIB:g} GiB {args.fill} guest, {args.codec}, verify {args.verify}, "
+          f"{args.batch_pages} pages per message, idle; "
           f"{host_info().get('cpu_model', 'unknown CPU')}")
     print(format_table(args.channels, records))
     if args.json:
