@@ -21,7 +21,7 @@ from emulator.errors import MigrationError
 from emulator.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
 from emulator.protocol_engines import DestinationProtocol
 from emulator.receiver import Destination, DestinationLimits, Doorkeeper, available_memory_bytes
-from emulator.transport import PAIR_CANCEL, PAIR_FINISHED, SIGNAL_CHECK_S, PeerLink
+from emulator.transport import PAIR_FINISHED, PAIR_QUEUE, SIGNAL_CHECK_S, PeerLink, Stop
 from emulator.units import format_count
 
 
@@ -43,6 +43,7 @@ class _Incoming:
 
     def __init__(self, number, peer, pair, memory_bytes):
         self.number, self.peer, self.pair, self.memory_bytes = number, peer, pair, memory_bytes
+        self.stop = Stop()  # ends the migration, from the listener's thread
         self.thread = None
         self.outcome = None
         self.ending = False  # it sent REFUSE or ABORT: it hosts nothing more
@@ -101,7 +102,11 @@ class Listener:
     def _from_peer(self, message):
         hosted = self.incoming.get(message.peer)
         if hosted is not None:
-            hosted.pair.send_multipart(message.frames, copy=False)
+            try:  # never wait: a migration that does not read must not stop the server
+                hosted.pair.send_multipart(message.frames, copy=False, flags=zmq.DONTWAIT)
+            except zmq.Again:
+                hosted.stop(MigrationError(f"the source sent control messages faster than the migration read them "
+                                           f"(more than {2 * PAIR_QUEUE} waiting)"))
             return
         try:
             opening = DestinationProtocol.check_hello(message.frames)
@@ -125,6 +130,7 @@ class Listener:
         endpoint = f"inproc://precopy-incoming-{id(self):x}-{number}"
         pair = self.link.context.socket(zmq.PAIR)
         pair.setsockopt(zmq.LINGER, 0)
+        pair.setsockopt(zmq.SNDHWM, PAIR_QUEUE)
         pair.bind(endpoint)
         incoming = _Incoming(number, message.peer, pair, _asked_memory(hello, capacity))
         self.incoming[message.peer] = incoming
@@ -136,7 +142,7 @@ class Listener:
         incoming.thread.start()
 
     def _host(self, incoming, endpoint, first, capacity, progress):
-        link = PeerLink(self.link, endpoint, first)
+        link = PeerLink(self.link, endpoint, first, incoming.stop)
         try:
             destination = Destination(link, capacity_bytes=capacity, limits=self.limits, progress=progress)
             incoming.outcome = destination.run()
@@ -174,10 +180,7 @@ class Listener:
     def _cancel_all(self):
         """Ctrl-C: cancel every migration (each tells its source), and wait until they have ended."""
         for incoming in self.incoming.values():
-            try:  # never wait: a migration that has just ended no longer reads, and says so below
-                incoming.pair.send(PAIR_CANCEL, flags=zmq.DONTWAIT)
-            except zmq.Again:
-                pass
+            incoming.stop(KeyboardInterrupt())
         deadline = time.monotonic() + self.link.timeout_s + 1
         while self.incoming and time.monotonic() < deadline:
             try:

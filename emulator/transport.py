@@ -21,6 +21,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 
@@ -35,7 +36,8 @@ MIN_DATA_HWM = 2  # messages queued per data socket and side, at least: one in f
 CONTROL = -1  # channel number of the control socket in Incoming
 WAKE = -2  # channel number of an Incoming that only says a Doorbell rang
 HEARTBEATS_PER_TIMEOUT = 4
-PAIR_FINISHED, PAIR_CANCEL = b"", b"cancel"  # a listener's one-frame signals on a PeerLink's pair
+PAIR_FINISHED = b""  # a PeerLink's one-frame word to its listener: the migration has ended
+PAIR_QUEUE = 256  # control messages queued on each end of a PeerLink's pair: a real source has a few in flight
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
 # call is only handled once the call returns: an unbounded poll would never return.
 SIGNAL_CHECK_S = 0.25
@@ -412,6 +414,24 @@ class DestinationLink(_DestinationEnd):
         self.context.term()
 
 
+class Stop:
+    """How a listener ends one of its migrations from its own thread: the migration's PeerLink raises
+    `error` at its next look (set once; a later call changes nothing)."""
+
+    def __init__(self):
+        self._stopped = threading.Event()
+        self.error = None
+
+    def __call__(self, error):
+        if not self._stopped.is_set():
+            self.error = error
+            self._stopped.set()
+
+    def check(self):
+        if self._stopped.is_set():
+            raise self.error
+
+
 class PeerLink(_DestinationEnd):
     """One migration's link behind a serving listener (emulator.serving), used by one thread.
 
@@ -419,40 +439,48 @@ class PeerLink(_DestinationEnd):
     control messages over an inproc PAIR, and sends what this link sends to the source.
     Data come straight to the PULLs this link binds, on the listener's context.
     first: the Incoming that began the migration (its HELLO), the first recv's answer.
-    The listener cancels the migration with PAIR_CANCEL: recv raises KeyboardInterrupt,
-    which a Destination reports as cancelled (and tells its source).
+    stop: a Stop the listener ends the migration with, from its own thread: recv raises
+    the Stop's error within SIGNAL_CHECK_S (KeyboardInterrupt: a Destination reports the
+    migration cancelled and tells its source; a MigrationError: failed, with its reason).
+    It is not a message on the pair, which a migration that stopped reading never sees.
     """
 
-    def __init__(self, listener, pair_endpoint, first):
+    def __init__(self, listener, pair_endpoint, first, stop):
         self.context, self.security, self.host = listener.context, listener.security, listener.host
         self.io_threads = listener.io_threads
         self.endpoint, self.timeout_s = listener.endpoint, listener.timeout_s
         self.peer, self.address, self._first = first.peer, first.address, first
         self.on_turned_away = None  # the listener hears of turned-away connections, not a migration
         self.data = []
+        self.stop = stop
         self.pair = self.context.socket(zmq.PAIR)
         self.pair.setsockopt(zmq.LINGER, 0)
+        self.pair.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
+        self.pair.setsockopt(zmq.RCVHWM, PAIR_QUEUE)
         self.pair.connect(pair_endpoint)
         self.data_prefix = f"{self.endpoint}-{pair_endpoint.rpartition('/')[2]}"
         self._poller = _poller((self.pair, zmq.POLLIN))
 
     def recv(self, timeout_s=None):
-        """As DestinationLink.recv, for this migration's source only."""
+        """As DestinationLink.recv, for this migration's source only; the Stop's error once it was stopped."""
+        self.stop.check()
         if self._first is not None:
             first, self._first = self._first, None
             return first
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        ready = dict(_poll_in_slices(self._poller.poll, timeout_s))
+
+        def poll(ms):
+            self.stop.check()
+            return self._poller.poll(ms)
+
+        ready = dict(_poll_in_slices(poll, timeout_s))
         if self.pair in ready:
-            frames = self.pair.recv_multipart(copy=False)
-            if len(frames) == 1 and frames[0].bytes == PAIR_CANCEL:
-                raise KeyboardInterrupt
-            return Incoming(CONTROL, frames, self.peer, self.address)
+            return Incoming(CONTROL, self.pair.recv_multipart(copy=False), self.peer, self.address)
         return self._wake(ready, timeout_s)
 
     def send_control(self, peer, frames, wait=True):
         """Hand `frames` to the listener, which sends them on to the source (it drops them if it has gone)."""
-        self.pair.send_multipart(frames, copy=True)
+        _send(self.pair, frames, copy=True)
 
     def finished(self):
         """Tell the listener this migration has ended (one empty frame), then close."""

@@ -220,3 +220,36 @@ def test_a_peer_that_never_reads_does_not_hold_up_the_server(context):
     finally:
         receiver.signal(signal.SIGTERM)
         receiver.finish()
+
+
+def test_a_source_that_floods_its_hosted_migration_is_ended_and_the_server_still_answers(context):
+    """A migration busy making a big guest resident reads nothing meanwhile: a source that sends hundreds of
+    messages then fills the listener's queue to it. The listener never waits on that queue: the migration
+    ends with the reason, the server answers the next peer and stops on SIGTERM at once."""
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "5s")
+    try:
+        endpoint = receiver.wait_listening()
+        big = Scenario(GuestSpec(1 << 30), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(timeout_s=5.0))
+        sock = peer(context, endpoint)
+        sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
+            "protocol": protocol.VERSION, "session": "x", "scenario": big.to_dict()}))
+        for seq in range(1, 3000):  # no real source has more than a few control messages in flight
+            sock.send_multipart(protocol.encode_control(MsgType.HEARTBEAT, seq, 0, {}))
+        reasons = []
+        while sock.poll(10000):
+            answer = protocol.Decoder().decode(sock.recv_multipart())
+            if answer.type == MsgType.ABORT:
+                reasons.append(answer.body["reason"])
+                break
+        assert reasons and reasons[0].startswith("the source sent control messages faster than the migration "
+                                                 "read them"), reasons
+        probe = peer(context, endpoint)  # a HELLO of protocol 0: refused at once by a server that serves
+        probe.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": 0, "session": "y",
+                                                                           "scenario": SMALL.to_dict()}))
+        assert probe.poll(5000), "the server no longer answers"
+        assert protocol.Decoder().decode(probe.recv_multipart()).type in (MsgType.REFUSE, MsgType.ABORT)
+    finally:
+        started = time.monotonic()
+        receiver.signal(signal.SIGTERM)
+        status, _, err = receiver.finish()
+    assert time.monotonic() - started < 2 and "Traceback" not in err, err[-2000:]
