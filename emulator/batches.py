@@ -1,6 +1,6 @@
 """The data path: pages into messages on the source, messages into pages on the destination.
 
-The budget (README "Performance"): each byte of a raw pass is read once on
+The budget (docs/performance.md): each byte of a raw pass is read once on
 the source and copied once into place on the destination, besides the
 kernel's TCP copies; everything else is a few calls per message.
 

@@ -7,7 +7,7 @@ emulator's policy decides when a guest switches over, and its blackout (final pa
 device state) crosses at its share too. A finished migration frees its slot for the next
 queued guest at once, which first spends `setup_s` in setup (the handshake and the
 destination making the guest's memory resident: 70-250 ms for 32 MiB on the 2-core VM
-the README's table comes from) holding its slot but not the link. Handshakes between
+docs/guide.md's table comes from) holding its slot but not the link. Handshakes between
 passes are not modelled.
 """
 

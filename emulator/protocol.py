@@ -7,7 +7,7 @@ A message is a ZeroMQ multipart of exactly three frames::
 This module turns values into frames and frames into validated `Message`
 objects. It opens no sockets and does not import zmq: the transport moves the
 frames, the session state machines decide what a message means. The format is
-specified in README.md ("Wire protocol"); this module is its reference implementation.
+specified in docs/protocol.md; this module is its reference implementation.
 
 Rules this module keeps:
 - Every field of a received message is checked before it is used, and every

@@ -6,7 +6,7 @@ to 4 migrations at once, and the drains share one --cap. With --netns RATE (root
 drain runs over a link of that rate between two network namespaces (scripts/netns_link.py
 --drain), one serving receiver at the far end. It prints a Markdown table of the drain
 time, the mean and worst blackout, the link's mean use and `precopy estimate --guests`'s
-forecast for the same drain. The README's tables:
+forecast for the same drain. docs/guide.md's tables:
 
     python scripts/drain_table.py --guests 2,4,8 --k 1,2,4 --memory 32MiB --cap 50MB/s
     sudo .venv/bin/python scripts/drain_table.py --netns 1gbit --link 117MB/s --memory 128MiB

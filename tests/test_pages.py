@@ -169,7 +169,7 @@ def test_wrappers_reject_bad_input(memory):
         pages.scatter(readonly, PAGE, [1], np.empty(PAGE, dtype=np.uint8))
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"  # where the test vectors are
 _PAGE_CONTENT = {  # the README's words for a page's bytes, for a page of n bytes
     "all zero": lambda n: np.zeros(n, dtype=np.uint8),
     "ramp": lambda n: (np.arange(n) % 256).astype(np.uint8),

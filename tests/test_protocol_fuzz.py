@@ -4,8 +4,8 @@ A hypothesis state machine plays the source and the engine's caller. Valid frame
 SourceProtocol and emulator.batches.Batch; hostile ones are valid frames mutated (header fields
 rewritten through protocol.HEADER, bytes flipped, frames cut, added or dropped), messages out of
 order, on the wrong channel, with wrong counts, pages, passes or seqs, page numbers out of range,
-and random bytes. Each goes to the engine and to `Reference`, a plain model written from README
-"Wire protocol" and the Session table; the two must agree on events, errors and state.
+and random bytes. Each goes to the engine and to `Reference`, a plain model written from docs/protocol.md
+and the Session table; the two must agree on events, errors and state.
 
 Checked at every step, besides that agreement (these do not trust the reference):
 * A refused message raises RemoteProtocolError (a bad local call, or a channel never negotiated,
@@ -177,7 +177,7 @@ class Rejected:
 
 
 class Reference:
-    """What a correct destination engine does: README "Wire protocol", the Session table (emulator.states).
+    """What a correct destination engine does: docs/protocol.md, the Session table (emulator.states).
 
     Every method returns the events expected (as `summary` tuples) or Rejected, and moves the model on.
     Frame validity is emulator.protocol's Decoder (tested in test_protocol.py) with the negotiated limits.
