@@ -32,14 +32,12 @@ from typing import ClassVar
 
 
 from emulator import events, fields, protocol
-from emulator.batches import BatchApplier
 from emulator.dataplane import ReceivingPlane
-from emulator.digest import RunningDigest
 from emulator.disk import DiskError, DiskImage, disk_problems
 from emulator.guest import GuestMemory
+from emulator.hosted import HostedGuest
 from emulator.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
-from emulator.protocol import Flags, MsgType, RemoteProtocolError
-from emulator.postcopy import Faults
+from emulator.protocol import MsgType, RemoteProtocolError
 from emulator.protocol_engines import (DestinationProtocol, DeviceState, FinalPassComplete, Missing, PassComplete,
                                        PostcopyBegins, PostcopyComplete, SourceAborted, Switchover, stranger_abort,
                                        stranger_refusal, verdict)
@@ -47,10 +45,9 @@ from emulator.report import DestinationOutcome
 from emulator.compat import CpuModel, this_cpu
 from emulator.scenario import CONFIG_VERSION, GuestConfig, Scenario
 from emulator.threads import CpuMeter
-from emulator.transport import CONTROL, HEARTBEATS_PER_TIMEOUT, WAKE
+from emulator.transport import HEARTBEATS_PER_TIMEOUT, WAKE
 from emulator.units import format_bytes, format_count
 from emulator.verdict import Problem, Verdict, refusal
-from emulator.workload import Workload
 
 
 def available_memory_bytes():
@@ -234,6 +231,18 @@ class Doorkeeper:
         self.notice(f"a source at {incoming.address or 'a local endpoint'} checked a guest: "
                     + (format_count(len(problems), "problem") if problems else "compatible"))
 
+    def refuse_intruder(self, incoming, limits, capacity_bytes):
+        """Another peer while a migration runs: apply nothing of it; say what was wrong, or that we are busy."""
+        try:
+            message = protocol.Decoder().decode(incoming.frames)
+        except RemoteProtocolError as error:
+            self.refuse(incoming, error)
+            return
+        if message.type == MsgType.CHECK:
+            self.answer_check(incoming, message, limits, capacity_bytes, busy=True)
+            return
+        self.turn_away(incoming, "busy with another migration")
+
     def notice(self, text):
         """Say `text` unless something was said less than NOTICE_EVERY_S ago; then count it for the next."""
         now = time.monotonic()
@@ -272,24 +281,37 @@ class Destination:
         self.progress, self.clock = progress, clock
         self.protocol = DestinationProtocol()
         self.peer = None
-        self.guest = self.workload = None
         self.doors = Doorkeeper(link, progress)
         self.interrupted = False
-        self.appliers = self.disk_appliers = []  # a BatchApplier per data channel, for its thread
+        self.scenario = self.hosted = None  # what HELLO asked for; the guest hosted here (emulator.hosted)
         self.plane = None  # the data channels' threads (emulator.dataplane), once accepted
-        self.disk = self.disk_digest = None
+        self.hello_at = self.switchover_at = None
+        self.cpu = None  # this migration's CpuMeter, from ACCEPT on
         self.device_state = b""
-        self.faults = self.postcopy = None  # post-copy's missing pages; its POSTCOPY message, once begun
-        self.live_postcopy = False  # resumed here without all its pages: a failure loses the guest
-        self._placing_missing = threading.Lock()  # post-copy pages are placed one message at a time
+        self.digest = None  # the memory's digest once verified
+        self.postcopy = None  # the POSTCOPY message, once post-copy began
+
+    @property
+    def guest(self):
+        """The hosted guest's memory (None before setup, and once a failure discarded it)."""
+        return self.hosted and self.hosted.memory
+
+    @property
+    def workload(self):
+        return self.hosted and self.hosted.workload
+
+    @property
+    def live_postcopy(self):
+        """Resumed here without all its pages: a failure loses the guest."""
+        return bool(self.hosted and self.hosted.live_postcopy)
 
     @property
     def pages_applied(self):
-        return sum(applier.applied for applier in self.appliers)
+        return self.hosted.pages_applied if self.hosted else 0
 
     @property
     def blocks_applied(self):
-        return sum(applier.applied for applier in self.disk_appliers)
+        return self.hosted.blocks_applied if self.hosted else 0
 
     def run(self, hello_timeout_s=None):
         """Serve one migration; return its DestinationOutcome.
@@ -312,32 +334,26 @@ class Destination:
             failure = MigrationError(f"the destination failed: {type(error).__name__}: {error}")
         if failure and not failure.answered:
             self._abort(failure.reason, cancelled=isinstance(failure, Cancelled))
-        if self.workload is not None:
-            self.workload.stop()  # a post-copy guest may be running (or waiting for pages) here
+        lost, hosted, disk_path = self.live_postcopy, self.hosted, None
+        if hosted is not None:
+            hosted.workload.stop()  # a post-copy guest may be running (or waiting for pages) here
         if self.plane is not None:
             self.plane.stop()
         self.link.close_data()
-        disk_path = None
-        if self.disk is not None:
-            if failure:
-                self.disk.discard()
-            else:
-                disk_path = self.disk.path
-                self.disk.close()
-        pages_applied, blocks_applied = self.pages_applied, self.blocks_applied
+        if hosted is not None:
+            disk_path = hosted.release_disk(failed=failure is not None)
         if failure:  # the partial guest is discarded, never resumed: nothing may keep its memory
-            self.guest = self.workload = self.running_digest = self.faults = self.plane = None
-            self.appliers = []
-        self.disk = None
-        self.disk_appliers = []
+            self.hosted = self.plane = None
         status = "completed"
         if failure:
-            status = "lost" if self.live_postcopy else failure.status
+            status = "lost" if lost else failure.status
         outcome = DestinationOutcome(
             status=status, reason=failure.reason if failure else None,
-            digest=None if failure else self.digest, endpoint=self.link.endpoint, pages_applied=pages_applied,
-            frames_refused=self.doors.frames_refused, blocks_applied=blocks_applied, disk_path=disk_path)
-        self._say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
+            digest=None if failure else self.digest, endpoint=self.link.endpoint,
+            pages_applied=hosted.pages_applied if hosted else 0, frames_refused=self.doors.frames_refused,
+            blocks_applied=hosted.blocks_applied if hosted else 0, disk_path=disk_path)
+        hosted = None  # this frame outlives the run in its failure's traceback: it must not keep the guest
+        self.say(f"migration {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""))
         return outcome
 
     # setup -------------------------------------------------------------------
@@ -348,42 +364,35 @@ class Destination:
         try:
             scenario = self._check_hello(hello)
         except Refused as refusal:
-            self._send(self.protocol.refuse(str(refusal)))
+            self.send(self.protocol.refuse(str(refusal)))
             raise
-        self._say("setup: allocating guest memory")
+        self.say("setup: allocating guest memory")
         self.scenario = scenario
-        self.incremental = scenario.migration.verify == "incremental"
-        disk = scenario.mirrored_disk
-        if disk is not None:
+        disk = None
+        if scenario.mirrored_disk is not None:
             try:
-                self.disk = self._while_heartbeating(lambda: DiskImage.receiving(disk, self.limits.disk_dir))
+                disk = self._while_heartbeating(lambda: DiskImage.receiving(scenario.mirrored_disk,
+                                                                            self.limits.disk_dir))
             except DiskError as error:
-                self._send(self.protocol.refuse(str(error)))
+                self.send(self.protocol.refuse(str(error)))
                 raise Refused(str(error)) from None
-            self.disk_digest = RunningDigest(disk.n_blocks, disk.block_size) if self.incremental else None
-        self.guest, self.workload = self._while_heartbeating(lambda: self._hosted(scenario))
-        self.running_digest = RunningDigest(self.guest.n_pages, self.guest.page_size) if self.incremental else None
+        try:  # seconds of page faults for a big guest
+            self.hosted = self._while_heartbeating(lambda: HostedGuest(scenario, self._blank_guest(scenario.guest),
+                                                                       disk))
+        except BaseException:
+            if disk is not None:
+                disk.discard()
+            raise
         options = scenario.migration
-        self.appliers = [BatchApplier(self.guest, self.running_digest) for _ in range(options.channels)]
-        if self.disk is not None:
-            self.disk_appliers = [BatchApplier(self.disk.blocks, self.disk_digest) for _ in range(options.channels)]
         ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
         doorbell = self.link.doorbell()
-        if self.faults is not None:
-            self.faults.doorbell = doorbell
+        if self.hosted.faults is not None:
+            self.hosted.faults.doorbell = doorbell
         frames = self.protocol.accept(scenario, ports)
-        self.plane = ReceivingPlane(self.link.data_receivers(), self.protocol, self._place, doorbell)
-        self._send(frames)
-        self._say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
+        self.plane = ReceivingPlane(self.link.data_receivers(), self.protocol, self.hosted.place, doorbell)
+        self.send(frames)
+        self.say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {options.channels} channel(s)")
-
-    def _hosted(self, scenario):
-        """The guest's blank memory and its workload, ready (started at resume): seconds for a big guest.
-        With post-copy allowed, the writers will wait for missing pages."""
-        guest = self._blank_guest(scenario.guest)
-        if scenario.migration.postcopy:
-            self.faults = Faults(guest.n_pages, scenario.workload.vcpus)
-        return guest, Workload(guest, scenario.workload, faults=self.faults)
 
     def _blank_guest(self, spec):
         """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
@@ -409,7 +418,7 @@ class Destination:
         worker = threading.Thread(target=run, name="setup")
         worker.start()
         while worker.join(self.link.timeout_s / HEARTBEATS_PER_TIMEOUT) or worker.is_alive():
-            self._send(self.protocol.heartbeat())
+            self.send(self.protocol.heartbeat())
         if "error" in result:
             raise result["error"]
         return result["value"]
@@ -429,7 +438,7 @@ class Destination:
                     self.doors.answer_check(incoming, message, self.limits, self.capacity_bytes, busy=False)
                     continue
                 self.peer = incoming.peer
-                self._say(f"a source at {incoming.address or 'a local endpoint'} began a migration")
+                self.say(f"a source at {incoming.address or 'a local endpoint'} began a migration")
                 return message
             except RemoteProtocolError as error:
                 self.doors.refuse(incoming, error)
@@ -459,10 +468,10 @@ class Destination:
             except PeerTimeout:
                 continue  # said at the top, unless the data channels heard from the source meanwhile
             if incoming.channel == WAKE:  # a vCPU waits for a page, or the data channels have news
-                self._request_pages()
+                _PostcopyHere(self).request_pages()
                 happened = self.plane.events()
             elif incoming.peer != self.peer:
-                self._refuse_intruder(incoming)
+                self.doors.refuse_intruder(incoming, self.limits, self.capacity_bytes)
                 continue
             else:
                 happened = self.protocol.receive_control(incoming.frames)
@@ -470,46 +479,34 @@ class Destination:
             for event in happened:
                 self._on_event(event)
 
-    def _place(self, channel, message):
-        """Put a checked data message into memory, on its channel's thread (emulator.dataplane)."""
-        if self.live_postcopy:
-            self._place_missing(channel, message)
-        elif message.flags & Flags.DISK:
-            self.disk_appliers[channel].apply(message)
-        else:
-            self.appliers[channel].apply(message)
-
     def _on_event(self, event):
         if type(event) is PassComplete:
-            if self.disk is not None:
-                self.disk.sync_in_background()
-            self._send(self.protocol.acknowledge_pass(self.pages_applied, self.cpu.lap()))
+            if self.hosted.disk is not None:
+                self.hosted.disk.sync_in_background()
+            self.send(self.protocol.acknowledge_pass(self.pages_applied, self.cpu.lap()))
         elif type(event) is FinalPassComplete:
             self._verify_and_resume(event.complete)
         elif type(event) is Switchover:
             self.switchover_at = self.clock()
-            self._say(f"blackout: final pass {event.pass_no}")
+            self.say(f"blackout: final pass {event.pass_no}")
         elif type(event) is DeviceState:
             self.device_state = bytes(event.message.payload)
         elif type(event) is PostcopyBegins:
-            if self.faults is None:
+            if self.hosted.faults is None:
                 raise RemoteProtocolError("type", "POSTCOPY, but this migration's scenario has no post-copy")
             self.switchover_at, self.postcopy = self.clock(), event.message
-            self._say(f"post-copy: the guest moves here after pass {self.protocol.pass_no - 1}")
+            self.say(f"post-copy: the guest moves here after pass {self.protocol.pass_no - 1}")
         elif type(event) is Missing:
-            self._resume_without(event.message)
+            _PostcopyHere(self).resume(event.message)
         elif type(event) is PostcopyComplete:
-            self._end_postcopy(event.end)
+            _PostcopyHere(self).end(event.end)
         elif type(event) is SourceAborted:
             raise PeerAborted(event.reason, "source", event.cancelled)
 
     def _verify_and_resume(self, complete):
         final_pages_s = self.clock() - self.switchover_at
         started = self.clock()
-        self.digest = self.running_digest.value() if self.incremental else self.guest.digest()
-        disk_digest = None
-        if self.disk is not None:
-            disk_digest = self.disk_digest.value() if self.incremental else self.disk.blocks.digest()
+        self.digest, disk_digest = self.hosted.digests()
         digest_check_s = self.clock() - started
         source_digest = complete.field("digest", str)
         if self.digest != source_digest:
@@ -521,9 +518,9 @@ class Destination:
         if device_digest != complete.field("device_state_digest", str):
             raise Mismatch("device state digest mismatch")
         disk_sync_s = 0.0
-        if self.disk is not None:  # the storage handover: the verified copy, durable, under its name
+        if self.hosted.disk is not None:  # the storage handover: the verified copy, durable, under its name
             try:
-                disk_sync_s = self.disk.commit()
+                disk_sync_s = self.hosted.disk.commit()
             except DiskError as error:
                 raise MigrationError(f"the destination could not keep the disk: {error}") from None
         if self.on_verified:
@@ -531,90 +528,27 @@ class Destination:
         started = self.clock()
         self.workload.start()  # the guest runs here now
         resume_s = self.clock() - started
-        self._send(self.protocol.resumed({
+        self.send(self.protocol.resumed({
             "digest": self.digest, "digest_check_s": digest_check_s, "final_pages_s": final_pages_s,
             "resume_s": resume_s, "storage_token": complete.field("storage_token", str),
             "disk_digest": disk_digest, "disk_sync_s": disk_sync_s,
         }))
-        self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
-        self._say("resumed and announced")
-        self._warn_if_long(self.clock() - self.switchover_at)
+        self.send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
+        self.say("resumed and announced")
+        self.warn_if_long(self.clock() - self.switchover_at)
         self.workload.stop()  # the emulation ends here; a real guest would keep running
 
-    # post-copy -------------------------------------------------------------------
-    def _resume_without(self, missing):
-        """Resume the guest here with the MISSING pages marked: its vCPUs wait for each they touch."""
-        final_pages_s = self.clock() - self.switchover_at
-        device_digest = hashlib.blake2b(self.device_state, digest_size=16).hexdigest()
-        if device_digest != self.postcopy.field("device_state_digest", str):
-            raise Mismatch("device state digest mismatch")
-        self.faults.mark(missing.page_numbers.astype("int64"))
-        started = self.clock()
-        self.faults.resumed_at = started
-        self.live_postcopy = True
-        self.workload.start()
-        resume_s = self.clock() - started
-        self.cpu.lap()
-        self._send(self.protocol.resumed({
-            "digest": "", "digest_check_s": 0.0, "final_pages_s": final_pages_s, "resume_s": resume_s,
-            "storage_token": self.postcopy.field("storage_token", str), "disk_digest": None, "disk_sync_s": 0.0,
-        }))
-        self._send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
-        self._say(f"resumed with {missing.page_count:,} pages missing, and announced")
-        self._warn_if_long(self.clock() - self.switchover_at)
-
-    def _request_pages(self):
-        """Ask the source for the pages the vCPUs wait for (those still missing)."""
-        if not self.live_postcopy:
-            return
-        pages = self.faults.take_requests()
-        if pages.size:
-            self._send(self.protocol.page_request(pages))
-
-    def _place_missing(self, channel, message):
-        """Place a post-copy message's pages, all missing (else a protocol error), then wake their waiters.
-        One message at a time: a page sent twice at once on two channels must be refused, not placed twice."""
-        numbers = message.page_numbers
-        with self._placing_missing:
-            self.faults.check_missing(numbers)
-            self.appliers[channel].apply(message)
-            self.faults.arrived(numbers.astype("int64"))
-
-    def _end_postcopy(self, end):
-        """Every page POSTCOPY_END promised is in: the running digest must be the source's."""
-        left = self.faults.left()
-        if left:
-            raise RemoteProtocolError("body.pages", f"POSTCOPY_END's messages arrived, {left:,} pages are still "
-                                                    "missing")
-        self.digest = self.running_digest.value()
-        if self.digest != end.field("digest", str):
-            raise Mismatch(f"memory digest mismatch after post-copy: source {end.body['digest']}, destination "
-                           f"{self.digest}")
-        faults = self.faults
-        self.workload.pause()
-        self._send(self.protocol.postcopy_done({
-            "digest": self.digest, "blocktime_s": faults.all_blocked_s, "vcpu_blocktime_s": self.workload.blocked_s,
-            "pages_requested": faults.requested, "requested_placed": faults.requested_placed,
-            "last_page_s": faults.last_page_at - faults.resumed_at if faults.last_page_at else 0.0,
-            "cpu_s": self.cpu.lap(),
-        }))
-        self.live_postcopy = False
-        self._say(f"post-copy done: {faults.requested:,} pages asked for")
-        if self.on_verified:
-            self.on_verified(self.guest)
-        self.workload.stop()  # the emulation ends here; a real guest would keep running
-
-    def _warn_if_long(self, blackout_s):
+    def warn_if_long(self, blackout_s):
         """The destination's view of the blackout (switch-over to resumed) past the run's warning threshold."""
         options = self.scenario.migration
         threshold = events.blackout_threshold_s(options.blackout_warning_s, options.policy.downtime_limit_s)
         if blackout_s > threshold:  # (the threshold of HELLO's downtime limit: a precopy set is not seen here)
             event = events.Event("long-blackout", time.monotonic() - self.hello_at, blackout_s, threshold,
                                  "named in the source's report")
-            self._say(events.warning_text(event, where=" here"))
+            self.say(events.warning_text(event, where=" here"))
 
     # messages -----------------------------------------------------------------
-    def _send(self, frames):
+    def send(self, frames):
         self.link.send_control(self.peer, frames)
 
     def _abort(self, reason, cancelled=False):
@@ -622,17 +556,70 @@ class Destination:
         if self.peer is not None:
             self.doors.send(self.peer, lambda: self.protocol.abort(reason, cancelled))
 
-    def _refuse_intruder(self, incoming):
-        """Another peer while one migration runs: apply nothing of it; say what was wrong, or that we are busy."""
-        try:
-            message = protocol.Decoder().decode(incoming.frames)
-        except RemoteProtocolError as error:
-            self.doors.refuse(incoming, error)
-            return
-        if message.type == MsgType.CHECK:
-            self.doors.answer_check(incoming, message, self.limits, self.capacity_bytes, busy=True)
-            return
-        self.doors.turn_away(incoming, "busy with another migration")
-
-    def _say(self, text):
+    def say(self, text):
         self.doors.say(text)
+
+
+class _PostcopyHere:
+    """Post-copy on the destination, over its Destination: the guest resumes with its missing pages marked,
+    the vCPUs ask for those they touch, and POSTCOPY_END's digest must equal what was placed."""
+
+    def __init__(self, destination):
+        self.destination = destination
+
+    def resume(self, missing):
+        """Resume the guest here with the MISSING pages marked: its vCPUs wait for each they touch."""
+        here = self.destination
+        final_pages_s = here.clock() - here.switchover_at
+        device_digest = hashlib.blake2b(here.device_state, digest_size=16).hexdigest()
+        if device_digest != here.postcopy.field("device_state_digest", str):
+            raise Mismatch("device state digest mismatch")
+        faults = here.hosted.faults
+        faults.mark(missing.page_numbers.astype("int64"))
+        started = here.clock()
+        faults.resumed_at = started
+        here.hosted.live_postcopy = True
+        here.workload.start()
+        resume_s = here.clock() - started
+        here.cpu.lap()
+        here.send(here.protocol.resumed({
+            "digest": "", "digest_check_s": 0.0, "final_pages_s": final_pages_s, "resume_s": resume_s,
+            "storage_token": here.postcopy.field("storage_token", str), "disk_digest": None, "disk_sync_s": 0.0,
+        }))
+        here.send(here.protocol.announce(f"host {socket.gethostname()}, {here.link.endpoint}"))
+        here.say(f"resumed with {missing.page_count:,} pages missing, and announced")
+        here.warn_if_long(here.clock() - here.switchover_at)
+
+    def request_pages(self):
+        """Ask the source for the pages the vCPUs wait for (those still missing)."""
+        here = self.destination
+        if not here.live_postcopy:
+            return
+        pages = here.hosted.faults.take_requests()
+        if pages.size:
+            here.send(here.protocol.page_request(pages))
+
+    def end(self, end):
+        """Every page POSTCOPY_END promised is in: the running digest must be the source's."""
+        here = self.destination
+        faults = here.hosted.faults
+        left = faults.left()
+        if left:
+            raise RemoteProtocolError("body.pages", f"POSTCOPY_END's messages arrived, {left:,} pages are still "
+                                                    "missing")
+        here.digest, _ = here.hosted.digests()  # post-copy takes running digests only
+        if here.digest != end.field("digest", str):
+            raise Mismatch(f"memory digest mismatch after post-copy: source {end.body['digest']}, destination "
+                           f"{here.digest}")
+        here.workload.pause()
+        here.send(here.protocol.postcopy_done({
+            "digest": here.digest, "blocktime_s": faults.all_blocked_s, "vcpu_blocktime_s": here.workload.blocked_s,
+            "pages_requested": faults.requested, "requested_placed": faults.requested_placed,
+            "last_page_s": faults.last_page_at - faults.resumed_at if faults.last_page_at else 0.0,
+            "cpu_s": here.cpu.lap(),
+        }))
+        here.hosted.live_postcopy = False
+        here.say(f"post-copy done: {faults.requested:,} pages asked for")
+        if here.on_verified:
+            here.on_verified(here.guest)
+        here.workload.stop()  # the emulation ends here; a real guest would keep running

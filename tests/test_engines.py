@@ -333,12 +333,12 @@ def test_a_pass_0_far_below_the_cap_is_said_to_be_cpu_bound(cap, cpu_bound):
 
 
 def test_a_guest_the_destination_cannot_host_is_that_migrations_failure_with_its_real_reason(monkeypatch):
-    import emulator.receiver
+    import emulator.hosted
 
     def broken(guest, spec, faults=None):
         raise ValueError("the writers could not be built")
 
-    monkeypatch.setattr(emulator.receiver, "Workload", broken)  # built while the source hears heartbeats
+    monkeypatch.setattr(emulator.hosted, "Workload", broken)  # built while the source hears heartbeats
     report, outcome, _, destination = run_pair(scenario(memory_pages=64), *link_pair())
     assert outcome.status == "failed" and destination.guest is None
     assert outcome.reason == "the destination failed: ValueError: the writers could not be built"
