@@ -232,12 +232,12 @@ def test_throttle_custom_parameters():
 def test_auto_converge_says_the_share_of_time_taken_from_the_vcpus():
     from types import SimpleNamespace
 
-    from emulator.sender import Source
+    from emulator.phases import Precopy
     from tests.engines import Messages
 
     workload = SimpleNamespace(throttle_pct=0, set_throttle=lambda pct: setattr(workload, "throttle_pct", pct))
     source = SimpleNamespace(workload=workload, guest=SimpleNamespace(page_size=4096), progress=Messages())
-    Source._throttle(source, SimpleNamespace(remaining_pages=100, bytes_sent=4096 * 100))  # dirtied all it sent
+    Precopy(source)._throttle(SimpleNamespace(remaining_pages=100, bytes_sent=4096 * 100))  # dirtied all it sent
     assert workload.throttle_pct == 20
     assert source.progress.texts == ["auto-converge: vCPUs throttled by 20%"]  # QEMU's cpu-throttle-percentage
 
