@@ -2,7 +2,7 @@
 
 For each case, guest size and repeat, it migrates an idle guest over TCP loopback twice
 in a row: with QEMU (`qemu-system-x86_64`), then with precopy
-(`emulator.migration.migrate`, both ends on this machine), and prints, per variant, the
+(`emulator.children.migrate`, both ends on this machine), and prints, per variant, the
 median (min-max) guest GB/s, CPU seconds per GiB on each side and the downtime, and the
 precopy/QEMU ratio of each repeat's pair (median over repeats). A run without a figure
 (failed, or missing a total) shows n/a, with a line under its row saying why, and is left
@@ -72,7 +72,7 @@ import time
 import traceback
 
 from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import migrate
+from emulator.children import migrate
 from emulator.report import host_info
 from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
 from emulator.units import format_bytes

@@ -1,6 +1,6 @@
 """Where pass 0's CPU goes, thread by thread, on both ends of a migration on this machine.
 
-Migrates an idle guest (`emulator.migration.migrate`, receiver in a child process on
+Migrates an idle guest (`emulator.children.migrate`, receiver in a child process on
 TCP loopback) with each channel count, and reads every thread's CPU of both
 processes from /proc at the start of pre-copy and at the end of pass 0. It prints,
 per end, the CPU seconds per GiB of guest of each thread role (control: the main
@@ -25,7 +25,7 @@ import statistics
 import sys
 
 from emulator.guest import GuestSpec
-from emulator.migration import migrate
+from emulator.children import migrate
 from emulator.report import host_info
 from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
 from emulator.threads import cpu_between, role, thread_cpu

@@ -11,7 +11,7 @@ Measures, in order:
 3. the storage a mirrored disk goes through: a file of the disk's size mapped, written
    and synced on this machine's temporary directory (what a destination does to receive
    a disk), and read back from the page cache (what a source does to send one);
-4. pass 0 of precopy migrations with no writer (`emulator.migration.migrate`):
+4. pass 0 of precopy migrations with no writer (`emulator.children.migrate`):
    guest GB/s, CPU seconds per GiB on each side, peak memory of both processes,
    setup time and downtime; the cases `disk` (a 16 MiB guest with a disk of the size,
    storage mirror) and `mem+disk` (a guest and a disk of the size each) count memory
@@ -45,7 +45,7 @@ from emulator import protocol
 from emulator.allocator import keep_freed_buffers
 from emulator.disk import DiskImage, DiskSpec
 from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import migrate
+from emulator.children import migrate
 from emulator.report import host_info
 from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
 from emulator.transport import data_hwm

@@ -1,23 +1,26 @@
 """Drain a host: migrate a set of running guests away, at most K at once, under one link budget.
 
 Each guest is a process of its own with its own writers, as each VM is on a real host: it
-fills its memory and runs from the drain's start, queued or not, until its migration
-completes (its guest then runs on the destination) or the drain ends (it keeps running
-here). The drain starts a queued guest whenever fewer than K migrate, in its order, on the
-destination its placement picks among those that would host it now (a CHECK each:
-compatible, not busy). Every migration's data messages draw from one token bucket in
-shared memory (emulator.ratelimit.SharedBalance): the cap is the link's, not a static
-split. A failed migration leaves its guest running here; the drain goes on, and with
-retry tries it once more at the end. Ctrl-C (or SIGTERM) cancels every migration, each
-source telling its destination.
+fills its memory (and its disk, named for it: with_own_disk) and runs from the drain's
+start, queued or not, until its migration completes (its guest then runs on the
+destination) or the drain ends (it keeps running here). It migrates as `precopy send`
+does, through emulator.migration.run_source, so `precopy status` and `set` reach it
+while it moves. The drain starts a queued guest whenever fewer than K migrate, in its
+order, on the destination its placement picks among those that would host it now (a
+CHECK each: compatible, not busy). Every migration's data messages draw from one token
+bucket in shared memory (emulator.ratelimit.SharedBalance): the cap is the link's, not a
+static split. A failed migration leaves its guest running here; the drain goes on, and
+with retry tries it once more at the end. Ctrl-C (or SIGTERM) cancels every migration,
+each source telling its destination.
 """
 
+import contextlib
 import json
 import multiprocessing
 import queue
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar
 
 from emulator import fields, run_options
@@ -40,6 +43,15 @@ class DrainGuest:
 
     name: str
     scenario: Scenario
+
+
+def with_own_disk(guest, number):
+    """`guest` (a DrainGuest), its disk if it has one named `guest<number>-<its name>`: the drain's guests may
+    all mirror their disks into one receiver's disk directory, where a name taken refuses the next guest."""
+    disk = guest.scenario.disk
+    if disk is None:
+        return guest
+    return DrainGuest(guest.name, replace(guest.scenario, disk=replace(disk, name=f"guest{number}-{disk.name}")))
 
 
 @dataclass(frozen=True)
@@ -198,43 +210,38 @@ def _interrupt(signum, frame):
 
 
 def _guest_process(index, scenario, commands, events, balance, budget_rate):
-    """A running guest: fill, start the writers, then migrate to each destination the drain names until
-    one takes it. Ctrl-C reaches the drain only; it cancels this one with SIGTERM."""
+    """A running guest: fill its memory (and disk), start its writers, then migrate (emulator.migration.run_source)
+    to each destination the drain names until one takes it. Ctrl-C reaches the drain only; it cancels this one
+    with SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     from emulator.guest import GuestMemory
-    from emulator.migration import ready_to_move_pages
-    from emulator.sender import Source
-    from emulator.transport import SourceLink
+    from emulator.migration import guest_disk, ready_to_move_pages, run_source
     from emulator.workload import Workload
 
     try:
         ready_to_move_pages()
         guest = GuestMemory(scenario.guest)
-        with Workload(guest, scenario.workload) as workload:  # the guest runs from now, queued or not
+        with guest_disk(scenario.disk) as disk, contextlib.ExitStack() as running:
+            # its writers run from now, queued or not, and on after a failed migration
+            workload = running.enter_context(Workload(guest, scenario.workload))
+            disk_writer = disk and running.enter_context(Workload(disk.blocks, scenario.disk.writer_spec()))
             events.put((index, "ready", None))
+            progress, budget = _ToParent(events, index), make_limiter(budget_rate, shared=balance)
             while True:
                 command, destination = commands.recv()
                 if command == "stop":
                     return
-                report = _migrate_once(scenario, guest, workload, destination, _ToParent(events, index),
-                                       make_limiter(budget_rate, shared=balance), Source, SourceLink)
+                try:
+                    report = run_source(scenario, destination, progress=progress, guest=guest, workload=workload,
+                                        disk=disk, disk_writer=disk_writer, writers_running=True, link_budget=budget)
+                except MigrationError as error:  # no link to it could be made
+                    report = Report(status="failed", reason=error.reason, scenario=scenario)
                 events.put((index, "report", report.to_json()))
                 if report.status == "completed":
                     return
     except KeyboardInterrupt:
         pass
-
-
-def _migrate_once(scenario, guest, workload, destination, progress, budget, source_class, link_class):
-    try:
-        link = link_class(destination, scenario.migration.timeout_s, channels=scenario.migration.channels)
-    except MigrationError as error:
-        return Report(status="failed", reason=error.reason, scenario=scenario)
-    try:
-        return source_class(scenario, guest, workload, link, progress=progress, link_budget=budget).run()
-    finally:
-        link.close()
 
 
 # the drain ----------------------------------------------------------------------------------
@@ -264,13 +271,14 @@ class Drain:
     progress: an object with message(text), told of each start, pass, switch-over and end and
     of the link's use, and board(lines), given a line per guest and the link's at each change
     (emulator.display.DrainBoard); or None. check: ask a destination about a scenario
-    (emulator.migration.check).
+    (emulator.migration.check). Guest N's disk, if it has one, is named `guestN-NAME` (with_own_disk).
     """
 
     def __init__(self, guests, options, *, progress=None, check=None):
         if not guests:
             raise ValueError("a drain needs one guest or more")
-        self.guests, self.options, self.progress = guests, options, progress
+        self.guests = [with_own_disk(guest, number) for number, guest in enumerate(guests, 1)]
+        self.options, self.progress = options, progress
         if check is None:
             from emulator.migration import check
         self.check = check

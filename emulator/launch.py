@@ -16,7 +16,7 @@ def main():
         os._exit(130)  # nothing has started yet: nothing to stop or tell
 
     previous = signal.signal(signal.SIGINT, cancelled)
-    from emulator import cli
+    from emulator import cli  # here, under the handler above: see the docstring
 
     signal.signal(signal.SIGINT, previous)
     return cli.main()

@@ -1,20 +1,17 @@
-"""Run migrations: both ends on this machine, or one end of a two-host migration.
+"""One end of a migration: the library's entry points for the source and for the destination.
 
-`migrate(scenario)` is the library's front door (also from a notebook): it
-starts a receiver in a child process listening on TCP loopback, builds and
-starts the guest here, migrates it, and returns the Report.
+`run_source` migrates a running guest (built here, or the caller's) to a destination;
+`send` is its two-host form, `check` asks a destination about a guest without
+migrating, and `receive` is the destination end. Both ends on one machine (`migrate`,
+`drain_here`) are emulator.children's.
 """
 
 import contextlib
-import dataclasses
 import math
-import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
@@ -24,8 +21,7 @@ from emulator.errors import PeerAborted
 from emulator.guest import GuestMemory
 from emulator.protocol import MsgType
 from emulator.protocol_engines import SourceProtocol, aborted
-from emulator.receiver import Destination, DestinationLimits, available_memory_bytes
-from emulator.scenario import Scenario
+from emulator.receiver import Destination, DestinationLimits
 from emulator.security import is_loopback
 from emulator.sender import Source
 from emulator.serving import Listener
@@ -33,9 +29,6 @@ from emulator.transport import DestinationLink, SourceLink, parse_endpoint
 from emulator.units import format_bytes
 from emulator.verdict import Verdict
 from emulator.workload import Workload
-
-CHILD_START_TIMEOUT_S = 120.0  # a cold child imports numpy/numba and may compile kernels
-
 
 COMPILE_NOTICE_AFTER_S = 1.0  # a warm-up longer than this is compiling kernels: say so
 
@@ -78,7 +71,7 @@ def guest_disk(spec, path=None, progress=None):
 
 
 def run_source(scenario, to, *, progress=None, guest=None, workload=None, security=None, link_budget=None,
-               disk_path=None, disk=None, disk_writer=None):
+               disk_path=None, disk=None, disk_writer=None, writers_running=False):
     """Migrate a running guest to `to`; return the Report.
 
     guest, workload: a GuestMemory and its (not yet started) Workload; built from the
@@ -87,7 +80,13 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     limiter shared with other migrations (see Source). disk_path: where the guest's disk
     is made, if it has one (see guest_disk); disk, disk_writer: that DiskImage and its (not
     yet started) writer instead, made by the caller.
+    writers_running: the caller's workload (and disk_writer) run already and are its to stop,
+    as a drained guest's run from the drain's start and on after a failed migration.
     """
+    if writers_running and workload is None:
+        raise ValueError("writers_running: the caller's writers run already, but workload is None")
+    if writers_running and scenario.disk is not None and disk_writer is None:
+        raise ValueError("writers_running: the guest has a disk, but its running disk_writer is None")
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         ready_to_move_pages(progress)
@@ -99,7 +98,8 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
             disk_writer = disk_writer or (disk and Workload(disk.blocks, scenario.disk.writer_spec()))
             source = Source(scenario, guest, workload, link, progress=progress, link_budget=link_budget, disk=disk,
                             disk_writer=disk_writer)
-            for context in (workload, disk_writer, ControlServer(source)):  # precopy status and set talk to it
+            writers = () if writers_running else (workload, disk_writer)
+            for context in (*writers, ControlServer(source)):  # precopy status and set talk to it
                 if context is not None:
                     running.enter_context(context)
             return source.run()
@@ -183,115 +183,3 @@ def receive(listen, *, capacity_bytes=None, limits=DestinationLimits(), serve=Fa
         return None
     finally:
         link.close()
-
-
-def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, channels, disk_dir):
-    """Child process: listen on a free loopback port, report it, serve one migration, report the outcome.
-
-    The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
-    meanwhile, while this one warms up and the source fills its guest, if it fits
-    the capacity (else HELLO is refused, as it would be). It ignores Ctrl-C (see
-    _ctrl_c_left_to_this_process): a cancelled source tells it with ABORT.
-    """
-    prepared = None
-    if guest_spec.memory_bytes <= (available_memory_bytes() if capacity_bytes is None else capacity_bytes):
-        preallocation = ThreadPoolExecutor(1, thread_name_prefix="prealloc")
-        prepared = preallocation.submit(GuestMemory.blank, guest_spec)
-        preallocation.shutdown(wait=False)
-    ready_to_move_pages()
-    link = DestinationLink("tcp://127.0.0.1:0", timeout_s, max_channels=channels)  # an I/O thread per channel
-    try:
-        connection.send(link.endpoint)
-        outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared,
-                              limits=DestinationLimits(disk_dir=disk_dir)).run(hello_timeout_s=CHILD_START_TIMEOUT_S)
-    finally:
-        link.close()
-    connection.send(outcome)
-
-
-def _serving_child(connection, max_incoming, timeout_s):
-    """Child process: a serving receiver on a free loopback port for `drain_here`, until terminated."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the drain cancels its migrations; this one is stopped
-    ready_to_move_pages()
-    link = DestinationLink("tcp://127.0.0.1:0", timeout_s)
-    try:
-        connection.send(link.endpoint)
-        Listener(link, max_incoming=max_incoming).serve()
-    finally:
-        link.close()
-
-
-def drain_here(guests, options, *, progress=None):
-    """Drain `guests` (emulator.drain.DrainGuest) to a serving receiver started on this machine (a child
-    process on TCP loopback, hosting options.max_concurrent at once); return the DrainReport.
-
-    options: an emulator.drain.DrainOptions; its destinations are replaced by that receiver."""
-    from emulator.drain import Drain
-
-    context = multiprocessing.get_context("spawn")
-    parent_end, child_end = context.Pipe()
-    timeout_s = max(guest.scenario.migration.timeout_s for guest in guests)
-    child = context.Process(target=_serving_child, name="precopy-receiver", daemon=True,
-                            args=(child_end, options.max_concurrent, timeout_s))
-    child.start()
-    try:
-        if not parent_end.poll(CHILD_START_TIMEOUT_S):
-            raise RuntimeError("the receiver process did not start")
-        endpoint = parent_end.recv()
-        return Drain(guests, dataclasses.replace(options, destinations=(endpoint,)), progress=progress).run()
-    finally:
-        child.terminate()
-        child.join(5)
-
-
-@contextlib.contextmanager
-def _ctrl_c_left_to_this_process():
-    """Processes started inside ignore SIGINT: a Ctrl-C reaches the whole process group, and the
-    source, not the receiver it spawned, cancels (with ABORT) and then ends the child."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread handles signals; it is the one a Ctrl-C interrupts
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def migrate(scenario=None, *, progress=None, capacity_bytes=None, disk_path=None, disk_dir=None):
-    """Migrate `scenario` (default: Scenario()) between two processes on this machine; return the Report.
-
-    disk_path: where the guest's disk is made (see guest_disk); disk_dir: where the receiver
-    puts a mirrored disk (None: a temporary directory, removed after the run)."""
-    scenario = scenario or Scenario()
-    with contextlib.ExitStack() as cleanup:
-        if disk_dir is None and scenario.mirrored_disk is not None:
-            disk_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="precopy-received-"))
-        return _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir)
-
-
-def _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir):
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or sockets
-    parent_end, child_end = context.Pipe()
-    child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
-                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest,
-                                  scenario.migration.channels, disk_dir))
-    with _ctrl_c_left_to_this_process():
-        child.start()
-    try:
-        ready_to_move_pages(progress)  # while the receiver starts, as is the fill:
-        guest = GuestMemory(scenario.guest)
-        if not parent_end.poll(CHILD_START_TIMEOUT_S):
-            raise RuntimeError("the receiver process did not start")
-        endpoint = parent_end.recv()
-        if progress:
-            progress.message(f"receiver listening on {endpoint} (pid {child.pid})")
-        report = run_source(scenario, endpoint, progress=progress, guest=guest, disk_path=disk_path)
-        outcome = parent_end.recv() if parent_end.poll(scenario.migration.timeout_s + 5) else None
-        report.destination = outcome
-        return report
-    finally:
-        child.join(timeout=5)
-        if child.is_alive():
-            child.terminate()
-            child.join()

@@ -2,11 +2,11 @@
 
 A RunOption names the Scenario field it sets (so its default is the default Scenario's
 and its bounds are the owning dataclass's rule, see emulator.fields), how a value is read
-(units as emulator.units reads them), its help and an example. From the table come the
-options of ``migrate`` and ``send`` (and the subset ``estimate`` takes), the
-comma-separated axes of ``sweep`` and the keys of a sweep's grid file; `scenario_from`
-builds the Scenario from whatever values were given. Adding an option is one entry here
-and its field in the dataclass.
+(emulator.readers), its help and an example. From the table come the options of
+``migrate`` and ``send`` (and the subset ``estimate`` takes), the comma-separated axes of
+``sweep`` and the keys of a sweep's grid file; `scenario_from` builds the Scenario from
+whatever values were given. Adding an option is one entry here and its field in the
+dataclass.
 
 The flag is the key with dashes: key ``max_bandwidth`` is ``--max-bandwidth``.
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from emulator import compat, units
+from emulator import compat, readers, units
 from emulator.codecs import CODEC_NAMES
 from emulator.disk import STORAGE_MODES, DiskSpec
 from emulator.guest import FILL_PROFILES, GuestSpec
@@ -30,7 +30,7 @@ from emulator.workload import WorkloadSpec
 from kernels.writers import PATTERNS
 
 __all__ = ["GROUPS", "OPTIONS", "LinkShare", "RunOption", "add_axes", "add_options", "given", "keys_of",
-           "scenario_from", "whole_number"]
+           "scenario_from"]
 
 _DEFAULTS = Scenario()
 _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEFAULTS.workload),
@@ -38,45 +38,9 @@ _PARTS = {"guest": (GuestSpec, _DEFAULTS.guest), "workload": (WorkloadSpec, _DEF
           "config": (GuestConfig, _DEFAULTS.config), "disk": (DiskSpec, DiskSpec())}
 
 
-# how a value is read: a command-line text, or a grid file's value (TOML gives numbers and booleans) ---
-def whole_number(value: Any) -> int:
-    """An int, or a text of decimal digits, as an int."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise ValueError(f"must be a whole number, got {value!r}")
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value.strip())
-    except (AttributeError, ValueError):
-        raise ValueError(f"must be a number, got {value!r}") from None
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "on", "false", "off"):
-        return value.strip().lower() in ("true", "on")
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    return value
-
-
-def _optional_duration(value: Any) -> float | None:
-    return None if units.means_no_limit(value) else units.parse_duration(value)
-
-
+# how a value is read, where emulator.readers has no reader for it -----------------------------------
 def _stall_passes(value: Any) -> int | None:
-    return whole_number(value) or None  # 0 = never
+    return readers.whole_number(value) or None  # 0 = never
 
 
 def _dirty_rate(value: Any) -> Any:
@@ -124,7 +88,7 @@ def _cap_bytes_per_s(value: Any, values: dict[str, Any]) -> float | None:
 
 def _cpu(value: Any) -> compat.CpuModel | None:
     """host: this machine's processor; any: no requirement; else a file from `precopy compat`."""
-    text = _text(value).strip()
+    text = readers.text(value).strip()
     if text == "host":
         return compat.this_cpu()
     if text == "any":
@@ -134,7 +98,7 @@ def _cpu(value: Any) -> compat.CpuModel | None:
 
 def _names(value: Any) -> tuple[str, ...]:
     """Comma-separated names; none (or nothing) for no names."""
-    text = _text(value).strip()
+    text = readers.text(value).strip()
     return () if text in ("", "none") else tuple(name.strip() for name in text.split(","))
 
 
@@ -156,10 +120,10 @@ def _ramp(value: Any) -> DowntimeRamp | None:
     """STEPS:DELAY_PER_GIB (10:75s, nova's), or none."""
     if units.means_no_limit(value):
         return None
-    steps, colon, delay = _text(value).partition(":")
+    steps, colon, delay = readers.text(value).partition(":")
     if not colon:
         raise ValueError(f"expected STEPS:DELAY_PER_GIB such as 10:75s, or none, got {value!r}")
-    return DowntimeRamp(whole_number(steps), units.parse_duration(delay))
+    return DowntimeRamp(readers.whole_number(steps), units.parse_duration(delay))
 
 
 def _shown_ramp(ramp: DowntimeRamp | None) -> str:
@@ -199,7 +163,7 @@ class RunOption:
 
     @property
     def is_flag(self) -> bool:
-        return self.read is _flag
+        return self.read is readers.flag
 
     def value(self, given: Any) -> Any:
         """The field's value for `given`, checked by the field's own rule; ValueError saying why not."""
@@ -220,10 +184,10 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               metavar="SIZE", show=units.compact_size),
     RunOption("page_size", "guest", "guest", "page_size", units.parse_size, "2MiB",
               "page size, a power of two >= 64 bytes", metavar="SIZE", show=units.compact_size),
-    RunOption("fill", "guest", "guest", "fill", _text, "random",
+    RunOption("fill", "guest", "guest", "fill", readers.text, "random",
               "initial memory content (mixed: 40%% zero, 25%% text, 20%% half, 15%% random)", choices=FILL_PROFILES),
-    RunOption("seed", "guest", "guest", "seed", whole_number, "42", "seed of the guest content and of the writers",
-              metavar="N"),
+    RunOption("seed", "guest", "guest", "seed", readers.whole_number, "42",
+              "seed of the guest content and of the writers", metavar="N"),
     RunOption("cpu", "guest", "config", "cpu", _cpu, "any",
               "the processor the guest requires: host (this machine's), any, or a file from precopy compat "
               "(--describe, or --hosts for a cluster's common set)", metavar="SPEC",
@@ -231,7 +195,7 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("switches", "guest", "config", "switches", _names, "External",
               "virtual switches the guest's network adapters connect to, comma-separated", metavar="NAMES",
               show=lambda names: ",".join(names) or "none"),
-    RunOption("config_version", "guest", "config", "version", whole_number, "2",
+    RunOption("config_version", "guest", "config", "version", readers.whole_number, "2",
               "the guest's configuration version; a destination that supports only older ones refuses it",
               metavar="N"),
     # the guest's disk
@@ -241,38 +205,39 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("disk_block", "disk", "disk", "block_size", units.parse_size, "4KiB",
               "the disk's block: what one write writes and the dirty-block bitmap tracks, 4 KiB to 1 MiB",
               metavar="SIZE", show=units.compact_size),
-    RunOption("disk_fill", "disk", "disk", "fill", _text, "random", "initial disk content, as --fill",
+    RunOption("disk_fill", "disk", "disk", "fill", readers.text, "random", "initial disk content, as --fill",
               choices=FILL_PROFILES),
     RunOption("disk_write_rate", "disk", "disk", "write_rate_bytes_per_s", _write_rate, "20MB/s",
               "what the disk writer writes per second: 20MB/s, max (flat out) or 0 (idle)", metavar="RATE",
               show=_shown_write_rate),
-    RunOption("disk_pattern", "disk", "disk", "pattern", _text, "hotset", "which blocks the disk writer writes",
+    RunOption("disk_pattern", "disk", "disk", "pattern", readers.text, "hotset", "which blocks the disk writer writes",
               choices=tuple(PATTERNS)),
-    RunOption("storage", "disk", "migration", "storage", _text, "mirror",
+    RunOption("storage", "disk", "migration", "storage", readers.text, "mirror",
               "shared: both hosts see the disk, its handover is a token; mirror: shared-nothing, the disk is "
               "copied alongside memory and the switch-over waits for both", choices=STORAGE_MODES),
     # workload
-    RunOption("vcpus", "workload", "workload", "vcpus", whole_number, "4", "writer threads", metavar="N"),
+    RunOption("vcpus", "workload", "workload", "vcpus", readers.whole_number, "4", "writer threads", metavar="N"),
     RunOption("dirty_rate", "workload", "workload", "rate_pages_per_s", _dirty_rate, "20000pages/s",
               "page writes/s over all vCPUs: 20000pages/s or 20000; a byte rate such as 100MiB/s (divided by the "
               "page size); max = unpaced; 0 = idle", metavar="RATE", show=lambda rate: f"{rate:.0f}pages/s",
               resolve=_pages_per_s),
-    RunOption("pattern", "workload", "workload", "pattern", _text, "uniform", "which pages the writers dirty",
+    RunOption("pattern", "workload", "workload", "pattern", readers.text, "uniform", "which pages the writers dirty",
               choices=tuple(PATTERNS)),
-    RunOption("hot_fraction", "workload", "workload", "hot_fraction", _number, "0.2",
+    RunOption("hot_fraction", "workload", "workload", "hot_fraction", readers.number, "0.2",
               "hotset: share of pages that are hot", metavar="F"),
-    RunOption("hot_share", "workload", "workload", "hot_share", _number, "0.8",
+    RunOption("hot_share", "workload", "workload", "hot_share", readers.number, "0.8",
               "hotset: share of writes to hot pages", metavar="F"),
-    RunOption("stride", "workload", "workload", "stride", whole_number, "16", "sequential: pages per step",
+    RunOption("stride", "workload", "workload", "stride", readers.whole_number, "16", "sequential: pages per step",
               metavar="PAGES"),
-    RunOption("zipf_s", "workload", "workload", "zipf_s", _number, "1.2", "zipf: exponent", metavar="S"),
+    RunOption("zipf_s", "workload", "workload", "zipf_s", readers.number, "1.2", "zipf: exponent", metavar="S"),
     RunOption("write_size", "workload", "workload", "write_size", units.parse_size, "64",
               "bytes per write, a multiple of 8 up to the page size", metavar="SIZE"),
     # migration
-    RunOption("codec", "migration", "migration", "codec", _text, "raw", "page codec", choices=tuple(CODEC_NAMES)),
-    RunOption("channels", "migration", "migration", "channels", whole_number, "4",
+    RunOption("codec", "migration", "migration", "codec", readers.text, "raw", "page codec",
+              choices=tuple(CODEC_NAMES)),
+    RunOption("channels", "migration", "migration", "channels", readers.whole_number, "4",
               "data connections, as multifd", metavar="N"),
-    RunOption("batch_pages", "migration", "migration", "batch_pages", whole_number, "256",
+    RunOption("batch_pages", "migration", "migration", "batch_pages", readers.whole_number, "256",
               "pages per data message", metavar="N",
               default_text=f"{DEFAULT_MESSAGE_BYTES >> 20} MiB worth: {DEFAULT_BATCH_PAGES} of 4 KiB"),
     RunOption("downtime_limit", "migration", "policy", "downtime_limit_s", _ms_duration, "500ms",
@@ -281,12 +246,12 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "raise the downtime limit in steps up to --downtime-limit, as OpenStack nova does: STEPS:DELAY, each "
               "step DELAY per GiB of guest long (nova's 10:75s to 500ms); none = the limit from the start",
               metavar="STEPS:DELAY", show=_shown_ramp),
-    RunOption("max_passes", "migration", "policy", "max_passes", whole_number, "10",
+    RunOption("max_passes", "migration", "policy", "max_passes", readers.whole_number, "10",
               "switch over after this many passes, pass 0 included", metavar="N"),
-    RunOption("max_time", "migration", "policy", "max_time_s", _optional_duration, "60s",
+    RunOption("max_time", "migration", "policy", "max_time_s", readers.optional_duration, "60s",
               "switch over after this much pre-copy; a bare number is seconds", metavar="DURATION",
               show=_shown_duration),
-    RunOption("on_stall", "migration", "policy", "on_stall", _text, "abort",
+    RunOption("on_stall", "migration", "policy", "on_stall", readers.text, "abort",
               "when passes stop shrinking: force the final copy or give up", choices=("switchover", "abort")),
     RunOption("stall_passes", "migration", "policy", "stall_passes", _stall_passes, "5",
               "passes without a new minimum that mean stalled; 0 = never", metavar="N"),
@@ -300,30 +265,30 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               "vCPU/device state sent in the blackout", metavar="SIZE", show=units.compact_size),
     RunOption("timeout", "migration", "migration", "timeout_s", units.parse_duration, "30s",
               "longest wait for the peer; a bare number is seconds", metavar="DURATION", show=_shown_duration),
-    RunOption("blackout_warning", "migration", "migration", "blackout_warning_s", _optional_duration, "1s",
+    RunOption("blackout_warning", "migration", "migration", "blackout_warning_s", readers.optional_duration, "1s",
               "a longer blackout is a warning event in the report and on both ends; never more than 63 s",
               metavar="DURATION", default_text="twice the downtime limit"),
-    RunOption("auto_converge", "migration", "migration", "auto_converge", _flag, "true",
+    RunOption("auto_converge", "migration", "migration", "auto_converge", readers.flag, "true",
               "throttle the vCPUs when a pass dirties more than half of what it sent, as QEMU's auto-converge "
               "(20%%, then +10%% per pass, at most 99%%)", show=lambda on: "on" if on else "off"),
     RunOption("dirty_limit", "migration", "migration", "dirty_limit_bytes_per_s", units.parse_bandwidth, "1MB/s",
               "hold each vCPU to this rate of page writes (bytes/s) once a pass dirties more than half of what it "
               "sent, as QEMU's dirty-limit (vcpu-dirty-limit); instead of --auto-converge", metavar="RATE",
               default_text="none"),
-    RunOption("xbzrle", "migration", "migration", "xbzrle", _flag, "true",
+    RunOption("xbzrle", "migration", "migration", "xbzrle", readers.flag, "true",
               "from pass 1 on, send a page sent before as the runs where it changed when that is smaller, as QEMU's "
               "XBZRLE (beside --codec, which carries the other pages)", show=lambda on: "on" if on else "off"),
     RunOption("xbzrle_cache", "migration", "migration", "xbzrle_cache_bytes", units.parse_size, "256MiB",
               "XBZRLE's cache of pages as last sent (QEMU's xbzrle cache-size)", metavar="SIZE",
               show=units.compact_size),
-    RunOption("postcopy", "migration", "migration", "postcopy", _flag, "true",
+    RunOption("postcopy", "migration", "migration", "postcopy", readers.flag, "true",
               "when pre-copy cannot converge, resume the guest on the destination with its dirty pages missing: "
               "they cross on demand and in the background, as QEMU's postcopy-ram (a failure then loses the guest)",
               show=lambda on: "on" if on else "off"),
-    RunOption("postcopy_after", "migration", "migration", "postcopy_after_passes", whole_number, "1",
+    RunOption("postcopy_after", "migration", "migration", "postcopy_after_passes", readers.whole_number, "1",
               "switch to post-copy after this many pre-copy passes, pass 0 included (implies --postcopy)",
               metavar="N", default_text="once pre-copy cannot converge"),
-    RunOption("verify", "migration", "migration", "verify", _text, "full",
+    RunOption("verify", "migration", "migration", "verify", readers.text, "full",
               "memory check: incremental = running digests compared in the blackout, the paused source re-hashed "
               "after resume; full = all memory hashed inside the blackout", choices=VERIFY_MODES),
 )}
@@ -336,16 +301,6 @@ def keys_of(group: str) -> list[str]:
 
 
 # the command line ----------------------------------------------------------------------------------
-def _argparse_type(option: RunOption) -> Callable[[str], Any]:
-    def parse(text):
-        try:
-            return option.value(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"{error} (example: {option.flag} {option.example})") from None
-
-    return parse
-
-
 def add_options(group, keys: Iterable[str], *, defaults: bool = True) -> None:
     """Add the options `keys` to an argparse parser or group; an option not given is absent from the result.
 
@@ -356,30 +311,16 @@ def add_options(group, keys: Iterable[str], *, defaults: bool = True) -> None:
         if option.is_flag:
             group.add_argument(option.flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
         else:
-            group.add_argument(option.flag, type=_argparse_type(option), choices=option.choices,
-                               default=argparse.SUPPRESS, metavar=option.metavar, help=help_text)
-
-
-def _list_type(option: RunOption) -> Callable[[str], list[str]]:
-    """Comma-separated values, each checked now and kept as given (the sweep reads them as a grid's)."""
-    def parse(text):
-        items = [item.strip() for item in text.split(",")]
-        if not all(items):
-            raise argparse.ArgumentTypeError(f"empty item in {text!r} (example: {option.flag} {option.example})")
-        for item in items:
-            if option.choices is not None and item not in option.choices:
-                raise argparse.ArgumentTypeError(f"{item!r} is not one of {', '.join(option.choices)}")
-            _argparse_type(option)(item)
-        return items
-
-    return parse
+            group.add_argument(option.flag, type=readers.argument_type(option.flag, option.example, option.value),
+                               choices=option.choices, default=argparse.SUPPRESS, metavar=option.metavar,
+                               help=help_text)
 
 
 def add_axes(group) -> None:
     """Every run option as a sweep axis: the flag takes a comma-separated list."""
     for option in OPTIONS.values():
-        group.add_argument(option.flag, type=_list_type(option), default=argparse.SUPPRESS, metavar="LIST",
-                           help=f"{option.help} (example: {option.example})")
+        group.add_argument(option.flag, type=readers.axis(option.flag, option.example, option.value, option.choices),
+                           default=argparse.SUPPRESS, metavar="LIST", help=f"{option.help} (example: {option.example})")
 
 
 def given(args: argparse.Namespace) -> dict[str, Any]:

@@ -458,8 +458,8 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, drain=
               progress=None) -> list[dict[str, Any]]:
     """Migrate every run; write out_dir/reports/NAME.json, out_dir/sweep.csv and out_dir/summary.txt.
 
-    migrate: the engine (default emulator.migration.migrate); drain: for drain runs, called
-    with (guests, options), returning a DrainReport (default emulator.migration.drain_here);
+    migrate: the engine (default emulator.children.migrate); drain: for drain runs, called
+    with (guests, options), returning a DrainReport (default emulator.children.drain_here);
     progress: an object with
     started(run, total) and finished(run, total, row, seconds), or None. The CSV is
     rewritten after every run, so an interrupted sweep keeps what it measured. A run
@@ -467,9 +467,9 @@ def run_sweep(runs: list[SweepRun], out_dir: str | Path, *, migrate=None, drain=
     that run's row is written. Returns the rows.
     """
     if migrate is None:
-        from emulator.migration import migrate
+        from emulator.children import migrate
     if drain is None:
-        from emulator.migration import drain_here as drain
+        from emulator.children import drain_here as drain
     out = Path(out_dir)
     reports = out / "reports"
     reports.mkdir(parents=True, exist_ok=True)

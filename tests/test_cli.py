@@ -9,6 +9,8 @@ import types
 import pytest
 
 from emulator import cli
+from emulator.commands import migrate as migrate_command
+from emulator.commands import receive as receive_command
 from emulator.display import LiveDisplay
 from emulator.policy import PolicyConfig
 from emulator.receiver import DestinationLimits
@@ -271,7 +273,9 @@ class FakeEngine(types.ModuleType):
 @pytest.fixture
 def fake_engine(monkeypatch):
     engine = FakeEngine()
-    monkeypatch.setitem(sys.modules, "emulator.migration", engine)
+    for command, name in ((migrate_command, "migration"), (migrate_command, "children"),
+                          (receive_command, "migration")):  # the commands that call the engine, by the names they use
+        monkeypatch.setattr(command, name, engine)
     return engine
 
 
@@ -410,7 +414,7 @@ def test_ctrl_c_exits_130(fake_engine, capsys):
 
 
 def test_missing_engine_is_a_runtime_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "emulator.migration", None)  # import raises ModuleNotFoundError
+    monkeypatch.setattr(migrate_command, "children", None)  # an engine that cannot be called
     assert cli.main(["migrate", "--quiet"]) == 1
     assert capsys.readouterr().err.startswith("precopy: error: ")
 

@@ -9,7 +9,7 @@ import pytest
 from emulator import control
 from emulator.cli import main
 from emulator.guest import GuestSpec
-from emulator.migration import migrate
+from emulator.children import migrate
 from emulator.report import format_summary
 from emulator.scenario import MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec

@@ -2,14 +2,18 @@
 
 import io
 import json
+import os
 import re
 import signal
+import threading
 import time
 
 import pytest
 
-from emulator import drain
+import emulator
+from emulator import children, control, drain, migration
 from emulator.cli import main
+from emulator.disk import DiskImage
 from emulator.drain import Drain, DrainOptions, ordered
 from tests.cli_process import PrecopyProcess
 
@@ -234,3 +238,85 @@ def test_guests_no_destination_would_host_never_count_as_migrating():
         ("failed", "no destination would host it: tcp://127.0.0.1:9: no answer from the destination", None, None)] * 2
     assert (report.concurrency, report.peak_concurrency, report.mean_concurrency) == ([], 0, 0.0)
     assert drain.format_drain(report).splitlines()[0].endswith(": 0 of 2 guests moved, at most 0 at once (mean 0.0)")
+
+
+def test_each_guests_mirrored_disk_crosses_under_a_name_of_its_own(tmp_path):
+    received = tmp_path / "received"
+    received.mkdir()
+    processes, endpoints = receivers(1, "--disk-dir", str(received))
+    disks = {"storage": "mirror", "disk": "4MiB", "disk_fill": "random"}
+    try:  # guest1's disk is idle (the default), guest2's written while it moves
+        pair = drain.guests_from([{}, {"disk_write_rate": "2MB/s"}],
+                                 drain.read_options({**GUEST, **disks}, "test"))
+        report = Drain(pair, DrainOptions(tuple(endpoints), max_concurrent=2, max_bandwidth_bytes_per_s=16e6)).run()
+    finally:
+        outcomes = stopped(processes)
+    assert report.status == "completed", [(run.name, run.reason) for run in report.guests]
+    names = ["guest1-disk.img", "guest2-disk.img"]
+    assert [run.report.block_job.device for run in report.guests] == names
+    assert sorted(os.listdir(received)) == names
+    assert sorted(o["disk_path"] for o in outcomes[0]) == [str(received / name) for name in names]
+    for run in report.guests:  # completed: the destination's disk digest was the paused source disk's
+        assert run.report.digests_match and run.report.block_job.offset >= 4 * MIB
+    assert report.guests[1].report.block_job.len > 4 * MIB  # blocks written meanwhile crossed again
+    expected = DiskImage.create(report.guests[0].report.scenario.disk, str(tmp_path / "guest1-as-made.img"))
+    try:  # the idle disk arrived byte for byte as its guest made it, and not as the other guest's
+        assert (received / names[0]).read_bytes() == bytes(expected.blocks.data)
+        assert (received / names[1]).read_bytes() != bytes(expected.blocks.data)
+    finally:
+        expected.close()
+
+
+def test_post_copy_guests_drain_and_arrive_with_matching_digests():
+    processes, endpoints = receivers(1)
+    try:
+        pair = guests(2, postcopy_after="1", dirty_rate="2000", pattern="uniform")
+        report = Drain(pair, DrainOptions(tuple(endpoints), max_concurrent=2, max_bandwidth_bytes_per_s=16e6)).run()
+    finally:
+        outcomes = stopped(processes)
+    assert report.status == "completed", [(run.name, run.reason) for run in report.guests]
+    for run in report.guests:
+        assert len(run.report.passes) == 1 and run.report.postcopy.missing_pages > 0
+        assert run.report.digests_match and run.switchover_s < run.resumed_s
+    resumed = sorted(o["digest"] for o in outcomes[0] if o["status"] == "completed")
+    assert resumed == sorted(run.report.source_digest for run in report.guests)
+
+
+def test_precopy_status_and_set_reach_a_guest_while_it_is_drained(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # only this drain's guest runs a migration there
+    processes, endpoints = receivers(1)
+    try:  # 16 MiB of random pages at its own cap of 2 MB/s: pass 0 would take 8.4 s
+        draining = Drain(guests(1, memory="16MiB", dirty_rate="0", max_bandwidth="2MB/s", timeout="5s"),
+                         DrainOptions(tuple(endpoints)))
+        result = {}
+        thread = threading.Thread(target=lambda: result.update(report=draining.run()))
+        thread.start()
+        deadline, status = time.monotonic() + 60, {}
+        while status.get("phase") != "precopy" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if control.running():
+                assert main(["status", "--json"]) == 0
+                status = json.loads(capsys.readouterr().out)
+        assert list(control.running()) == [draining.processes[0].pid]  # the guest's own process answers
+        assert status["phase"] == "precopy" and status["max_bandwidth_bytes_per_s"] == 2e6, status
+        assert status["total_pages"] == 4096
+        assert main(["set", "--max-bandwidth", "unlimited"]) == 0
+        thread.join(60)
+    finally:
+        stopped(processes)
+    guest = result["report"].guests[0]
+    assert guest.status == "completed" and guest.report.digests_match
+    assert [(c.name, c.value) for c in guest.report.parameter_changes] == [("max_bandwidth_bytes_per_s", None)]
+    assert guest.report.passes[0].duration_s < 0.6 * 16 * MIB / 2e6  # the cap was lifted mid-pass
+    assert not control.running()  # the socket went with the migration
+
+
+def test_running_writers_given_to_run_source_must_be_there():
+    scenario = guests(1)[0].scenario
+    with pytest.raises(ValueError, match="writers_running: the caller's writers run already, but workload is None"):
+        migration.run_source(scenario, "tcp://127.0.0.1:9", writers_running=True)
+
+
+def test_both_ends_on_one_machine_live_apart_from_one_end():
+    assert emulator.migrate is children.migrate  # notebooks
+    assert not hasattr(migration, "migrate")  # one end's module knows nothing of both ends here: no circle

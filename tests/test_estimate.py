@@ -22,7 +22,7 @@ from emulator.estimate import (
     working_set,
 )
 from emulator.guest import GuestSpec
-from emulator.migration import migrate
+from emulator.children import migrate
 from emulator import policy
 from emulator.policy import DowntimeRamp, PolicyConfig
 from emulator.report import PassRecord, Report

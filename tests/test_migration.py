@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from emulator.children import migrate
 from emulator.cli import main
 from emulator.guest import GuestSpec
-from emulator.migration import migrate
 from emulator.policy import PolicyConfig
 from emulator.report import Report
 from emulator.scenario import MigrationOptions, Scenario
