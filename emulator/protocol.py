@@ -551,6 +551,29 @@ def _json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _check_limits(page_size, n_pages, max_payload_bytes, disk):
+    """ValueError unless a Decoder's limits are all three given (or none), each in range, and a disk's
+    (block_size, n_blocks) only with them."""
+    limits = (page_size, n_pages, max_payload_bytes)
+    if any(v is None for v in limits) and not all(v is None for v in limits):
+        raise ValueError(
+            f"got page_size={page_size}, n_pages={n_pages}, "
+            f"max_payload_bytes={max_payload_bytes}: expected all three or none"
+        )
+    if page_size is not None:
+        for name, value, limit in (
+            ("page_size", page_size, _U32_LIMIT),
+            ("n_pages", n_pages, _U32_LIMIT + 1),
+            ("max_payload_bytes", max_payload_bytes, _U64_LIMIT),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < limit:
+                raise ValueError(f"got {name}={value!r}, expected an integer in [1, {limit})")
+    if disk is not None:
+        if page_size is None or not isinstance(disk, tuple) or len(disk) != 2 or not all(
+                type(v) is int and 0 < v < _U32_LIMIT + 1 for v in disk):
+            raise ValueError(f"got disk={disk!r}: expected (block_size, n_blocks) with the other limits")
+
+
 class Decoder:
     """Validate received frames against the negotiated limits.
 
@@ -577,24 +600,7 @@ class Decoder:
         max_payload_bytes: int | None = None,
         disk: tuple[int, int] | None = None,
     ) -> None:
-        limits = (page_size, n_pages, max_payload_bytes)
-        if any(v is None for v in limits) and not all(v is None for v in limits):
-            raise ValueError(
-                f"got page_size={page_size}, n_pages={n_pages}, "
-                f"max_payload_bytes={max_payload_bytes}: expected all three or none"
-            )
-        if page_size is not None:
-            for name, value, limit in (
-                ("page_size", page_size, _U32_LIMIT),
-                ("n_pages", n_pages, _U32_LIMIT + 1),
-                ("max_payload_bytes", max_payload_bytes, _U64_LIMIT),
-            ):
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < limit:
-                    raise ValueError(f"got {name}={value!r}, expected an integer in [1, {limit})")
-        if disk is not None:
-            if page_size is None or not isinstance(disk, tuple) or len(disk) != 2 or not all(
-                    type(v) is int and 0 < v < _U32_LIMIT + 1 for v in disk):
-                raise ValueError(f"got disk={disk!r}: expected (block_size, n_blocks) with the other limits")
+        _check_limits(page_size, n_pages, max_payload_bytes, disk)
         self._page_size = page_size
         self._n_pages = n_pages
         self._max_payload_bytes = max_payload_bytes

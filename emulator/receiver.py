@@ -268,7 +268,7 @@ class Destination:
     post-copy, once the last page is in and the digest matched, with the writers
     paused: the memory as migrated and as the guest has changed it here since.
     prepared: a Future of a blank GuestMemory made before HELLO for the guest that is
-    expected (see emulator.migration.migrate); used if HELLO brings that guest.
+    expected (see emulator.children.migrate); used if HELLO brings that guest.
     """
 
     def __init__(self, link, *, capacity_bytes=None, limits=DestinationLimits(), progress=None, on_verified=None,
@@ -297,7 +297,7 @@ class Destination:
         return self.hosted and self.hosted.memory
 
     @property
-    def workload(self):
+    def workload(self):  # its vCPUs
         return self.hosted and self.hosted.workload
 
     @property
@@ -361,11 +361,10 @@ class Destination:
         hello = self._wait_for_hello(hello_timeout_s)
         self.hello_at = time.monotonic()
         self.protocol.receive_hello(hello)
-        try:
-            scenario = self._check_hello(hello)
-        except Refused as refusal:
-            self.send(self.protocol.refuse(str(refusal)))
-            raise
+        scenario, problems = judge(hello, self.limits, self.capacity_bytes)
+        if problems:
+            self.send(self.protocol.refuse(refusal(problems)))
+            raise Refused(refusal(problems))
         self.say("setup: allocating guest memory")
         self.scenario = scenario
         disk = None
@@ -442,13 +441,6 @@ class Destination:
                 return message
             except RemoteProtocolError as error:
                 self.doors.refuse(incoming, error)
-
-    def _check_hello(self, hello):
-        """The scenario `hello` asks for; Refused with every problem of hosting it here."""
-        scenario, problems = judge(hello, self.limits, self.capacity_bytes)
-        if problems:
-            raise Refused(refusal(problems))
-        return scenario
 
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
