@@ -188,8 +188,11 @@ class SourceLink:
         self.io_threads = max(1, channels)
         self.context = zmq.Context(io_threads=self.io_threads)
         self.control = self._socket(zmq.DEALER)
-        self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES)  # says at once why keys do not match
-        self.refused = None  # why the destination's end turned us away, once it did
+        # says at once why keys do not match, and when the destination's end closed the connection
+        self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES | zmq.EVENT_DISCONNECTED)
+        self.refused = None  # why the destination's end turned us away, or went, once it did
+        self.answered = False  # a control message came: the destination's end is there
+        self.while_full = lambda: None  # called while a data channel has no room (see send_data)
         self._waiting = {flag: _poller((self.control, flag), (self.monitor, zmq.POLLIN))
                          for flag in (zmq.POLLIN, zmq.POLLOUT)}
         self.control.connect(to)
@@ -222,31 +225,60 @@ class SourceLink:
         self.control.send_multipart(frames, flags=zmq.DONTWAIT, copy=True)
 
     def send_data(self, channel, frames):
-        """Send a data message without copying its payload."""
-        _send(self.data[channel], frames, copy=False)
+        """Send a data message without copying its payload. While its channel is full, while_full() is
+        called every SIGNAL_CHECK_S (the source looks at its control socket there); PeerTimeout after the
+        link's timeout."""
+        sock, deadline = self.data[channel], time.monotonic() + self.timeout_s
+        while not sock.poll(_poll_ms(deadline - time.monotonic()), zmq.POLLOUT):
+            self.while_full()
+            if time.monotonic() >= deadline:
+                raise PeerTimeout("the peer did not take data within the timeout")
+        sock.send_multipart(frames, copy=False, flags=zmq.DONTWAIT)  # POLLOUT: room for a whole message
 
     def control_pending(self):
-        """True if a control message is waiting."""
-        return bool(self.control.poll(0, zmq.POLLIN))
+        """True if a control message is waiting; else PeerTimeout if the destination's end has gone (what it
+        said before it went, an ABORT, is read first)."""
+        if self.control.poll(0, zmq.POLLIN):
+            return True
+        if self.monitor.poll(0, zmq.POLLIN):
+            self._heard_from_monitor()
+        return False
 
     def recv_control(self, timeout_s=None):
         """The next control message's frames; PeerTimeout after `timeout_s` (default: the link's)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         if not self._wait(zmq.POLLIN, timeout_s):
             raise PeerTimeout(f"no answer from the destination within {timeout_s:g} s")
+        self.answered = True
         return self.control.recv_multipart(copy=False)
 
     def _wait(self, flag, timeout_s):
         """True once the control socket can `flag` (POLLIN, POLLOUT) within `timeout_s`, False after it.
 
-        A failed handshake, on the way or before, is PeerTimeout at once, saying what it means.
+        A failed handshake, on the way or before, is PeerTimeout at once, saying what it means, and so
+        is a closed connection once the destination has answered.
         """
-        if self.refused is None:
-            ready = dict(_poll_in_slices(self._waiting[flag].poll, timeout_s))
-            if self.monitor not in ready:
+        deadline = time.monotonic() + timeout_s
+        while self.refused is None:
+            ready = dict(_poll_in_slices(self._waiting[flag].poll, max(0.0, deadline - time.monotonic())))
+            if self.control in ready or self.monitor not in ready:  # a message first: it may say why
                 return self.control in ready
-            self.refused = _handshake_failure(self.monitor, server=False, secured=self.security is not None)
+            self._heard_from_monitor()
         raise PeerTimeout(self.refused)
+
+    def _heard_from_monitor(self):
+        """Act on the monitor's next event: a refused handshake, or (once answered) a closed connection, is
+        PeerTimeout; a connection closed before the destination answered is ZeroMQ's to retry."""
+        event = recv_monitor_message(self.monitor)
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            if self.answered:
+                self.refused = ("the destination's end closed the connection: its process stopped or was killed, "
+                                "or the network dropped it")
+        else:
+            self.refused = why_handshake_failed(event["event"], event["value"], server=False,
+                                                secured=self.security is not None)
+        if self.refused:
+            raise PeerTimeout(self.refused)
 
     def close(self):
         self.control.disable_monitor()

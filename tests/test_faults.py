@@ -151,3 +151,32 @@ def test_ctrl_c_while_the_command_loads_is_a_quiet_cancel(after_s):
     os.killpg(command.pid, signal.SIGINT)
     out, err = command.communicate(timeout=60)
     assert command.returncode == 130 and "Traceback" not in err and "cancelled" in err, err[-2000:]
+
+
+@pytest.mark.parametrize("signum, reason", [
+    (signal.SIGTERM, "destination aborted"),  # its ABORT, while the source sends on a capped link
+    (signal.SIGINT, "destination aborted"),
+    (signal.SIGKILL, "closed the connection"),  # no ABORT: its connection closing says it
+])
+def test_a_receiver_that_stops_mid_pass_is_known_to_the_source_within_a_second(signum, reason):
+    # a 10 s timeout, which the source must not wait out: 64 MiB over 20 MB/s is seconds of pass 0
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--timeout", "10s")
+    try:
+        endpoint = receiver.wait_listening()
+        s = Scenario(GuestSpec(64 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=0),
+                     MigrationOptions(codec="raw", timeout_s=10.0, max_bandwidth_bytes_per_s=20e6))
+        ended = {}
+        source = threading.Thread(target=lambda: ended.update(report=run_source(s, endpoint)))
+        source.start()
+        receiver.wait_for(ACCEPTED, 30)
+        time.sleep(0.5)  # well into pass 0
+        struck = time.monotonic()
+        receiver.signal(signum)
+        source.join(10)
+        known_after_s = time.monotonic() - struck
+    finally:
+        receiver.signal(signal.SIGKILL)
+        receiver.finish()
+    report = ended["report"]
+    assert report.status in ("failed", "cancelled") and reason in report.reason, report.reason
+    assert known_after_s < 1.0, f"the source knew after {known_after_s:.2f} s"
