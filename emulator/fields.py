@@ -101,6 +101,19 @@ def one_of(choices):
     return rule
 
 
+def unbounded(rule, meaning):
+    """math.inf ("max" on the wire and the command line: `meaning`, as "unpaced"), or what `rule` accepts."""
+    def unbounded_rule(value):
+        if _is_number(value) and value == math.inf:
+            return value
+        try:
+            return rule(value)
+        except ValueError as error:
+            raise ValueError(f"{error} (or max: {meaning})") from None
+
+    return unbounded_rule
+
+
 def optional(rule, meaning):
     """None (which means `meaning`, as "no limit"), or what `rule` accepts."""
     def optional_rule(value):

@@ -29,6 +29,8 @@ Rules:
   asks for pages with PAGE_REQUEST and ends with POSTCOPY_DONE.
 * A CHECK is answered with verdict() outside any session (seq 0): the
   destination's engine never sees it, and nothing of the destination changes.
+* A HELLO or CHECK of this protocol version holds its keys and no other
+  (check_hello): a peer's unknown key is refused, naming it, not ignored.
 """
 
 import functools
@@ -43,10 +45,11 @@ _DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
 _PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER, MsgType.POSTCOPY, MsgType.POSTCOPY_END)
 _PASS_CLOSERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.POSTCOPY_END)
 _NUMBER = (int, float)
+_OPENING_KEYS = {MsgType.HELLO: ("protocol", "session", "scenario"), MsgType.CHECK: ("protocol", "scenario")}
 _REPLY_FIELDS = {  # what the source reads of each destination message, and its type
     MsgType.ACCEPT: (("data", list),),
     MsgType.REFUSE: (("reason", str),),
-    MsgType.PASS_END: (("pass", int), ("pages_applied", int), ("cpu_s", _NUMBER)),
+    MsgType.PASS_END: (("pass", int), ("cpu_s", _NUMBER)),  # not pages_applied: the source has no use for it
     MsgType.RESUMED: (("digest", str), ("storage_token", str), ("final_pages_s", _NUMBER),
                       ("digest_check_s", _NUMBER), ("resume_s", _NUMBER), ("disk_digest", (str, type(None))),
                       ("disk_sync_s", _NUMBER)),
@@ -213,11 +216,21 @@ class DestinationProtocol(_Engine):
 
     @staticmethod
     def check_hello(frames):
-        """The HELLO or CHECK in `frames`; RemoteProtocolError if they are anything else (no state changes)."""
+        """The HELLO or CHECK in `frames`; RemoteProtocolError if they are anything else (no state changes).
+
+        A body of this protocol version holds its type's keys and no other; one of another version is
+        refused for its version (receiver.judge), whatever else it holds."""
         message = Decoder().decode(frames)
-        if message.type not in (MsgType.HELLO, MsgType.CHECK):
+        if message.type not in _OPENING_KEYS:
             raise RemoteProtocolError("type", f"got {message.type.name}, expected HELLO or CHECK: no migration "
                                               "in progress")
+        version = message.body.get("protocol")
+        if type(version) is int and version == VERSION:
+            known = _OPENING_KEYS[message.type]
+            for key in message.body:
+                if key not in known:
+                    raise RemoteProtocolError(f"body.{key:.64}", f"not a key of a {message.type.name} body "
+                                                                 f"(those are {', '.join(known)})")
         return message
 
     @_failing

@@ -28,6 +28,7 @@ def default_batch_pages(page_size):
 
 
 DEFAULT_BATCH_PAGES = default_batch_pages(4096)  # 1024, for the default page size
+MIN_TIMEOUT_S = 0.001  # ZeroMQ's send timeout and heartbeats count whole milliseconds (emulator.transport)
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
 
 
@@ -93,7 +94,7 @@ class MigrationOptions:
     bucket rate (None = unlimited); link_bytes_per_s: the link's speed, where
     the cap was given as a share of it (None = not known); device_state_bytes:
     size of the vCPU and device state blob sent in the blackout; timeout_s:
-    longest wait for the peer on any receive; blackout_warning_s: a longer
+    longest wait for the peer on any receive (at least MIN_TIMEOUT_S); blackout_warning_s: a longer
     blackout is a warning event (None: twice the downtime limit; never past
     63 s, see emulator.events); policy: when to switch over (see emulator.policy).
     storage: "shared" (both hosts see the guest's disk: its handover is a token) or
@@ -143,7 +144,7 @@ class MigrationOptions:
         "max_bandwidth_bytes_per_s": fields.optional(fields.real(0, above=True), "unlimited"),
         "link_bytes_per_s": fields.optional(fields.real(0, above=True, below=True), "not known"),
         "device_state_bytes": fields.size(0, 64 << 20),
-        "timeout_s": fields.real(0, above=True, below=True),
+        "timeout_s": fields.real(MIN_TIMEOUT_S, below=True),
         "blackout_warning_s": fields.optional(fields.real(0, above=True, below=True), "twice the downtime limit"),
         "verify": fields.one_of(VERIFY_MODES),
         "auto_converge": fields.flag,

@@ -34,13 +34,15 @@ SLICE_S = 0.0005  # longest time a writer spends in one kernel call: bounds paus
 MIN_BATCH = 16
 MAX_BATCH = 1 << 20
 MAX_VCPUS = 1024  # writer threads one guest may ask for
+MAX_RATE_PAGES_PER_S = 1e9  # a paced rate above this is no pace a writer keeps: ask for "max" (unpaced)
 
 
 @dataclass(frozen=True)
 class WorkloadSpec:
     """What the guest's vCPUs do.
 
-    rate_pages_per_s: page writes per second over all vCPUs; 0 = idle, math.inf = unpaced.
+    rate_pages_per_s: page writes per second over all vCPUs, at most MAX_RATE_PAGES_PER_S; 0 = idle,
+    math.inf = unpaced.
     pattern: uniform, hotset, sequential or zipf; write_size: bytes per write.
     hot_fraction, hot_share: hotset (share of pages, share of writes); stride: sequential
     step in pages; zipf_s: zipf exponent; seed: the writers' RNG seed.
@@ -58,7 +60,7 @@ class WorkloadSpec:
 
     RULES: ClassVar[dict] = {
         "vcpus": fields.whole(1, MAX_VCPUS),
-        "rate_pages_per_s": fields.real(0),  # inf = unpaced
+        "rate_pages_per_s": fields.unbounded(fields.real(0, MAX_RATE_PAGES_PER_S), "unpaced"),
         "pattern": fields.one_of(PATTERNS),
         "write_size": fields.whole(8, multiple_of=8),
         "hot_fraction": fields.real(0, 1, above=True),

@@ -6,7 +6,9 @@ migration afterwards still succeeds.
 """
 
 import dataclasses
+import hashlib
 import json
+import re
 import signal
 import time
 
@@ -15,10 +17,10 @@ import zmq
 
 from emulator import protocol
 from emulator.disk import DiskSpec
-from emulator.guest import GuestSpec
+from emulator.guest import GuestMemory, GuestSpec
 from emulator.migration import run_source
 from emulator.protocol import Codec, Flags, MsgType
-from emulator.scenario import MigrationOptions, Scenario
+from emulator.scenario import GuestConfig, MigrationOptions, Scenario
 from emulator.workload import WorkloadSpec
 from tests.cli_process import PrecopyProcess
 
@@ -253,3 +255,92 @@ def test_a_source_that_floods_its_hosted_migration_is_ended_and_the_server_still
         receiver.signal(signal.SIGTERM)
         status, _, err = receiver.finish()
     assert time.monotonic() - started < 2 and "Traceback" not in err, err[-2000:]
+
+
+NO_MIGRATION = "protocol error: type: got ABORT, expected HELLO or CHECK: no migration in progress"
+
+
+def _reply(sock):
+    assert sock.poll(10000), "no answer"
+    return protocol.Decoder().decode(sock.recv_multipart())
+
+
+def test_a_serving_receiver_answers_a_strangers_abort_and_keeps_a_guest_resumed_before_a_late_abort(context):
+    """A source written from docs/protocol.md: two zero pages, one pass, then the blackout. Its ABORT after
+    ANNOUNCE comes too late: the guest stays resumed, and the server answers the ABORT as a stranger's."""
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--capacity", "64MiB",
+                              "--timeout", "3s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+        stranger = peer(context, endpoint)
+        stranger.send_multipart(protocol.encode_control(MsgType.ABORT, 0, 0, {"reason": "who are you"}))
+        answer = _reply(stranger)
+        assert (answer.type, answer.seq, answer.body) == (MsgType.ABORT, 0, {"reason": NO_MIGRATION})
+
+        scenario = Scenario(GuestSpec(2 * 4096, fill="zero"), WorkloadSpec(), MigrationOptions(device_state_bytes=0),
+                            GuestConfig(cpu=None))
+        source = peer(context, endpoint, ROUTING_ID=b"late-source")
+        source.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
+            "protocol": protocol.VERSION, "session": "late", "scenario": scenario.to_dict()}))
+        accept = _reply(source)
+        while accept.type == MsgType.HEARTBEAT:
+            accept = _reply(source)
+        assert accept.type == MsgType.ACCEPT, accept.body
+        data = context.socket(zmq.PUSH)
+        data.setsockopt(zmq.LINGER, 0)
+        data.connect(f"tcp://127.0.0.1:{accept.body['data'][0]}")
+        data.send_multipart(protocol.encode_zero_pages(0, 0, [[0, 2]], 4096, Flags.RUNS))
+        source.send_multipart(protocol.encode_control(MsgType.PASS_END, 1, 0, {"pass": 0, "messages": [1], "pages": 2,
+                                                                               "blocks": 0}))
+        assert _reply(source).type == MsgType.PASS_END
+        zero_digest = GuestMemory.blank(scenario.guest).digest()
+        for frames in (protocol.encode_control(MsgType.SWITCHOVER, 2, 1, {"pass": 1, "reason": "max-passes"}),
+                       protocol.encode_device_state(3, 1, b""),
+                       protocol.encode_control(MsgType.COMPLETE, 4, 1, {
+                           "pass": 1, "messages": [0], "pages": 0, "blocks": 0, "digest": zero_digest,
+                           "disk_digest": None, "device_state_digest": hashlib.blake2b(b"", digest_size=16).hexdigest(),
+                           "storage_token": "late"})):
+            source.send_multipart(frames)
+        assert [_reply(source).type for _ in range(2)] == [MsgType.RESUMED, MsgType.ANNOUNCE]
+        receiver.wait_for(re.compile("---- ready for the next source"))
+
+        source.send_multipart(protocol.encode_control(MsgType.ABORT, 5, 1, {"reason": "changed my mind"}))
+        answer = _reply(source)
+        assert (answer.type, answer.seq, answer.body) == (MsgType.ABORT, 0, {"reason": NO_MIGRATION})
+        data.close()
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [outcome["status"] for outcome in outcomes] == ["completed"], outcomes  # the late ABORT changed nothing
+    assert "Traceback" not in err
+
+
+def test_a_serving_receiver_refuses_a_key_a_rate_and_a_timeout_past_their_bounds_naming_each(context):
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--capacity", "64MiB",
+                              "--timeout", "2s", "--json")
+    try:
+        endpoint = receiver.wait_listening()
+
+        def answer(scenario, **body):
+            sock = peer(context, endpoint)
+            sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
+                "protocol": protocol.VERSION, "session": "x", "scenario": scenario, **body}))
+            reply = _reply(sock)
+            sock.close()
+            return reply.type, reply.body["reason"]
+
+        assert answer(SMALL.to_dict(), extra=1) == (MsgType.ABORT, "protocol error: body.extra: not a key of a "
+                                                                   "HELLO body (those are protocol, session, scenario)")
+        for part, name, value, expected in (
+                ("workload", "rate_pages_per_s", 1e300, "rate_pages_per_s must be a number in [0, 1e+09], got 1e+300 "
+                                                        "(or max: unpaced)"),
+                ("migration", "timeout_s", 1e-9, "timeout_s must be a number >= 0.001 and finite, got 1e-09")):
+            scenario = SMALL.to_dict()
+            scenario[part][name] = value
+            kind, reason = answer(scenario)
+            assert kind == MsgType.REFUSE and reason.startswith(f"invalid scenario: {expected}: "), reason
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    assert "Traceback" not in err
