@@ -101,27 +101,25 @@ def one_of(choices):
     return rule
 
 
-def unbounded(rule, meaning):
-    """math.inf ("max" on the wire and the command line: `meaning`, as "unpaced"), or what `rule` accepts."""
-    def unbounded_rule(value):
-        if _is_number(value) and value == math.inf:
+def _or_else(rule, is_special, word, meaning):
+    """A rule that takes what is_special(value) says is the special value (written `word`, which means
+    `meaning`), or what `rule` accepts; its error says both."""
+    def either_rule(value):
+        if is_special(value):
             return value
         try:
             return rule(value)
         except ValueError as error:
-            raise ValueError(f"{error} (or max: {meaning})") from None
+            raise ValueError(f"{error} (or {word}: {meaning})") from None
 
-    return unbounded_rule
+    return either_rule
+
+
+def unbounded(rule, meaning):
+    """math.inf ("max" on the wire and the command line: `meaning`, as "unpaced"), or what `rule` accepts."""
+    return _or_else(rule, lambda value: _is_number(value) and value == math.inf, "max", meaning)
 
 
 def optional(rule, meaning):
     """None (which means `meaning`, as "no limit"), or what `rule` accepts."""
-    def optional_rule(value):
-        if value is None:
-            return value
-        try:
-            return rule(value)
-        except ValueError as error:
-            raise ValueError(f"{error} (or none: {meaning})") from None
-
-    return optional_rule
+    return _or_else(rule, lambda value: value is None, "none", meaning)
