@@ -117,7 +117,7 @@ def format_status(status):
     lines = [f"phase        {status['phase']} after {format_duration(status['elapsed_s'])}, pass {status['pass']} "
              f"({format_bytes(status['pass_pages_sent'] * page)} of it sent)",
              f"transferred  {format_bytes(status['transferred_bytes'])} on the wire",
-             f"remaining    {format_bytes(status['remaining_pages'] * page)} dirty "
+             f"remaining    {format_bytes(status['remaining_pages'] * page)} to send "
              f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)"]
     if status["disk_remaining_bytes"] is not None:  # a mirrored disk
         lines.append(f"disk         {format_bytes(status['disk_remaining_bytes'])} dirty of "

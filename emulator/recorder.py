@@ -68,6 +68,8 @@ class Recorder:
             setup_s=total_s if setup_s is None else setup_s, total_s=total_s, expected_downtime_s=expected_downtime_s,
             unrecorded_wire_bytes=unrecorded.wire_bytes if unrecorded else 0,
             unrecorded_disk_wire_bytes=unrecorded.disk_wire_bytes if unrecorded else 0,
+            unrecorded_pages=unrecorded.pages if unrecorded else 0,
+            unrecorded_zero_pages=unrecorded.zero_pages if unrecorded else 0,
             disk=disk and disk.image.spec, xbzrle_cache=xbzrle_cache, postcopy=self.postcopy,
         )
         return Report(

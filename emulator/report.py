@@ -468,6 +468,8 @@ def summarize(
     dirty_sync_count: int | None = None,
     unrecorded_wire_bytes: int = 0,
     unrecorded_disk_wire_bytes: int = 0,
+    unrecorded_pages: int = 0,
+    unrecorded_zero_pages: int = 0,
     disk: Any = None,
     xbzrle_cache: dict[str, Any] | None = None,
     postcopy: Postcopy | None = None,
@@ -520,8 +522,9 @@ def summarize(
     ============================ ========================================================
 
     Device state is not RAM: it is in the blackout record, not in ``ram.transferred``.
-    unrecorded_wire_bytes, unrecorded_disk_wire_bytes: what a pass cut short by a failure
-    sent before it ended (no record holds it): counted in transferred and precopy-bytes.
+    unrecorded_wire_bytes, unrecorded_disk_wire_bytes, unrecorded_pages, unrecorded_zero_pages:
+    what a pass cut short by a failure sent before it ended (no record holds it): counted in
+    transferred and precopy-bytes, and its pages in normal and duplicate.
     disk: the mirrored disk's DiskSpec (emulator.disk), or None: no "disk" key.
     xbzrle_cache: QEMU's xbzrle-cache figures (cache-size, bytes, pages, cache-miss,
     cache-miss-rate, encoding-rate, overflow), or None: no "xbzrle-cache" key.
@@ -543,8 +546,8 @@ def summarize(
         (postcopy.missing_pages, postcopy.zero_pages, postcopy.wire_bytes) if postcopy else (0, 0, 0))
     precopy_wire_bytes = sum(p.wire_bytes for p in passes) + unrecorded_wire_bytes
     transferred = precopy_wire_bytes + downtime_wire_bytes + postcopy_wire_bytes
-    pages_sent = sum(p.pages_sent for p in passes) + final_pages + postcopy_pages
-    duplicate = sum(p.zero_pages for p in passes) + final_zero_pages + postcopy_zero_pages
+    pages_sent = sum(p.pages_sent for p in passes) + final_pages + postcopy_pages + unrecorded_pages
+    duplicate = sum(p.zero_pages for p in passes) + final_zero_pages + postcopy_zero_pages + unrecorded_zero_pages
     normal = pages_sent - duplicate
     guest_bytes = pages_sent * page_size
 

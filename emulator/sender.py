@@ -36,7 +36,7 @@ from emulator.ratelimit import make_limiter
 from emulator.recorder import Recorder
 from emulator.report import ParameterChange, format_parameter
 from emulator.streams import DiskStream, Stream
-from kernels import xbzrle
+from kernels import bitmap, xbzrle
 
 CONTROL_CHECK_S = 0.1  # while it sends, the source looks for an ABORT (or a closed connection) this often
 
@@ -199,7 +199,7 @@ class Source:
             "elapsed_s": record.timeline.now() if record else 0.0, "pass": self.protocol.pass_no,
             "pass_pages_sent": counter.pages if counter else 0, "page_size": self.guest.page_size,
             "total_pages": self.guest.n_pages,
-            "remaining_pages": self.backlog.unsent_pages() if self.live_postcopy else self.guest.dirty_count(),
+            "remaining_pages": self._remaining_pages(counter),
             "transferred_bytes": sum(p.wire_bytes + p.disk_wire_bytes for p in passes)
             + (counter.wire_bytes + counter.disk_wire_bytes if counter else 0),
             "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
@@ -209,6 +209,16 @@ class Source:
             "disk_remaining_bytes": self.disk.remaining_bytes() if self.disk else None,
             "disk_bytes": self.disk.image.spec.size_bytes if self.disk else None,
         }
+
+    def _remaining_pages(self, counter):
+        """Pages left to send: in post-copy the backlog's; in pass 0 those not sent yet (it sends in ascending
+        order) and those dirtied again among the sent; later, the dirty ones."""
+        if self.live_postcopy:
+            return self.backlog.unsent_pages()
+        if counter is None or self.paused or self.record.passes:  # not in pass 0
+            return self.guest.dirty_count()
+        sent = min(counter.pages, self.guest.n_pages)
+        return self.guest.n_pages - sent + bitmap.count_dirty(self.guest.dirty[: sent // bitmap.WORD_BITS])
 
     def change(self, name, value):
         """Make `name` (emulator.control.SETTABLE, value checked) `value`, from the next data message on."""

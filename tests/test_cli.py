@@ -583,7 +583,7 @@ def test_status_text_names_the_phase_pass_bytes_and_parameters():
     assert text.splitlines() == [
         "phase        precopy after 2.50 s, pass 1 (1.00 MiB of it sent)",
         "transferred  5.00 MiB on the wire",
-        "remaining    512 KiB dirty (128 of 1,024 pages)",
+        "remaining    512 KiB to send (128 of 1,024 pages)",
         "last pass    200 MB/s, 5,000 page writes/s",
         "parameters   downtime limit 300 ms, bandwidth cap unlimited",
     ]

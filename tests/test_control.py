@@ -4,15 +4,21 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from emulator import control
 from emulator.cli import main
-from emulator.guest import GuestSpec
 from emulator.children import migrate
+from emulator.guest import GuestMemory, GuestSpec
+from emulator.recorder import Recorder
 from emulator.report import format_summary
 from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.sender import Source
+from emulator.streams import PassCount
+from emulator.workload import Workload, WorkloadSpec
+from kernels import bitmap
+from tests.fakelink import link_pair
 
 
 class FakeSource:
@@ -105,3 +111,16 @@ def test_a_migration_runs_without_a_control_socket_where_none_can_be_made(tmp_pa
     server.close()  # nothing was bound, nothing to remove
     report = migrate(Scenario(GuestSpec(4 << 20), WorkloadSpec(rate_pages_per_s=0), MigrationOptions(codec="raw")))
     assert report.status == "completed"
+
+
+def test_status_in_pass_0_counts_the_pages_not_yet_sent_as_remaining():
+
+    s = Scenario(GuestSpec(1024 * 4096), WorkloadSpec(rate_pages_per_s=0))
+    guest = GuestMemory(s.guest)
+    source = Source(s, guest, Workload(guest, s.workload), link_pair()[0])
+    source.record = Recorder(source.clock, source.progress)
+    counter = source.record.unrecorded = PassCount()
+    counter.pages = 640  # pass 0 has sent pages 0-639
+    guest.harvest()
+    bitmap.mark_dirty(guest.dirty, np.array([3, 5, 700], dtype=np.int64))  # two sent pages written again, one unsent
+    assert source.status()["remaining_pages"] == 1024 - 640 + 2

@@ -431,3 +431,12 @@ def test_a_guest_lost_in_post_copy_is_a_status_of_its_own_and_a_schema_3_report_
     data["schema"] = 3
     del data["postcopy"]
     assert Report.from_json(json.dumps(data)).postcopy is None
+
+
+def test_a_pass_cut_short_counts_its_pages_as_far_as_they_got():
+    # a run cancelled in pass 0 after 10 pages (2 of them zero) in 20,000 wire bytes: no record holds them
+    summary = summarize([], None, status="cancelled", page_size=PAGE_SIZE, total_pages=TOTAL_PAGES, setup_s=0.5,
+                        total_s=1.0, unrecorded_wire_bytes=20_000, unrecorded_pages=10, unrecorded_zero_pages=2)
+    assert (summary["ram"]["normal"], summary["ram"]["duplicate"]) == (8, 2)
+    assert summary["ram"]["transferred"] == 20_000
+    assert summary["compression-ratio"] == 10 * PAGE_SIZE / 20_000
