@@ -22,6 +22,8 @@ byte than the wait they save).
 import threading
 import uuid
 
+import numpy as np
+
 from emulator import events, policy, postcopy, protocol
 from emulator.errors import Mismatch
 from emulator.report import Blackout, Interval, PassRecord, Postcopy
@@ -30,6 +32,7 @@ from emulator.threads import CpuMeter
 from emulator.units import format_count, format_rate
 
 POSTCOPY_PUSH_S = 0.002  # a post-copy push message on a capped link: what it carries in this time
+MISSING_BYTES_PER_PAGE = np.dtype(protocol.PAGE_NUMBER_DTYPE).itemsize
 
 
 def switch_over(source, opening, send_before_device_state, closing):
@@ -136,7 +139,11 @@ class Precopy:
                 memory_fitted = remaining * source.guest.page_size <= decision.threshold_bytes
             source.record.passes.append(record)
             source.record.unrecorded = None
-            source.expected_downtime_s = policy.expected_downtime_s(remaining * source.guest.page_size, bandwidth)
+            # what the blackout will send: the dirty pages; in post-copy the device state and the list of missing
+            # pages (MISSING: a page number each, at most)
+            blackout_bytes = source.options.device_state_bytes + remaining * MISSING_BYTES_PER_PAGE \
+                if decision.action == "postcopy" else remaining * source.guest.page_size
+            source.expected_downtime_s = policy.expected_downtime_s(blackout_bytes, bandwidth)
             self._tell_pass(record, decision)
             if decision.action != "continue":
                 source.decision = decision

@@ -762,6 +762,11 @@ def format_summary(report: Report) -> str:
             f" digest check {format_duration(b.digest_check_s)},"
             f" resume {format_duration(b.resume_s)}",
         ]
+    cache = summary.get("xbzrle-cache") if summary else None
+    if cache is not None:
+        lines.append(f"xbzrle       {cache['pages']:,} pages as deltas ({format_bytes(cache['bytes'])}), cache "
+                     f"{format_bytes(cache['cache-size'])}, {cache['cache-miss-rate']:.0%} misses, encoding rate "
+                     f"{cache['encoding-rate']:.1f}, {cache['overflow']:,} overflows")
     if report.postcopy is not None:
         pc = report.postcopy
         lines += [

@@ -305,3 +305,16 @@ def test_a_vcpu_waits_for_its_page_asks_once_and_wakes_when_it_arrives():
     with pytest.raises(RemoteProtocolError, match="page 70 arrived in post-copy but is not missing"):
         faults.check_missing(np.array([5, 70], dtype=np.uint32))
     faults.check_missing(np.array([5], dtype=np.uint32))
+
+
+def test_post_copy_expects_the_downtime_of_what_its_blackout_sends():
+    # after one pass, flat out: pre-copy's expectation (every dirty page) would be far above what post-copy's
+    # blackout sends, the device state and one page number per missing page
+    s = scenario(postcopy_after_passes=1, device_state_bytes=256 << 10)
+    report, outcome, guest, destination = run_pair(s, *link_pair())
+    assert report.status == "completed" and report.postcopy is not None, report.reason
+    first = report.passes[0]
+    bandwidth = first.bytes_sent / first.duration_s
+    expected_s = (s.migration.device_state_bytes + first.remaining_pages * 4) / bandwidth
+    assert report.summary["expected-downtime"] == pytest.approx(expected_s * 1e3)
+    assert expected_s < first.remaining_pages * PAGE / bandwidth / 10

@@ -440,3 +440,11 @@ def test_a_pass_cut_short_counts_its_pages_as_far_as_they_got():
     assert (summary["ram"]["normal"], summary["ram"]["duplicate"]) == (8, 2)
     assert summary["ram"]["transferred"] == 20_000
     assert summary["compression-ratio"] == 10 * PAGE_SIZE / 20_000
+
+
+def test_format_summary_gives_qemus_xbzrle_cache_figures():
+    report = make_report()
+    report.summary["xbzrle-cache"] = {"cache-size": 64 << 20, "bytes": 3 << 20, "pages": 12_000, "cache-miss": 300,
+                                      "cache-miss-rate": 0.024, "encoding-rate": 15.6, "overflow": 7}
+    assert ("xbzrle       12,000 pages as deltas (3.00 MiB), cache 64.0 MiB, 2% misses, encoding rate 15.6, "
+            "7 overflows") in format_summary(report).splitlines()
