@@ -157,7 +157,9 @@ class Precopy:
     def _tell_pass(self, record, decision):
         source = self.source
         source.progress.pass_done(record, source.guest.page_size, source.guest.n_pages)
-        if record.pass_no == 0:
+        capped_all_along = not any(change.name == "max_bandwidth_bytes_per_s" and change.pass_no == 0
+                                   for change in source.record.parameter_changes)
+        if record.pass_no == 0 and capped_all_along:  # a cap set mid-pass: no rate to hold the pass against
             held_back = events.cpu_bound(record, source.limiter.rate_bytes_per_s)
             if held_back:  # pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link
                 source.progress.message(f"{held_back}: this machine's CPU, not the cap, set the pace")

@@ -313,3 +313,23 @@ def test_post_copy_replaces_every_end_of_pre_copy_but_convergence(decision, pass
         assert switched is None
     else:
         assert switched == Decision("postcopy", expected, 1.0, 0.3)
+
+
+def test_a_pass_0_whose_cap_was_changed_during_it_blames_no_cpu():
+    from types import SimpleNamespace
+
+    from emulator.phases import Precopy
+    from emulator.policy import Decision
+    from emulator.report import ParameterChange, PassRecord
+    from tests.engines import Messages
+
+    # 74.6 MB/s against a cap of 200 MB/s set in the middle of the pass: the pass ran under 20 MB/s until then
+    record = PassRecord(pass_no=0, pages_sent=1000, bytes_sent=4_096_000, wire_bytes=4_096_000, zero_pages=0,
+                        duration_s=4_096_000 / 74.6e6, bandwidth_bytes_per_s=74.6e6, remaining_pages=0,
+                        dirty_pages_rate=0.0, threshold_bytes=0.0, throttle_pct=0)
+    for changes, blamed in (([], True), ([ParameterChange(0.1, 0, "max_bandwidth_bytes_per_s", 200e6)], False)):
+        source = SimpleNamespace(guest=SimpleNamespace(page_size=4096, n_pages=1000), progress=Messages(),
+                                 limiter=SimpleNamespace(rate_bytes_per_s=200e6),
+                                 record=SimpleNamespace(parameter_changes=changes))
+        Precopy(source)._tell_pass(record, Decision("continue", None, 0.0, 0.3))
+        assert any("this machine's CPU, not the cap" in text for text in source.progress.texts) == blamed
