@@ -41,8 +41,7 @@ def _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir):
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or sockets
     parent_end, child_end = context.Pipe()
     child = context.Process(target=_receiver_child, name="precopy-receiver", daemon=True,
-                            args=(child_end, capacity_bytes, scenario.migration.timeout_s, scenario.guest,
-                                  scenario.migration.channels, disk_dir))
+                            args=(child_end, capacity_bytes, scenario, disk_dir))
     with _ctrl_c_left_to_this_process():
         child.start()
     try:
@@ -64,25 +63,38 @@ def _migrate_here(scenario, progress, capacity_bytes, disk_path, disk_dir):
             child.join()
 
 
-def _receiver_child(connection, capacity_bytes, timeout_s, guest_spec, channels, disk_dir):
+def limits_for(scenario, disk_dir):
+    """What migrate's own receiver allows: a destination's defaults, raised to what `scenario` asks, so a
+    run on one machine is never refused for a limit its user has no option to raise."""
+    defaults = DestinationLimits(disk_dir=disk_dir)
+    options = scenario.migration
+    return dataclasses.replace(
+        defaults, max_vcpus=max(defaults.max_vcpus, scenario.workload.vcpus),
+        max_channels=max(defaults.max_channels, options.channels),
+        max_device_state_bytes=max(defaults.max_device_state_bytes, options.device_state_bytes),
+        max_message_bytes=max(defaults.max_message_bytes, options.batch_pages * scenario.guest.page_size))
+
+
+def _receiver_child(connection, capacity_bytes, scenario, disk_dir):
     """Child process: listen on a free loopback port, report it, serve one migration, report the outcome.
 
-    The memory of the guest that is coming (`guest_spec`) is zeroed on other threads
+    The memory of the guest that is coming (`scenario.guest`) is zeroed on other threads
     meanwhile, while this one warms up and the source fills its guest, if it fits
     the capacity (else HELLO is refused, as it would be). It ignores Ctrl-C (see
     _ctrl_c_left_to_this_process): a cancelled source tells it with ABORT.
     """
     prepared = None
-    if guest_spec.memory_bytes <= (available_memory_bytes() if capacity_bytes is None else capacity_bytes):
+    if scenario.guest.memory_bytes <= (available_memory_bytes() if capacity_bytes is None else capacity_bytes):
         preallocation = ThreadPoolExecutor(1, thread_name_prefix="prealloc")
-        prepared = preallocation.submit(GuestMemory.blank, guest_spec)
+        prepared = preallocation.submit(GuestMemory.blank, scenario.guest)
         preallocation.shutdown(wait=False)
     ready_to_move_pages()
-    link = DestinationLink("tcp://127.0.0.1:0", timeout_s, max_channels=channels)  # an I/O thread per channel
+    options = scenario.migration
+    link = DestinationLink("tcp://127.0.0.1:0", options.timeout_s, max_channels=options.channels)  # a thread each
     try:
         connection.send(link.endpoint)
         outcome = Destination(link, capacity_bytes=capacity_bytes, prepared=prepared,
-                              limits=DestinationLimits(disk_dir=disk_dir)).run(hello_timeout_s=CHILD_START_TIMEOUT_S)
+                              limits=limits_for(scenario, disk_dir)).run(hello_timeout_s=CHILD_START_TIMEOUT_S)
     finally:
         link.close()
     connection.send(outcome)

@@ -71,9 +71,13 @@ def _socket(context, kind, timeout_s):
     return sock
 
 
+AFFINITY_BITS = 63  # ZMQ_AFFINITY is a 64-bit mask, which pyzmq takes as a signed integer
+
+
 def _pin(sock, index, io_threads):
-    """Give data socket number `index` an I/O thread of its own, round-robin over `io_threads`."""
-    sock.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
+    """Give data socket number `index` an I/O thread of its own, round-robin over `io_threads` (the first
+    AFFINITY_BITS of them)."""
+    sock.setsockopt(zmq.AFFINITY, 1 << (index % min(io_threads, AFFINITY_BITS)))
 
 
 def _send(sock, frames, copy):

@@ -116,3 +116,11 @@ def test_json_stream_gives_interval_events_at_the_interval_and_parses_line_by_li
 def test_json_stream_and_json_are_not_given_together(capsys):
     assert main(["migrate", "--memory", "4MiB", "--json", "--json-stream"]) == 2
     assert "--json-stream: give it or --json, not both" in capsys.readouterr().err
+
+
+def test_migrate_allows_its_own_receiver_what_the_run_asks_beyond_a_destinations_defaults():
+    # 64 channels and 80 vCPUs are above a receive's defaults (16, 64), and migrate has no option to raise them
+    s = Scenario(GuestSpec(256 * 4096, fill="random"), WorkloadSpec(vcpus=80, rate_pages_per_s=800),
+                 MigrationOptions(channels=64, batch_pages=4, timeout_s=10))
+    report = migrate(s)
+    assert report.status == "completed" and report.digests_match, report.reason
