@@ -13,6 +13,8 @@ import shutil
 import tempfile
 import threading
 
+from numba.core import event as numba_events
+
 from emulator.allocator import keep_freed_buffers
 from emulator.batches import warm_up
 from emulator.control import ControlServer
@@ -40,13 +42,28 @@ def ready_to_move_pages(progress=None):
     so the screen does not stay blank meanwhile.
     """
     keep_freed_buffers()
-    warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)
-    warming.start()
-    warming.join(COMPILE_NOTICE_AFTER_S)
-    if warming.is_alive() and progress:
-        progress.message("compiling the data path's kernels (once per machine; Numba caches them)")
-    warming.join()
+    watch = _CompileWatch()
+    with numba_events.install_listener("numba:compile", watch):
+        warming = threading.Thread(target=warm_up, name="warm-up", daemon=True)
+        warming.start()
+        warming.join(COMPILE_NOTICE_AFTER_S)
+        if warming.is_alive() and progress and watch.compiling.is_set():  # slow, but only loading: say nothing
+            progress.message("compiling the data path's kernels (once per machine; Numba caches them)")
+        warming.join()
     warm_up()  # returns at once once cached; if it failed in the thread, it runs again here and its error shows
+
+
+class _CompileWatch(numba_events.Listener):
+    """Hears Numba compile something (a kernel loaded from its cache is not compiled, and says nothing)."""
+
+    def __init__(self):
+        self.compiling = threading.Event()
+
+    def on_start(self, event):
+        self.compiling.set()
+
+    def on_end(self, event):
+        pass
 
 
 @contextlib.contextmanager

@@ -58,3 +58,29 @@ def test_a_warmed_up_process_compiles_nothing_during_a_migration():
              for name, kernel_signatures in found["before"].items() if found["after"][name] != kernel_signatures}
     assert added == {}
     assert found["before"]["kernels.pages._gather"] and found["before"]["kernels.bitmap._harvest"]
+
+
+def test_the_compiling_notice_is_given_only_when_numba_compiles():
+    import time
+
+    import numba
+
+    from emulator import migration
+    from tests.engines import Messages
+
+    def slow_loading():  # a warm-up past the notice's second with every kernel in the cache, as on a busy machine
+        time.sleep(migration.COMPILE_NOTICE_AFTER_S + 0.2)
+
+    def slow_compiling():  # one that compiles something new
+        numba.njit(lambda x: x + 1)(1)
+        slow_loading()
+
+    for warm_up, said in ((slow_loading, []),
+                          (slow_compiling, ["compiling the data path's kernels (once per machine; Numba caches them)"])):
+        messages = Messages()
+        original, migration.warm_up = migration.warm_up, warm_up
+        try:
+            migration.ready_to_move_pages(messages)
+        finally:
+            migration.warm_up = original
+        assert messages.texts == said
