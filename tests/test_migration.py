@@ -79,9 +79,15 @@ def test_cli_dirty_rate_above_the_bandwidth_cap_stalls_and_aborts(capsys):
 
 
 def test_a_slow_warm_up_is_announced_as_compiling(monkeypatch):
+    import numba
+
     from emulator import migration
 
-    monkeypatch.setattr(migration, "warm_up", lambda: time.sleep(migration.COMPILE_NOTICE_AFTER_S + 0.3))
+    def compiling():  # Numba compiles something new, for longer than the notice's second
+        numba.njit(lambda x: x + 1)(1)
+        time.sleep(migration.COMPILE_NOTICE_AFTER_S + 0.3)
+
+    monkeypatch.setattr(migration, "warm_up", compiling)
     said = []
 
     class Progress:
