@@ -20,7 +20,7 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 # role of a thread, from the start of its name: the data plane's names, then ZeroMQ's and Numba's
 ROLES = (
-    ("recv-", "channel"), ("send-", "channel"), ("scan", "scan"), ("encode", "encode"),
+    ("recv-", "channel"), ("scan", "scan"), ("encode", "encode"),
     ("ZMQbg/IO", "zmq-io"), ("ZMQbg", "zmq-other"), ("vcpu", "guest"),
 )
 GUEST_ROLE = "guest"  # the guest's own vCPUs (and a disk's writer, its vcpu0): not the migration's cost
