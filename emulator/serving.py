@@ -187,6 +187,9 @@ class Listener:
                 self._step(SIGNAL_CHECK_S)
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: they are being cancelled already
+        for incoming in self.incoming.values():  # not ended by the deadline: their threads close their own ends
+            self._poller.unregister(incoming.pair)
+            incoming.pair.close(linger=0)
         if self.progress:
             self.progress.message("stopped" if self.cancelled else "stopped; no migration was in progress")
 

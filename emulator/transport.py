@@ -519,7 +519,12 @@ class PeerLink(_DestinationEnd):
         _send(self.pair, frames, copy=True)
 
     def finished(self):
-        """Tell the listener this migration has ended (one empty frame), then close."""
-        self.pair.send(PAIR_FINISHED)
-        self.close_data()
-        self.pair.close(linger=0)
+        """Tell the listener this migration has ended (one empty frame), then close, whatever became of the
+        word: a socket left open would keep the server's context from ever terminating."""
+        try:
+            self.pair.send(PAIR_FINISHED, flags=zmq.DONTWAIT)
+        except zmq.ZMQError:
+            pass  # the listener has stopped waiting for it
+        finally:
+            self.close_data()
+            self.pair.close(linger=0)
