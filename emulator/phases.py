@@ -104,7 +104,7 @@ class Precopy:
         memory_fitted = False  # the memory left after the last pass fitted the budget: the disk held it up
         while True:
             started, cpu = source.clock(), CpuMeter()
-            writes_before = [stream.writes for stream in source.streams]
+            writes_before = {stream: stream.writes for stream in source.streams}
             limited_before = source.workload.limited_s
             counter = source.record.unrecorded = PassCount()  # until a record holds it (a failure may come first)
             for stream in source.streams:  # each harvested just before it is sent
@@ -128,14 +128,15 @@ class Precopy:
                 pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * source.guest.page_size,
                 wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
                 bandwidth_bytes_per_s=(counter.wire_bytes + counter.disk_wire_bytes) / duration_s,
-                remaining_pages=remaining, dirty_pages_rate=(source.workload.writes - writes_before[-1]) / duration_s,
+                remaining_pages=remaining,
+                dirty_pages_rate=(source.memory.writes - writes_before[source.memory]) / duration_s,
                 threshold_bytes=decision.threshold_bytes, downtime_limit_s=decision.downtime_limit_s,
                 throttle_pct=source.workload.throttle_pct,
                 dirty_limit_throttle_s=(source.workload.limited_s - limited_before) / source.scenario.workload.vcpus,
                 source_cpu_s=cpu.lap(), destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
             if source.disk:
-                self._record_disk(record, counter, disk_left, writes_before[0], memory_fitted)
+                self._record_disk(record, counter, disk_left, writes_before[source.disk], memory_fitted)
                 memory_fitted = remaining * source.guest.page_size <= decision.threshold_bytes
             source.record.passes.append(record)
             source.record.unrecorded = None

@@ -169,8 +169,9 @@ class Doorbell:
 
 @dataclass
 class Incoming:
-    """A received message: its channel (CONTROL or a data channel number), frames, sender identity,
-    and on the control socket the sender's address (an IP, or None where the transport has none)."""
+    """What a destination link's recv returns: a control message (channel CONTROL) with its sender's
+    identity and address (an IP, or None where the transport has none), or WAKE with no frames when its
+    doorbell rang. Data messages never come this way: each channel's thread reads its own socket."""
 
     channel: int
     frames: list
