@@ -266,7 +266,9 @@ class SourceLink:
         deadline = time.monotonic() + timeout_s
         while self.refused is None:
             ready = dict(_poll_in_slices(self._waiting[flag].poll, max(0.0, deadline - time.monotonic())))
-            if self.control in ready or self.monitor not in ready:  # a message first: it may say why
+            # a message waiting is read before the monitor's news (it may be the ABORT saying why); room to
+            # send is not: a refused handshake leaves none, whatever the poll said a moment before
+            if self.monitor not in ready or (flag == zmq.POLLIN and self.control in ready):
                 return self.control in ready
             self._heard_from_monitor()
         raise PeerTimeout(self.refused)
