@@ -8,7 +8,7 @@ import argparse
 import sys
 import time
 
-from emulator.units import format_bytes, parse_size
+from emulator.core.units import format_bytes, parse_size
 
 _START = time.monotonic()
 

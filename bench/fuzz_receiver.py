@@ -35,13 +35,13 @@ from pathlib import Path
 import zmq
 
 import emulator
-from emulator import protocol
-from emulator.guest import GuestSpec
-from emulator.protocol import HEADER, MAGIC, MAX_CONTROL_BYTES, VERSION, MsgType, RemoteProtocolError
-from emulator.report import host_info
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.units import format_bytes, parse_size
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import host_info
+from emulator.core.units import format_bytes, parse_size
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import HEADER, MAGIC, MAX_CONTROL_BYTES, VERSION, MsgType, RemoteProtocolError
 
 from arguments import progress, started_at  # bench/, beside this script
 
@@ -482,7 +482,7 @@ class Mutator:
 
 def precopy_command():
     script = Path(sys.executable).with_name("precopy")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "emulator.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "emulator.shell.cli"]
 
 
 def memory_kib(pid):

@@ -17,9 +17,9 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 
-from emulator.guest import FILL_PROFILES, GuestMemory, GuestSpec
-from emulator.units import format_bytes, parse_duration, parse_size
-from emulator.workload import Workload, WorkloadSpec
+from emulator.core.units import format_bytes, parse_duration, parse_size
+from emulator.vm.guest import FILL_PROFILES, GuestMemory, GuestSpec
+from emulator.vm.workload import Workload, WorkloadSpec
 from kernels.writers import PATTERNS
 
 TARGETS_WRITES_PER_S = (1e3, 1e4, 1e5, 1e6, 3e6, 1e7)

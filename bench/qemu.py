@@ -2,7 +2,7 @@
 
 For each case, guest size and repeat, it migrates an idle guest over TCP loopback twice
 in a row: with QEMU (`qemu-system-x86_64`), then with precopy
-(`emulator.children.migrate`, both ends on this machine), and prints, per variant, the
+(`emulator.running.children.migrate`, both ends on this machine), and prints, per variant, the
 median (min-max) guest GB/s, CPU seconds per GiB on each side and the downtime, and the
 precopy/QEMU ratio of each repeat's pair (median over repeats). A run without a figure
 (failed, or missing a total) shows n/a, with a line under its row saying why, and is left
@@ -71,12 +71,12 @@ import tempfile
 import time
 import traceback
 
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.children import migrate
-from emulator.report import host_info
-from emulator.scenario import VERIFY_MODES, MigrationOptions, Scenario
-from emulator.units import format_bytes
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import host_info
+from emulator.core.units import format_bytes
+from emulator.running.children import migrate
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import VERIFY_MODES, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 from arguments import cell, choice_list, progress, repeats, size_list, started_at  # bench/, beside this script
 
@@ -94,7 +94,7 @@ QMP_TIMEOUT_S = 10.0  # the longest wait for one QMP reply
 START_TIMEOUT_S = 60.0  # until QMP answers; the destination preallocates its RAM first
 DESTINATION_DONE_TIMEOUT_S = 30.0  # after the source completed
 STDERR_TAIL_BYTES = 2000
-RECEIVER_NAME = "precopy-receiver"  # the name emulator.migration gives its receiver process
+RECEIVER_NAME = "precopy-receiver"  # the name emulator.running.migration gives its receiver process
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 # QEMU variant -> (multifd channels, 0 = one migration stream; multifd compression, None = none)

@@ -10,8 +10,8 @@ file takes about a minute; the table at the end comes from bench/conftest.py.
 import numpy as np
 import pytest
 
-from emulator import protocol
-from emulator.guest import GuestMemory, GuestSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.wire import protocol
 from kernels import bitmap, pages
 from kernels.writers import PATTERNS, WriterPattern
 

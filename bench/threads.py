@@ -1,6 +1,6 @@
 """Where pass 0's CPU goes, thread by thread, on both ends of a migration on this machine.
 
-Migrates an idle guest (`emulator.children.migrate`, receiver in a child process on
+Migrates an idle guest (`emulator.running.children.migrate`, receiver in a child process on
 TCP loopback) with each channel count, and reads every thread's CPU of both
 processes from /proc at the start of pre-copy and at the end of pass 0. It prints,
 per end, the CPU seconds per GiB of guest of each thread role (control: the main
@@ -24,13 +24,13 @@ import os
 import statistics
 import sys
 
-from emulator.guest import GuestSpec
-from emulator.children import migrate
-from emulator.report import host_info
-from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
-from emulator.threads import cpu_between, role, thread_cpu
-from emulator.units import parse_size
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import host_info
+from emulator.core.units import parse_size
+from emulator.dataplane.threads import cpu_between, role, thread_cpu
+from emulator.running.children import migrate
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 from arguments import progress  # bench/, beside this script
 

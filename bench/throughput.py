@@ -11,7 +11,7 @@ Measures, in order:
 3. the storage a mirrored disk goes through: a file of the disk's size mapped, written
    and synced on this machine's temporary directory (what a destination does to receive
    a disk), and read back from the page cache (what a source does to send one);
-4. pass 0 of precopy migrations with no writer (`emulator.children.migrate`):
+4. pass 0 of precopy migrations with no writer (`emulator.running.children.migrate`):
    guest GB/s, CPU seconds per GiB on each side, peak memory of both processes,
    setup time and downtime; the cases `disk` (a 16 MiB guest with a disk of the size,
    storage mirror) and `mem+disk` (a guest and a disk of the size each) count memory
@@ -41,16 +41,16 @@ import lz4.block
 import numpy as np
 import zmq
 
-from emulator import protocol
-from emulator.allocator import keep_freed_buffers
-from emulator.disk import DiskImage, DiskSpec
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.children import migrate
-from emulator.report import host_info
-from emulator.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
-from emulator.transport import data_hwm
-from emulator.units import format_bytes
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import host_info
+from emulator.core.units import format_bytes
+from emulator.dataplane.transport import data_hwm
+from emulator.running.children import migrate
+from emulator.vm.allocator import keep_freed_buffers
+from emulator.vm.disk import DiskImage, DiskSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import DEFAULT_BATCH_PAGES, VERIFY_MODES, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
 
 from arguments import cell, choice_list, keep_clock, progress, repeats, size_list, started_at  # bench/, beside this script
 

@@ -257,7 +257,7 @@ def split_zero_and_digest(memory, page_size, pages, table):
     """split_zero_pages, and each page's digest replaces its entry of `table` (uint64, one per page).
 
     Returns (zero pages, other pages, sum delta, xor delta): what the table's sum
-    (mod 2**64) and XOR changed by, for a running digest (emulator.digest).
+    (mod 2**64) and XOR changed by, for a running digest (emulator.dataplane.digest).
     """
     page_size = require_page_size(page_size)
     n_pages = require_memory("memory", memory, page_size)
@@ -324,7 +324,7 @@ def _zero_content(page_size):
 def combine_digests(digests):
     """One 128-bit hex digest from per-page digests: their sum and their XOR, 64 bits each.
 
-    Both can be updated in place when one page's digest changes (see emulator.digest),
+    Both can be updated in place when one page's digest changes (see emulator.dataplane.digest),
     so a running digest of memory costs nothing at the end of a migration.
     """
     digests = require_array("digests", digests, np.uint64)

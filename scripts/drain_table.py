@@ -25,7 +25,7 @@ LISTENING = re.compile(r"listening on (tcp://\S+)")
 
 
 def receiver():
-    process = subprocess.Popen([sys.executable, "-m", "emulator.cli", "receive", "--listen", "tcp://127.0.0.1:0",
+    process = subprocess.Popen([sys.executable, "-m", "emulator.shell.cli", "receive", "--listen", "tcp://127.0.0.1:0",
                                 "--serve", "--max-incoming", "4", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     for line in process.stderr:
@@ -50,7 +50,7 @@ def drain(endpoints, guests, k, args):
             command = [sys.executable, os.path.join(os.path.dirname(__file__), "netns_link.py"), "--rate", args.netns,
                        "--drain", "--precopy", precopy, "--receive-option=--max-incoming=8", "--", *options]
         else:
-            command = [sys.executable, "-m", "emulator.cli", "drain", *options, "--max-bandwidth", args.cap]
+            command = [sys.executable, "-m", "emulator.shell.cli", "drain", *options, "--max-bandwidth", args.cap]
             for endpoint in endpoints:
                 command += ["--to", endpoint]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -60,7 +60,7 @@ def drain(endpoints, guests, k, args):
 
 def forecast(guests, k, args):
     """`precopy estimate --guests`'s drain time for this drain, in seconds."""
-    out = subprocess.run([sys.executable, "-m", "emulator.cli", "estimate", "--guests", str(guests), "--max-concurrent",
+    out = subprocess.run([sys.executable, "-m", "emulator.shell.cli", "estimate", "--guests", str(guests), "--max-concurrent",
                           str(k), "--memory", args.memory, "--dirty-rate", args.dirty_rate, "--bandwidth",
                           args.link or args.cap, "--setup-time", args.setup_time, "--json"],
                          check=True, capture_output=True, text=True).stdout

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Write docs/options.md, the reference of every `precopy` option, from the command line's own parser.
 
-The source of truth is `emulator.cli.build_parser()`: its subcommands, their argument groups and
+The source of truth is `emulator.shell.cli.build_parser()`: its subcommands, their argument groups and
 actions (option strings, metavar, choices, default, help). The run options of migrate, send,
 check, drain, estimate and sweep come into that parser from the OPTIONS table of
-emulator/run_options.py, so the reference follows the table too. tests/test_docs.py renders
+emulator/shell/run_options.py, so the reference follows the table too. tests/test_docs.py renders
 the reference in memory and fails when docs/options.md differs:
 
     python scripts/options_reference.py            # rewrite docs/options.md
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from emulator.cli import build_parser
+from emulator.shell.cli import build_parser
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 
@@ -25,8 +25,8 @@ HEADER = """\
 # Option reference
 
 Every option of every `precopy` command, generated from the command line's own parser
-(`build_parser()` in `emulator/cli.py`; the run options of `migrate`, `send`, `check`,
-`drain`, `estimate` and `sweep` come from the `OPTIONS` table in `emulator/run_options.py`)
+(`build_parser()` in `emulator/shell/cli.py`; the run options of `migrate`, `send`, `check`,
+`drain`, `estimate` and `sweep` come from the `OPTIONS` table in `emulator/shell/run_options.py`)
 by `python scripts/options_reference.py`. Do not edit it by hand: `tests/test_docs.py`
 fails when this file and the parser differ. The [guide](guide.md) explains the options in
 context, and how values are written (sizes, rates and durations with their units) is under

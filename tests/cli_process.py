@@ -17,10 +17,10 @@ def as_from_a_terminal():
 
 
 class PrecopyProcess:
-    """`python -m emulator.cli ARGS` in its own process group; stderr is read for its endpoint."""
+    """`python -m emulator.shell.cli ARGS` in its own process group; stderr is read for its endpoint."""
 
     def __init__(self, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "emulator.shell.cli", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True,
                                      preexec_fn=as_from_a_terminal)
 

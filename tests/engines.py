@@ -3,15 +3,15 @@
 import contextlib
 import threading
 
-from emulator.guest import GuestMemory
-from emulator.receiver import Destination, DestinationLimits
-from emulator.sender import Source
-from emulator.workload import Workload
+from emulator.destination.receiver import Destination, DestinationLimits
+from emulator.source.sender import Source
+from emulator.vm.guest import GuestMemory
+from emulator.vm.workload import Workload
 from tests.fakelink import wait_until
 
 
 class Observer:
-    """A progress observer (see emulator.sender.Source) that ignores everything; tests override what they watch."""
+    """A progress observer (see emulator.source.sender.Source) that ignores everything; tests override what they watch."""
 
     def phase(self, name, elapsed_s):
         pass

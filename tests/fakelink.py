@@ -7,7 +7,7 @@ views live guest memory is captured at send time.
 import queue
 import time
 
-from emulator.transport import CONTROL, WAKE, Incoming, PeerTimeout
+from emulator.dataplane.transport import CONTROL, WAKE, Incoming, PeerTimeout
 
 SOURCE_PEER = b"source"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emulator import protocol
+from emulator.wire import protocol
 from kernels import bitmap
 from tests import reference
 

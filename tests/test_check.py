@@ -7,15 +7,16 @@ import time
 import pytest
 import zmq
 
-from emulator import migration, protocol
-from emulator.compat import CpuModel
-from emulator.guest import GuestSpec
-from emulator.protocol import MsgType, RemoteProtocolError
-from emulator.receiver import Destination, DestinationLimits
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.transport import DestinationLink
-from emulator.verdict import MAX_PROBLEMS, Problem, Verdict, refusal
-from emulator.workload import WorkloadSpec
+from emulator.dataplane.transport import DestinationLink
+from emulator.destination.receiver import Destination, DestinationLimits
+from emulator.running import migration
+from emulator.vm.compat import CpuModel
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.verdict import MAX_PROBLEMS, Problem, Verdict, refusal
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import MsgType, RemoteProtocolError
 from tests.cli_process import PrecopyProcess
 
 PAGE = 4096

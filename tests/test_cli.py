@@ -8,14 +8,14 @@ import types
 
 import pytest
 
-from emulator import cli
-from emulator.commands import migrate as migrate_command
-from emulator.commands import receive as receive_command
-from emulator.display import LiveDisplay
-from emulator.policy import PolicyConfig
-from emulator.receiver import DestinationLimits
-from emulator.report import Blackout, DestinationOutcome, Interval, PassRecord, Report, summarize
-from emulator.scenario import MigrationOptions, Scenario
+from emulator.analysis.display import LiveDisplay
+from emulator.analysis.report import Blackout, DestinationOutcome, Interval, PassRecord, Report, summarize
+from emulator.destination.receiver import DestinationLimits
+from emulator.shell import cli
+from emulator.shell.commands import migrate as migrate_command
+from emulator.shell.commands import receive as receive_command
+from emulator.source.policy import PolicyConfig
+from emulator.vm.scenario import MigrationOptions, Scenario
 
 PAGE_SIZE = 4096
 
@@ -221,7 +221,7 @@ def test_receive_help(capsys):
         assert option in out
 
 
-# engine calls (a fake emulator.migration) -------------------------------------------------
+# engine calls (a fake emulator.running.migration) -------------------------------------------------
 def make_report(status="completed", reason=None):
     passes = [
         PassRecord(pass_no=0, pages_sent=256, bytes_sent=256 * PAGE_SIZE, wire_bytes=500_000, zero_pages=100,
@@ -240,7 +240,7 @@ def make_report(status="completed", reason=None):
 
 class FakeEngine(types.ModuleType):
     def __init__(self):
-        super().__init__("emulator.migration")
+        super().__init__("emulator.running.migration")
         self.calls = []
         self.report = make_report()
         self.outcome = DestinationOutcome("completed", digest="abc123")
@@ -517,9 +517,9 @@ def test_keygen_and_key_options(fake_engine, capsys, tmp_path):
 
 
 def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_engine, capsys, monkeypatch):
-    import emulator.receiver
+    import emulator.destination.receiver
 
-    monkeypatch.setattr(emulator.receiver, "available_memory_bytes", lambda: 40 << 30)
+    monkeypatch.setattr(emulator.destination.receiver, "available_memory_bytes", lambda: 40 << 30)
     assert cli.main(["migrate", "--memory", "30GiB", "--quiet"]) == 2  # both ends here: 60 GiB
     assert "--memory: a migration on this machine holds the guest twice" in capsys.readouterr().err
     assert cli.main(["send", "--to", "tcp://h:1", "--memory", "10TiB", "--quiet"]) == 2
@@ -560,7 +560,7 @@ def test_the_start_up_time_is_this_process_age():
     import time
 
     started = time.monotonic()
-    age = float(subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5); from emulator.display import "
+    age = float(subprocess.run([sys.executable, "-c", "import time; time.sleep(0.5); from emulator.analysis.display import "
                                 "process_age_s; print(process_age_s())"], capture_output=True, text=True,
                                check=True).stdout)
     assert 0.5 <= age <= time.monotonic() - started + 0.05
@@ -574,7 +574,7 @@ def test_the_setup_line_says_how_long_start_up_took():
 
 
 def test_status_text_names_the_phase_pass_bytes_and_parameters():
-    from emulator.display import format_status
+    from emulator.analysis.display import format_status
 
     text = format_status({"phase": "precopy", "elapsed_s": 2.5, "pass": 1, "pass_pages_sent": 256, "page_size": 4096,
                           "total_pages": 1024, "remaining_pages": 128, "transferred_bytes": 5 << 20,

@@ -1,4 +1,4 @@
-"""Tests of emulator.codecs: round trips, fallback, corruption, size checks."""
+"""Tests of emulator.dataplane.codecs: round trips, fallback, corruption, size checks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import lz4.block
 import numpy as np
 import pytest
 
-from emulator.codecs import CODEC_NAMES, codec_from_name, codec_name, decode_batch, encode_batch
-from emulator.protocol import Codec, Decoder, Flags, RemoteProtocolError, encode_pages
+from emulator.dataplane.codecs import CODEC_NAMES, codec_from_name, codec_name, decode_batch, encode_batch
+from emulator.wire.protocol import Codec, Decoder, Flags, RemoteProtocolError, encode_pages
 
 PAGE_SIZE = 4096
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from emulator import compat
-from emulator.cli import main
-from emulator.compat import CpuModel
-from emulator.guest import GuestSpec
-from emulator.receiver import DestinationLimits
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.destination.receiver import DestinationLimits
+from emulator.shell.cli import main
+from emulator.vm import compat
+from emulator.vm.compat import CpuModel
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 from tests.engines import run_pair
 from tests.fakelink import link_pair
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.workload import Workload, WorkloadSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.workload import Workload, WorkloadSpec
 from kernels import pages
 
 PAGE = 4096

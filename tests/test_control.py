@@ -7,16 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from emulator import control
-from emulator.cli import main
-from emulator.children import migrate
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.recorder import Recorder
-from emulator.report import format_summary
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.sender import Source
-from emulator.streams import PassCount
-from emulator.workload import Workload, WorkloadSpec
+from emulator.analysis.report import format_summary
+from emulator.running import control
+from emulator.running.children import migrate
+from emulator.shell.cli import main
+from emulator.source.recorder import Recorder
+from emulator.source.sender import Source
+from emulator.source.streams import PassCount
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
 from kernels import bitmap
 from tests.fakelink import link_pair
 

@@ -6,17 +6,17 @@ import threading
 import numpy as np
 import pytest
 
-from emulator import protocol
-from emulator.batches import Batch
-from emulator.digest import RunningDigest
-from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.protocol import Flags, MsgType
-from emulator.protocol_engines import DestinationProtocol, PassComplete, SourceProtocol
-from emulator.receiver import Destination
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.transport import DestinationLink, SourceLink
-from emulator.workload import WorkloadSpec
+from emulator.dataplane.batches import Batch
+from emulator.dataplane.digest import RunningDigest
+from emulator.dataplane.transport import DestinationLink, SourceLink
+from emulator.destination.receiver import Destination
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import Flags, MsgType
+from emulator.wire.protocol_engines import DestinationProtocol, PassComplete, SourceProtocol
 from kernels import pages
 from tests.engines import run_pair
 from tests.fakelink import link_pair, wait_until

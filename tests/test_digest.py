@@ -1,6 +1,6 @@
 import numpy as np
 
-from emulator.digest import RunningDigest
+from emulator.dataplane.digest import RunningDigest
 from kernels import pages
 
 PAGE = 4096

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from emulator.disk import DiskError, DiskImage, DiskSpec, disk_problems, free_bytes
-from emulator.guest import MAX_PAGES, GuestMemory, GuestSpec
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import Workload, WorkloadSpec
+from emulator.vm.disk import DiskError, DiskImage, DiskSpec, disk_problems, free_bytes
+from emulator.vm.guest import MAX_PAGES, GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
 
 PAGE = 4096
 BLOCK = 16 << 10

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from emulator import run_options
-from emulator.cli import UsageError, build_parser
+from emulator.shell import run_options
+from emulator.shell.cli import UsageError, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -11,10 +11,10 @@ import time
 import pytest
 
 import emulator
-from emulator import children, control, drain, migration
-from emulator.cli import main
-from emulator.disk import DiskImage
-from emulator.drain import Drain, DrainOptions, ordered
+from emulator.running import children, control, drain, migration
+from emulator.running.drain import Drain, DrainOptions, ordered
+from emulator.shell.cli import main
+from emulator.vm.disk import DiskImage
 from tests.cli_process import PrecopyProcess
 
 MIB = 1 << 20
@@ -155,7 +155,7 @@ class _Terminal(io.StringIO):
 
 
 def test_the_board_redraws_a_line_per_guest_in_place_on_a_terminal_only():
-    from emulator.display import DrainBoard
+    from emulator.analysis.display import DrainBoard
 
     terminal = _Terminal()
     board = DrainBoard(terminal)
@@ -174,7 +174,7 @@ def test_the_board_redraws_a_line_per_guest_in_place_on_a_terminal_only():
 
 
 def test_a_sweep_drains_with_k_as_an_axis(tmp_path, capsys):
-    from emulator import sweep
+    from emulator.analysis import sweep
 
     argv = ["sweep", "--out", str(tmp_path), "--guests", "2", "--max-concurrent", "1,2", "--memory", "4MiB",
             "--fill", "random", "--codec", "raw", "--dirty-rate", "100", "--max-bandwidth", "20MB/s", "--cpu", "any",

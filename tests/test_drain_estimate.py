@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from emulator.drain_estimate import best, forecast
-from emulator.estimate import DirtyBehaviour, EstimateInputs, working_set
-from emulator.policy import PolicyConfig
+from emulator.analysis.drain_estimate import best, forecast
+from emulator.analysis.estimate import DirtyBehaviour, EstimateInputs, working_set
+from emulator.source.policy import PolicyConfig
 
 MIB = 1 << 20
 LINK = 50e6
@@ -56,7 +56,7 @@ def test_setup_holds_a_slot_but_not_the_link():
 
 
 def test_the_estimate_command_forecasts_a_drain_for_every_k(capsys):
-    from emulator.cli import main
+    from emulator.shell.cli import main
 
     argv = ["estimate", "--guests", "4", "--memory", "32MiB", "--bandwidth", "50MB/s", "--dirty-rate", "500",
             "--max-concurrent", "2", "--setup-time", "100ms"]

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from emulator import protocol
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.policy import DowntimeRamp, PolicyConfig
-from emulator.receiver import DestinationLimits
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import Workload, WorkloadSpec
+from emulator.destination.receiver import DestinationLimits
+from emulator.source.policy import DowntimeRamp, PolicyConfig
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
+from emulator.wire import protocol
 from kernels import pages
 from tests.engines import Messages, run_pair
 from tests.fakelink import link_pair, wait_until
@@ -244,7 +244,7 @@ def test_a_silent_destination_fails_the_source_within_its_timeout():
     source_link, _ = link_pair(timeout_s=0.3)
     guest = GuestMemory(s.guest)
     workload = Workload(guest, s.workload)
-    from emulator.sender import Source
+    from emulator.source.sender import Source
 
     started = time.monotonic()
     with workload:
@@ -257,7 +257,7 @@ def test_a_silent_destination_fails_the_source_within_its_timeout():
 
 
 def test_a_slow_setup_keeps_the_source_waiting_with_heartbeats(monkeypatch):
-    from emulator import receiver
+    from emulator.destination import receiver
 
     allocate = receiver.GuestMemory.blank
 
@@ -333,12 +333,12 @@ def test_a_pass_0_far_below_the_cap_is_said_to_be_cpu_bound(cap, cpu_bound):
 
 
 def test_a_guest_the_destination_cannot_host_is_that_migrations_failure_with_its_real_reason(monkeypatch):
-    import emulator.hosted
+    import emulator.destination.hosted
 
     def broken(guest, spec, faults=None):
         raise ValueError("the writers could not be built")
 
-    monkeypatch.setattr(emulator.hosted, "Workload", broken)  # built while the source hears heartbeats
+    monkeypatch.setattr(emulator.destination.hosted, "Workload", broken)  # built while the source hears heartbeats
     report, outcome, _, destination = run_pair(scenario(memory_pages=64), *link_pair())
     assert outcome.status == "failed" and destination.guest is None
     assert outcome.reason == "the destination failed: ValueError: the writers could not be built"

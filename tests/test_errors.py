@@ -2,8 +2,8 @@
 
 import pytest
 
-from emulator.errors import (Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused,
-                             RemoteProtocolError)
+from emulator.core.errors import (Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused,
+                                  RemoteProtocolError)
 
 
 @pytest.mark.parametrize("error, status, reason, answered", [

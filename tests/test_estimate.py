@@ -6,9 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from emulator import cli
-from emulator.disk import DiskSpec
-from emulator.estimate import (
+from emulator.analysis.estimate import (
     DirtyBehaviour,
     DiskInputs,
     EstimateInputs,
@@ -21,13 +19,15 @@ from emulator.estimate import (
     unmodelled_strategies,
     working_set,
 )
-from emulator.guest import GuestSpec
-from emulator.children import migrate
-from emulator import policy
-from emulator.policy import DowntimeRamp, PolicyConfig
-from emulator.report import PassRecord, Report
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import PassRecord, Report
+from emulator.running.children import migrate
+from emulator.shell import cli
+from emulator.source import policy
+from emulator.source.policy import DowntimeRamp, PolicyConfig
+from emulator.vm.disk import DiskSpec
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 PAGE = 4096
 MIB = 1 << 20

@@ -4,14 +4,14 @@ import math
 
 import pytest
 
-from emulator import events
-from emulator.cli import main
-from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.report import PassRecord, Report
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.transport import DestinationLink, SourceLink
-from emulator.workload import WorkloadSpec
+from emulator.analysis import events
+from emulator.analysis.report import PassRecord, Report
+from emulator.dataplane.transport import DestinationLink, SourceLink
+from emulator.shell.cli import main
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 from tests.engines import Messages, run_pair
 
 MB = 1e6

@@ -18,13 +18,13 @@ import time
 
 import pytest
 
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import run_source
-from emulator.policy import PolicyConfig
-from emulator.receiver import Destination
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.transport import DestinationLink
-from emulator.workload import Workload, WorkloadSpec
+from emulator.dataplane.transport import DestinationLink
+from emulator.destination.receiver import Destination
+from emulator.running.migration import run_source
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess, as_from_a_terminal
 from tests.engines import Observer
 
@@ -144,7 +144,7 @@ def test_ctrl_c_early_in_migrate_ends_both_processes_without_a_traceback(after_s
 
 @pytest.mark.parametrize("after_s", [0.1, 0.2, 0.3])
 def test_ctrl_c_while_the_command_loads_is_a_quiet_cancel(after_s):
-    command = subprocess.Popen([sys.executable, "-c", "import sys; from emulator.launch import main; sys.exit(main())",
+    command = subprocess.Popen([sys.executable, "-c", "import sys; from emulator.shell.launch import main; sys.exit(main())",
                                 "migrate", "--memory", "64MiB"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True, preexec_fn=as_from_a_terminal)
     time.sleep(after_s)  # Python has started; the command line's imports are loading

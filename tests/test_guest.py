@@ -2,7 +2,7 @@ import lz4.block
 import numpy as np
 import pytest
 
-from emulator.guest import GuestMemory, GuestSpec, page_kinds
+from emulator.vm.guest import GuestMemory, GuestSpec, page_kinds
 from kernels import fill, pages
 
 PAGE = 4096

@@ -15,13 +15,13 @@ import time
 import numpy as np
 import zmq
 
-from emulator import protocol
-from emulator.disk import DiskSpec
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import run_source
-from emulator.protocol import Codec, Flags, MsgType
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.running.migration import run_source
+from emulator.vm.disk import DiskSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import Codec, Flags, MsgType
 from tests.cli_process import PrecopyProcess
 
 FRAMES = 300

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from emulator import link_speed
-from emulator.cli import main
-from emulator.report import Report
+from emulator.analysis import link_speed
+from emulator.analysis.report import Report
+from emulator.shell.cli import main
 
 # /proc/net/route's layout: addresses and masks as little-endian hex words
 ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
@@ -72,7 +72,7 @@ def test_a_share_without_a_readable_link_is_refused_before_anything_runs(capsys)
 
 
 def test_a_sweep_takes_a_share_and_the_link_as_keys():
-    from emulator import sweep
+    from emulator.analysis import sweep
 
     (run,) = sweep.expand([{"memory": "8MiB", "max_bandwidth": "10%", "link": "10Gbit/s", "lambda": 0.5}])
     assert run.scenario.migration.max_bandwidth_bytes_per_s == 125e6

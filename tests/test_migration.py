@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from emulator.children import migrate
-from emulator.cli import main
-from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.report import Report
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.transport import DestinationLink, SourceLink
-from emulator.workload import WorkloadSpec
+from emulator.analysis.report import Report
+from emulator.dataplane.transport import DestinationLink, SourceLink
+from emulator.running.children import migrate
+from emulator.shell.cli import main
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 from tests.engines import Messages, run_pair
 
 PAGE = 4096
@@ -81,7 +81,7 @@ def test_cli_dirty_rate_above_the_bandwidth_cap_stalls_and_aborts(capsys):
 def test_a_slow_warm_up_is_announced_as_compiling(monkeypatch):
     import numba
 
-    from emulator import migration
+    from emulator.running import migration
 
     def compiling():  # Numba compiles something new, for longer than the notice's second
         numba.njit(lambda x: x + 1)(1)

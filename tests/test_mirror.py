@@ -11,16 +11,16 @@ import time
 import numpy as np
 import pytest
 
-from emulator import cli
-from emulator.disk import DiskError, DiskImage, DiskSpec
-from emulator.guest import GuestMemory
-from emulator.migration import check, run_source
-from emulator.policy import PolicyConfig
-from emulator.receiver import Destination, DestinationLimits
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.guest import GuestSpec
-from emulator.transport import DestinationLink
-from emulator.workload import Workload, WorkloadSpec
+from emulator.dataplane.transport import DestinationLink
+from emulator.destination.receiver import Destination, DestinationLimits
+from emulator.running.migration import check, run_source
+from emulator.shell import cli
+from emulator.source.policy import PolicyConfig
+from emulator.vm.disk import DiskError, DiskImage, DiskSpec
+from emulator.vm.guest import GuestMemory
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess
 from tests.engines import run_pair
 from tests.test_engines import RecordingGuest

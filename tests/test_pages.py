@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emulator.digest import RunningDigest
+from emulator.dataplane.digest import RunningDigest
 from kernels import pages
 from tests import reference
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from emulator import cli, plot, sweep
-from emulator.estimate import inputs_from_report, working_set
+from emulator.analysis import plot, sweep
+from emulator.analysis.estimate import inputs_from_report, working_set
+from emulator.shell import cli
 from tests.test_sweep import MIB, PAGE, fake_report, one_run, scenario_4mib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +124,7 @@ def test_cli_plot(tmp_path, capsys):
 
 
 def _drain_report():
-    from emulator.drain import DrainOptions, DrainReport, GuestRun
+    from emulator.running.drain import DrainOptions, DrainReport, GuestRun
 
     report = fake_report(scenario_4mib())
     runs = [GuestRun("web", 4 * MIB, "completed", "tcp://127.0.0.1:1", None, 1, 0.0, 0.0, 1.0, 1.1, 1.1, report),
@@ -147,7 +148,7 @@ def test_drain_figure_draws_each_migration_above_the_link():
 
 
 def test_plot_file_knows_a_drain_report_and_it_reads_back(tmp_path):
-    from emulator.drain import DrainReport
+    from emulator.running.drain import DrainReport
 
     report = _drain_report()
     report.write(tmp_path / "drain.json")

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from emulator.policy import (
+from emulator.source.policy import (
     Decision,
     DowntimeRamp,
     PolicyConfig,
@@ -55,7 +55,7 @@ def test_config_validation(kwargs, message):
 
 
 def test_a_peers_zero_downtime_limit_is_refused_by_the_same_rule():
-    from emulator.scenario import Scenario
+    from emulator.vm.scenario import Scenario
 
     data = Scenario().to_dict()  # as HELLO carries it
     data["migration"]["policy"]["downtime_limit_s"] = 0
@@ -232,7 +232,7 @@ def test_throttle_custom_parameters():
 def test_auto_converge_says_the_share_of_time_taken_from_the_vcpus():
     from types import SimpleNamespace
 
-    from emulator.phases import Precopy
+    from emulator.source.phases import Precopy
     from tests.engines import Messages
 
     workload = SimpleNamespace(throttle_pct=0, set_throttle=lambda pct: setattr(workload, "throttle_pct", pct))
@@ -318,9 +318,9 @@ def test_post_copy_replaces_every_end_of_pre_copy_but_convergence(decision, pass
 def test_a_pass_0_whose_cap_was_changed_during_it_blames_no_cpu():
     from types import SimpleNamespace
 
-    from emulator.phases import Precopy
-    from emulator.policy import Decision
-    from emulator.report import ParameterChange, PassRecord
+    from emulator.analysis.report import ParameterChange, PassRecord
+    from emulator.source.phases import Precopy
+    from emulator.source.policy import Decision
     from tests.engines import Messages
 
     # 74.6 MB/s against a cap of 200 MB/s set in the middle of the pass: the pass ran under 20 MB/s until then

@@ -17,17 +17,17 @@ import threading
 import numpy as np
 import pytest
 
-from emulator.batches import BatchEncoder
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.migration import run_source
-from emulator.policy import PolicyConfig
-from emulator.postcopy import Backlog, Faults
-from emulator.protocol import Codec, MsgType, RemoteProtocolError
-from emulator.protocol_engines import SourceProtocol
-from emulator.receiver import Destination, DestinationLimits
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.transport import DestinationLink, SourceLink
-from emulator.workload import Workload, WorkloadSpec
+from emulator.dataplane.batches import BatchEncoder
+from emulator.dataplane.transport import DestinationLink, SourceLink
+from emulator.destination.receiver import Destination, DestinationLimits
+from emulator.running.migration import run_source
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.postcopy import Backlog, Faults
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
+from emulator.wire.protocol import Codec, MsgType, RemoteProtocolError
+from emulator.wire.protocol_engines import SourceProtocol
 from kernels import bitmap
 from kernels.writers import WriterPattern
 from tests.cli_process import PrecopyProcess

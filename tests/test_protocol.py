@@ -1,4 +1,4 @@
-"""Tests of emulator.protocol: round trips, one test per validation rule, fuzzing."""
+"""Tests of emulator.wire.protocol: round trips, one test per validation rule, fuzzing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.protocol import (
+from emulator.wire.protocol import (
     CONTROL_TYPES,
     HEADER,
     HEADER_SIZE,

@@ -3,17 +3,17 @@
 import numpy as np
 import pytest
 
-from emulator import protocol
-from emulator.batches import BatchApplier, BatchEncoder
-from emulator.codecs import encode_batch
-from emulator.disk import DiskImage, DiskSpec
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.protocol import (HEADER, Codec, Decoder, Flags, LocalProtocolError, MsgType, RemoteProtocolError,
-                               encode_pages, encode_zero_pages)
-from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete,
-                                       SourceProtocol, Switchover)
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.dataplane.batches import BatchApplier, BatchEncoder
+from emulator.dataplane.codecs import encode_batch
+from emulator.vm.disk import DiskImage, DiskSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import (HEADER, Codec, Decoder, Flags, LocalProtocolError, MsgType, RemoteProtocolError,
+                                    encode_pages, encode_zero_pages)
+from emulator.wire.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete,
+                                            SourceProtocol, Switchover)
 
 PAGE = 4096
 BLOCK = 16 << 10

@@ -4,14 +4,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from emulator import protocol
-from emulator.guest import GuestSpec
-from emulator.protocol import Flags, LocalProtocolError, MsgType, RemoteProtocolError
-from emulator.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, aborted,
-                                       SourceProtocol, Switchover)
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.states import FAILED
-from emulator.workload import WorkloadSpec
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import Flags, LocalProtocolError, MsgType, RemoteProtocolError
+from emulator.wire.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, aborted,
+                                            SourceProtocol, Switchover)
+from emulator.wire.states import FAILED
 
 PAGE = 4096
 RESUMED_BODY = {"digest": "d", "storage_token": "t", "final_pages_s": 0.01, "digest_check_s": 0.0, "resume_s": 0.001,
@@ -21,7 +21,7 @@ SCENARIO = Scenario(GuestSpec(64 * PAGE), WorkloadSpec(), MigrationOptions(chann
 
 @dataclass
 class ZeroBatch:
-    """A batch (emulator.batches.Batch) of zero pages starting at `first`."""
+    """A batch (emulator.dataplane.batches.Batch) of zero pages starting at `first`."""
     first: int
     kind: MsgType = MsgType.ZERO_PAGES
     flags: Flags = Flags.NONE

@@ -1,7 +1,7 @@
 """DestinationProtocol against a reference model: valid migrations mixed with hostile messages, no sockets.
 
 A hypothesis state machine plays the source and the engine's caller. Valid frames come from a real
-SourceProtocol and emulator.batches.Batch; hostile ones are valid frames mutated (header fields
+SourceProtocol and emulator.dataplane.batches.Batch; hostile ones are valid frames mutated (header fields
 rewritten through protocol.HEADER, bytes flipped, frames cut, added or dropped), messages out of
 order, on the wrong channel, with wrong counts, pages, passes or seqs, page numbers out of range,
 and random bytes. Each goes to the engine and to `Reference`, a plain model written from docs/protocol.md
@@ -36,19 +36,19 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
-from emulator import protocol
-from emulator.batches import Batch
-from emulator.codecs import encode_batch
-from emulator.guest import GuestSpec
-from emulator.protocol import (HEADER, MAGIC, VERSION, Codec, Decoder, Flags, LocalProtocolError, MsgType,
-                               ProtocolError, RemoteProtocolError, encode_control, encode_device_state,
-                               encode_page_list)
-from emulator.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, Heartbeat,
-                                       Missing, PassComplete, PostcopyBegins, PostcopyComplete, SourceAborted,
-                                       SourceProtocol, Switchover)
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.states import DESTINATION, DONE, FAILED, FINAL_STATES, RECV, SEND, TRANSITIONS
-from emulator.workload import WorkloadSpec
+from emulator.dataplane.batches import Batch
+from emulator.dataplane.codecs import encode_batch
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import (HEADER, MAGIC, VERSION, Codec, Decoder, Flags, LocalProtocolError, MsgType,
+                                    ProtocolError, RemoteProtocolError, encode_control, encode_device_state,
+                                    encode_page_list)
+from emulator.wire.protocol_engines import (DataPages, DestinationProtocol, DeviceState, FinalPassComplete, Heartbeat,
+                                            Missing, PassComplete, PostcopyBegins, PostcopyComplete, SourceAborted,
+                                            SourceProtocol, Switchover)
+from emulator.wire.states import DESTINATION, DONE, FAILED, FINAL_STATES, RECV, SEND, TRANSITIONS
 
 PAGE_SIZE = 512  # small frames: the engine never looks inside pages
 CONTROL = "control"  # the channel key of the control socket here
@@ -178,10 +178,10 @@ class Rejected:
 
 
 class Reference:
-    """What a correct destination engine does: docs/protocol.md, the Session table (emulator.states).
+    """What a correct destination engine does: docs/protocol.md, the Session table (emulator.wire.states).
 
     Every method returns the events expected (as `summary` tuples) or Rejected, and moves the model on.
-    Frame validity is emulator.protocol's Decoder (tested in test_protocol.py) with the negotiated limits.
+    Frame validity is emulator.wire.protocol's Decoder (tested in test_protocol.py) with the negotiated limits.
     """
 
     def __init__(self, scenario):

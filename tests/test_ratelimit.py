@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from emulator.ratelimit import (
+from emulator.source.ratelimit import (
     SMB_BANDWIDTH_LIMIT_FACTOR_PCT,
     TokenBucket,
     Unlimited,
@@ -234,7 +234,7 @@ def test_processes_drawing_from_one_shared_balance_hold_one_rate():
     import multiprocessing
     import time
 
-    from emulator.ratelimit import SharedBalance
+    from emulator.source.ratelimit import SharedBalance
 
     context = multiprocessing.get_context("spawn")
     balance, started = SharedBalance(context), context.Event()
@@ -256,7 +256,7 @@ def test_processes_drawing_from_one_shared_balance_hold_one_rate():
 
 
 def test_unlimited_counts_into_a_shared_balance():
-    from emulator.ratelimit import SharedBalance
+    from emulator.source.ratelimit import SharedBalance
 
     balance = SharedBalance()
     make_limiter(None, shared=balance).consume(1000)

@@ -6,7 +6,7 @@ import platform
 import numpy
 import pytest
 
-from emulator.report import (
+from emulator.analysis.report import (
     PHASES,
     SCHEMA_VERSION,
     Blackout,
@@ -20,10 +20,10 @@ from emulator.report import (
     host_info,
     summarize,
 )
-from emulator.guest import GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 PAGE_SIZE = 4096
 TOTAL_PAGES = 1000

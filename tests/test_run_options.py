@@ -5,12 +5,13 @@ import dataclasses
 
 import pytest
 
-from emulator import cli, run_options, sweep
-from emulator.disk import DiskSpec
-from emulator.guest import GuestSpec
-from emulator.run_options import OPTIONS, scenario_from
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.analysis import sweep
+from emulator.shell import cli, run_options
+from emulator.shell.run_options import OPTIONS, scenario_from
+from emulator.vm.disk import DiskSpec
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 DEFAULT = Scenario()
 

@@ -6,11 +6,11 @@ from dataclasses import asdict
 
 import pytest
 
-from emulator import security
-from emulator.guest import GuestSpec
-from emulator.migration import receive, run_source
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.dataplane import security
+from emulator.running.migration import receive, run_source
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 PAGE = 4096
 

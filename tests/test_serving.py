@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 
-from emulator.guest import GuestSpec
-from emulator.migration import check, run_source
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.running.migration import check, run_source
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 from tests.cli_process import PrecopyProcess
 
 PAGE = 4096

@@ -22,16 +22,17 @@ from pathlib import Path
 
 import pytest
 
-from emulator import protocol, run_options
-from emulator.compat import CpuModel
-from emulator.disk import DiskSpec
-from emulator.guest import GuestSpec
-from emulator.policy import DowntimeRamp, PolicyConfig
-from emulator.protocol import MsgType, RemoteProtocolError
-from emulator.protocol_engines import DestinationProtocol, SourceProtocol, stranger_abort
-from emulator.receiver import DestinationLimits, judge
-from emulator.scenario import GuestConfig, MigrationOptions, Scenario
-from emulator.workload import MAX_RATE_PAGES_PER_S, WorkloadSpec
+from emulator.destination.receiver import DestinationLimits, judge
+from emulator.shell import run_options
+from emulator.source.policy import DowntimeRamp, PolicyConfig
+from emulator.vm.compat import CpuModel
+from emulator.vm.disk import DiskSpec
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
+from emulator.vm.workload import MAX_RATE_PAGES_PER_S, WorkloadSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import MsgType, RemoteProtocolError
+from emulator.wire.protocol_engines import DestinationProtocol, SourceProtocol, stranger_abort
 
 DOCUMENT = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 SECTION = "### HELLO and the scenario"

@@ -1,7 +1,7 @@
 import pytest
 
-from emulator.protocol import LocalProtocolError, MsgType, RemoteProtocolError
-from emulator.states import DESTINATION, FAILED, SOURCE, TRANSITIONS, Session
+from emulator.wire.protocol import LocalProtocolError, MsgType, RemoteProtocolError
+from emulator.wire.states import DESTINATION, FAILED, SOURCE, TRANSITIONS, Session
 
 def drive(session, steps):
     for method, msg_type in steps:

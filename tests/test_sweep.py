@@ -5,13 +5,14 @@ import math
 
 import pytest
 
-from emulator import cli, sweep
-from emulator.estimate import DirtyBehaviour, EstimateInputs, working_set
-from emulator.guest import GuestSpec
-from emulator.policy import DowntimeRamp, PolicyConfig
-from emulator.report import Blackout, PassRecord, Phase, Postcopy, Report, summarize
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import WorkloadSpec
+from emulator.analysis import sweep
+from emulator.analysis.estimate import DirtyBehaviour, EstimateInputs, working_set
+from emulator.analysis.report import Blackout, PassRecord, Phase, Postcopy, Report, summarize
+from emulator.shell import cli
+from emulator.source.policy import DowntimeRamp, PolicyConfig
+from emulator.vm.guest import GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import WorkloadSpec
 
 PAGE = 4096
 MIB = 1 << 20
@@ -332,7 +333,7 @@ def test_cli_sweep_whole_number_axes_multiply_the_runs(capsys):
 
 
 def test_every_run_option_of_migrate_is_a_sweep_key_and_an_axis():
-    from emulator import cli
+    from emulator.shell import cli
 
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     run_groups = [group for group in commands["migrate"]._action_groups
@@ -364,7 +365,7 @@ def test_guests_and_k_make_a_run_a_drain_and_are_axes():
 
 
 def test_a_drain_run_is_drained_and_its_row_holds_the_forecast(tmp_path):
-    from emulator.drain import DrainReport, GuestRun
+    from emulator.running.drain import DrainReport, GuestRun
 
     s = scenario_4mib(rate=100.0)
     s = dataclasses.replace(s, migration=dataclasses.replace(s.migration, max_bandwidth_bytes_per_s=8e6))
@@ -388,7 +389,7 @@ def test_a_drain_run_is_drained_and_its_row_holds_the_forecast(tmp_path):
     assert (row["guests"], row["max_concurrent"], row["drain_s"], row["status"]) == (3, 2, 2.0, "completed")
     assert row["worst_blackout_s"] == pytest.approx(0.3) and row["blackout_s"] == pytest.approx(0.2)
     assert row["drain_forecast_error"] == pytest.approx(row["drain_forecast_s"] / 2.0 - 1)
-    from emulator import drain_estimate, estimate
+    from emulator.analysis import drain_estimate, estimate
 
     report = fake_report(guests[0].scenario)  # every fake report moves the same bytes
     ram = report.summary["ram"]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from emulator.threads import CpuMeter, ThreadCpu, cpu_between, migration_cpu_s, name_this_thread, role, thread_cpu
+from emulator.dataplane.threads import CpuMeter, ThreadCpu, cpu_between, migration_cpu_s, name_this_thread, role, thread_cpu
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc")
 

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from emulator import protocol, transport
-from emulator.protocol import MsgType
-from emulator.transport import DestinationLink, PeerTimeout, SourceLink
+from emulator.dataplane import transport
+from emulator.dataplane.transport import DestinationLink, PeerTimeout, SourceLink
+from emulator.wire import protocol
+from emulator.wire.protocol import MsgType
 
 
 class RecordingPoll:

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from emulator.units import (
+from emulator.core.units import (
     compact_size,
     format_bytes,
     format_count,

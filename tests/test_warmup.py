@@ -13,11 +13,11 @@ import sys
 SCRIPT = """
 import json
 from numba.core.dispatcher import Dispatcher
-from emulator.batches import warm_up
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.policy import PolicyConfig
-from emulator.scenario import MigrationOptions, Scenario
-from emulator.workload import Workload, WorkloadSpec
+from emulator.dataplane.batches import warm_up
+from emulator.source.policy import PolicyConfig
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.scenario import MigrationOptions, Scenario
+from emulator.vm.workload import Workload, WorkloadSpec
 from kernels import bitmap, fill, memcopy, pages, writers
 from tests.engines import run_pair
 from tests.fakelink import link_pair
@@ -63,7 +63,7 @@ def test_a_warmed_up_process_compiles_nothing_during_a_migration():
 def test_a_slow_warm_up_that_only_loads_the_kernels_says_nothing(monkeypatch):
     import time
 
-    from emulator import migration
+    from emulator.running import migration
     from tests.engines import Messages
 
     # past the notice's second with every kernel loaded from Numba's cache, as on a busy machine

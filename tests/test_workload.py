@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from emulator.guest import GuestMemory, GuestSpec
-from emulator.workload import Workload, WorkloadSpec
+from emulator.vm.guest import GuestMemory, GuestSpec
+from emulator.vm.workload import Workload, WorkloadSpec
 from tests.fakelink import wait_until
 
 PAGE = 4096

@@ -141,10 +141,10 @@ def test_random_pages_round_trip_through_the_batch_kernels():
 
 
 def test_a_hostile_xbzrle_frame_is_a_protocol_error_naming_the_field():
-    from emulator import protocol
-    from emulator.batches import BatchApplier
-    from emulator.digest import RunningDigest
-    from emulator.guest import GuestMemory, GuestSpec
+    from emulator.dataplane.batches import BatchApplier
+    from emulator.dataplane.digest import RunningDigest
+    from emulator.vm.guest import GuestMemory, GuestSpec
+    from emulator.wire import protocol
 
     decoder = protocol.Decoder(PAGE, 4, 4 * PAGE)
     delta = hostile(reference.uleb128(PAGE - 2) + reference.uleb128(5) + bytes(5))

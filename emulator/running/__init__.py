@@ -1,0 +1,1 @@
+"""Running migrations: one end (send, receive, check), both ends on one machine, drain, and the control socket."""
