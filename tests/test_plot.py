@@ -1,5 +1,6 @@
 """Figures: what each panel draws, the PNG files, the command."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from emulator.analysis import plot, sweep
 from emulator.analysis.estimate import inputs_from_report, working_set
 from emulator.shell import cli
+from emulator.source.policy import PolicyConfig
 from tests.test_sweep import MIB, PAGE, fake_report, one_run, scenario_4mib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -17,6 +19,22 @@ def bar_heights(ax, label):
     return [patch.get_height() for patch in container.patches]
 
 
+def bar_slots(ax, label):
+    """The pass slot of each bar of a series (its group's x, the final slot last)."""
+    container = next(c for c in ax.containers if c.get_label() == label)
+    return [round(patch.get_x() + patch.get_width() / 2) for patch in container.patches]
+
+
+def zero_labels(ax):
+    """The slots where a "0" says a series sent nothing."""
+    return sorted(round(text.get_position()[0]) for text in ax.texts if text.get_text() == "0")
+
+
+def with_policy(scenario, **policy):
+    return dataclasses.replace(scenario, migration=dataclasses.replace(scenario.migration,
+                                                                       policy=PolicyConfig(**policy)))
+
+
 def test_run_figure_shows_each_pass_beside_the_models():
     s = scenario_4mib()
     report = fake_report(s)
@@ -24,27 +42,78 @@ def test_run_figure_shows_each_pass_beside_the_models():
     top, middle, bottom = figure.axes[:3]
     # measured: passes of 4 MiB and 2 MiB, then 1 MiB in the blackout
     assert bar_heights(top, "measured") == [4.0, 2.0, 1.0]
-    # geometric (lambda 0.5) predicts 4, 2, 1, 0.5 MiB: drawn only as far as the run went (2 passes),
-    # and its final pass (after its own pass 3) is not drawn beside the run's
-    assert bar_heights(top, "geometric model") == [4.0, 2.0]
+    # geometric (lambda 0.5) predicts passes of 4, 2, 1, 0.5 MiB, then 0.25 MiB in its blackout:
+    # all drawn, though the run itself stopped after 2 passes
+    assert bar_heights(top, "geometric model") == [4.0, 2.0, 1.0, 0.5, 0.25]
+    assert bar_slots(top, "geometric model") == [0, 1, 2, 3, 4]
+    assert bar_slots(top, "measured") == [0, 1, 4]  # the run's final in the common final slot
     predicted = working_set(inputs_from_report(report))
-    expected = [p.bytes / MIB for p in predicted.passes[:2]]
-    if len(predicted.passes) <= 2:
-        expected.append(predicted.final_bytes / MIB)
+    expected = [p.bytes / MIB for p in predicted.passes] + [predicted.final_bytes / MIB]
     assert bar_heights(top, "working-set model") == pytest.approx(expected, rel=1e-12)
-    assert [t.get_text() for t in top.get_xticklabels()][-1] == "final" and top.get_yscale() == "linear"
+    assert [t.get_text() for t in top.get_xticklabels()] == ["0", "1", "2", "3", "final"]
+    assert top.get_xlim() == (-0.5, 4.5) and top.get_yscale() == "linear"
     assert top.get_ylim()[0] == 0  # from zero: heights compare as they are
+    assert zero_labels(top) == []  # every value drawn is above zero, and no missing one reads as 0
     lines = {line.get_label(): line for line in middle.get_lines()}
     assert list(lines["remaining, measured"].get_ydata()) == [2.0, 1.0]
     threshold = lines["threshold (bandwidth x downtime limit)"]
     assert list(threshold.get_xdata()) == [-0.5, 0.5, 0.5, 1.5] and list(threshold.get_ydata()) == [0.4] * 4
-    assert list(lines["remaining, geometric model"].get_ydata()) == [2.0, 1.0]  # as far as the run went
+    assert list(lines["remaining, geometric model"].get_ydata()) == [2.0, 1.0, 0.5, 0.25]  # each predicted pass
+    assert middle.get_xlim() == (-0.5, 3.5) and [t.get_text() for t in middle.get_xticklabels()] == ["0", "1", "2", "3"]
     # timeline: a row per source (measured, and each model), the blackout labelled in each
     assert [t.get_text() for t in bottom.get_yticklabels()] == ["working-set model", "geometric model", "measured"]
     notes = [text.get_text() for text in bottom.texts]
     assert "blackout 250 ms" in notes and "blackout 62.5 ms" in notes
     assert "0.50" in figure._suptitle.get_text() and "2 passes (converged)" in figure._suptitle.get_text()
 
+
+
+def test_a_model_longer_than_the_run_is_drawn_to_its_end_and_an_aborting_one_has_no_final():
+    # lambda 2: the geometric model stalls after 4 passes and aborts (no blackout), the working-set
+    # model shrinks slowly to the 30-pass cap and switches over; the run stopped after 3 passes
+    s = with_policy(scenario_4mib(2048.0), downtime_limit_s=0.1, on_stall="abort")
+    report = fake_report(s, passes=(1024, 1000, 990), final=980)
+    top, middle = plot.run_figure(report).axes[:2]
+    assert bar_heights(top, "measured") == pytest.approx([4.0, 1000 / 256, 990 / 256, 980 / 256], rel=1e-12)
+    assert bar_slots(top, "measured") == [0, 1, 2, 30]
+    predicted = working_set(inputs_from_report(report))
+    assert len(predicted.passes) == 30 and not predicted.aborted
+    assert bar_heights(top, "working-set model") == pytest.approx(
+        [p.bytes / MIB for p in predicted.passes] + [predicted.final_bytes / MIB], rel=1e-12)
+    assert bar_slots(top, "working-set model") == list(range(31))
+    # the aborting model: its 4 passes, no final bar and no "0" in its place, and the legend says why
+    assert bar_heights(top, "geometric model (aborts: no final pass)") == [4.0] * 4
+    assert bar_slots(top, "geometric model (aborts: no final pass)") == [0, 1, 2, 3]
+    assert zero_labels(top) == []
+    assert top.get_xlim() == (-0.5, 30.5) and top.get_xticklabels()[-1].get_text() == "final"
+    lines = {line.get_label(): line for line in middle.get_lines()}
+    assert list(lines["remaining, working-set model"].get_xdata()) == list(range(30))
+    assert middle.get_xlim() == (-0.5, 29.5)
+
+
+def test_only_a_real_zero_is_labelled_zero():
+    # an idle guest: one pass, nothing dirty after it, so each series really sends 0 bytes in its final pass
+    report = fake_report(scenario_4mib(0.0), passes=(1024,), final=0)
+    top = plot.run_figure(report).axes[0]
+    assert zero_labels(top) == [1, 1, 1]
+    for label in ("measured", "geometric model", "working-set model"):
+        assert bar_heights(top, label) == [4.0] and bar_slots(top, label) == [0]
+
+
+def test_a_model_that_never_converges_is_drawn_up_to_the_readable_cap():
+    # no stall rule and 100 passes allowed: both models run to pass 99; the figure draws passes 0-39
+    s = with_policy(scenario_4mib(2048.0), downtime_limit_s=0.1, max_passes=100, stall_passes=None)
+    report = fake_report(s, passes=(1024, 1000, 990), final=980)
+    top, middle = plot.run_figure(report).axes[:2]
+    assert plot.MODEL_PASSES_DRAWN == 40
+    label = "geometric model (passes 40-99 not drawn)"
+    assert bar_heights(top, label) == [4.0] * 41 and bar_slots(top, label) == list(range(41))
+    assert bar_slots(top, "working-set model (passes 40-99 not drawn)") == list(range(41))
+    assert bar_slots(top, "measured") == [0, 1, 2, 40]
+    assert top.get_xlim() == (-0.5, 40.5)
+    lines = {line.get_label(): line for line in middle.get_lines()}
+    assert len(lines["remaining, geometric model (passes 40-99 not drawn)"].get_xdata()) == 40
+    assert middle.get_xlim() == (-0.5, 39.5)
 
 def test_the_timeline_places_passes_after_setup():
     report = fake_report(scenario_4mib())

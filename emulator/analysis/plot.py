@@ -3,9 +3,10 @@
 Made with matplotlib's object API on the Agg canvas (``Figure`` + ``savefig``): no
 pyplot, no display, no global backend state, so it runs headless and in threads.
 
-- ``run_figure(report)``: bytes sent per pass (measured, geometric, working set);
-  remaining dirty bytes after each pass against the switch-over threshold; the timeline
-  of phases and passes with the blackout, measured and as each model predicts it.
+- ``run_figure(report)``: bytes sent per pass (measured, geometric, working set; each model's
+  passes to its end, MODEL_PASSES_DRAWN says how far); remaining dirty bytes after each pass
+  against the switch-over threshold; the timeline of phases and passes with the blackout,
+  measured and as each model predicts it.
 - ``sweep_figure(rows)``: measured overhead factor against lambda = dirty rate /
   throughput, one panel per pattern, with the rule of thumb's 1.5-3x band and each
   model's curve for each guest size.
@@ -39,6 +40,11 @@ BLACKOUT_COLOR = "#c0392b"
 PHASE_COLORS = {"setup": "#bbbbbb", "handover": "#e59866", "resume": "#f5b7b1", "announce": "#d7bde2",
                 "postcopy": "#a3d9a5"}
 MEMORY_COLORS = ("#1f77b4", "#9467bd", "#e377c2", "#17becf", "#8c564b", "#bcbd22")
+# A run's figure draws every measured pass, and each model's passes as far as the longer of its own
+# sequence and the run's, but a model's past max(run's passes, MODEL_PASSES_DRAWN) are left out (the
+# legend says which): above the default max passes (30), so under the default policy every predicted
+# pass shows, while a model that never converges under a high max passes keeps the figure readable.
+MODEL_PASSES_DRAWN = 40
 
 
 def _plain_log_axis(axis) -> None:
@@ -90,19 +96,40 @@ def _title(report: Report) -> str:
     return f"{head}\n{tail}"
 
 
-def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPrediction]) -> None:
-    measured_passes = len(report.passes)
-    series = {"measured": ([p.bytes_sent for p in report.passes],
+def _drawn_passes(report: Report, prediction: estimate.ModelPrediction) -> list[estimate.PassPrediction]:
+    """The model's passes the figure draws (MODEL_PASSES_DRAWN says which)."""
+    return prediction.passes[: max(len(report.passes), MODEL_PASSES_DRAWN)]
+
+
+def _model_label(name: str, prediction: estimate.ModelPrediction, drawn: list[estimate.PassPrediction], *,
+                 final: bool = False) -> str:
+    """The model's legend label, noting the passes left out and, with `final`, a missing final pass."""
+    notes = []
+    if len(drawn) < len(prediction.passes):
+        notes.append(f"passes {len(drawn)}-{len(prediction.passes) - 1} not drawn")
+    if final and prediction.aborted:
+        notes.append("aborts: no final pass")
+    return f"{LABELS[name]} ({'; '.join(notes)})" if notes else LABELS[name]
+
+
+def _bar_series(report: Report, models: dict[str, estimate.ModelPrediction]
+                ) -> dict[str, tuple[str, list[float], float | None]]:
+    """Each series' label, bytes sent in each drawn pass, and bytes of its final pass (None: it has none)."""
+    series = {"measured": (LABELS["measured"], [p.bytes_sent for p in report.passes],
                            report.blackout.final_bytes if report.blackout else None)}
     for name, prediction in models.items():
-        # only as far as the run went: a model's pass 29 says nothing about a run that ended at pass 12
-        ran_past = len(prediction.passes) > measured_passes
-        series[name] = ([p.bytes for p in prediction.passes[:measured_passes]],
-                        None if prediction.aborted or ran_past else prediction.final_bytes)
-    longest = max(len(passes) for passes, _ in series.values())
+        drawn = _drawn_passes(report, prediction)
+        series[name] = (_model_label(name, prediction, drawn, final=True), [p.bytes for p in drawn],
+                        None if prediction.aborted else prediction.final_bytes)
+    return series
+
+
+def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPrediction]) -> None:
+    series = _bar_series(report, models)
+    longest = max(len(passes) for _, passes, _ in series.values())  # the final slot follows it
     width = 0.8 / len(series)
     bottom = ax.get_xaxis_transform()  # x in data, y in axes fractions
-    for slot, (name, (passes, final)) in enumerate(series.items()):
+    for slot, (name, (label, passes, final)) in enumerate(series.items()):
         offset = (slot - (len(series) - 1) / 2) * width
         xs = [i + offset for i in range(len(passes))]
         heights = [b / MIB for b in passes]
@@ -110,9 +137,9 @@ def _bytes_per_pass(ax, report: Report, models: dict[str, estimate.ModelPredicti
             xs.append(longest + offset)
             heights.append(final / MIB)
         ax.bar([x for x, h in zip(xs, heights) if h > 0], [h for h in heights if h > 0], width=width,
-               color=COLORS[name], label=LABELS[name], edgecolor="white", linewidth=0.3)
+               color=COLORS[name], label=label, edgecolor="white", linewidth=0.3)
         for x, h in zip(xs, heights):
-            if h <= 0:  # nothing sent: no bar to see, say it instead
+            if h <= 0:  # really sent nothing: no bar to see, say it instead (a missing value is not in xs)
                 ax.text(x, 0.02, "0", transform=bottom, ha="center", fontsize=8, color=COLORS[name])
     # linear from zero, so a pass of 45% of pass 0 looks like 45%, and near-equal bars look equal
     ax.set_ylim(bottom=0)
@@ -142,10 +169,12 @@ def _remaining(ax, report: Report, models: dict[str, estimate.ModelPrediction]) 
     stairs = [(n + side, p.threshold_bytes / MIB) for n, p in zip(numbers, report.passes) for side in (-0.5, 0.5)]
     ax.plot(*_positive([x for x, _ in stairs], [y for _, y in stairs]), color=BLACKOUT_COLOR, linestyle=":",
             label="threshold (bandwidth x downtime limit)")
+    longest = len(report.passes)
     for name, prediction in models.items():
-        shown = prediction.passes[: len(report.passes)]  # as far as the run went
-        ax.plot(*_positive([p.pass_no for p in shown], [p.remaining_bytes / MIB for p in shown]),
-                "--", marker=".", color=COLORS[name], label=f"remaining, {LABELS[name]}")
+        drawn = _drawn_passes(report, prediction)
+        longest = max(longest, len(drawn))
+        ax.plot(*_positive([p.pass_no for p in drawn], [p.remaining_bytes / MIB for p in drawn]),
+                "--", marker=".", color=COLORS[name], label=f"remaining, {_model_label(name, prediction, drawn)}")
     if report.switchover_reason and report.passes:
         last = report.passes[-1]
         note = f"switch-over: {report.switchover_reason}"
@@ -158,7 +187,6 @@ def _remaining(ax, report: Report, models: dict[str, estimate.ModelPrediction]) 
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis)
     ax.set_ylabel("MiB dirty")
-    longest = len(report.passes)
     ax.set_xlim(-0.5, longest - 0.5)
     if longest <= 16:
         ax.set_xticks(range(longest))
