@@ -574,7 +574,7 @@ def test_the_setup_line_says_how_long_start_up_took():
 
 
 def test_status_text_names_the_phase_pass_bytes_and_parameters():
-    from emulator.analysis.display import format_status
+    from emulator.analysis.text import format_status
 
     text = format_status({"phase": "precopy", "elapsed_s": 2.5, "pass": 1, "pass_pages_sent": 256, "page_size": 4096,
                           "total_pages": 1024, "remaining_pages": 128, "transferred_bytes": 5 << 20,

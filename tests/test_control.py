@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from emulator.analysis.report import format_summary
+from emulator.analysis.text import format_summary
 from emulator.running import control
 from emulator.running.children import migrate
 from emulator.shell.cli import main
@@ -120,7 +120,7 @@ def test_status_in_pass_0_counts_the_pages_not_yet_sent_as_remaining():
     source = Source(s, guest, Workload(guest, s.workload), link_pair()[0])
     source.record = Recorder(source.clock, source.progress)
     counter = source.record.unrecorded = PassCount()
-    counter.pages = 640  # pass 0 has sent pages 0-639
+    counter.memory.units = 640  # pass 0 has sent pages 0-639
     guest.harvest()
     bitmap.mark_dirty(guest.dirty, np.array([3, 5, 700], dtype=np.int64))  # two sent pages written again, one unsent
     assert source.status()["remaining_pages"] == 1024 - 640 + 2

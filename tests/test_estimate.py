@@ -12,14 +12,14 @@ from emulator.analysis.estimate import (
     EstimateInputs,
     distinct_dirty_pages,
     estimate,
-    format_estimate,
     geometric,
     inputs_from_report,
     rule_of_thumb,
     unmodelled_strategies,
     working_set,
 )
-from emulator.analysis.report import PassRecord, Report
+from emulator.analysis.report import DiskPass, PassRecord, Report
+from emulator.analysis.text import format_estimate
 from emulator.running.children import migrate
 from emulator.shell import cli
 from emulator.source import policy
@@ -278,8 +278,9 @@ def test_inputs_from_report_pick_up_a_mirrored_disk():
     scenario = Scenario(GuestSpec(4 * MIB), WorkloadSpec(rate_pages_per_s=512, pattern="uniform"),
                         MigrationOptions(device_state_bytes=0, storage="mirror"), disk=disk)
     # pass 0: 4 MiB of memory and 8 MiB of disk in 2 s: R = 6 MiB/s
-    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB, 0, 2.0, 6e6, 512, 512.0, 0.0, 0, disk_blocks_sent=128,
-                        disk_bytes_sent=8 * MIB)
+    record = PassRecord(0, 1024, 4 * MIB, 4 * MIB, 0, 2.0, 6e6, 512, 512.0, 0.0, 0,
+                        disk=DiskPass(blocks_sent=128, bytes_sent=8 * MIB, wire_bytes=8 * MIB, zero_blocks=0,
+                                      remaining_bytes=0, writes_rate=0.0))
     got = inputs_from_report(Report(status="completed", scenario=scenario, passes=[record]))
     assert got.disk == DiskInputs(8 * MIB, 64 << 10, DirtyBehaviour(10.0, "hotset", 0.1, 0.9))
     assert got.throughput_bytes_per_s == 6 * MIB and got.base_time_s == 2.0

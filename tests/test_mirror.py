@@ -64,13 +64,13 @@ def test_a_mirrored_disk_arrives_byte_identical_with_its_writer_flat_out(tmp_pat
         report, outcome, disk, writer, received = migrate(s, tmp_path / str(run))
         assert report.status == "completed", report.reason
         assert report.switchover_reason == "max-passes" and len(report.passes) == 4
-        assert report.blackout.final_disk_blocks > 0  # the disk writer really wrote to the end
+        assert report.blackout.disk.blocks > 0  # the disk writer really wrote to the end
         assert writer.writes > s.disk.n_blocks
         assert outcome.disk_path == str(received / "disk.img") and os.listdir(received) == ["disk.img"]
         assert np.array_equal(file_bytes(outcome.disk_path), disk.blocks.data)  # the paused source disk
         assert report.digests_match
-        sent = sum(p.disk_blocks_sent for p in report.passes) + report.blackout.final_disk_blocks
-        assert outcome.blocks_applied == sent and report.passes[0].disk_blocks_sent == s.disk.n_blocks
+        sent = sum(p.disk.blocks_sent for p in report.passes) + report.blackout.disk.blocks
+        assert outcome.blocks_applied == sent and report.passes[0].disk.blocks_sent == s.disk.n_blocks
         job = report.block_job
         assert job.device == "disk.img" and job.offset == job.len == sent * BLOCK
         assert report.summary["disk"]["remaining"] == 0
@@ -98,7 +98,7 @@ def test_each_pass_sends_exactly_the_blocks_written_since_the_previous_harvest(t
     for k in range(1, len(blocks.harvests)):
         written = np.unique(log[blocks.log_marks[k] : blocks.log_marks[k + 1]])
         assert blocks.harvests[k].tolist() == written.tolist()
-        sent = report.passes[k].disk_blocks_sent if k < len(report.passes) else report.blackout.final_disk_blocks
+        sent = report.passes[k].disk.blocks_sent if k < len(report.passes) else report.blackout.disk.blocks
         assert sent == written.size
         checked += written.size
     assert checked > 50  # the writer really wrote between harvests
@@ -111,8 +111,8 @@ def test_the_switchover_waits_for_the_disk_and_says_how_long(tmp_path):
     report, outcome, disk, writer, received = migrate(s, tmp_path)
     assert report.status == "completed", report.reason
     assert [p.remaining_pages for p in report.passes] == [0, 0, 0]
-    assert all(p.disk_remaining_bytes > 0 for p in report.passes)
-    waits = [p.disk_wait_s for p in report.passes]
+    assert all(p.disk.remaining_bytes > 0 for p in report.passes)
+    waits = [p.disk.wait_s for p in report.passes]
     assert waits[0] == 0 and waits[1:] == [p.duration_s for p in report.passes[1:]]
     assert report.block_job.wait_s == pytest.approx(sum(waits)) and not report.block_job.ready
     assert report.summary["disk"]["wait-time"] == pytest.approx(sum(waits) * 1e3)
@@ -125,7 +125,7 @@ def test_shared_storage_moves_no_block(tmp_path):
     assert report.status == "completed", report.reason
     assert writer.writes > 0  # the guest's I/O ran, on storage both hosts see
     assert report.block_job is None and "disk" not in report.summary
-    assert all(p.disk_blocks_sent == 0 for p in report.passes) and report.blackout.final_disk_blocks == 0
+    assert all(p.disk is None for p in report.passes) and report.blackout.disk is None
     assert outcome.blocks_applied == 0 and outcome.disk_path is None and os.listdir(received) == []
 
 

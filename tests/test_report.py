@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import platform
+from pathlib import Path
 
 import numpy
 import pytest
@@ -10,16 +11,20 @@ from emulator.analysis.report import (
     PHASES,
     SCHEMA_VERSION,
     Blackout,
+    CpuSummary,
     DestinationOutcome,
+    DiskFinal,
+    DiskPass,
     PassRecord,
     Phase,
     Postcopy,
+    RamSummary,
     Report,
-    format_parameter,
-    format_summary,
+    Summary,
     host_info,
     summarize,
 )
+from emulator.analysis.text import format_parameter, format_summary
 from emulator.source.policy import PolicyConfig
 from emulator.vm.guest import GuestSpec
 from emulator.vm.scenario import MigrationOptions, Scenario
@@ -205,7 +210,7 @@ def test_round_trip_every_field():
 def test_json_shape():
     data = json.loads(make_report().to_json())
     assert list(data)[:3] == ["schema", "status", "reason"]
-    assert data["schema"] == SCHEMA_VERSION == 4
+    assert data["schema"] == SCHEMA_VERSION == 5
     assert data["phases"][2] == {"phase": "blackout", "start_s": 2.0, "end_s": 2.5}
     assert data["passes"][0]["pass_no"] == 0
     assert data["blackout"]["final_wire_bytes"] == 40_960
@@ -227,10 +232,10 @@ def test_minimal_report_round_trip():
 
 def test_unknown_schema_version_refused():
     data = json.loads(make_report().to_json())
-    data["schema"] = 5
+    data["schema"] = 6
     with pytest.raises(ValueError) as info:
         Report.from_json(json.dumps(data))
-    assert str(info.value) == "unsupported report schema 5: this precopy reads schemas 1, 2, 3, 4"
+    assert str(info.value) == "unsupported report schema 6: this precopy reads schemas 1, 2, 3, 4, 5"
     with pytest.raises(ValueError, match="unsupported report schema 7"):
         Report(schema=7, status="completed")
 
@@ -270,7 +275,7 @@ def test_a_schema_1_report_reads_back_upgraded():
     for record in data["passes"]:
         record["pages_dirtied"] = record["remaining_pages"]
     report = Report.from_json(json.dumps(data))
-    assert report.schema == 4 and report.destination == DestinationOutcome(
+    assert report.schema == SCHEMA_VERSION and report.destination == DestinationOutcome(
         "completed", digest="ab" * 16, endpoint="tcp://127.0.0.1:4000", pages_applied=5)
     assert report.scenario == make_report().scenario and report.passes == make_report().passes
 
@@ -448,3 +453,56 @@ def test_format_summary_gives_qemus_xbzrle_cache_figures():
                                       "cache-miss-rate": 0.024, "encoding-rate": 15.6, "overflow": 7}
     assert ("xbzrle       12,000 pages as deltas (3.00 MiB), cache 64.0 MiB, 2% misses, encoding rate 15.6, "
             "7 overflows") in format_summary(report).splitlines()
+
+
+def test_a_schema_4_report_reads_its_flat_disk_fields_as_the_disk_records():
+    data = json.loads(make_report().to_json())
+    data["schema"] = 4
+    data["block_job"] = {"device": "disk.img", "len": 3 * 65536, "offset": 3 * 65536, "ready": True, "ready_s": 1.0,
+                         "wait_s": 0.5, "sync_s": 0.25, "speed": 0}
+    for number, record in enumerate(data["passes"]):
+        del record["disk"]
+        record.update(disk_blocks_sent=2 - number, disk_bytes_sent=(2 - number) * 65536, disk_wire_bytes=70_000,
+                      disk_zero_blocks=0, disk_remaining_bytes=65536, disk_writes_rate=10.0, disk_wait_s=0.5 * number)
+    del data["blackout"]["disk"]
+    data["blackout"].update(final_disk_blocks=1, final_disk_zero_blocks=1, final_disk_wire_bytes=16,
+                            disk_sync_s=0.25)
+    report = Report.from_json(json.dumps(data))
+    assert report.schema == 5
+    assert [p.disk for p in report.passes] == [DiskPass(2 - n, (2 - n) * 65536, 70_000, 0, 65536, 10.0, 0.5 * n)
+                                               for n in range(len(report.passes))]
+    assert report.blackout.disk == DiskFinal(blocks=1, zero_blocks=1, wire_bytes=16, sync_s=0.25)
+    assert json.loads(report.to_json())["passes"][0]["disk"]["blocks_sent"] == 2
+
+
+def test_a_schema_4_report_without_a_mirror_has_no_disk_records():
+    data = json.loads(make_report().to_json())
+    data["schema"] = 4
+    for record in data["passes"]:
+        del record["disk"]
+        record.update(disk_blocks_sent=0, disk_bytes_sent=0, disk_wire_bytes=0, disk_zero_blocks=0,
+                      disk_remaining_bytes=0, disk_writes_rate=0.0, disk_wait_s=0.0)
+    report = Report.from_json(json.dumps(data))
+    assert all(p.disk is None for p in report.passes) and report.blackout.disk is None
+
+
+def test_the_committed_schema_3_mirror_run_reads_back_with_its_disk_in_records():
+    report = Report.read(Path(__file__).parent.parent / "bench" / "results" / "disk" / "mirror.json")
+    data = json.loads((Path(__file__).parent.parent / "bench" / "results" / "disk" / "mirror.json").read_text())
+    assert [p.disk.blocks_sent for p in report.passes] == [p["disk_blocks_sent"] for p in data["passes"]]
+    assert report.blackout.disk.blocks == data["blackout"]["final_disk_blocks"]
+    assert report.summary["disk"]["normal"] + report.summary["disk"]["duplicate"] == \
+        sum(p.disk.blocks_sent for p in report.passes) + report.blackout.disk.blocks
+
+
+def test_a_disk_record_with_an_unknown_field_is_named():
+    data = json.loads(make_report().to_json())
+    data["passes"][1]["disk"] = {"blocks_sent": 1, "bogus": 2}
+    with pytest.raises(ValueError, match=r"report.passes\[1\].disk: unknown field\(s\) bogus"):
+        Report.from_json(json.dumps(data))
+
+
+def test_the_summary_has_exactly_the_keys_its_type_names():
+    summary = make_report().summary
+    for got, typed in ((summary, Summary), (summary["ram"], RamSummary), (summary["cpu"], CpuSummary)):
+        assert typed.__required_keys__ <= set(got) <= typed.__required_keys__ | typed.__optional_keys__

@@ -16,7 +16,7 @@ from tests.cli_process import as_from_a_terminal
 pytestmark = pytest.mark.skipif(not hasattr(pty, "openpty"), reason="needs a pseudo-terminal")
 
 PRECOPY = [sys.executable, "-c", "import sys; from emulator.shell.launch import main; sys.exit(main())"]  # the entry point
-INTERVAL_LINE = re.compile(r"^  \.\.\. \S+ \S+ of \S+ \S+ at .* pass left ")  # display.format_interval_line
+INTERVAL_LINE = re.compile(r"^  \.\.\. \S+ \S+ of \S+ \S+ at .* pass left ")  # text.format_interval_line
 COLUMNS = 100
 
 

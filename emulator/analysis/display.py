@@ -1,6 +1,6 @@
 """What a person or a script sees of a migration while it runs: the live display (a line per
 phase, per interval and per pass: the engine's Progress), the JSON event stream, a sweep's
-progress lines, and the texts of `precopy status` and the start banner.
+progress lines and a drain's board. The lines themselves are rendered by emulator.analysis.text.
 
 Line-oriented on purpose (no curses, no carriage returns): the output reads the same in a
 terminal, a log file and a CI transcript. Phase and pass lines appear only when enabled,
@@ -12,7 +12,6 @@ the engine no display at all.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import textwrap
@@ -20,36 +19,12 @@ import threading
 import time
 from dataclasses import asdict
 
-from emulator.core.units import compact_size, format_bytes, format_count, format_duration, format_rate
+from emulator.analysis.text import COLUMNS, format_interval_line, format_progress_line
+from emulator.core.units import format_count, format_duration
 
-__all__ = ["JsonStream", "LiveDisplay", "SweepProgress", "describe_scenario", "format_interval_line",
-           "format_progress_line", "format_status"]
+__all__ = ["JsonStream", "LiveDisplay", "SweepProgress"]
 
 DEFAULT_INTERVAL_S = 1.0  # a status line this often during a pass, as iperf3's interval reports
-COLUMNS = 100  # the widest line the display writes
-
-
-def format_progress_line(record, page_size, total_pages):
-    """One line (within 100 columns, indented) for a finished pass: sent, rate, what is left, page writes/s.
-
-    record: a PassRecord; page_size: bytes; total_pages: the guest's page count (for the
-    share of memory still dirty).
-    """
-    remaining_bytes = record.remaining_pages * page_size
-    share = 100 * record.remaining_pages / total_pages if total_pages else 0.0
-    # the throttle is not repeated here: auto-converge says so in a message when it changes
-    return (
-        f"pass {record.pass_no:>3}  {format_bytes(record.bytes_sent)} ({format_bytes(record.wire_bytes)} wire)"
-        f" in {format_duration(record.duration_s)} at {format_rate(record.bandwidth_bytes_per_s)}"
-        f"  left {format_bytes(remaining_bytes)} ({share:.1f}%)  {record.dirty_pages_rate:,.0f} writes/s"
-    ) + (_disk_part(record) if record.disk_blocks_sent or record.disk_remaining_bytes else "")
-
-
-def _disk_part(record):
-    """A pass's mirrored disk, on a line of its own under the memory's."""
-    return (f"\n            disk {format_bytes(record.disk_bytes_sent)} ({format_bytes(record.disk_wire_bytes)} wire)"
-            f"  left {format_bytes(record.disk_remaining_bytes)}  {record.disk_writes_rate:,.0f} block writes/s"
-            + (f"  waited for the disk {format_duration(record.disk_wait_s)}" if record.disk_wait_s else ""))
 
 
 def process_age_s():
@@ -60,73 +35,6 @@ def process_age_s():
             return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def format_interval_line(sample, page_size):
-    """One line (within 100 columns, indented) for a pass in progress (sample: a report.Interval)."""
-    done = f"{format_bytes(sample.pages_sent * page_size)} of {format_bytes(sample.pass_pages * page_size)}"
-    if sample.pass_left_s is None:
-        when = "no rate yet"
-    else:
-        when = (f"pass left {format_duration(sample.pass_left_s)}, end ~{format_duration(sample.end_s)}"
-                + ("" if sample.firm else " (guess)"))
-    return (f"  ... {done} at {format_rate(sample.wire_bytes_per_s)}"
-            f"  dirty {format_bytes(sample.dirty_pages * page_size)}  {when}")
-
-
-def describe_scenario(scenario):
-    """Two lines of what a migration runs: the guest and its writers; the codec, channels, cap and limit."""
-    guest, workload, migration = scenario.guest, scenario.workload, scenario.migration
-    rate = "unpaced" if workload.unpaced else f"{workload.rate_pages_per_s:,.0f} page writes/s"
-    return (f"guest {format_bytes(guest.memory_bytes)} of {compact_size(guest.page_size)} pages ({guest.fill}), "
-            f"{format_count(workload.vcpus, 'vCPU')} writing {workload.pattern} at {rate}\n"
-            f"{migration.codec} over {format_count(migration.channels, 'channel')}, "
-            f"bandwidth cap {format_rate(migration.max_bandwidth_bytes_per_s)}, "
-            f"downtime limit {format_duration(migration.policy.downtime_limit_s)}" + _describe_disk(scenario))
-
-
-def _describe_disk(scenario):
-    disk = scenario.disk
-    if disk is None:
-        return ""
-    rate = "flat out" if math.isinf(disk.write_rate_bytes_per_s) else format_rate(disk.write_rate_bytes_per_s)
-    how = "mirrored (shared-nothing)" if scenario.mirrored_disk else "on shared storage"
-    return (f"\ndisk {format_bytes(disk.size_bytes)} of {compact_size(disk.block_size)} blocks ({disk.fill}) {how}, "
-            f"written {disk.pattern} at {rate}")
-
-
-def format_verdict(answer, endpoint):
-    """`precopy check`'s text for a destination's Verdict: every problem, each with its fix, within COLUMNS."""
-    if answer.compatible:
-        lines = [f"compatible: {endpoint} would host this guest"]
-    else:
-        lines = [f"incompatible: {endpoint} would refuse this guest, for "
-                 f"{format_count(len(answer.problems), 'reason')}:"]
-        for number, problem in enumerate(answer.problems, 1):
-            lines += textwrap.wrap(problem.text, COLUMNS, initial_indent=f"{number:>2}. ", subsequent_indent=" " * 4)
-            lines += textwrap.wrap(problem.fix, COLUMNS, initial_indent="    fix: ", subsequent_indent=" " * 9)
-    if answer.busy:
-        lines.append("busy: it is receiving another migration now; until that ends, a migration is refused as busy")
-    return "\n".join(lines)
-
-
-def format_status(status):
-    """`precopy status`'s text for a running migration's status (emulator.running.control)."""
-    page = status["page_size"]
-    rate = status["bandwidth_bytes_per_s"]
-    lines = [f"phase        {status['phase']} after {format_duration(status['elapsed_s'])}, pass {status['pass']} "
-             f"({format_bytes(status['pass_pages_sent'] * page)} of it sent)",
-             f"transferred  {format_bytes(status['transferred_bytes'])} on the wire",
-             f"remaining    {format_bytes(status['remaining_pages'] * page)} to send "
-             f"({status['remaining_pages']:,} of {status['total_pages']:,} pages)"]
-    if status["disk_remaining_bytes"] is not None:  # a mirrored disk
-        lines.append(f"disk         {format_bytes(status['disk_remaining_bytes'])} dirty of "
-                     f"{format_bytes(status['disk_bytes'])} mirrored")
-    if rate is not None:
-        lines.append(f"last pass    {format_rate(rate)}, {status['dirty_pages_rate']:,.0f} page writes/s")
-    lines.append(f"parameters   downtime limit {format_duration(status['downtime_limit_s'])}, "
-                 f"bandwidth cap {format_rate(status['max_bandwidth_bytes_per_s'])}")
-    return "\n".join(lines)
 
 
 class DrainBoard:

@@ -68,7 +68,6 @@ __all__ = [
     "THUMB_FACTORS",
     "distinct_dirty_pages",
     "estimate",
-    "format_estimate",
     "geometric",
     "inputs_from_report",
     "rule_of_thumb",
@@ -468,7 +467,7 @@ def inputs_from_report(report) -> EstimateInputs:
     disk = report.scenario.mirrored_disk
     return EstimateInputs(
         memory_bytes=guest.memory_bytes,
-        bandwidth_bytes_per_s=(first.bytes_sent + first.disk_bytes_sent) / first.duration_s,
+        bandwidth_bytes_per_s=(first.total_bytes_sent) / first.duration_s,
         dirty=DirtyBehaviour.of(workload), page_size=guest.page_size, compression_ratio=1.0,
         device_state_bytes=migration.device_state_bytes, policy=migration.policy,
         disk=None if disk is None else DiskInputs.of(disk), dirty_limit_pages_per_s=dirty_limit_of(report.scenario),
@@ -496,101 +495,3 @@ def unmodelled_strategies(scenario) -> tuple[str, ...]:
     options = scenario.migration
     return tuple(name for name, on in (("auto-converge", options.auto_converge), ("xbzrle", options.xbzrle),
                                        ("post-copy", options.postcopy)) if on)
-
-
-# text ---------------------------------------------------------------------------------------------
-def _strategy_lines(inputs: EstimateInputs) -> list[str]:
-    """What the models do of the convergence strategies given (each one they model; none other is)."""
-    from emulator.core.units import format_duration
-
-    lines = []
-    ramp = inputs.policy.downtime_ramp
-    if ramp is not None:
-        lines.append(f"strategy     downtime ramp: {ramp.steps} steps of {format_duration(ramp.delay_s_per_gib)} per "
-                     f"GiB up to the limit (modelled)")
-    if inputs.dirty_limit_pages_per_s is not None:
-        lines.append(f"strategy     dirty-limit: page writes held to {inputs.dirty_limit_pages_per_s:,.0f}/s in all "
-                     "from the first pass dirtying over half of what it sent (modelled)")
-    for name in inputs.unmodelled:
-        lines.append(f"strategy     {name}: not modelled ({UNMODELLED[name]})")
-    return lines
-
-
-
-_MODEL_LABELS = {"geometric": "geometric", "working_set": "working set"}
-
-
-def _pattern_text(dirty: DirtyBehaviour, units: str) -> str:
-    if dirty.pattern == "hotset":
-        return f"hotset ({dirty.hot_fraction:.0%} of {units} get {dirty.hot_share:.0%} of writes)"
-    return dirty.pattern
-
-
-def format_estimate(result: Estimate) -> str:
-    """A readable multi-line account of an estimate: inputs, the three answers, pages (and blocks) per pass."""
-    from emulator.core.units import format_bytes, format_duration, format_rate
-
-    inputs = result.inputs
-    dirty, disk = inputs.dirty, inputs.disk
-    config = inputs.policy
-    stall = f", stall = {config.stall_passes} passes without a new minimum" if config.stall_passes else ""
-    max_time = f", max time {format_duration(config.max_time_s)}" if config.max_time_s is not None else ""
-    thumb = result.rule_of_thumb
-    lines = [
-        f"memory       {format_bytes(inputs.memory_bytes)} ({inputs.n_pages:,} pages of {inputs.page_size} B)",
-        f"throughput   R = {format_rate(inputs.throughput_bytes_per_s)}"
-        f" (link {format_rate(inputs.bandwidth_bytes_per_s)} x compression {inputs.compression_ratio:.2f})",
-        f"dirty rate   D = {dirty.rate_pages_per_s:,.0f} page writes/s = {format_rate(inputs.dirty_bytes_per_s)},"
-        f" {_pattern_text(dirty, 'pages')}",
-        f"lambda       D / R = {result.lam:.3f}",
-    ]
-    if disk is not None:
-        share = disk.write_bytes_per_s / inputs.throughput_bytes_per_s
-        lines += [
-            f"disk         {format_bytes(disk.size_bytes)} ({disk.n_blocks:,} blocks of"
-            f" {format_bytes(disk.block_size)}), mirrored alongside memory over the same link",
-            f"disk writes  {disk.dirty.rate_pages_per_s:,.1f} block writes/s = {format_rate(disk.write_bytes_per_s)}"
-            f" ({share:.3f} of R), {_pattern_text(disk.dirty, 'blocks')}",
-        ]
-    base = "M / R" if disk is None else "(M + disk) / R"
-    lines += [
-        f"policy       downtime limit {format_duration(config.downtime_limit_s)}"
-        f" (threshold {format_bytes(inputs.throughput_bytes_per_s * config.downtime_limit_s)}),"
-        f" max passes {config.max_passes}{max_time}{stall}",
-        *_strategy_lines(inputs),
-        "",
-        f"rule of thumb  {base} = {format_duration(thumb.base_s)}; x {thumb.factor_low:g} to {thumb.factor_high:g}"
-        f" = {format_duration(thumb.low_s)} to {format_duration(thumb.high_s)}",
-        "",
-        f"{'model':<12} {'passes':>6}  {'switch-over':<11} {'sent':>10} {'pre-copy':>10} {'blackout':>9}"
-        f" {'total':>10} {'factor':>6}",
-    ]
-    for name in MODELS:
-        p = result.model(name)
-        reason = p.switchover_reason + (" (abort)" if p.aborted else "")
-        lines.append(
-            f"{_MODEL_LABELS[name]:<12} {len(p.passes):>6}  {reason:<11} {format_bytes(p.total_bytes):>10}"
-            f" {format_duration(p.precopy_s):>10} {format_duration(p.blackout_s):>9}"
-            f" {format_duration(p.total_s):>10} {p.factor:>6.2f}"
-        )
-    geo, ws = result.geometric, result.working_set
-    if disk is not None:
-        added = [f"{'+' if result.disk_adds_s[name] >= 0 else '-'}"
-                 f"{format_duration(abs(result.disk_adds_s[name]))} ({_MODEL_LABELS[name]})" for name in MODELS]
-        lines += ["", f"the {format_bytes(disk.size_bytes)} disk adds {added[0]}, {added[1]} to the total time"
-                      " (vs the same guest without it)"]
-    # columns: each model's pages, then (with a disk) each model's blocks
-    header = f"{'pages sent':<10} {'geometric':>14} {'working set':>14}"
-    columns = [(geo, "pages", 14), (ws, "pages", 14)]
-    if disk is not None:
-        header += f"  {'blocks: geometric':>18} {'working set':>14}"
-        columns += [(geo, "disk_blocks", 19), (ws, "disk_blocks", 14)]
-    lines += ["", header]
-    for number in range(max(len(geo.passes), len(ws.passes))):
-        cells = [f"{getattr(m.passes[number], unit):>{width},.0f}" if number < len(m.passes) else f"{'':>{width}}"
-                 for m, unit, width in columns]
-        lines.append(f"{'pass ' + str(number):<10} {' '.join(cells)}".rstrip())
-    final = {"pages": "final_pages", "disk_blocks": "final_disk_blocks"}
-    finals = [f"{'-' if m.aborted else format(getattr(m, final[unit]), ',.0f'):>{width}}" for m, unit, width in columns]
-    lines.append(f"{'blackout':<10} {' '.join(finals)}")
-    return "\n".join(lines)

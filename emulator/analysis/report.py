@@ -12,6 +12,12 @@ Schema history:
        changed (parameter_changes). Schema 1 reads back.
     3: a mirrored disk: its part of each pass record and of the blackout, the block job
        (block_job) and the summary's "disk". Schemas 1 and 2 read back (no disk).
+    4: post-copy (Report.postcopy, the summary's postcopy keys), each pass's CPU seconds
+       per end, the downtime limit in force and the dirty limit's throttle per pass, the
+       summary's "cpu" and "xbzrle-cache". Schema 3 reads back (their defaults).
+    5: a pass record and the blackout hold a mirrored disk's part as a record of its own
+       (PassRecord.disk, Blackout.disk; None without a mirror), where schemas 3 and 4 held
+       flat disk_* fields, all 0 without one. Schemas 1-4 read back.
 """
 
 from __future__ import annotations
@@ -23,20 +29,20 @@ import platform
 import socket
 import sys
 import tempfile
-import textwrap
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, NotRequired, Sequence, TypedDict
 
 from emulator.analysis.events import Event
-from emulator.core.units import format_bytes, format_count, format_duration, format_rate
 from emulator.vm.scenario import Scenario
 
 __all__ = [
     "Blackout",
     "BlockJob",
     "DestinationOutcome",
+    "DiskFinal",
+    "DiskPass",
     "Interval",
     "ParameterChange",
     "PHASES",
@@ -46,14 +52,22 @@ __all__ = [
     "Report",
     "SCHEMA_VERSION",
     "STATUSES",
-    "format_summary",
+    "Summary",
     "host_info",
     "summarize",
 ]
 
-SCHEMA_VERSION = 4
-# 1 is upgraded as it is read; 2 lacks only the disk's fields, 3 post-copy's, which default
-READABLE_SCHEMAS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+# 1 is upgraded as it is read, 3 and 4 lift their flat disk_* fields into records;
+# 2 lacks only the disk's fields, 3 post-copy's, which default
+READABLE_SCHEMAS = (1, 2, 3, 4, 5)
+#: the flat fields of schemas 3 and 4 that schema 5 holds in DiskPass and DiskFinal
+_FLAT_DISK_PASS = {"disk_blocks_sent": "blocks_sent", "disk_bytes_sent": "bytes_sent",
+                   "disk_wire_bytes": "wire_bytes", "disk_zero_blocks": "zero_blocks",
+                   "disk_remaining_bytes": "remaining_bytes", "disk_writes_rate": "writes_rate",
+                   "disk_wait_s": "wait_s"}
+_FLAT_DISK_FINAL = {"final_disk_blocks": "blocks", "final_disk_zero_blocks": "zero_blocks",
+                    "final_disk_wire_bytes": "wire_bytes", "disk_sync_s": "sync_s"}
 #: lost: the migration failed after a post-copy resume, when neither side had all of the guest
 STATUSES: tuple[str, ...] = ("completed", "failed", "cancelled", "lost")
 PHASES: tuple[str, ...] = ("setup", "precopy", "blackout", "handover", "resume", "announce", "postcopy")
@@ -70,22 +84,20 @@ class PassRecord:
     wire_bytes: bytes on the wire after the codec (payloads, page numbers and headers).
     zero_pages: pages sent as zero pages (no payload).
     duration_s: wall time of the pass, seconds.
-    bandwidth_bytes_per_s: (wire_bytes + disk_wire_bytes) / duration_s: the link's rate.
+    bandwidth_bytes_per_s: the wire bytes of every stream (memory, and a disk's) / duration_s:
+        the link's rate.
     remaining_pages: dirty pages at the end of the pass (distinct pages dirtied during
         it: the size of the next harvest).
     dirty_pages_rate: page writes per second during the pass, as the writers counted them.
-    threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit).
+    threshold_bytes: the switchover threshold after the pass (bandwidth x downtime limit),
+        for the memory and a mirrored disk together.
     downtime_limit_s: the downtime limit in force after the pass (a ramp's step, or the limit).
     dirty_limit_throttle_s: seconds each vCPU spent held back by the dirty limit during the
         pass, on average (0 without one).
     throttle_pct: the writers' throttle (auto-converge) during the pass, percent.
-    source_cpu_s, destination_cpu_s: CPU seconds each side's migration used during the pass (all its
-    threads but the guest's vCPUs)
-        (all its threads: migration, codec, ZeroMQ I/O, and on the source the writers).
-    disk_*: a mirrored disk's part (storage mirror; all 0 otherwise): blocks sent (zero
-        blocks included), their bytes and wire bytes, zero blocks, dirty bytes left at the
-        end, block writes per second during the pass; disk_wait_s: the pass's duration if
-        the memory alone fitted the budget before it (the disk held the switch-over up).
+    source_cpu_s, destination_cpu_s: CPU seconds each side's migration used during the pass:
+        all its threads (migration, codec, ZeroMQ I/O) but the guest's vCPUs.
+    disk: a mirrored disk's part of the pass (storage mirror), else None.
     """
 
     pass_no: int
@@ -103,13 +115,52 @@ class PassRecord:
     destination_cpu_s: float = 0.0
     downtime_limit_s: float = 0.0
     dirty_limit_throttle_s: float = 0.0
-    disk_blocks_sent: int = 0
-    disk_bytes_sent: int = 0
-    disk_wire_bytes: int = 0
-    disk_zero_blocks: int = 0
-    disk_remaining_bytes: int = 0
-    disk_writes_rate: float = 0.0
-    disk_wait_s: float = 0.0
+    disk: DiskPass | None = None
+
+    @property
+    def total_bytes_sent(self) -> int:
+        """Guest bytes of every stream sent in the pass: the memory's, and a mirrored disk's."""
+        return self.bytes_sent + (self.disk.bytes_sent if self.disk else 0)
+
+    @property
+    def total_wire_bytes(self) -> int:
+        """Bytes on the wire of every stream in the pass."""
+        return self.wire_bytes + (self.disk.wire_bytes if self.disk else 0)
+
+
+@dataclass
+class DiskPass:
+    """A mirrored disk's part of one pass.
+
+    blocks_sent: blocks sent, zero blocks included; bytes_sent: their bytes; wire_bytes:
+    their bytes on the wire; zero_blocks: of blocks_sent, the zero ones; remaining_bytes:
+    dirty bytes left at the end of the pass; writes_rate: block writes per second during
+    it; wait_s: the pass's duration if the memory alone fitted the budget before it (the
+    disk held the switch-over up), else 0.
+    """
+
+    blocks_sent: int
+    bytes_sent: int
+    wire_bytes: int
+    zero_blocks: int
+    remaining_bytes: int
+    writes_rate: float
+    wait_s: float = 0.0
+
+
+@dataclass
+class DiskFinal:
+    """A mirrored disk's part of the blackout.
+
+    blocks: its last dirty blocks, sent while paused; zero_blocks: the zero ones among them;
+    wire_bytes: their bytes on the wire; sync_s: seconds the destination spent writing its
+    copy of the disk through to storage and putting it in place (the storage handover).
+    """
+
+    blocks: int
+    zero_blocks: int
+    wire_bytes: int
+    sync_s: float
 
 
 @dataclass
@@ -126,10 +177,7 @@ class Blackout:
     device_state_s: seconds to send the device state.
     digest_check_s: seconds the destination spent verifying the memory digest (it says so).
     resume_s: seconds from the digest check to the destination running.
-    final_disk_blocks, final_disk_zero_blocks, final_disk_wire_bytes: a mirrored disk's last
-        dirty blocks sent while paused, the zero ones among them, their bytes on the wire.
-    disk_sync_s: seconds the destination spent writing its copy of the disk through to storage
-        and putting it in place (the storage handover).
+    disk: a mirrored disk's part (storage mirror), else None.
     """
 
     total_s: float
@@ -142,10 +190,7 @@ class Blackout:
     device_state_s: float
     digest_check_s: float
     resume_s: float
-    final_disk_blocks: int = 0
-    final_disk_zero_blocks: int = 0
-    final_disk_wire_bytes: int = 0
-    disk_sync_s: float = 0.0
+    disk: DiskFinal | None = None
 
 
 @dataclass
@@ -271,6 +316,73 @@ class Phase:
             )
 
 
+RamSummary = TypedDict("RamSummary", {
+    "transferred": int, "remaining": int, "total": int, "duplicate": int, "normal": int, "normal-bytes": int,
+    "dirty-pages-rate": float, "mbps": float, "dirty-sync-count": int, "pages-per-second": float,
+    "precopy-bytes": int, "downtime-bytes": int, "page-size": int,
+    "postcopy-bytes": NotRequired[int], "postcopy-requests": NotRequired[int],
+})
+DiskSummary = TypedDict("DiskSummary", {
+    "transferred": int, "remaining": int, "total": int, "duplicate": int, "normal": int, "precopy-bytes": int,
+    "downtime-bytes": int, "dirty-blocks-rate": float, "block-size": int, "wait-time": float,
+})
+CpuSummary = TypedDict("CpuSummary", {"source-s-per-gib": float | None, "destination-s-per-gib": float | None})
+Summary = TypedDict("Summary", {
+    "status": str, "total-time": float, "setup-time": float, "downtime": float | None,
+    "expected-downtime": float | None, "cpu-throttle-percentage": int, "dirty-limit-throttle-time-per-round": float,
+    "passes": int, "compression-ratio": float | None, "ram": RamSummary, "cpu": CpuSummary,
+    "postcopy-blocktime": NotRequired[float], "postcopy-vcpu-blocktime": NotRequired[list[float]],
+    "disk": NotRequired[DiskSummary], "xbzrle-cache": NotRequired[dict[str, Any]],
+})
+Summary.__doc__ = """A run's totals, named and measured as QEMU's query-migrate names them (``summarize``).
+
+    ============================ ========================================================
+    key                          meaning (unit)
+    ============================ ========================================================
+    status                       completed / failed / cancelled / lost
+    total-time                   migration start to end (ms)
+    setup-time                   setup phase (ms)
+    downtime                     blackout, pause -> "resumed" heard (ms; None: no pause)
+    expected-downtime            remaining bytes / bandwidth after the last pass (ms;
+                                 None if unknown)
+    cpu-throttle-percentage      auto-converge throttle at the end (%)
+    dirty-limit-throttle-time-per-round
+                                 the last pass's time each vCPU was held back by the dirty
+                                 limit (us; 0 without one)
+    passes                       pre-copy passes completed (count)
+    compression-ratio            guest bytes sent / wire bytes (None if nothing sent)
+    ram.transferred              RAM bytes on the wire, pre-copy + blackout (bytes)
+    ram.remaining                dirty bytes not yet sent (bytes; 0 once completed)
+    ram.total                    guest memory size (bytes)
+    ram.duplicate                zero pages sent (pages)
+    ram.normal                   non-zero pages sent (pages)
+    ram.normal-bytes             normal x page-size (bytes)
+    ram.dirty-pages-rate         page writes per second in the last pass (pages/s)
+    ram.mbps                     transferred over (total - setup) time (megabits/s)
+    ram.dirty-sync-count         dirty-bitmap harvests (count)
+    ram.pages-per-second         pages sent over (total - setup) time (pages/s)
+    ram.precopy-bytes            wire bytes sent during pre-copy (bytes)
+    ram.downtime-bytes           RAM wire bytes sent during the blackout (bytes)
+    ram.page-size                page size (bytes)
+    ram.postcopy-bytes           RAM wire bytes sent after a post-copy resume (bytes;
+                                 in transferred too)
+    ram.postcopy-requests        pages the destination's vCPUs asked for (count)
+    postcopy-blocktime           every vCPU waiting for a page at once (ms)
+    postcopy-vcpu-blocktime      each vCPU's wait for pages (ms, a list)
+    (the postcopy keys only after a post-copy)
+
+    disk.transferred             a mirrored disk's bytes on the wire (bytes); and as ram's:
+    disk.remaining, disk.total, disk.duplicate (zero blocks), disk.normal (blocks),
+    disk.precopy-bytes, disk.downtime-bytes, disk.dirty-blocks-rate (blocks/s, last
+    pass), disk.block-size (bytes), disk.wait-time (pre-copy held up by the disk, ms)
+    ============================ ========================================================
+
+    cpu.source-s-per-gib, cpu.destination-s-per-gib: each end's CPU seconds per GiB of guest
+    memory (and disk) sent in pre-copy, the guest's own vCPUs left out: netperf's "service
+    demand" (None when nothing was sent).
+"""
+
+
 @dataclass(kw_only=True)
 class Report:
     """Everything one migration run produced.
@@ -307,7 +419,7 @@ class Report:
     digests_match: bool | None = None
     source_digest: str | None = None
     destination_digest: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Summary | dict[str, Any] = field(default_factory=dict)  # empty until the run is summarized
     block_job: BlockJob | None = None
     postcopy: Postcopy | None = None
 
@@ -348,6 +460,8 @@ class Report:
             )
         if data["schema"] == 1:
             data = _upgraded_from_schema_1(data)
+        if data["schema"] in (3, 4):
+            data = _disk_records_from_flat(data)
         data = dict(data, schema=SCHEMA_VERSION)
         _check_fields(cls, data, "report")
         data = dict(data)
@@ -404,6 +518,26 @@ def _upgraded_from_schema_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _disk_records_from_flat(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema 3 or 4 report's data with each pass's and the blackout's flat disk_* fields as records
+    (the records only where the run had a mirror: block_job)."""
+    mirrored = data.get("block_job") is not None
+
+    def lifted(item, names):
+        if not isinstance(item, dict):
+            return item  # refused, naming it, as it is built
+        flat = {new: item[old] for old, new in names.items() if old in item}
+        kept = {key: value for key, value in item.items() if key not in names}
+        return dict(kept, disk=flat if mirrored else None)
+
+    data = dict(data)
+    if isinstance(data.get("passes"), list):
+        data["passes"] = [lifted(item, _FLAT_DISK_PASS) for item in data["passes"]]
+    if data.get("blackout") is not None:
+        data["blackout"] = lifted(data["blackout"], _FLAT_DISK_FINAL)
+    return data
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -451,7 +585,15 @@ def _check_fields(cls: type, data: Any, where: str) -> None:
 
 def _build(cls: type, data: Any, where: str) -> Any:
     _check_fields(cls, data, where)
+    data = dict(data)
+    for name, record in _RECORDS_INSIDE.get(cls, {}).items():
+        if data.get(name) is not None:
+            data[name] = _build(record, data[name], f"{where}.{name}")
     return cls(**data)
+
+
+#: the records a record holds, by field: built from their JSON objects in turn
+_RECORDS_INSIDE: dict[type, dict[str, type]] = {PassRecord: {"disk": DiskPass}, Blackout: {"disk": DiskFinal}}
 
 
 def summarize(
@@ -473,53 +615,14 @@ def summarize(
     disk: Any = None,
     xbzrle_cache: dict[str, Any] | None = None,
     postcopy: Postcopy | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """QEMU query-migrate style totals over the records of a run.
 
     Derived from the records: the final pages come from ``blackout``; expected downtime
     defaults to the last pass's remaining bytes / its bandwidth; the throttle to the last
     pass's; dirty-sync-count to one harvest per pass plus the blackout's final one.
 
-    ============================ ========================================================
-    key                          meaning (unit)
-    ============================ ========================================================
-    status                       completed / failed / cancelled / lost
-    total-time                   migration start to end (ms)
-    setup-time                   setup phase (ms)
-    downtime                     blackout, pause -> "resumed" heard (ms; None: no pause)
-    expected-downtime            remaining bytes / bandwidth after the last pass (ms;
-                                 None if unknown)
-    cpu-throttle-percentage      auto-converge throttle at the end (%)
-    dirty-limit-throttle-time-per-round
-                                 the last pass's time each vCPU was held back by the dirty
-                                 limit (us; 0 without one)
-    passes                       pre-copy passes completed (count)
-    compression-ratio            guest bytes sent / wire bytes (None if nothing sent)
-    ram.transferred              RAM bytes on the wire, pre-copy + blackout (bytes)
-    ram.remaining                dirty bytes not yet sent (bytes; 0 once completed)
-    ram.total                    guest memory size (bytes)
-    ram.duplicate                zero pages sent (pages)
-    ram.normal                   non-zero pages sent (pages)
-    ram.normal-bytes             normal x page-size (bytes)
-    ram.dirty-pages-rate         page writes per second in the last pass (pages/s)
-    ram.mbps                     transferred over (total - setup) time (megabits/s)
-    ram.dirty-sync-count         dirty-bitmap harvests (count)
-    ram.pages-per-second         pages sent over (total - setup) time (pages/s)
-    ram.precopy-bytes            wire bytes sent during pre-copy (bytes)
-    ram.downtime-bytes           RAM wire bytes sent during the blackout (bytes)
-    ram.page-size                page size (bytes)
-    ram.postcopy-bytes           RAM wire bytes sent after a post-copy resume (bytes;
-                                 in transferred too)
-    ram.postcopy-requests        pages the destination's vCPUs asked for (count)
-    postcopy-blocktime           every vCPU waiting for a page at once (ms)
-    postcopy-vcpu-blocktime      each vCPU's wait for pages (ms, a list)
-    (the postcopy keys only after a post-copy)
-
-    disk.transferred             a mirrored disk's bytes on the wire (bytes); and as ram's:
-    disk.remaining, disk.total, disk.duplicate (zero blocks), disk.normal (blocks),
-    disk.precopy-bytes, disk.downtime-bytes, disk.dirty-blocks-rate (blocks/s, last
-    pass), disk.block-size (bytes), disk.wait-time (pre-copy held up by the disk, ms)
-    ============================ ========================================================
+    Its keys, units and meanings: Summary.
 
     Device state is not RAM: it is in the blackout record, not in ``ram.transferred``.
     unrecorded_wire_bytes, unrecorded_disk_wire_bytes, unrecorded_pages, unrecorded_zero_pages:
@@ -528,10 +631,6 @@ def summarize(
     disk: the mirrored disk's DiskSpec (emulator.vm.disk), or None: no "disk" key.
     xbzrle_cache: QEMU's xbzrle-cache figures (cache-size, bytes, pages, cache-miss,
     cache-miss-rate, encoding-rate, overflow), or None: no "xbzrle-cache" key.
-
-    cpu.source-s-per-gib, cpu.destination-s-per-gib: each end's CPU seconds per GiB of guest
-    memory (and disk) sent in pre-copy, the guest's own vCPUs left out: netperf's "service
-    demand" (None when nothing was sent).
     """
     if status not in STATUSES:
         raise ValueError(f"invalid status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -605,27 +704,27 @@ def summarize(
 
 def _service_demand(passes):
     """The summary's "cpu": each end's pre-copy CPU seconds per GiB it moved."""
-    gib = sum(p.bytes_sent + p.disk_bytes_sent for p in passes) / (1 << 30)
+    gib = sum(p.total_bytes_sent for p in passes) / (1 << 30)
     return {f"{end}-s-per-gib": sum(getattr(p, f"{end}_cpu_s") for p in passes) / gib if gib else None
             for end in ("source", "destination")}
 
 
 def _disk_summary(passes, blackout, status, disk, unrecorded_wire_bytes):
     """The summary's "disk": a mirrored disk's totals, named as ram's."""
-    last = passes[-1] if passes else None
-    precopy = sum(p.disk_wire_bytes for p in passes) + unrecorded_wire_bytes
-    downtime = blackout.final_disk_wire_bytes if blackout else 0
-    blocks = sum(p.disk_blocks_sent for p in passes) + (blackout.final_disk_blocks if blackout else 0)
-    duplicate = sum(p.disk_zero_blocks for p in passes) + (blackout.final_disk_zero_blocks if blackout else 0)
+    parts = [p.disk for p in passes if p.disk is not None]
+    final = blackout.disk if blackout is not None and blackout.disk is not None else DiskFinal(0, 0, 0, 0.0)
+    precopy = sum(part.wire_bytes for part in parts) + unrecorded_wire_bytes
+    blocks = sum(part.blocks_sent for part in parts) + final.blocks
+    duplicate = sum(part.zero_blocks for part in parts) + final.zero_blocks
     if status == "completed":
         remaining = 0
     else:
-        remaining = last.disk_remaining_bytes if last else disk.size_bytes
+        remaining = parts[-1].remaining_bytes if parts else disk.size_bytes
     return {
-        "transferred": precopy + downtime, "remaining": remaining, "total": disk.size_bytes,
-        "duplicate": duplicate, "normal": blocks - duplicate, "precopy-bytes": precopy, "downtime-bytes": downtime,
-        "dirty-blocks-rate": last.disk_writes_rate if last else 0.0, "block-size": disk.block_size,
-        "wait-time": sum(p.disk_wait_s for p in passes) * 1e3,
+        "transferred": precopy + final.wire_bytes, "remaining": remaining, "total": disk.size_bytes,
+        "duplicate": duplicate, "normal": blocks - duplicate, "precopy-bytes": precopy,
+        "downtime-bytes": final.wire_bytes, "dirty-blocks-rate": parts[-1].writes_rate if parts else 0.0,
+        "block-size": disk.block_size, "wait-time": sum(part.wait_s for part in parts) * 1e3,
     }
 
 
@@ -665,135 +764,3 @@ def host_info() -> dict[str, Any]:
     }
 
 
-def _pages_rate(pages_per_s: float) -> str:
-    return f"{pages_per_s:,.0f} pages/s"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else format_duration(value / 1e3)
-
-
-def format_parameter(name: str, value: float | None) -> str:
-    """A value `precopy set` gave a running migration (emulator.running.control.SETTABLE), in its unit."""
-    return format_duration(value) if name == "downtime_limit_s" else format_rate(value)
-
-
-def _disk_lines(report: Report) -> list[str]:
-    """The mirrored disk's lines of the summary (none without a mirror)."""
-    disk, job = report.summary.get("disk"), report.block_job
-    if disk is None or job is None:
-        return []
-    ready = f"ready at {format_duration(job.ready_s)}" if job.ready else "never ready"
-    return [
-        f"disk         {format_bytes(disk['transferred'])} on the wire for a {format_bytes(disk['total'])} disk, "
-        f"{disk['normal']:,} blocks + {disk['duplicate']:,} zero",
-        f"block job    mirror {job.device}: offset {format_bytes(job.offset)} of len {format_bytes(job.len)}, "
-        f"{ready}; waited {format_duration(job.wait_s)} for it, write-through {format_duration(job.sync_s)}",
-    ]
-
-
-def format_summary(report: Report) -> str:
-    """A readable multi-line summary of a report."""
-    summary = report.summary
-    ram = summary.get("ram", {})
-    page_size = ram.get("page-size")
-    status = report.status + (f" ({report.reason})" if report.reason else "")
-    lines = [f"status       {status}"]
-    if summary:
-        lines.append(
-            f"total time   {_ms(summary['total-time'])}"
-            f" (setup {_ms(summary['setup-time'])})"
-        )
-        lines.append(
-            f"downtime     {_ms(summary['downtime'])}"
-            f" (expected {_ms(summary['expected-downtime'])})"
-        )
-        ratio = summary["compression-ratio"]
-        compressed = ratio is not None and report.scenario is not None and report.scenario.migration.codec != "raw"
-        lines.append(
-            f"transferred  {format_bytes(ram['transferred'])} on the wire"
-            f" at {format_rate(ram['mbps'] * 1e6 / 8)}"  # the pass table's unit, not QEMU's Mbit/s
-            + (f", compression ratio {ratio:.2f}" if compressed else "")
-        )
-        lines.append(
-            f"pages        {ram['normal']:,} normal, {ram['duplicate']:,} zero,"
-            f" {format_count(ram['dirty-sync-count'], 'harvest')}"
-        )
-        if summary["cpu-throttle-percentage"]:
-            lines.append(f"throttle     {summary['cpu-throttle-percentage']}%")
-        cpu = summary.get("cpu", {})  # (not in reports of schema 4 and older)
-        if cpu.get("source-s-per-gib") is not None:
-            lines.append(f"cpu          {cpu['source-s-per-gib']:.3f} s per GiB moved on the source, "
-                         f"{cpu['destination-s-per-gib']:.3f} on the destination (pre-copy)")
-        lines += _disk_lines(report)
-    mirrored = report.block_job is not None
-    ramped = report.scenario is not None and report.scenario.migration.policy.downtime_ramp is not None
-    if report.passes:
-        header = (
-            f"{'pass':>4} {'sent':>10} {'wire':>10} {'remaining':>10}"
-            f" {'bandwidth':>11} {'dirty rate':>16}"
-        ) + (f" {'disk sent':>10} {'disk left':>10}" if mirrored else "") + (f" {'limit':>8}" if ramped else "")
-        lines += ["", header]
-        for rec in report.passes:
-            remaining = (
-                format_bytes(rec.remaining_pages * page_size)
-                if page_size
-                else f"{rec.remaining_pages} pages"
-            )
-            disk = (f" {format_bytes(rec.disk_bytes_sent):>10} {format_bytes(rec.disk_remaining_bytes):>10}"
-                    if mirrored else "") + (f" {format_duration(rec.downtime_limit_s):>8}" if ramped else "")
-            lines.append(
-                f"{rec.pass_no:>4} {format_bytes(rec.bytes_sent):>10}"
-                f" {format_bytes(rec.wire_bytes):>10} {remaining:>10}"
-                f" {format_rate(rec.bandwidth_bytes_per_s):>11}"
-                f" {_pages_rate(rec.dirty_pages_rate):>16}{disk}"
-            )
-    if report.blackout is not None:
-        b = report.blackout
-        disk = (f" and {b.final_disk_blocks:,} disk blocks ({format_bytes(b.final_disk_wire_bytes)})" if mirrored
-                else "")
-        lines += [
-            "",
-            f"blackout     {format_duration(b.total_s)}: {b.final_pages:,} pages"
-            f" ({format_bytes(b.final_wire_bytes)} on the wire){disk}"
-            f" in {format_duration(b.final_send_s)}",
-            f"             device state {format_bytes(b.device_state_bytes)}"
-            f" in {format_duration(b.device_state_s)},"
-            f" digest check {format_duration(b.digest_check_s)},"
-            f" resume {format_duration(b.resume_s)}",
-        ]
-    cache = summary.get("xbzrle-cache") if summary else None
-    if cache is not None:
-        lines.append(f"xbzrle       {cache['pages']:,} pages as deltas ({format_bytes(cache['bytes'])}), cache "
-                     f"{format_bytes(cache['cache-size'])}, {cache['cache-miss-rate']:.0%} misses, encoding rate "
-                     f"{cache['encoding-rate']:.1f}, {cache['overflow']:,} overflows")
-    if report.postcopy is not None:
-        pc = report.postcopy
-        lines += [
-            f"post-copy    {pc.missing_pages:,} pages missing at resume, the last there after "
-            f"{format_duration(pc.last_page_s)}; {pc.pages_requested:,} asked for in "
-            f"{format_count(pc.requests, 'request')}, {pc.pushed_pages:,} pushed",
-            f"             vCPUs waited {', '.join(format_duration(b) for b in pc.vcpu_blocktime_s)} "
-            f"(all at once {format_duration(pc.blocktime_s)})",
-        ]
-    if report.digests_match is None:
-        digests = "not compared"
-    elif report.digests_match:
-        digests = f"match ({report.source_digest})"
-    else:
-        digests = (
-            f"MISMATCH (source {report.source_digest},"
-            f" destination {report.destination_digest})"
-        )
-    if report.switchover_reason:
-        lines.append(f"switchover   {report.switchover_reason}")
-    for change in report.parameter_changes:
-        lines.append(f"set          {change.name} to {format_parameter(change.name, change.value)} at "
-                     f"{format_duration(change.time_s)} "
-                     f"(pass {change.pass_no})")
-    lines.append(f"digests      {digests}")
-    for event in report.events:
-        lines += textwrap.wrap(f"{event.name}: {format_duration(event.measured_s)} past the "
-                               f"{format_duration(event.threshold_s)} threshold; likely cause: {event.cause}",
-                               100, initial_indent="warning      ", subsequent_indent=" " * 13)
-    return "\n".join(lines)

@@ -350,7 +350,7 @@ def row_for(run: SweepRun, report, report_name: str) -> dict[str, Any]:
     if report.block_job is not None:
         row.update(disk_wire_bytes=summary["disk"]["transferred"], disk_wait_s=report.block_job.wait_s,
                    disk_sync_s=report.block_job.sync_s,
-                   disk_final_blocks=report.blackout.final_disk_blocks if report.blackout else None)
+                   disk_final_blocks=report.blackout.disk.blocks if report.blackout else None)
     precopy_s = _phase_length(report, "precopy")
     if report.status == "completed" and report.blackout is not None and precopy_s is not None:
         # until the guest runs on the destination with all of its memory: post-copy's last page included

@@ -25,7 +25,7 @@ import uuid
 import numpy as np
 
 from emulator.analysis import events
-from emulator.analysis.report import Blackout, Interval, PassRecord, Postcopy
+from emulator.analysis.report import Blackout, DiskFinal, DiskPass, Interval, PassRecord, Postcopy
 from emulator.core.errors import Mismatch
 from emulator.core.units import format_count, format_rate
 from emulator.dataplane.threads import CpuMeter
@@ -78,11 +78,12 @@ class IntervalSampler:
         if now - self.last < self.every_s:
             return
         source = self.source
-        rate = counter.pages / max(now - self.started, 1e-9)  # pages/s of this pass so far
+        rate = counter.memory.units / max(now - self.started, 1e-9)  # pages/s of this pass so far
         dirty = source.guest.dirty_count()
-        pass_left_s = (self.pass_pages - counter.pages) / rate if rate else None
+        pass_left_s = (self.pass_pages - counter.memory.units) / rate if rate else None
         source.progress.interval(page_size=source.guest.page_size, sample=Interval(
-            pass_no=source.protocol.pass_no, elapsed_s=source.record.timeline.now(), pages_sent=counter.pages,
+            pass_no=source.protocol.pass_no, elapsed_s=source.record.timeline.now(),
+            pages_sent=counter.memory.units,
             pass_pages=self.pass_pages, wire_bytes_per_s=(counter.wire_bytes - self.last_wire) / (now - self.last),
             dirty_pages=dirty, pass_left_s=pass_left_s,
             end_s=None if pass_left_s is None else pass_left_s + dirty / rate,
@@ -112,13 +113,13 @@ class Precopy:
             counter = source.record.unrecorded = PassCount()  # until a record holds it (a failure may come first)
             for stream in source.streams:  # each harvested just before it is sent
                 source.send_units(stream.pass_units(pass_no), counter, stream)
-            source.link.send_control(source.protocol.pass_end(counter.pages, counter.blocks))
+            source.link.send_control(source.protocol.pass_end(counter.memory.units, counter.disk.units))
             ack = source.recv_control()
             duration_s = max(source.clock() - started, 1e-9)
             remaining = source.guest.dirty_count()
             disk_left = source.disk.remaining_bytes() if source.disk else 0
-            disk_bytes = counter.blocks * source.disk.unit_bytes if source.disk else 0
-            sent_bytes += counter.pages * source.guest.page_size + disk_bytes
+            disk_bytes = counter.disk.units * source.disk.unit_bytes if source.disk else 0
+            sent_bytes += counter.memory.units * source.guest.page_size + disk_bytes
             sent_s += duration_s
             bandwidth = sent_bytes / sent_s  # guest bytes/s over all passes: what moves remaining pages and blocks
             remaining_history.append(remaining * source.guest.page_size + disk_left)
@@ -128,9 +129,10 @@ class Precopy:
             if source.options.postcopy:
                 decision = policy.postcopy_now(decision, pass_no + 1, source.options.postcopy_after_passes) or decision
             record = PassRecord(
-                pass_no=pass_no, pages_sent=counter.pages, bytes_sent=counter.pages * source.guest.page_size,
-                wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages, duration_s=duration_s,
-                bandwidth_bytes_per_s=(counter.wire_bytes + counter.disk_wire_bytes) / duration_s,
+                pass_no=pass_no, pages_sent=counter.memory.units,
+                bytes_sent=counter.memory.units * source.guest.page_size, wire_bytes=counter.memory.wire_bytes,
+                zero_pages=counter.memory.zero_units, duration_s=duration_s,
+                bandwidth_bytes_per_s=counter.wire_bytes / duration_s,
                 remaining_pages=remaining,
                 dirty_pages_rate=(source.memory.writes - writes_before[source.memory]) / duration_s,
                 threshold_bytes=decision.threshold_bytes, downtime_limit_s=decision.downtime_limit_s,
@@ -178,12 +180,13 @@ class Precopy:
         """The disk's part of a pass record; the block job's readiness and the time spent waiting for it."""
         source = self.source
         disk = source.disk
-        record.disk_blocks_sent, record.disk_zero_blocks = counter.blocks, counter.zero_blocks
-        record.disk_bytes_sent, record.disk_wire_bytes = counter.blocks * disk.unit_bytes, counter.disk_wire_bytes
-        record.disk_remaining_bytes = disk_left
-        record.disk_writes_rate = (disk.writes - writes_before) / record.duration_s
-        record.disk_wait_s = record.duration_s if waiting else 0.0
-        disk.wait_s += record.disk_wait_s
+        sent = counter.disk
+        record.disk = DiskPass(
+            blocks_sent=sent.units, bytes_sent=sent.units * disk.unit_bytes, wire_bytes=sent.wire_bytes,
+            zero_blocks=sent.zero_units, remaining_bytes=disk_left,
+            writes_rate=(disk.writes - writes_before) / record.duration_s,
+            wait_s=record.duration_s if waiting else 0.0)
+        disk.wait_s += record.disk.wait_s
         if disk.ready_s is None and disk_left <= record.threshold_bytes:
             disk.ready_s = source.record.timeline.now()
             source.progress.message(f"disk mirror ready after pass {record.pass_no}: its dirty blocks fit the "
@@ -224,16 +227,18 @@ class StopAndCopy:
         if source.disk:
             source.disk.received_digest = resumed.body["disk_digest"]
         blackout = source.record.blackout = Blackout(
-            total_s=total_s, final_pages=counter.pages, final_bytes=counter.pages * source.guest.page_size,
-            final_wire_bytes=counter.wire_bytes, final_zero_pages=counter.zero_pages,
+            total_s=total_s, final_pages=counter.memory.units,
+            final_bytes=counter.memory.units * source.guest.page_size, final_wire_bytes=counter.memory.wire_bytes,
+            final_zero_pages=counter.memory.zero_units,
             final_send_s=resumed.field("final_pages_s", (int, float)), device_state_bytes=len(source.device_state),
             device_state_s=device_state_s, digest_check_s=resumed.field("digest_check_s", (int, float)),
-            resume_s=resumed.field("resume_s", (int, float)), final_disk_blocks=counter.blocks,
-            final_disk_zero_blocks=counter.zero_blocks, final_disk_wire_bytes=counter.disk_wire_bytes,
-            disk_sync_s=resumed.field("disk_sync_s", (int, float)),
+            resume_s=resumed.field("resume_s", (int, float)),
+            disk=DiskFinal(blocks=counter.disk.units, zero_blocks=counter.disk.zero_units,
+                           wire_bytes=counter.disk.wire_bytes, sync_s=resumed.field("disk_sync_s", (int, float)))
+            if source.disk else None,
         )
         if source.disk:
-            source.disk.sync_s = blackout.disk_sync_s
+            source.disk.sync_s = blackout.disk.sync_s
         source.record.unrecorded = None  # the blackout record holds the final pass
         source.warn_if_long(blackout)
         for stream, what in ((source.memory, "memory"), (source.disk, "disk")):
@@ -268,8 +273,8 @@ class StopAndCopy:
 
     def _complete(self, counter, token):
         source = self.source
-        return source.protocol.complete(counter.pages, source.memory.sent_digest, source.device_state_digest, token,
-                                        counter.blocks, source.disk and source.disk.sent_digest)
+        return source.protocol.complete(counter.memory.units, source.memory.sent_digest, source.device_state_digest,
+                                        token, counter.disk.units, source.disk and source.disk.sent_digest)
 
 
 class PostcopyPhase:
@@ -325,7 +330,7 @@ class PostcopyPhase:
                 sampler.sample(counter)
         source.limiter.settle()
         source.memory.sent_digest = source.memory.running_digest.value()
-        source.link.send_control(source.protocol.postcopy_end(counter.pages, source.memory.sent_digest))
+        source.link.send_control(source.protocol.postcopy_end(counter.memory.units, source.memory.sent_digest))
         done = source.recv_control()
         source.memory.received_digest = done.body["digest"]
         duration_s = source.clock() - resumed_at
@@ -348,6 +353,6 @@ class PostcopyPhase:
         return Postcopy(
             missing_pages=missing_pages, pages_requested=done.body["pages_requested"],
             requested_sent=source.backlog.requested_sent, pushed_pages=source.backlog.pushed,
-            requests=source.backlog.requests, wire_bytes=counter.wire_bytes, zero_pages=counter.zero_pages,
+            requests=source.backlog.requests, wire_bytes=counter.memory.wire_bytes, zero_pages=counter.memory.zero_units,
             duration_s=duration_s, last_page_s=done.body["last_page_s"], blocktime_s=done.body["blocktime_s"],
             vcpu_blocktime_s=[float(b) for b in blocktimes], destination_cpu_s=done.body["cpu_s"])

@@ -66,10 +66,10 @@ class Recorder:
         summary = summarize(
             self.passes, self.blackout, status=status, page_size=memory.unit_bytes, total_pages=memory.units,
             setup_s=total_s if setup_s is None else setup_s, total_s=total_s, expected_downtime_s=expected_downtime_s,
-            unrecorded_wire_bytes=unrecorded.wire_bytes if unrecorded else 0,
-            unrecorded_disk_wire_bytes=unrecorded.disk_wire_bytes if unrecorded else 0,
-            unrecorded_pages=unrecorded.pages if unrecorded else 0,
-            unrecorded_zero_pages=unrecorded.zero_pages if unrecorded else 0,
+            unrecorded_wire_bytes=unrecorded.memory.wire_bytes if unrecorded else 0,
+            unrecorded_disk_wire_bytes=unrecorded.disk.wire_bytes if unrecorded else 0,
+            unrecorded_pages=unrecorded.memory.units if unrecorded else 0,
+            unrecorded_zero_pages=unrecorded.memory.zero_units if unrecorded else 0,
             disk=disk and disk.image.spec, xbzrle_cache=xbzrle_cache, postcopy=self.postcopy,
         )
         return Report(
@@ -83,9 +83,9 @@ class Recorder:
 
     def _block_job(self, status, disk, rate_bytes_per_s):
         """The disk mirror as QEMU's query-block-jobs shows one."""
-        unrecorded = self.unrecorded.blocks if self.unrecorded else 0
-        final = self.blackout.final_disk_blocks if self.blackout else 0
-        offset = (sum(p.disk_blocks_sent for p in self.passes) + unrecorded + final) * disk.unit_bytes
+        unrecorded = self.unrecorded.disk.units if self.unrecorded else 0
+        final = self.blackout.disk.blocks if self.blackout else 0
+        offset = (sum(p.disk.blocks_sent for p in self.passes) + unrecorded + final) * disk.unit_bytes
         left = 0 if status == "completed" else disk.remaining_bytes() if self.passes else disk.image.spec.size_bytes
         return BlockJob(device=disk.image.spec.name, len=offset + left, offset=offset, ready=disk.ready_s is not None,
                         ready_s=disk.ready_s, wait_s=disk.wait_s, sync_s=disk.sync_s, speed=rate_bytes_per_s or 0)

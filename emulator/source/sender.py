@@ -26,7 +26,8 @@ import uuid
 
 import numpy as np
 
-from emulator.analysis.report import ParameterChange, format_parameter
+from emulator.analysis.report import ParameterChange
+from emulator.analysis.text import format_parameter
 from emulator.core.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
 from emulator.dataplane.codecs import codec_from_name
 from emulator.source.phases import IntervalSampler, PostcopyPhase, Precopy, StopAndCopy
@@ -197,11 +198,10 @@ class Source:
         return {
             "phase": phases[-1].phase if phases else "starting",
             "elapsed_s": record.timeline.now() if record else 0.0, "pass": self.protocol.pass_no,
-            "pass_pages_sent": counter.pages if counter else 0, "page_size": self.guest.page_size,
+            "pass_pages_sent": counter.memory.units if counter else 0, "page_size": self.guest.page_size,
             "total_pages": self.guest.n_pages,
             "remaining_pages": self._remaining_pages(counter),
-            "transferred_bytes": sum(p.wire_bytes + p.disk_wire_bytes for p in passes)
-            + (counter.wire_bytes + counter.disk_wire_bytes if counter else 0),
+            "transferred_bytes": sum(p.total_wire_bytes for p in passes) + (counter.wire_bytes if counter else 0),
             "bandwidth_bytes_per_s": last.bandwidth_bytes_per_s if last else None,
             "dirty_pages_rate": last.dirty_pages_rate if last else None,
             "downtime_limit_s": self.policy_in_force.downtime_limit_s,
@@ -217,7 +217,7 @@ class Source:
             return self.backlog.unsent_pages()
         if counter is None or self.paused or self.record.passes:  # not in pass 0
             return self.guest.dirty_count()
-        sent = min(counter.pages, self.guest.n_pages)
+        sent = min(counter.memory.units, self.guest.n_pages)
         return self.guest.n_pages - sent + bitmap.count_dirty(self.guest.dirty[: sent // bitmap.WORD_BITS])
 
     def change(self, name, value):

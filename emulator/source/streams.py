@@ -73,20 +73,27 @@ class DiskStream(Stream):
         self.sync_s = 0.0  # the destination's write-through of its copy in the handover
 
 
-class PassCount:
-    """What one pass (or the blackout, or post-copy) put on the wire: memory pages, and a disk's blocks."""
+class StreamCount:
+    """What one stream put on the wire in a pass: units (zero ones included), the zero ones, wire bytes."""
 
     def __init__(self):
-        self.pages = self.zero_pages = self.wire_bytes = 0
-        self.blocks = self.zero_blocks = self.disk_wire_bytes = 0
+        self.units = self.zero_units = self.wire_bytes = 0
+
+
+class PassCount:
+    """What one pass (or the blackout, or post-copy) put on the wire, counted by stream: the memory's pages
+    and a mirrored disk's blocks."""
+
+    def __init__(self):
+        self.memory, self.disk = StreamCount(), StreamCount()
 
     def count(self, batch, wire, stream):
-        zero = batch.pages if batch.kind == MsgType.ZERO_PAGES else 0
-        if stream.disk:
-            self.blocks += batch.pages
-            self.zero_blocks += zero
-            self.disk_wire_bytes += wire
-        else:
-            self.pages += batch.pages
-            self.zero_pages += zero
-            self.wire_bytes += wire
+        mine = self.disk if stream.disk else self.memory
+        mine.units += batch.pages
+        mine.zero_units += batch.pages if batch.kind == MsgType.ZERO_PAGES else 0
+        mine.wire_bytes += wire
+
+    @property
+    def wire_bytes(self):
+        """Every stream's bytes on the wire."""
+        return self.memory.wire_bytes + self.disk.wire_bytes

@@ -7,6 +7,7 @@ import json
 import math
 
 from emulator.analysis import drain_estimate, estimate
+from emulator.analysis.text import format_estimate
 from emulator.core import units
 from emulator.shell import readers, run_options
 from emulator.shell.commands import drain as drain_command
@@ -80,7 +81,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        print(estimate.format_estimate(result))
+        print(format_estimate(result))
     return EXIT_OK
 
 

@@ -10,8 +10,8 @@ import json
 import os
 import sys
 
-from emulator.analysis.display import DEFAULT_INTERVAL_S, JsonStream, LiveDisplay, describe_scenario, format_verdict
-from emulator.analysis.report import format_summary
+from emulator.analysis.display import DEFAULT_INTERVAL_S, JsonStream, LiveDisplay
+from emulator.analysis.text import describe_scenario, format_summary, format_verdict
 from emulator.core import units
 from emulator.dataplane.security import ClientSecurity
 from emulator.dataplane.transport import parse_endpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from emulator.analysis.display import format_status
+from emulator.analysis.text import format_status
 from emulator.running import control
 from emulator.shell import run_options
 from emulator.shell.commands.common import EXIT_OK, UsageError
