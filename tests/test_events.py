@@ -1,11 +1,12 @@
 """The long-blackout event: its threshold, its likely cause from the pass records, both ends' warning, the exit status."""
 
+import dataclasses
 import math
 
 import pytest
 
 from emulator.analysis import events
-from emulator.analysis.report import PassRecord, Report
+from emulator.analysis.report import DiskPass, PassRecord, Report
 from emulator.dataplane.transport import DestinationLink, SourceLink
 from emulator.shell.cli import main
 from emulator.source.policy import PolicyConfig
@@ -97,3 +98,15 @@ def test_both_ends_say_the_warning():
         warnings = [text for text in said[side].texts if text.startswith("warning: the blackout lasted ")]
         assert len(warnings) == 1, (side, said[side].texts)
         assert f"{where}, past the 10.0 ms warning threshold (long-blackout); likely cause: " in warnings[0]
+
+
+def test_a_mirrored_pass_0_under_the_cap_with_idle_cpus_is_storage_bound():
+    disk = DiskPass(blocks_sent=100, bytes_sent=100 << 16, wire_bytes=100 << 16, zero_blocks=0, remaining_bytes=0,
+                    writes_rate=0.0)
+    first = dataclasses.replace(record(0, bandwidth=60 * MB), disk=disk, source_cpu_s=0.01, destination_cpu_s=0.02)
+    assert events.pace_setter(first) == "storage"
+    cause = events.likely_cause([first], "converged", 100 * MB, 1, 1.0)
+    assert cause == "storage-bound: pass 0 ran at 60.0 MB/s, 60% of the 100 MB/s cap"
+    busy = dataclasses.replace(first, destination_cpu_s=first.duration_s)  # a core's worth: the CPU it was
+    assert events.pace_setter(busy) == "CPU"
+    assert events.pace_setter(dataclasses.replace(first, disk=None)) == "CPU"  # memory only: as before

@@ -11,6 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from emulator.analysis.text import format_summary
+from emulator.core.units import format_bytes
 from emulator.dataplane.transport import DestinationLink
 from emulator.destination.receiver import Destination, DestinationLimits
 from emulator.running.migration import check, run_source
@@ -117,6 +119,16 @@ def test_the_switchover_waits_for_the_disk_and_says_how_long(tmp_path):
     assert report.block_job.wait_s == pytest.approx(sum(waits)) and not report.block_job.ready
     assert report.summary["disk"]["wait-time"] == pytest.approx(sum(waits) * 1e3)
     assert report.switchover_reason == "max-passes"
+    # the blackout sends the disk's dirty blocks too: the expectation counts them
+    bandwidth = sum(p.total_bytes_sent for p in report.passes) / sum(p.duration_s for p in report.passes)
+    assert report.summary["expected-downtime"] == pytest.approx(
+        report.passes[-1].disk.remaining_bytes / bandwidth * 1e3)
+    # the headline counts the disk's bytes with the memory's
+    moved = report.summary["ram"]["transferred"] + report.summary["disk"]["transferred"]
+    line = next(line for line in format_summary(report).splitlines() if line.startswith("transferred"))
+    assert line.startswith(f"transferred  {format_bytes(moved)} on the wire at ")
+    assert line.endswith(f"(memory {format_bytes(report.summary['ram']['transferred'])}, "
+                         f"disk {format_bytes(report.summary['disk']['transferred'])})")
 
 
 def test_shared_storage_moves_no_block(tmp_path):

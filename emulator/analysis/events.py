@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from emulator.core.units import format_bytes, format_duration, format_rate
 
 LONG_BLACKOUT_S = 63.0  # the article's "serious problem" mark: always a warning past it
-CAP_MET_SHARE = 0.9  # a pass 0 on the wire below this share of the cap was held back by the CPU
+CAP_MET_SHARE = 0.9  # a pass 0 on the wire below this share of the cap was held back by the CPU (or storage)
+CPU_BUSY_CORES = 0.9  # an end whose migration used less than this many cores' time was not held back by its CPU
 LINK_MET_SHARE = 0.8  # final pages crossing below this share of the last pass's rate: the link slowed
 
 
@@ -42,6 +43,15 @@ def cpu_bound(first_pass, cap_bytes_per_s):
     return f"pass 0 ran at {format_rate(rate)}, {rate / cap_bytes_per_s:.0%} of the {format_rate(cap_bytes_per_s)} cap"
 
 
+def pace_setter(first_pass):
+    """What held a pass 0 below its cap: the CPU, unless neither end's migration kept a core busy while a
+    mirrored disk crossed too (then the destination's storage, writing the disk's copy, set the pace)."""
+    busiest_cores = max(first_pass.source_cpu_s, first_pass.destination_cpu_s) / first_pass.duration_s
+    if first_pass.disk is not None and busiest_cores < CPU_BUSY_CORES:
+        return "storage"
+    return "CPU"
+
+
 def likely_cause(passes, switchover_reason, cap_bytes_per_s, final_wire_bytes, final_send_s):
     """Why a blackout ran long, read from the pass records, in the order an operator would check."""
     last, first = passes[-1], passes[0]
@@ -52,7 +62,7 @@ def likely_cause(passes, switchover_reason, cap_bytes_per_s, final_wire_bytes, f
                 f"downtime limit" if last.threshold_bytes else f"not converged: pre-copy ended by {switchover_reason}")
     held_back = cpu_bound(first, cap_bytes_per_s)
     if held_back:
-        return f"CPU-bound: {held_back}"
+        return f"{pace_setter(first)}-bound: {held_back}"
     final_rate = final_wire_bytes / final_send_s if final_send_s > 0 else None
     if final_rate is not None and final_rate < LINK_MET_SHARE * last.bandwidth_bytes_per_s:
         return (f"link slower than measured: the final pages crossed at {format_rate(final_rate)}, "

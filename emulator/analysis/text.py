@@ -47,6 +47,19 @@ def _disk_lines(report: Report) -> list[str]:
     ]
 
 
+def _transferred_line(summary) -> str:
+    """Every byte on the wire and its rate (the pass table's unit, not QEMU's Mbit/s); with a mirrored disk,
+    the memory's and the disk's parts."""
+    ram, disk = summary["ram"], summary.get("disk")
+    if disk is None:
+        return f"transferred  {format_bytes(ram['transferred'])} on the wire at {format_rate(ram['mbps'] * 1e6 / 8)}"
+    moved = ram["transferred"] + disk["transferred"]
+    transfer_s = (summary["total-time"] - summary["setup-time"]) / 1e3
+    rate = format_rate(moved / transfer_s) if transfer_s > 0 else "-"
+    return (f"transferred  {format_bytes(moved)} on the wire at {rate} (memory {format_bytes(ram['transferred'])}, "
+            f"disk {format_bytes(disk['transferred'])})")
+
+
 def format_summary(report: Report) -> str:
     """A readable multi-line summary of a report."""
     summary = report.summary
@@ -65,11 +78,7 @@ def format_summary(report: Report) -> str:
         )
         ratio = summary["compression-ratio"]
         compressed = ratio is not None and report.scenario is not None and report.scenario.migration.codec != "raw"
-        lines.append(
-            f"transferred  {format_bytes(ram['transferred'])} on the wire"
-            f" at {format_rate(ram['mbps'] * 1e6 / 8)}"  # the pass table's unit, not QEMU's Mbit/s
-            + (f", compression ratio {ratio:.2f}" if compressed else "")
-        )
+        lines.append(_transferred_line(summary) + (f", compression ratio {ratio:.2f}" if compressed else ""))
         lines.append(
             f"pages        {ram['normal']:,} normal, {ram['duplicate']:,} zero,"
             f" {format_count(ram['dirty-sync-count'], 'harvest')}"

@@ -145,10 +145,10 @@ class Precopy:
                 memory_fitted = remaining * source.guest.page_size <= decision.threshold_bytes
             source.record.passes.append(record)
             source.record.unrecorded = None
-            # what the blackout will send: the dirty pages; in post-copy the device state and the list of missing
-            # pages (MISSING: a page number each, at most)
+            # what the blackout will send: the dirty pages and a mirrored disk's dirty blocks; in post-copy the device
+            # state and the list of missing pages (MISSING: a page number each, at most)
             blackout_bytes = source.options.device_state_bytes + remaining * MISSING_BYTES_PER_PAGE \
-                if decision.action == "postcopy" else remaining * source.guest.page_size
+                if decision.action == "postcopy" else remaining * source.guest.page_size + disk_left
             source.expected_downtime_s = policy.expected_downtime_s(blackout_bytes, bandwidth)
             self._tell_pass(record, decision)
             if decision.action != "continue":
@@ -167,8 +167,9 @@ class Precopy:
                                    for change in source.record.parameter_changes)
         if record.pass_no == 0 and capped_all_along:  # a cap set mid-pass: no rate to hold the pass against
             held_back = events.cpu_bound(record, source.limiter.rate_bytes_per_s)
-            if held_back:  # pass 0 well below the rate cap: this machine's CPU set the pace, not the capped link
-                source.progress.message(f"{held_back}: this machine's CPU, not the cap, set the pace")
+            if held_back:  # pass 0 well below the rate cap: the CPU (or storage) set the pace, not the capped link
+                what = {"CPU": "this machine's CPU", "storage": "the destination's storage"}[events.pace_setter(record)]
+                source.progress.message(f"{held_back}: {what}, not the cap, set the pace")
         if decision.action == "postcopy":
             why = f"after {format_count(record.pass_no + 1, 'pass')}" if decision.reason == "postcopy-after" else \
                 f"pre-copy {decision.reason}"
