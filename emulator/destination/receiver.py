@@ -40,6 +40,7 @@ from emulator.dataplane.receiving import ReceivingPlane
 from emulator.dataplane.threads import CpuMeter
 from emulator.dataplane.transport import HEARTBEATS_PER_TIMEOUT, WAKE
 from emulator.destination.hosted import HostedGuest
+from emulator.vm.allocator import MemoryShortfall, available_memory_bytes
 from emulator.vm.compat import CpuModel, this_cpu
 from emulator.vm.disk import DiskError, DiskImage, disk_problems
 from emulator.vm.guest import GuestMemory
@@ -50,20 +51,6 @@ from emulator.wire.protocol import MsgType, RemoteProtocolError
 from emulator.wire.protocol_engines import (DestinationProtocol, DeviceState, FinalPassComplete, Missing, PassComplete,
                                             PostcopyBegins, PostcopyComplete, SourceAborted, Switchover, stranger_abort,
                                             stranger_refusal, verdict)
-
-
-def available_memory_bytes():
-    """Memory this host can give a guest: MemAvailable, or all physical memory if unknown."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _offered_cpu(value):
@@ -365,8 +352,7 @@ class Destination:
         self.protocol.receive_hello(hello)
         scenario, problems = judge(hello, self.limits, self.capacity_bytes)
         if problems:
-            self.send(self.protocol.refuse(refusal(problems)))
-            raise Refused(refusal(problems))
+            self._refuse(problems)
         self.say("setup: allocating guest memory")
         self.scenario = scenario
         disk = None
@@ -380,9 +366,12 @@ class Destination:
         try:  # seconds of page faults for a big guest
             self.hosted = self._while_heartbeating(lambda: HostedGuest(scenario, self._blank_guest(scenario.guest),
                                                                        disk))
-        except BaseException:
+        except BaseException as error:
             if disk is not None:
                 disk.discard()
+            if isinstance(error, MemoryShortfall):  # what was offered is not free now: refused as any HELLO is
+                self._refuse([Problem(error.field, error.text("this destination"), "free memory on the destination, "
+                                      f"or give the guest at most {format_bytes(error.available_bytes)}")])
             raise
         options = scenario.migration
         ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
@@ -395,15 +384,22 @@ class Destination:
         self.say(f"accepted a {format_bytes(scenario.guest.memory_bytes)} guest ({scenario.guest.n_pages:,} pages) "
                   f"on {options.channels} channel(s)")
 
+    def _refuse(self, problems):
+        """REFUSE the HELLO for `problems`; raise Refused."""
+        self.send(self.protocol.refuse(refusal(problems)))
+        raise Refused(refusal(problems))
+
     def _blank_guest(self, spec):
-        """A zeroed, resident memory for `spec`: the prepared one if it is that guest's."""
+        """A zeroed, resident memory for `spec`: the prepared one if it is that guest's (held already), else
+        allocated if this host can hold it now (MemoryShortfall if not), whatever capacity it offered: the
+        source may have taken memory since, on this host."""
         prepared, self.prepared = self.prepared, None
         if prepared is not None:
             guest = prepared.result()
             if guest.spec == spec:
                 return guest
             del guest
-        return GuestMemory.blank(spec)
+        return GuestMemory.resident(spec, blank=True)
 
     def _while_heartbeating(self, work):
         """Run `work` (seconds of page faults for a big guest) while telling the source we are alive;

@@ -24,7 +24,7 @@ from emulator.destination.receiver import Destination, DestinationLimits
 from emulator.destination.serving import Listener
 from emulator.running.control import ControlServer
 from emulator.source.sender import Source
-from emulator.vm.allocator import keep_freed_buffers
+from emulator.vm.allocator import keep_freed_buffers, require_room
 from emulator.vm.disk import DiskImage
 from emulator.vm.guest import GuestMemory
 from emulator.vm.verdict import Verdict
@@ -99,7 +99,16 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     yet started) writer instead, made by the caller.
     writers_running: the caller's workload (and disk_writer) run already and are its to stop,
     as a drained guest's run from the drain's start and on after a failed migration.
+
+    A guest built here is checked against what this host can hold before anything starts
+    (MemoryShortfall naming guest.memory_bytes, emulator.vm.allocator), and again as it is
+    allocated, after the warm-up. It is resident (every page written) before HELLO is sent,
+    and a destination checks what its host can hold when HELLO arrives, not before: so when
+    both ends share a host, the destination's check already sees the source's guest, and
+    two ends cannot together promise memory that only one of them can have.
     """
+    if guest is None:  # said before connecting, as other bad input is
+        require_room(scenario.guest.memory_bytes, "guest.memory_bytes")
     if writers_running and workload is None:
         raise ValueError("writers_running: the caller's writers run already, but workload is None")
     if writers_running and scenario.disk is not None and disk_writer is None:
@@ -107,7 +116,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
     link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         ready_to_move_pages(progress)
-        guest = guest or GuestMemory(scenario.guest)
+        guest = guest or GuestMemory.resident(scenario.guest)
         workload = workload or Workload(guest, scenario.workload)
         with contextlib.ExitStack() as running:
             if disk is None:

@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from emulator.core import fields
+from emulator.vm import allocator
 from kernels import bitmap, fill, pages
 
 FILL_PROFILES = ("zero", "random", "half", "text", "mixed")
@@ -92,6 +93,13 @@ class GuestMemory:
             pool = fill.text_pool(spec.seed, self.page_size)
             self._in_slices(lambda first, count: fill.fill_pages(self.data, self.page_size, kinds[first : first + count],
                                                                  spec.seed, pool, first))
+
+    @classmethod
+    def resident(cls, spec, *, blank=False):
+        """`spec`'s memory, with its content (or zeroed, with `blank`), allocated only if this host can hold it
+        now: else MemoryShortfall naming guest.memory_bytes (see emulator.vm.allocator.holding)."""
+        with allocator.holding(spec.memory_bytes, "guest.memory_bytes"):
+            return cls.blank(spec) if blank else cls(spec)
 
     @classmethod
     def blank(cls, spec):
