@@ -14,6 +14,7 @@ import emulator
 from emulator.running import children, control, drain, migration
 from emulator.running.drain import Drain, DrainOptions, ordered
 from emulator.shell.cli import main
+from emulator.source.ratelimit import SharedBalance, make_limiter
 from emulator.vm.disk import DiskImage
 from tests.cli_process import PrecopyProcess
 
@@ -69,6 +70,35 @@ def test_four_guests_two_at_once_to_two_receivers_under_one_shared_cap():
     busy = [rate for at, rate in report.link[1:-1]]
     assert busy and abs(sum(busy) / len(busy) - cap) <= 0.03 * cap, report.link
     assert max(rate for _, rate in report.link) <= cap * 1.1
+
+
+def test_link_samples_stay_within_the_budget_while_migrations_queue_behind_its_debt():
+    """Two migrations send 4 MiB messages (1024 pages) under one 50 MB/s bucket, on a fake clock, and the
+    drain's sampler looks every LINK_SAMPLE_S / 4 (its loop: about every fifth; a quarter is exact in binary),
+    then once more just after the last send."""
+    now_s, budget_rate, message, every_s = [0.0], 50e6, 4 * MIB, drain.LINK_SAMPLE_S / 4
+    budget = make_limiter(budget_rate, clock=lambda: now_s[0], sleep=lambda seconds: None, shared=SharedBalance())
+    link = drain._LinkUse(budget, lambda: now_s[0])
+    ready_s, looks = [0.0, 0.0], 0  # when each migration reserves its next message; the sampler's looks so far
+
+    def look_until(until_s):
+        nonlocal looks
+        while (looks + 1) * every_s <= until_s:
+            looks += 1
+            now_s[0] = looks * every_s
+            link.sample()
+        now_s[0] = until_s
+
+    for _ in range(64):  # 256 MiB: about 5.4 s of link
+        sender = min(range(2), key=ready_s.__getitem__)
+        look_until(ready_s[sender])
+        ready_s[sender] += budget.consume(message)  # its turn comes when the debt before it is paid
+    look_until(max(ready_s) + 0.03)  # the last message went; the migrations end
+    link.sample(final=True)
+    assert max(rate for _, rate in link.samples) <= budget_rate * 1.05, link.samples
+    times = [0.0] + [at for at, _ in link.samples]
+    assert all(later - at >= drain.LINK_SAMPLE_S for at, later in zip(times, times[1:])), times
+    assert [rate for _, rate in link.samples[1:-1]] == pytest.approx([budget_rate] * (len(link.samples) - 2))
 
 
 @pytest.mark.parametrize("retry", [False, True])

@@ -33,7 +33,7 @@ from emulator.vm.scenario import Scenario
 
 ORDERS = ("listed", "largest")  # the queue: as the inventory lists the guests, or the largest memory first
 PLACEMENTS = ("round-robin", "capacity")  # the next destination in turn, or the one with the most memory free
-LINK_SAMPLE_S = 0.5  # how often the link's use is sampled
+LINK_SAMPLE_S = 0.5  # the link's use is sampled over windows this long: 50 of the budget's bursts (_LinkUse)
 GUEST_START_TIMEOUT_S = 300.0  # a guest process imports, fills its memory and warms up the data path
 SCHEMA = 1
 
@@ -247,22 +247,36 @@ def _guest_process(index, scenario, commands, events, balance, budget_rate):
 
 # the drain ----------------------------------------------------------------------------------
 class _LinkUse:
-    """The link's use over time: the bytes every migration took from the shared bucket, per LINK_SAMPLE_S
-    (taken as a message is let through, just before it is sent)."""
+    """The link's use over time: the bytes the shared budget (a limiter on the drain's balance) has carried,
+    over windows of at least LINK_SAMPLE_S.
 
-    def __init__(self, balance, clock):
-        self.balance, self.clock = balance, clock
+    The rule that keeps every sample at most 2% above the budget: count what the bucket has carried
+    (carried_bytes), not what senders debited (a sender debits a whole message, up to batch_pages pages,
+    before it waits its turn, so debits run a message per migration ahead of the link). What is carried grows
+    by at most one burst (DEFAULT_BURST_S at the rate) more than the rate over any window, and a window of
+    LINK_SAMPLE_S is 50 bursts long. A drain shorter than one window has one sample, over all of it; bytes
+    still owed to the bucket when the drain ends are in none.
+    """
+
+    def __init__(self, budget, clock):
+        self.budget, self.clock = budget, clock
         self.samples = []  # (time, bytes/s over the window ending then)
-        self._at, self._bytes = clock(), balance.consumed_bytes
+        self._at, self._bytes = clock(), budget.carried_bytes()
+        self._window_before = None  # (start, bytes carried then) of the last sample's window
 
     def sample(self, final=False):
-        """Take a sample if a window has passed (or, `final`, whatever is left of one); True if taken."""
-        now = self.clock()
-        if now - self._at < (1e-3 if final else LINK_SAMPLE_S):
-            return False
-        consumed = self.balance.consumed_bytes
-        self.samples.append((now, (consumed - self._bytes) / (now - self._at)))
-        self._at, self._bytes = now, consumed
+        """Take a sample if a window has passed; `final`: close the last window, a rest shorter than one
+        joining the sample before it. True if taken."""
+        now, carried = self.clock(), self.budget.carried_bytes()
+        if now - self._at < LINK_SAMPLE_S:
+            if not final or (not self.samples and now - self._at < 1e-3):
+                return False
+            if self.samples:
+                self.samples.pop()
+                self._at, self._bytes = self._window_before
+        self.samples.append((now, (carried - self._bytes) / (now - self._at)))
+        self._window_before = self._at, self._bytes
+        self._at, self._bytes = now, carried
         return True
 
 
@@ -303,7 +317,7 @@ class Drain:
         try:
             self._start_guests()
             self.started_at = time.monotonic()  # the drain's clock starts with every guest running
-            link = _LinkUse(self.balance, self.now)
+            link = _LinkUse(make_limiter(self.options.max_bandwidth_bytes_per_s, shared=self.balance), self.now)
             self._schedule(link)
         except KeyboardInterrupt:
             cancelled = True

@@ -15,6 +15,12 @@ A bucket made with a ``SharedBalance`` keeps its balance in shared memory under 
 process-shared lock: every process given the same balance draws from one bucket (a
 drain's migrations share one link budget this way), and the balance counts every
 process's bytes.
+
+``carried_bytes`` is what the capped link has carried by now: the bytes debited less the
+debt still to wait off. A sender debits a whole message before it waits its turn, so the
+debits run up to a message per sender ahead of the link; what is carried grows by at most
+``burst + rate x w`` over any w seconds (the burst only after the link was idle), and at
+the rate while senders queue. A reading of the link's use counts this.
 """
 
 from __future__ import annotations
@@ -171,6 +177,12 @@ class TokenBucket:
             self._sleep(wait_s)
         return wait_s
 
+    def carried_bytes(self) -> float:
+        """Bytes every process drawing from this bucket has debited, less the debt still to wait off
+        (module doc)."""
+        with self._lock:
+            return self._balance[2] - max(0.0, -self._tokens_at(self._clock()))
+
     def settle(self) -> float:
         """Sleep until the debt is paid (no tokens owed); returns the seconds waited."""
         with self._lock:
@@ -207,6 +219,10 @@ class Unlimited:
             with self._shared.lock:
                 self._shared.values[2] += nbytes
         return 0.0
+
+    def carried_bytes(self) -> float:
+        """Bytes debited so far (by every process, given `shared`): with no limit, none wait."""
+        return self.consumed_bytes if self._shared is None else self._shared.consumed_bytes
 
     def settle(self) -> float:
         return 0.0
