@@ -11,6 +11,7 @@ import time
 import pytest
 
 import emulator
+from emulator.analysis.text import format_drain
 from emulator.running import children, control, drain, migration
 from emulator.running.drain import Drain, DrainOptions, ordered
 from emulator.shell.cli import main
@@ -267,7 +268,7 @@ def test_guests_no_destination_would_host_never_count_as_migrating():
     assert [(run.status, run.reason, run.started_s, run.ended_s) for run in report.guests] == [
         ("failed", "no destination would host it: tcp://127.0.0.1:9: no answer from the destination", None, None)] * 2
     assert (report.concurrency, report.peak_concurrency, report.mean_concurrency) == ([], 0, 0.0)
-    assert drain.format_drain(report).splitlines()[0].endswith(": 0 of 2 guests moved, at most 0 at once (mean 0.0)")
+    assert format_drain(report).splitlines()[0].endswith(": 0 of 2 guests moved, at most 0 at once (mean 0.0)")
 
 
 def test_each_guests_mirrored_disk_crosses_under_a_name_of_its_own(tmp_path):

@@ -1,7 +1,7 @@
 """Every text a command prints about a migration, rendered in one place.
 
 A run's summary (`format_summary`, what `migrate`, `send` and `report` print), an
-estimate (`format_estimate`), a finished pass and a pass in progress (the live display's
+estimate (`format_estimate`), a drain (`format_drain`), a finished pass and a pass in progress (the live display's
 lines), the start banner (`describe_scenario`), `precopy status` (`format_status`) and a
 check's verdict (`format_verdict`). Each takes records (emulator.analysis.report) or the
 dicts the engines answer with and returns lines within COLUMNS, where it can; the live
@@ -326,6 +326,26 @@ def format_verdict(answer, endpoint):
             lines += textwrap.wrap(problem.fix, COLUMNS, initial_indent="    fix: ", subsequent_indent=" " * 9)
     if answer.busy:
         lines.append("busy: it is receiving another migration now; until that ends, a migration is refused as busy")
+    return "\n".join(lines)
+
+
+def format_drain(report):
+    """A drain's summary (an emulator.running.drain.DrainReport): the whole, then a line per guest."""
+    moved = sum(run.status == "completed" for run in report.guests)
+    lines = [f"drain {report.status} in {format_duration(report.total_s)}: {moved} of {len(report.guests)} guests "
+             f"moved, at most {report.peak_concurrency} at once (mean {report.mean_concurrency:.1f})",
+             f"{'guest':<12} {'status':<11} {'started':>8} {'blackout':>9} {'resumed':>8} {'downtime':>9}  destination"]
+
+    def at(seconds):
+        return "-" if seconds is None else f"{seconds:.2f}"
+
+    for run in report.guests:
+        blackout = run.report.blackout if run.report else None
+        lines.append(f"{run.name:<12} {run.status:<11} {at(run.started_s):>8} {at(run.switchover_s):>9} "
+                     f"{at(run.resumed_s):>8} {format_duration(blackout.total_s) if blackout else '-':>9}  "
+                     f"{run.destination or '-'}")
+        if run.status != "completed" and run.reason:
+            lines.append(f"{'':<12} {run.reason}")
     return "\n".join(lines)
 
 

@@ -583,24 +583,3 @@ def read_options(table, where):
         except ValueError as error:
             raise ValueError(f"{where}: {key}: {error}") from None
     return values
-
-
-# the summary ------------------------------------------------------------------------------
-def format_drain(report):
-    """The drain's summary: the whole, then a line per guest."""
-    moved = sum(run.status == "completed" for run in report.guests)
-    lines = [f"drain {report.status} in {format_duration(report.total_s)}: {moved} of {len(report.guests)} guests "
-             f"moved, at most {report.peak_concurrency} at once (mean {report.mean_concurrency:.1f})",
-             f"{'guest':<12} {'status':<11} {'started':>8} {'blackout':>9} {'resumed':>8} {'downtime':>9}  destination"]
-
-    def at(seconds):
-        return "-" if seconds is None else f"{seconds:.2f}"
-
-    for run in report.guests:
-        blackout = run.report.blackout if run.report else None
-        lines.append(f"{run.name:<12} {run.status:<11} {at(run.started_s):>8} {at(run.switchover_s):>9} "
-                     f"{at(run.resumed_s):>8} {format_duration(blackout.total_s) if blackout else '-':>9}  "
-                     f"{run.destination or '-'}")
-        if run.status != "completed" and run.reason:
-            lines.append(f"{'':<12} {run.reason}")
-    return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from emulator.analysis.display import DrainBoard
+from emulator.analysis.text import format_drain
 from emulator.dataplane.transport import parse_endpoint
 from emulator.running import drain
 from emulator.shell import readers, run_options
@@ -78,7 +79,7 @@ def run(args) -> int:
     if args.json:
         sys.stdout.write(report.to_json())
     else:
-        print(drain.format_drain(report))
+        print(format_drain(report))
     if args.report is not None:
         report.write(args.report)
     return exit_status([guest.status if guest.status in EXIT_FOR_STATUS else "cancelled" for guest in report.guests])
