@@ -53,6 +53,12 @@ from emulator.wire.protocol_engines import (DestinationProtocol, DeviceState, Fi
                                             stranger_refusal, verdict)
 
 
+def _shortfall_problem(shortfall):
+    """The refusal's problem for a guest this host cannot hold now (a MemoryShortfall)."""
+    fix = f"free memory on the destination, or give the guest at most {format_bytes(shortfall.available_bytes)}"
+    return Problem(shortfall.field, shortfall.text("this destination"), fix)
+
+
 def _offered_cpu(value):
     if not isinstance(value, CpuModel):
         raise ValueError(f"must be a CpuModel, got {value!r}")
@@ -370,8 +376,7 @@ class Destination:
             if disk is not None:
                 disk.discard()
             if isinstance(error, MemoryShortfall):  # what was offered is not free now: refused as any HELLO is
-                self._refuse([Problem(error.field, error.text("this destination"), "free memory on the destination, "
-                                      f"or give the guest at most {format_bytes(error.available_bytes)}")])
+                self._refuse([_shortfall_problem(error)])
             raise
         options = scenario.migration
         ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
@@ -390,9 +395,8 @@ class Destination:
         raise Refused(refusal(problems))
 
     def _blank_guest(self, spec):
-        """A zeroed, resident memory for `spec`: the prepared one if it is that guest's (held already), else
-        allocated if this host can hold it now (MemoryShortfall if not), whatever capacity it offered: the
-        source may have taken memory since, on this host."""
+        """A zeroed, resident memory for `spec`: the prepared one if it is that guest's, else allocated if this
+        host can hold it now, whatever it offered (the source may have taken memory since); MemoryShortfall if not."""
         prepared, self.prepared = self.prepared, None
         if prepared is not None:
             guest = prepared.result()
