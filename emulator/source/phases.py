@@ -313,6 +313,7 @@ class PostcopyPhase:
         source = self.source
         source.backlog = postcopy.Backlog(missing)
         counter = source.record.unrecorded = PassCount()
+        source.progress.sending(missing, counter)  # asked-for pages go first: a watcher's front is approximate
         every_s = source.progress.interval_s
         sampler = IntervalSampler(source, missing.size, every_s) if every_s else None
         rate, batch_pages = source.limiter.rate_bytes_per_s, source.options.batch_pages

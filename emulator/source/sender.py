@@ -95,6 +95,7 @@ class Source:
     def run(self):
         """Migrate; return the Report (status completed, failed, cancelled or lost)."""
         self.record = Recorder(self.clock, self.progress)
+        self.progress.migrating(self.guest)
         failure = None
         try:
             self._setup()
@@ -164,6 +165,8 @@ class Source:
         sampler = IntervalSampler(self, len(numbers), every_s) if every_s and not self.paused and not stream.disk \
             else None
         resent = self.protocol.pass_no > 0 if resent is None else resent
+        if not stream.disk:
+            self.progress.sending(numbers, counter)
         for batch in stream.encoder.batches(numbers, resent):
             counter.count(batch, self.send_data(batch), stream)
             if sampler:

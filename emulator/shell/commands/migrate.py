@@ -2,10 +2,12 @@
 
 migrate starts its receiver on this machine; send migrates to a `precopy receive` on
 another host; check asks that receiver whether it would host the guest, migrating nothing.
+With --watch, migrate and send serve a live page of the run (emulator.watch, docs/watch.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -13,15 +15,25 @@ import sys
 from emulator.analysis.display import DEFAULT_INTERVAL_S, JsonStream, LiveDisplay
 from emulator.analysis.text import describe_scenario, format_summary, format_verdict
 from emulator.core import units
-from emulator.dataplane.security import ClientSecurity
+from emulator.dataplane.security import ClientSecurity, is_loopback
 from emulator.dataplane.transport import parse_endpoint
 from emulator.running import children, migration
 from emulator.shell import run_options
-from emulator.shell.commands.common import (EXIT_FAILED, EXIT_OK, EXIT_WARNING, UsageError, add_json_quiet,
-                                            check_disk_dir, check_memory_fits, check_report_path, exit_status,
-                                            scenario_from_args)
+from emulator.shell.commands.common import (EXIT_FAILED, EXIT_OK, EXIT_WARNING, Option, UsageError, add_json_quiet,
+                                            add_options, check_disk_dir, check_memory_fits, check_report_path,
+                                            exit_status, scenario_from_args)
 from emulator.shell.readers import argument_type, duration, endpoint
 from emulator.vm.disk import DiskSpec, free_bytes, writable_directory
+from emulator.watch.session import WatchSession
+from emulator.watch.tee import Tee
+
+WATCH_HOST = "127.0.0.1"
+OPTIONS = {option.flag: option for option in (
+    Option("--watch", "serve a live page of the run on loopback: its URL (a random port and token) is printed on "
+                      "stderr before setup; open it in a browser (docs/watch.md)", action="store_true"),
+    Option("--watch-address", "with --watch (implied): serve the page on ADDR instead of 127.0.0.1; away from "
+                              "loopback anyone who can reach this host and learns the URL sees it", metavar="ADDR"),
+)}
 
 
 def add_parser(subparsers) -> None:
@@ -70,6 +82,7 @@ def _add_run_options(parser) -> None:
     output.add_argument("--json-stream", action="store_true",
                         help="print the migration as it runs as newline-delimited JSON events on stdout (start, "
                              "interval, pass, blackout, message, end) instead of the live display and summary")
+    add_options(output, OPTIONS, "--watch", "--watch-address")
     output.add_argument("--interval", metavar="DURATION", default=DEFAULT_INTERVAL_S,
                         type=argument_type("--interval", "1s", duration()),
                         help="a status line this often during a pass: pages sent, rate, dirty pages, time left "
@@ -97,10 +110,12 @@ def _migrate(args) -> int:
     _check_disk_path(args.disk_path, scenario.disk)
     check_disk_dir(args.disk_dir)
     display = _source_display(args)
-    if display is not None:
-        display.banner(describe_scenario(scenario))
-    return _finish(children.migrate(scenario, progress=display, disk_path=args.disk_path, disk_dir=args.disk_dir),
-                   args, display)
+    with _watch(args) as watch:
+        if display is not None:
+            display.banner(describe_scenario(scenario))
+        report = children.migrate(scenario, progress=_heard_by(display, watch), disk_path=args.disk_path,
+                                  disk_dir=args.disk_dir)
+        return _finish(report, args, display, watch)
 
 
 def _send(args) -> int:
@@ -110,10 +125,12 @@ def _send(args) -> int:
     _check_disk_path(args.disk_path, scenario.disk)
     security = _client_security(args)
     display = _source_display(args)
-    if display is not None:
-        display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}\n{describe_scenario(scenario)}")
-    return _finish(migration.send(scenario, args.to, progress=display, security=security, disk_path=args.disk_path),
-                   args, display)
+    with _watch(args) as watch:
+        if display is not None:
+            display.banner(f"sending to {args.to}{' (CURVE)' if security else ''}\n{describe_scenario(scenario)}")
+        report = migration.send(scenario, args.to, progress=_heard_by(display, watch), security=security,
+                                disk_path=args.disk_path)
+        return _finish(report, args, display, watch)
 
 
 def _check(args) -> int:
@@ -135,7 +152,40 @@ def _source_display(args):
     return None if args.quiet else LiveDisplay(interval_s=args.interval)
 
 
-def _finish(report, args, display) -> int:
+def _watch(args):
+    """A started WatchSession for --watch (or --watch-address), its URL printed on stderr; else a null context."""
+    if not args.watch and args.watch_address is None:
+        return contextlib.nullcontext()
+    host = WATCH_HOST if args.watch_address is None else args.watch_address
+    try:
+        session = WatchSession(host)
+    except OSError as error:
+        raise UsageError(f"--watch-address: cannot serve the page at {host}: {error} (example: --watch-address "
+                         "127.0.0.1)") from None
+    warning = watch_address_warning(host)
+    if warning:
+        print(warning, file=sys.stderr)
+    print(f"watch: {session.url}", file=sys.stderr, flush=True)
+    return session
+
+
+def watch_address_warning(host):
+    """The warning for serving the page at `host`, or None on loopback."""
+    if is_loopback(host):
+        return None
+    return (f"WARNING: --watch-address {host} is not loopback: the page (the guest's page map, rates and messages) "
+            "goes over plain HTTP to anyone who can reach this host and learns the URL; the token in it is its only "
+            "guard")
+
+
+def _heard_by(display, watch):
+    """The source's progress: the display, and the watch page's watcher when there is one."""
+    return display if watch is None else Tee(display, watch.watcher)
+
+
+def _finish(report, args, display, watch=None) -> int:
+    if watch is not None:
+        watch.finish(report.status, report.reason)
     if isinstance(display, JsonStream):
         display.end(report)
     elif args.json:
