@@ -517,9 +517,9 @@ def test_keygen_and_key_options(fake_engine, capsys, tmp_path):
 
 
 def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_engine, capsys, monkeypatch):
-    import emulator.destination.receiver
+    import emulator.vm.allocator
 
-    monkeypatch.setattr(emulator.destination.receiver, "available_memory_bytes", lambda: 40 << 30)
+    monkeypatch.setattr(emulator.vm.allocator, "available_memory_bytes", lambda: 40 << 30)
     assert cli.main(["migrate", "--memory", "30GiB", "--quiet"]) == 2  # both ends here: 60 GiB
     assert "--memory: a migration on this machine holds the guest twice" in capsys.readouterr().err
     assert cli.main(["send", "--to", "tcp://h:1", "--memory", "10TiB", "--quiet"]) == 2

@@ -55,8 +55,7 @@ from emulator.wire.protocol_engines import (DestinationProtocol, DeviceState, Fi
 
 def _shortfall_problem(shortfall):
     """The refusal's problem for a guest this host cannot hold now (a MemoryShortfall)."""
-    fix = f"free memory on the destination, or give the guest at most {format_bytes(shortfall.available_bytes)}"
-    return Problem(shortfall.field, shortfall.text("this destination"), fix)
+    return Problem(shortfall.field, shortfall.text("this destination"), shortfall.fix("the destination"))
 
 
 def _offered_cpu(value):

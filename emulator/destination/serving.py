@@ -20,7 +20,8 @@ import zmq
 from emulator.core.errors import MigrationError
 from emulator.core.units import format_count
 from emulator.dataplane.transport import PAIR_FINISHED, PAIR_QUEUE, SIGNAL_CHECK_S, PeerLink, Stop
-from emulator.destination.receiver import Destination, DestinationLimits, Doorkeeper, available_memory_bytes
+from emulator.destination.receiver import Destination, DestinationLimits, Doorkeeper
+from emulator.vm.allocator import available_memory_bytes
 from emulator.wire.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
 from emulator.wire.protocol_engines import DestinationProtocol
 

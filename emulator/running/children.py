@@ -15,10 +15,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from emulator.dataplane.transport import DestinationLink
-from emulator.destination.receiver import Destination, DestinationLimits, available_memory_bytes
+from emulator.destination.receiver import Destination, DestinationLimits
 from emulator.destination.serving import Listener
 from emulator.running.drain import Drain
 from emulator.running.migration import ready_to_move_pages, run_source
+from emulator.vm.allocator import available_memory_bytes
 from emulator.vm.guest import GuestMemory
 from emulator.vm.scenario import Scenario
 

@@ -64,8 +64,11 @@ class MemoryShortfall(ValueError):
 
     def __init__(self, field, needed_bytes, available_bytes):
         self.field, self.needed_bytes, self.available_bytes = field, needed_bytes, available_bytes
-        super().__init__(f"{self.text('this host')}: free memory on this host, or give the guest at most "
-                         f"{format_bytes(available_bytes)}")
+        super().__init__(f"{self.text('this host')}: {self.fix('this host')}")
+
+    def fix(self, host):
+        """What to do about it, on `host` ("this host", "the destination")."""
+        return f"free memory on {host}, or give the guest at most {format_bytes(self.available_bytes)}"
 
     def text(self, host):
         """What is short, naming the field and both figures; host: who cannot hold it ("this destination")."""

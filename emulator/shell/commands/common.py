@@ -15,8 +15,8 @@ from typing import Any
 
 from emulator.analysis import link_speed
 from emulator.core import units
-from emulator.destination import receiver
 from emulator.shell import readers, run_options
+from emulator.vm import allocator
 from emulator.vm.disk import writable_directory
 
 EXIT_OK = 0  # the exit statuses, as the README's table gives them
@@ -117,7 +117,7 @@ def check_memory_fits(needed: int, where: str) -> None:
     """Refuse guests that need more than this host's available memory before anything is allocated or started.
 
     where: what needs the memory, as the start of the message."""
-    available = receiver.available_memory_bytes()
+    available = allocator.available_memory_bytes()
     if needed > available:
         raise UsageError(f"--memory: {where} {units.format_bytes(needed)}, this host has "
                          f"{units.format_bytes(available)} available (example: --memory 1GiB)")
