@@ -4,10 +4,11 @@ import json
 import re
 import signal
 import threading
+import time
 
 import numpy as np
 
-from emulator.running.migration import check, run_source
+from emulator.running.migration import check, receive, run_source
 from emulator.vm.guest import GuestSpec
 from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
 from emulator.vm.workload import WorkloadSpec
@@ -105,6 +106,34 @@ def test_sigterm_cancels_every_incoming_migration_and_their_sources_keep_their_g
         assert report.reason == "destination aborted: cancelled by the user on the destination"
     assert [o["status"] for o in outcomes_of(out)] == ["cancelled", "cancelled"]
     assert status == 130 and "Traceback" not in err
+
+
+def test_an_interruption_while_a_finished_migration_is_forgotten_stops_the_server_at_once():
+    """SIGTERM may land halfway through the listener's bookkeeping for a migration that has just ended (here
+    while its outcome is told): the server still stops at once, without an error, and forgets nothing."""
+    told, returned = [], []
+
+    def on_outcome(outcome):
+        told.append(outcome.status)
+        if len(told) == 1:
+            raise KeyboardInterrupt  # as the signal handler raises it, between two of the listener's steps
+
+    ready = threading.Event()
+    endpoints = []
+
+    def serve():
+        returned.append(receive("tcp://127.0.0.1:0", serve=True, timeout_s=5.0, on_outcome=on_outcome,
+                                ready=lambda endpoint: (endpoints.append(endpoint), ready.set())))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(10)
+    report = run_source(guest(1, rate=None), endpoints[0])
+    started = time.monotonic()
+    server.join(5)
+    assert not server.is_alive(), "the server did not stop"
+    assert time.monotonic() - started < 2
+    assert report.status == "completed" and told == ["completed"] and returned == [None]
 
 
 ROUNDS = 4

@@ -48,6 +48,7 @@ class _Incoming:
         self.thread = None
         self.outcome = None
         self.ending = False  # it sent REFUSE or ABORT: it hosts nothing more
+        self.reported = False  # its outcome has been told
 
 
 class Listener:
@@ -165,34 +166,47 @@ class Listener:
             pass  # the source has gone or does not read: its migration times out on its own
 
     def _finished(self, incoming):
+        """Forget a migration that has ended and tell its outcome. A Ctrl-C may land anywhere in here;
+        calling it again for the same migration does only what is left (_cancel_all does)."""
         incoming.thread.join()
-        self._poller.unregister(incoming.pair)
+        self._close(incoming)
+        if incoming.outcome is not None and not incoming.reported:  # None: its thread died of a bug
+            incoming.reported = True
+            if incoming.outcome.status == "cancelled" and self.cancelled is None:
+                self.cancelled = incoming.outcome
+            if self.on_outcome:
+                self.on_outcome(incoming.outcome)
+        if self.incoming.pop(incoming.peer, None) is not None and incoming.outcome is not None:
+            self.doors.say(f"---- ready for the next source on {self.link.endpoint}" + (
+                f" ({format_count(len(self.incoming), 'migration')} incoming)" if self.incoming else ""))
+
+    def _close(self, incoming):
+        """Stop polling this migration's end of its pair and close it; safe to repeat."""
+        if incoming.pair in self._poller:
+            self._poller.unregister(incoming.pair)
         incoming.pair.close(linger=0)
-        del self.incoming[incoming.peer]
-        if incoming.outcome is None:  # its thread died of a bug Destination.run could not catch
-            return
-        if incoming.outcome.status == "cancelled" and self.cancelled is None:
-            self.cancelled = incoming.outcome
-        if self.on_outcome:
-            self.on_outcome(incoming.outcome)
-        self.doors.say(f"---- ready for the next source on {self.link.endpoint}" + (
-            f" ({format_count(len(self.incoming), 'migration')} incoming)" if self.incoming else ""))
 
     def _cancel_all(self):
         """Ctrl-C: cancel every migration (each tells its source), and wait until they have ended."""
         for incoming in self.incoming.values():
             incoming.stop(KeyboardInterrupt())
         deadline = time.monotonic() + self.link.timeout_s + 1
-        while self.incoming and time.monotonic() < deadline:
+        while self._open() and time.monotonic() < deadline:
             try:
                 self._step(SIGNAL_CHECK_S)
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: they are being cancelled already
-        for incoming in self.incoming.values():  # not ended by the deadline: their threads close their own ends
-            self._poller.unregister(incoming.pair)
-            incoming.pair.close(linger=0)
+        for incoming in list(self.incoming.values()):
+            if incoming.pair.closed:  # the interruption landed while it was being forgotten
+                self._finished(incoming)
+            else:  # not ended by the deadline: its thread closes its own end
+                self._close(incoming)
         if self.progress:
             self.progress.message("stopped" if self.cancelled else "stopped; no migration was in progress")
+
+    def _open(self):
+        """The migrations still to be heard from: those whose pair is open."""
+        return [incoming for incoming in self.incoming.values() if not incoming.pair.closed]
 
 
 def _asked_memory(hello, capacity):
