@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from emulator.dataplane.transport import DestinationLink
+from emulator.dataplane.transport import HEARTBEATS_PER_TIMEOUT, SOURCE_GONE, DestinationLink
 from emulator.destination.receiver import Destination
 from emulator.running.migration import run_source
 from emulator.source.policy import PolicyConfig
@@ -93,7 +93,9 @@ def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
         link.close()
     assert not thread.is_alive()
     outcome = ended["outcome"]
-    assert outcome.status == "failed" and "nothing from the source" in outcome.reason
+    # its heartbeat (every quarter of the timeout) finds the source's end gone, or the timeout passes first
+    assert outcome.status == "failed" and ("nothing from the source" in outcome.reason
+                                           or outcome.reason == SOURCE_GONE), outcome.reason
     assert outcome.digest is None and 0 < outcome.pages_applied < 16384
     assert destination.guest is None  # discarded, never resumed
 
@@ -180,3 +182,41 @@ def test_a_receiver_that_stops_mid_pass_is_known_to_the_source_within_a_second(s
     report = ended["report"]
     assert report.status in ("failed", "cancelled") and reason in report.reason, report.reason
     assert known_after_s < 1.0, f"the source knew after {known_after_s:.2f} s"
+
+
+@pytest.mark.parametrize("serve", [False, True], ids=["receive", "serve"])
+@pytest.mark.parametrize("signum, reason", [
+    (signal.SIGTERM, "source aborted: cancelled by the user on the source"),  # its ABORT
+    (signal.SIGINT, "source aborted: cancelled by the user on the source"),
+    (signal.SIGKILL, SOURCE_GONE),  # no ABORT: the destination's next heartbeat finds its end gone
+])
+def test_a_source_that_stops_mid_pass_is_known_to_the_destination_promptly(serve, signum, reason):
+    """Within 1 s of an interruption; within a heartbeat interval (a quarter of the timeout) of SIGKILL."""
+    timeout_s = 8.0
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--timeout", f"{timeout_s:g}s", "--json",
+                              *(["--serve"] if serve else []))
+    sender = None
+    try:
+        endpoint = receiver.wait_listening()
+        outcomes = []  # (when it was printed, the outcome)
+        reader = threading.Thread(target=lambda: outcomes.extend(
+            (time.monotonic(), json.loads(line)) for line in receiver.proc.stdout if line.startswith("{")))
+        reader.start()
+        sender = PrecopyProcess("send", "--to", endpoint, "--memory", "64MiB", "--fill", "random", "--dirty-rate",
+                                "0", "--codec", "raw", "--max-bandwidth", "20MB/s", "--timeout", f"{timeout_s:g}s")
+        receiver.wait_for(ACCEPTED)
+        time.sleep(1.0)  # into pass 0, which takes about 3.4 s
+        struck = time.monotonic()
+        sender.signal(signum)
+        deadline = struck + timeout_s
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        for end in (sender, receiver):
+            if end is not None:
+                end.signal(signal.SIGKILL)
+                end.proc.wait(30)
+    assert outcomes and outcomes[0][1]["reason"] == reason, outcomes
+    known_after_s = outcomes[0][0] - struck
+    limit_s = timeout_s / HEARTBEATS_PER_TIMEOUT + 0.5 if signum == signal.SIGKILL else 1.0
+    assert known_after_s < limit_s, f"the destination knew after {known_after_s:.2f} s"

@@ -41,6 +41,8 @@ PAIR_QUEUE = 256  # control messages queued on each end of a PeerLink's pair: a 
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
 # call is only handled once the call returns: an unbounded poll would never return.
 SIGNAL_CHECK_S = 0.25
+SOURCE_GONE = ("the source's end closed the connection: its process stopped or was killed, "
+               "or the network dropped it")
 _ENDPOINT = re.compile(r"^(?:tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d+)|(?P<local>(?:ipc|inproc)://\S+))$")
 
 
@@ -441,8 +443,8 @@ class DestinationLink(_DestinationEnd):
             self.control.send_multipart([peer, *frames], flags=0 if wait else zmq.DONTWAIT, copy=True)
         except zmq.Again:
             raise PeerTimeout("the source did not take a control message within the timeout") from None
-        except zmq.ZMQError as error:  # ROUTER_MANDATORY: the peer is gone
-            raise PeerTimeout(f"the source is unreachable: {error}") from None
+        except zmq.ZMQError:  # ROUTER_MANDATORY: the peer is gone
+            raise PeerTimeout(SOURCE_GONE) from None
 
     def close(self):
         self.control.disable_monitor()

@@ -447,8 +447,13 @@ class Destination:
     def _receive(self):
         self.cpu = CpuMeter()
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
+        beat_at = heard_at
+        beat_s = self.link.timeout_s / HEARTBEATS_PER_TIMEOUT
         while not self.protocol.finished:
             now = time.monotonic()
+            if now >= beat_at + beat_s:  # a source whose end has gone cannot take it: known now, not at the timeout
+                self.send(self.protocol.heartbeat())
+                beat_at = now
             duration_left_s = self.hello_at + self.limits.max_duration_s - now
             if duration_left_s <= 0:
                 raise MigrationError(f"the migration lasted longer than this destination's limit of "
@@ -457,7 +462,7 @@ class Destination:
             if silence_left_s <= 0:
                 raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")
             try:
-                incoming = self.link.recv(min(silence_left_s, duration_left_s))
+                incoming = self.link.recv(min(silence_left_s, duration_left_s, beat_at + beat_s - now))
             except PeerTimeout:
                 continue  # said at the top, unless the data channels heard from the source meanwhile
             if incoming.channel == WAKE:  # a vCPU waits for a page, or the data channels have news

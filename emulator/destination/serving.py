@@ -162,8 +162,8 @@ class Listener:
             incoming.ending = True
         try:
             self.link.send_control(incoming.peer, frames, wait=False)
-        except MigrationError:
-            pass  # the source has gone or does not read: its migration times out on its own
+        except MigrationError as error:  # the source has gone, or does not read: its migration ends now
+            incoming.stop(MigrationError(str(error)))  # not a PeerTimeout, which a waiting migration rides out
 
     def _finished(self, incoming):
         """Forget a migration that has ended and tell its outcome. A Ctrl-C may land anywhere in here;
