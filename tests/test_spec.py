@@ -26,7 +26,7 @@ from emulator.destination.receiver import DestinationLimits, judge
 from emulator.shell import run_options
 from emulator.source.policy import DowntimeRamp, PolicyConfig
 from emulator.vm.compat import CpuModel
-from emulator.vm.disk import DiskSpec
+from emulator.vm.disk import MAX_WRITE_RATE_BYTES_PER_S, DiskSpec
 from emulator.vm.guest import GuestSpec
 from emulator.vm.scenario import GuestConfig, MigrationOptions, Scenario
 from emulator.vm.workload import MAX_RATE_PAGES_PER_S, WorkloadSpec
@@ -256,6 +256,26 @@ def test_a_writer_rate_past_a_billion_page_writes_a_second_is_refused():
                                                                                       f"{RATE_REFUSED}")]
     scenario, problems = hosted(hello_frames(scenario_with("workload", "rate_pages_per_s", "max")))
     assert scenario.workload.unpaced and not problems
+
+
+DISK_RATE_REFUSED = "write_rate_bytes_per_s must be a number in [0, 1e+12], got 1e+300 (or max: flat out)"
+
+
+def test_a_disk_writer_rate_past_a_terabyte_a_second_is_refused():
+    with pytest.raises(ValueError) as refused:
+        DiskSpec(1 << 20, write_rate_bytes_per_s=1e300)
+    assert str(refused.value) == DISK_RATE_REFUSED
+    assert DiskSpec(1 << 20, write_rate_bytes_per_s=MAX_WRITE_RATE_BYTES_PER_S).write_rate_bytes_per_s == 1e12
+    assert DiskSpec(1 << 20, write_rate_bytes_per_s=math.inf).write_rate_bytes_per_s == math.inf  # "max"
+    with pytest.raises(ValueError) as refused:
+        run_options.OPTIONS["disk_write_rate"].value("1e300B/s")
+    assert str(refused.value) == DISK_RATE_REFUSED.removeprefix("write_rate_bytes_per_s ")
+
+    data = scenario_with("migration", "storage", "mirror")
+    data["disk"] = {"size_bytes": 1 << 20, "write_rate_bytes_per_s": 1e300}
+    scenario, problems = hosted(hello_frames(data))
+    assert scenario is None and [(p.field, p.text) for p in problems] == [("scenario", f"invalid scenario: "
+                                                                                      f"{DISK_RATE_REFUSED}")]
 
 
 def test_a_timeout_under_a_millisecond_is_refused():

@@ -52,13 +52,17 @@ def _name_rule(value):
     return value
 
 
+MAX_WRITE_RATE_BYTES_PER_S = 1e12  # a paced rate above this is no pace any storage keeps: ask for "max"
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     """What a guest disk is, and how its writer (the guest's I/O) writes it.
 
     size_bytes: the disk's size, a multiple of block_size; block_size: the unit of a
     write and of dirty tracking (4 KiB to 1 MiB); fill: content profile (as memory's);
-    write_rate_bytes_per_s: what the writer writes (0 idle, inf flat out); pattern:
+    write_rate_bytes_per_s: what the writer writes, at most MAX_WRITE_RATE_BYTES_PER_S (0 idle,
+    inf flat out); pattern:
     which blocks it writes (as memory's writers); name: the file's name on the destination.
     seed: seeds the content and the writer.
     """
@@ -75,7 +79,7 @@ class DiskSpec:
         "size_bytes": fields.size(1),
         "block_size": _block_size_rule,
         "fill": fields.one_of(FILL_PROFILES),
-        "write_rate_bytes_per_s": fields.real(0),
+        "write_rate_bytes_per_s": fields.unbounded(fields.real(0, MAX_WRITE_RATE_BYTES_PER_S), "flat out"),
         "pattern": fields.one_of(PATTERNS),
         "name": _name_rule,
         "seed": fields.whole(0, 2**64 - 1),
