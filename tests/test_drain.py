@@ -15,7 +15,9 @@ from emulator.analysis.text import format_drain
 from emulator.running import children, control, drain, migration
 from emulator.running.drain import Drain, DrainOptions, ordered
 from emulator.shell.cli import main
+from emulator.core.units import format_bytes
 from emulator.source.ratelimit import SharedBalance, make_limiter
+from emulator.vm.allocator import available_memory_bytes
 from emulator.vm.disk import DiskImage
 from tests.cli_process import PrecopyProcess
 
@@ -351,3 +353,21 @@ def test_running_writers_given_to_run_source_must_be_there():
 def test_both_ends_on_one_machine_live_apart_from_one_end():
     assert emulator.migrate is children.migrate  # notebooks
     assert not hasattr(migration, "migrate")  # one end's module knows nothing of both ends here: no circle
+
+
+def test_a_guest_this_host_cannot_hold_fails_with_the_figures_and_the_others_migrate():
+    """The command line checks the guests' total first; a guest process checks again as it allocates, since other
+    processes may have taken memory meanwhile (here: a guest bigger than the host, given through the library)."""
+    too_big = (available_memory_bytes() >> 30) + 64 << 30
+    processes, endpoints = receivers(1)
+    try:
+        pair = drain.guests_from([{}, {"memory": f"{too_big >> 30}GiB"}], drain.read_options(GUEST, "test"))
+        report = Drain(pair, DrainOptions(tuple(endpoints), max_concurrent=2)).run()
+    finally:
+        outcomes = stopped(processes)
+    small, big = report.guests
+    assert small.status == "completed" and small.report.digests_match
+    assert big.status == "failed" and big.report is None and big.attempts == 0
+    assert big.reason.startswith(f"guest.memory_bytes is {format_bytes(too_big)} ({too_big} B), more than this host "
+                                 f"can hold now"), big.reason
+    assert report.status == "failed" and [o["status"] for o in outcomes[0]] == ["completed"]

@@ -217,12 +217,17 @@ def _guest_process(index, scenario, commands, events, balance, budget_rate):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _interrupt)
     from emulator.running.migration import guest_disk, ready_to_move_pages, run_source
+    from emulator.vm.allocator import MemoryShortfall
     from emulator.vm.guest import GuestMemory
     from emulator.vm.workload import Workload
 
     try:
         ready_to_move_pages()
-        guest = GuestMemory(scenario.guest)
+        try:  # the drain checked the guests' total; other processes may have taken memory since
+            guest = GuestMemory.resident(scenario.guest)
+        except MemoryShortfall as error:
+            events.put((index, "unable", str(error)))
+            return
         with guest_disk(scenario.disk) as disk, contextlib.ExitStack() as running:
             # its writers run from now, queued or not, and on after a failed migration
             workload = running.enter_context(Workload(guest, scenario.workload))
@@ -305,6 +310,7 @@ class Drain:
         self.link_line = "link idle"
         self.processes, self.commands = [], []
         self.active = set()
+        self.unable = set()  # guests whose memory this host could not hold: no process, no migration
         self._silent_since = {}  # index -> when its process was first seen ended, its report not yet read
         self.turn = 0  # round-robin: the destination to try first next time
         self.started_at = None
@@ -335,7 +341,7 @@ class Drain:
 
     def _schedule(self, link):
         """Start queued guests as slots free up, until every guest has migrated or failed (retried once)."""
-        waiting = ordered(self.guests, self.options.order)
+        waiting = [index for index in ordered(self.guests, self.options.order) if index not in self.unable]
         retried = not self.options.retry
         while True:
             waiting = self._start_what_fits(waiting)
@@ -344,7 +350,7 @@ class Drain:
                     return
                 retried = True
                 waiting = [index for index in ordered(self.guests, self.options.order)
-                           if self.runs[index].status == "failed"]
+                           if self.runs[index].status == "failed" and index not in self.unable]
                 if not waiting:
                     return
                 self._say(f"retrying {len(waiting)} failed migration(s) once")
@@ -367,11 +373,18 @@ class Drain:
         ready, deadline = set(), time.monotonic() + GUEST_START_TIMEOUT_S
         while len(ready) < len(self.guests):
             try:
-                index, kind, _ = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+                index, kind, payload = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise RuntimeError("the guests' processes did not start in time") from None
             if kind == "ready":
                 ready.add(index)
+            elif kind == "unable":  # its guest could not be made here: it never migrates
+                ready.add(index)
+                self.unable.add(index)
+                run = self.runs[index]
+                run.status, run.reason = "failed", payload
+                self._say(f"{run.name}: not started: {payload}")
+                self._show(index, "failed")
 
     def _stop_guests(self):
         for index, process in enumerate(self.processes):
