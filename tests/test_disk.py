@@ -79,14 +79,14 @@ def test_names_that_are_no_plain_file_name_are_refused(name):
         DiskSpec(name=name)
 
 
-@pytest.mark.parametrize("rate", [0.0, 1, 1e9, math.inf])
+@pytest.mark.parametrize("rate", [0.0, 1, 1e9, 1e12, math.inf])
 def test_write_rates_from_idle_to_flat_out_are_taken(rate):
     assert DiskSpec(write_rate_bytes_per_s=rate).write_rate_bytes_per_s == rate
 
 
-@pytest.mark.parametrize("rate", [-1, math.nan, "max", True, None])
+@pytest.mark.parametrize("rate", [-1, math.nan, "max", True, None, 1e12 * 1.001, 1e300])
 def test_other_write_rates_are_refused(rate):
-    with pytest.raises(ValueError, match="^write_rate_bytes_per_s must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"^write_rate_bytes_per_s must be a number in \[0, 1e\+12\], got "):
         DiskSpec(write_rate_bytes_per_s=rate)
 
 
@@ -146,7 +146,7 @@ def test_a_disk_from_a_dict_keeps_its_rules():
     with pytest.raises(ValueError, match="^name must be a file name"):
         Scenario.from_dict(data)
     data["disk"]["name"], data["disk"]["write_rate_bytes_per_s"] = "disk.img", "fast"
-    with pytest.raises(ValueError, match="^write_rate_bytes_per_s must be a number >= 0, got 'fast'"):
+    with pytest.raises(ValueError, match=r"^write_rate_bytes_per_s must be a number in \[0, 1e\+12\], got .fast."):
         Scenario.from_dict(data)
 
 
@@ -222,13 +222,30 @@ def test_sync_writes_back_and_says_how_long(tmp_path):
         disk.blocks.data[BLOCK : 2 * BLOCK] = 0xA5
         took_s = disk.sync()
         assert isinstance(took_s, float) and took_s >= 0
-        disk.sync_in_background()
-        disk.sync_in_background()  # one is running or done: at most one write-back at a time
+        assert disk.write_back_bytes_per_s is None  # none measured in the background yet
+        disk.sync_in_background(BLOCK)
+        disk.sync_in_background(2 * BLOCK)  # one is running or done: at most one write-back at a time
         expected = np.zeros(4 * BLOCK, dtype=np.uint8)
         expected[BLOCK : 2 * BLOCK] = 0xA5
         assert np.array_equal(file_bytes(disk.path), expected)
     finally:
         disk.close()  # joins the write-back
+    assert disk.write_back_bytes_per_s > 0  # what the write-back carried, over its seconds
+
+
+def test_each_write_back_carries_the_bytes_placed_since_the_last_one_began(tmp_path, monkeypatch):
+    disk = DiskImage.create(DiskSpec(8 * BLOCK, BLOCK, fill="zero"), str(tmp_path / "disk.img"))
+    monkeypatch.setattr(DiskImage, "sync", lambda image: 0.5)  # every write-back takes half a second
+    rates = []
+    try:
+        for placed in (3 * BLOCK, 5 * BLOCK, 5 * BLOCK):  # the block bytes placed so far, after each pass
+            disk.sync_in_background(placed)
+            disk._join_sync()
+            rates.append(disk.write_back_bytes_per_s)
+    finally:
+        disk.close()
+    # 3 blocks, then the 2 placed since; nothing new the third time: the last measured rate stands
+    assert rates == [3 * BLOCK / 0.5, 2 * BLOCK / 0.5, 2 * BLOCK / 0.5]
 
 
 # --------------------------------------------------------------------------
@@ -277,7 +294,7 @@ def test_commit_puts_the_copy_under_its_name_byte_for_byte_and_discard_removes_i
     disk.blocks.data[15 * BLOCK :] = written[2 * BLOCK :]
     expected = np.zeros(spec.size_bytes, dtype=np.uint8)
     expected[2 * BLOCK : 4 * BLOCK], expected[15 * BLOCK :] = written[: 2 * BLOCK], written[2 * BLOCK :]
-    disk.sync_in_background()
+    disk.sync_in_background(2 * BLOCK)
     took_s = disk.commit()
     final = str(tmp_path / "disk.img")
     assert isinstance(took_s, float) and took_s >= 0

@@ -17,8 +17,11 @@ from emulator.dataplane.transport import SOURCE_GONE, DestinationLink
 from emulator.destination.receiver import Destination, DestinationLimits
 from emulator.running.migration import check, run_source
 from emulator.shell import cli
+from emulator.source import phases
 from emulator.source.policy import PolicyConfig
 from emulator.vm.disk import DiskError, DiskImage, DiskSpec
+from emulator.wire import protocol
+from emulator.wire.protocol import MsgType, RemoteProtocolError
 from emulator.vm.guest import GuestMemory
 from emulator.vm.guest import GuestSpec
 from emulator.vm.scenario import MigrationOptions, Scenario
@@ -119,16 +122,40 @@ def test_the_switchover_waits_for_the_disk_and_says_how_long(tmp_path):
     assert report.block_job.wait_s == pytest.approx(sum(waits)) and not report.block_job.ready
     assert report.summary["disk"]["wait-time"] == pytest.approx(sum(waits) * 1e3)
     assert report.switchover_reason == "max-passes"
-    # the blackout sends the disk's dirty blocks too: the expectation counts them
+    # the blackout sends the disk's dirty blocks too, and the destination writes its copy through at the
+    # handover (the last pass's blocks and the blackout's, at the write-back rate its PASS_END gave): the
+    # expectation counts both
+    last = report.passes[-1].disk
     bandwidth = sum(p.total_bytes_sent for p in report.passes) / sum(p.duration_s for p in report.passes)
+    rate = last.write_back_bytes_per_s  # None while no write-back has finished (slow storage, short passes)
+    write_through_s = (last.bytes_sent + last.remaining_bytes) / rate if rate else 0.0
     assert report.summary["expected-downtime"] == pytest.approx(
-        report.passes[-1].disk.remaining_bytes / bandwidth * 1e3)
+        (last.remaining_bytes / bandwidth + write_through_s) * 1e3)
     # the headline counts the disk's bytes with the memory's
     moved = report.summary["ram"]["transferred"] + report.summary["disk"]["transferred"]
     line = next(line for line in format_summary(report).splitlines() if line.startswith("transferred"))
     assert line.startswith(f"transferred  {format_bytes(moved)} on the wire at ")
     assert line.endswith(f"(memory {format_bytes(report.summary['ram']['transferred'])}, "
                          f"disk {format_bytes(report.summary['disk']['transferred'])})")
+
+
+def test_the_expected_downtime_counts_the_destinations_write_through_at_the_rate_it_measured(tmp_path,
+                                                                                             monkeypatch):
+    def synced_at_1_mb_per_s(image, placed_bytes):  # every write-back finished and measured before PASS_END
+        image.sync()
+        image.write_back_bytes_per_s = 1e6
+
+    monkeypatch.setattr(DiskImage, "sync_in_background", synced_at_1_mb_per_s)
+    s = scenario(disk_rate=math.inf, codec="raw", policy=PolicyConfig(max_passes=3, downtime_limit_s=1e-9))
+    report, *_ = migrate(s, tmp_path)
+    assert report.status == "completed", report.reason
+    assert [p.disk.write_back_bytes_per_s for p in report.passes] == [1e6] * 3
+    last = report.passes[-1].disk
+    bandwidth = sum(p.total_bytes_sent for p in report.passes) / sum(p.duration_s for p in report.passes)
+    # the blackout's blocks at the link's rate, then the last pass's and the blackout's written through
+    expected_s = last.remaining_bytes / bandwidth + (last.bytes_sent + last.remaining_bytes) / 1e6
+    assert report.summary["expected-downtime"] == pytest.approx(expected_s * 1e3)
+    assert (last.bytes_sent + last.remaining_bytes) / 1e6 > 1  # seconds of write-through: the figure shows it
 
 
 def test_shared_storage_moves_no_block(tmp_path):
@@ -291,3 +318,18 @@ def test_a_full_destination_disk_refuses_the_mirror_in_setup(tmp_path):
         assert os.listdir(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+@pytest.mark.parametrize("rate, accepted", [(2.5e8, 2.5e8), (None, None), ("absent", None), (0, "refused"),
+                                            (-1.0, "refused"), ("fast", "refused"), (True, "refused")])
+def test_the_write_back_rate_a_destination_gives_is_checked(rate, accepted):
+    body = {"pass": 0, "pages_applied": 0, "cpu_s": 0.0}
+    if rate != "absent":
+        body["disk_write_back_bytes_per_s"] = rate
+    ack = protocol.Decoder().decode(protocol.encode_control(MsgType.PASS_END, 0, 0, body))
+    if accepted == "refused":
+        with pytest.raises(RemoteProtocolError) as refused:
+            phases._write_back_rate(ack)
+        assert refused.value.field == "body.disk_write_back_bytes_per_s"
+    else:
+        assert phases._write_back_rate(ack) == accepted

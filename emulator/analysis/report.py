@@ -17,7 +17,8 @@ Schema history:
        summary's "cpu" and "xbzrle-cache". Schema 3 reads back (their defaults).
     5: a pass record and the blackout hold a mirrored disk's part as a record of its own
        (PassRecord.disk, Blackout.disk; None without a mirror), where schemas 3 and 4 held
-       flat disk_* fields, all 0 without one. Schemas 1-4 read back.
+       flat disk_* fields, all 0 without one. Schemas 1-4 read back. DiskPass gained
+       write_back_bytes_per_s later in schema 5 (optional: a report without it reads back).
 """
 
 from __future__ import annotations
@@ -136,7 +137,9 @@ class DiskPass:
     their bytes on the wire; zero_blocks: of blocks_sent, the zero ones; remaining_bytes:
     dirty bytes left at the end of the pass; writes_rate: block writes per second during
     it; wait_s: the pass's duration if the memory alone fitted the budget before it (the
-    disk held the switch-over up), else 0.
+    disk held the switch-over up), else 0; write_back_bytes_per_s: the rate at which the
+    destination last wrote its copy through to storage, as its PASS_END said (None: not
+    measured yet, or not said).
     """
 
     blocks_sent: int
@@ -146,6 +149,7 @@ class DiskPass:
     remaining_bytes: int
     writes_rate: float
     wait_s: float = 0.0
+    write_back_bytes_per_s: float | None = None
 
 
 @dataclass

@@ -405,23 +405,9 @@ class Destination:
         return GuestMemory.resident(spec, blank=True)
 
     def _while_heartbeating(self, work):
-        """Run `work` (seconds of page faults for a big guest) while telling the source we are alive;
-        its result, or its exception raised here."""
-        result = {}
-
-        def run():
-            try:
-                result["value"] = work()
-            except Exception as error:  # noqa: BLE001 - raised again below, in this thread
-                result["error"] = error
-
-        worker = threading.Thread(target=run, name="setup")
-        worker.start()
-        while worker.join(self.link.timeout_s / HEARTBEATS_PER_TIMEOUT) or worker.is_alive():
-            self.send(self.protocol.heartbeat())
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+        """Run `work` (seconds of page faults for a big guest) while telling the source we are alive."""
+        return _while_calling(work, lambda: self.send(self.protocol.heartbeat()),
+                              self.link.timeout_s / HEARTBEATS_PER_TIMEOUT)
 
     def _wait_for_hello(self, timeout_s):
         """The first valid HELLO. Anything else is answered with ABORT naming the problem, and ignored."""
@@ -479,9 +465,11 @@ class Destination:
 
     def _on_event(self, event):
         if type(event) is PassComplete:
-            if self.hosted.disk is not None:
-                self.hosted.disk.sync_in_background()
-            self.send(self.protocol.acknowledge_pass(self.pages_applied, self.cpu.lap()))
+            disk = self.hosted.disk
+            if disk is not None:
+                disk.sync_in_background(self.blocks_applied * disk.spec.block_size)
+            self.send(self.protocol.acknowledge_pass(self.pages_applied, self.cpu.lap(),
+                                                     disk and disk.write_back_bytes_per_s))
         elif type(event) is FinalPassComplete:
             self._verify_and_resume(event.complete)
         elif type(event) is Switchover:
@@ -556,6 +544,26 @@ class Destination:
 
     def say(self, text):
         self.doors.say(text)
+
+
+def _while_calling(work, call, every_s):
+    """Run `work` on a thread of its own, calling call() here every `every_s` until it ends; its result, or its
+    exception raised here."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = work()
+        except Exception as error:  # noqa: BLE001 - raised again below, in this thread
+            result["error"] = error
+
+    worker = threading.Thread(target=run, name="setup")
+    worker.start()
+    while worker.join(every_s) or worker.is_alive():
+        call()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 class _PostcopyHere:

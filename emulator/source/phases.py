@@ -19,6 +19,7 @@ waits behind little; uncapped, a message is a full batch (smaller ones cost more
 byte than the wait they save).
 """
 
+import math
 import threading
 import uuid
 
@@ -92,6 +93,17 @@ class IntervalSampler:
         self.last, self.last_wire = now, counter.wire_bytes
 
 
+def _write_back_rate(ack):
+    """The destination's disk write-back rate its PASS_END may give: a number > 0, or None (left out, null)."""
+    if ack.body.get("disk_write_back_bytes_per_s") is None:
+        return None
+    rate = ack.field("disk_write_back_bytes_per_s", (int, float))
+    if not 0 < rate < math.inf:
+        raise protocol.RemoteProtocolError("body.disk_write_back_bytes_per_s", f"expected a number > 0 or null, "
+                                                                               f"got {rate!r}")
+    return float(rate)
+
+
 class Precopy:
     """The passes of pre-copy, over `source`."""
 
@@ -141,7 +153,8 @@ class Precopy:
                 source_cpu_s=cpu.lap(), destination_cpu_s=ack.field("cpu_s", (int, float)),
             )
             if source.disk:
-                self._record_disk(record, counter, disk_left, writes_before[source.disk], memory_fitted)
+                self._record_disk(record, counter, disk_left, writes_before[source.disk], memory_fitted,
+                                  _write_back_rate(ack))
                 memory_fitted = remaining * source.guest.page_size <= decision.threshold_bytes
             source.record.passes.append(record)
             source.record.unrecorded = None
@@ -150,6 +163,8 @@ class Precopy:
             blackout_bytes = source.options.device_state_bytes + remaining * MISSING_BYTES_PER_PAGE \
                 if decision.action == "postcopy" else remaining * source.guest.page_size + disk_left
             source.expected_downtime_s = policy.expected_downtime_s(blackout_bytes, bandwidth)
+            if record.disk and record.disk.write_back_bytes_per_s:  # and the disk copy's write-through at handover
+                source.expected_downtime_s += (disk_bytes + disk_left) / record.disk.write_back_bytes_per_s
             self._tell_pass(record, decision)
             if decision.action != "continue":
                 source.decision = decision
@@ -177,7 +192,7 @@ class Precopy:
         elif decision.reason in ("stalled", "max-passes", "max-time"):
             source.progress.message(f"pre-copy {decision.reason}: {decision.action}")
 
-    def _record_disk(self, record, counter, disk_left, writes_before, waiting):
+    def _record_disk(self, record, counter, disk_left, writes_before, waiting, write_back_bytes_per_s):
         """The disk's part of a pass record; the block job's readiness and the time spent waiting for it."""
         source = self.source
         disk = source.disk
@@ -186,7 +201,7 @@ class Precopy:
             blocks_sent=sent.units, bytes_sent=sent.units * disk.unit_bytes, wire_bytes=sent.wire_bytes,
             zero_blocks=sent.zero_units, remaining_bytes=disk_left,
             writes_rate=(disk.writes - writes_before) / record.duration_s,
-            wait_s=record.duration_s if waiting else 0.0)
+            wait_s=record.duration_s if waiting else 0.0, write_back_bytes_per_s=write_back_bytes_per_s)
         disk.wait_s += record.disk.wait_s
         if disk.ready_s is None and disk_left <= record.threshold_bytes:
             disk.ready_s = source.record.timeline.now()

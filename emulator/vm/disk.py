@@ -138,6 +138,8 @@ class DiskImage:
         self.blocks = GuestMemory(spec.blocks_spec(), populate=populate,
                                   data=np.frombuffer(self._map, dtype=np.uint8))
         self._syncing = None
+        self._synced_bytes = 0  # of the block bytes placed, those a write-back has begun to carry
+        self.write_back_bytes_per_s = None  # what the last finished write-back carried per second, once one did
 
     @classmethod
     def create(cls, spec, path):
@@ -171,12 +173,20 @@ class DiskImage:
         os.fsync(self._fd)
         return time.monotonic() - started
 
-    def sync_in_background(self):
+    def sync_in_background(self, placed_bytes):
         """Start writing back what is dirty now, unless a write-back is still running: so the one in the
-        blackout (commit) has only the last pass's blocks to write."""
+        blackout (commit) has only the last pass's blocks to write. placed_bytes: the block bytes placed so
+        far; those a write-back carries, over its seconds, make write_back_bytes_per_s."""
         if self._syncing is None or not self._syncing.is_alive():
-            self._syncing = threading.Thread(target=self.sync, name="disk-sync", daemon=True)
+            carried, self._synced_bytes = placed_bytes - self._synced_bytes, placed_bytes
+            self._syncing = threading.Thread(target=self._measured_sync, args=(carried,), name="disk-sync",
+                                             daemon=True)
             self._syncing.start()
+
+    def _measured_sync(self, carried_bytes):
+        seconds = self.sync()
+        if carried_bytes > 0 and seconds > 0:
+            self.write_back_bytes_per_s = carried_bytes / seconds
 
     def commit(self):
         """Destination: put the verified copy under its final name, durably; return the seconds it took.

@@ -356,11 +356,13 @@ class DestinationProtocol(_Engine):
         return (FinalPassComplete(ending),)
 
     @_failing
-    def acknowledge_pass(self, pages_applied, cpu_s):
-        """PASS_END frames acknowledging the complete pass; the next pass begins."""
+    def acknowledge_pass(self, pages_applied, cpu_s, disk_write_back_bytes_per_s=None):
+        """PASS_END frames acknowledging the complete pass; the next pass begins. disk_write_back_bytes_per_s:
+        a mirrored disk's copy's last measured write-back rate (None: no mirror, or none measured yet)."""
         self._require_complete(MsgType.PASS_END)
         frames = self._control(MsgType.PASS_END, self.pass_no,
-                               {"pass": self.pass_no, "pages_applied": pages_applied, "cpu_s": cpu_s})
+                               {"pass": self.pass_no, "pages_applied": pages_applied, "cpu_s": cpu_s,
+                                "disk_write_back_bytes_per_s": disk_write_back_bytes_per_s})
         with self._counting:
             self.pass_no += 1
             self._pass = _PassCount(self._channels)
