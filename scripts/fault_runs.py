@@ -428,9 +428,8 @@ class RunResult:
 class Session:
     """The runs of one invocation: a work directory, the disk directory, the serving receiver."""
 
-    def __init__(self, time_limit_s, say=print):
+    def __init__(self, time_limit_s):
         self.time_limit_s = time_limit_s
-        self.say = say
         self.workdir = Path(tempfile.mkdtemp(prefix="precopy-faults-"))
         self.disk_dir = self.workdir / "disks"
         self.disk_dir.mkdir()

@@ -425,3 +425,13 @@ def test_logged_blocks_are_exactly_the_dirty_blocks_and_the_file_is_the_mapping(
         assert np.array_equal(on_file.reshape(n_blocks, block_size)[untouched], first[untouched])
     finally:
         disk.close()
+
+
+def test_a_destinations_copy_measures_its_storage_in_setup_and_stays_zero(tmp_path):
+    spec = DiskSpec(16 * BLOCK, BLOCK)
+    disk = DiskImage.receiving(spec, str(tmp_path))
+    try:
+        assert disk.write_back_bytes_per_s > 0  # a rate the first PASS_END can give
+        assert not file_bytes(disk.path).any()
+    finally:
+        disk.discard()

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from emulator.source import policy
 from emulator.source.policy import (
     Decision,
     DowntimeRamp,
@@ -333,3 +334,13 @@ def test_a_pass_0_whose_cap_was_changed_during_it_blames_no_cpu():
                                  record=SimpleNamespace(parameter_changes=changes))
         Precopy(source)._tell_pass(record, Decision("continue", None, 0.0, 0.3))
         assert any("this machine's CPU, not the cap" in text for text in source.progress.texts) == blamed
+
+
+@pytest.mark.parametrize("send_s, last_pass_bytes, final_bytes, expected_s", [
+    (0.1, 50e6, 10e6, 0.5 + 0.1),  # the last pass's write-back outlasts the blackout's send: it sets the pace
+    (0.8, 50e6, 10e6, 0.8 + 0.1),  # it finishes while the blackout's blocks cross
+    (0.2, 0, 0, 0.2),  # nothing to write: the send alone
+])
+def test_the_write_through_at_the_handover_follows_the_send_and_adds_the_blackouts_blocks(
+        send_s, last_pass_bytes, final_bytes, expected_s):
+    assert policy.with_write_through_s(send_s, last_pass_bytes, final_bytes, 100e6) == pytest.approx(expected_s)

@@ -164,7 +164,8 @@ class Precopy:
                 if decision.action == "postcopy" else remaining * source.guest.page_size + disk_left
             source.expected_downtime_s = policy.expected_downtime_s(blackout_bytes, bandwidth)
             if record.disk and record.disk.write_back_bytes_per_s:  # and the disk copy's write-through at handover
-                source.expected_downtime_s += (disk_bytes + disk_left) / record.disk.write_back_bytes_per_s
+                source.expected_downtime_s = policy.with_write_through_s(
+                    source.expected_downtime_s, disk_bytes, disk_left, record.disk.write_back_bytes_per_s)
             self._tell_pass(record, decision)
             if decision.action != "continue":
                 source.decision = decision

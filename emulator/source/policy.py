@@ -56,6 +56,7 @@ __all__ = [
     "next_throttle_pct",
     "postcopy_now",
     "threshold_bytes",
+    "with_write_through_s",
 ]
 
 Action = Literal["continue", "switchover", "abort", "postcopy"]
@@ -184,6 +185,13 @@ def expected_downtime_s(remaining_bytes: float, bandwidth_bytes_per_s: float) ->
     if bandwidth == 0:
         return math.inf
     return remaining / bandwidth
+
+
+def with_write_through_s(send_s: float, last_pass_bytes: float, final_bytes: float,
+                         write_back_bytes_per_s: float) -> float:
+    """The blackout's seconds with a mirrored disk's write-through at the handover: the destination writes the
+    last pass's blocks back while the blackout's cross (send_s), then the blackout's blocks."""
+    return max(send_s, last_pass_bytes / write_back_bytes_per_s) + final_bytes / write_back_bytes_per_s
 
 
 def is_stalled(remaining_bytes_history: Sequence[int], stall_passes: int) -> bool:

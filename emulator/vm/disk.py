@@ -52,6 +52,7 @@ def _name_rule(value):
     return value
 
 
+WRITE_BACK_PROBE_BYTES = 4 << 20  # a destination's copy measures its storage with this much, in setup
 MAX_WRITE_RATE_BYTES_PER_S = 1e12  # a paced rate above this is no pace any storage keeps: ask for "max"
 
 
@@ -162,9 +163,20 @@ class DiskImage:
         already arriving)."""
         final = os.path.join(directory, spec.name)
         part = final + PART_SUFFIX
+        def made(descriptor):
+            disk = cls(spec, part, descriptor, final_path=final)
+            disk.measure_write_back()
+            return disk
+
         return _new_file(part, spec.size_bytes, "receive the disk into", "another migration of this disk is "
-                         "arriving, or one was interrupted: remove the file",
-                         lambda descriptor: cls(spec, part, descriptor, final_path=final))
+                         "arriving, or one was interrupted: remove the file", made)
+
+    def measure_write_back(self):
+        """A first write-back rate, before any block has come: the first WRITE_BACK_PROBE_BYTES written (as
+        zeros: the copy's content then) and synced, timed."""
+        probe = min(WRITE_BACK_PROBE_BYTES, self.spec.size_bytes)
+        self.blocks.data[:probe] = 0
+        self._measured_sync(probe)
 
     def sync(self):
         """Write the mapped blocks through to storage (msync, then fsync); return the seconds it took."""
