@@ -344,3 +344,24 @@ def test_a_serving_receiver_refuses_a_key_a_rate_and_a_timeout_past_their_bounds
         receiver.signal(signal.SIGTERM)
         status, out, err = receiver.finish()
     assert "Traceback" not in err
+
+
+def test_a_peer_that_says_hello_again_at_once_after_a_refusal_is_answered_each_time(context):
+    """A refused HELLO's migration winds down on its thread; the same peer's next HELLO, arriving meanwhile, is a
+    new beginning, never handed to the migration that is ending (which no longer reads)."""
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--timeout", "2s")
+    try:
+        sock = peer(context, receiver.wait_listening())
+        bad = SMALL.to_dict()
+        bad["guest"]["memory_bytes"] = 1 << 50  # refused by the migration it begins: more than this host has
+        for _ in range(20):
+            sock.send_multipart(protocol.encode_control(MsgType.HELLO, 0, 0, {
+                "protocol": protocol.VERSION, "session": "again", "scenario": bad}))
+        answers = []
+        while len(answers) < 20 and sock.poll(5000):
+            answers.append(protocol.Decoder().decode(sock.recv_multipart()))
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    assert [a.type for a in answers] == [MsgType.REFUSE] * 20, [(a.type, a.body) for a in answers]
+    assert "Traceback" not in err

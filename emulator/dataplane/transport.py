@@ -37,6 +37,7 @@ CONTROL = -1  # channel number of the control socket in Incoming
 WAKE = -2  # channel number of an Incoming that only says a Doorbell rang
 HEARTBEATS_PER_TIMEOUT = 4
 PAIR_FINISHED = b""  # a PeerLink's one-frame word to its listener: the migration has ended
+PAIR_UNREAD = b"unread"  # before a source's message a migration ended without reading, handed back to its listener
 PAIR_QUEUE = 256  # control messages queued on each end of a PeerLink's pair: a real source has a few in flight
 # Longest single poll. A signal (Ctrl-C, SIGTERM) that lands just before the poll system
 # call is only handled once the call returns: an unbounded poll would never return.
@@ -524,10 +525,18 @@ class PeerLink(_DestinationEnd):
         _send(self.pair, frames, copy=True)
 
     def finished(self):
-        """Tell the listener this migration has ended (one empty frame), then close, whatever became of the
-        word: a socket left open would keep the server's context from ever terminating."""
+        """Tell the listener this migration has ended (one empty frame); until it answers with the same word,
+        hand it back each source message that comes, unread (answered there as any peer's would be); then
+        close, whatever became of the word: a socket left open would keep the server's context from ever
+        terminating. The listener answers after the last message it handed this migration, so none is lost."""
         try:
             self.pair.send(PAIR_FINISHED, flags=zmq.DONTWAIT)
+            deadline = time.monotonic() + SIGNAL_CHECK_S
+            while self.pair.poll(_poll_ms(deadline - time.monotonic()), zmq.POLLIN):
+                frames = self.pair.recv_multipart(copy=False)
+                if len(frames) == 1 and frames[0].bytes == PAIR_FINISHED:
+                    break
+                self.pair.send_multipart([PAIR_UNREAD, *frames], flags=zmq.DONTWAIT)
         except zmq.ZMQError:
             pass  # the listener has stopped waiting for it
         finally:

@@ -19,7 +19,8 @@ import zmq
 
 from emulator.core.errors import MigrationError
 from emulator.core.units import format_count
-from emulator.dataplane.transport import PAIR_FINISHED, PAIR_QUEUE, SIGNAL_CHECK_S, PeerLink, Stop
+from emulator.dataplane.transport import (
+    CONTROL, PAIR_FINISHED, PAIR_QUEUE, PAIR_UNREAD, SIGNAL_CHECK_S, Incoming, PeerLink, Stop)
 from emulator.destination.receiver import Destination, DestinationLimits, Doorkeeper
 from emulator.vm.allocator import available_memory_bytes
 from emulator.wire.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
@@ -42,8 +43,9 @@ class _Prefixed:
 class _Incoming:
     """One migration this listener hosts: its source, its pair, the memory reserved for it."""
 
-    def __init__(self, number, peer, pair, memory_bytes):
-        self.number, self.peer, self.pair, self.memory_bytes = number, peer, pair, memory_bytes
+    def __init__(self, number, message, pair, memory_bytes):
+        self.number, self.peer, self.address = number, message.peer, message.address
+        self.pair, self.memory_bytes = pair, memory_bytes
         self.stop = Stop()  # ends the migration, from the listener's thread
         self.thread = None
         self.outcome = None
@@ -66,7 +68,7 @@ class Listener:
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
         self.progress, self.on_outcome = progress, on_outcome
         self.doors = Doorkeeper(link, progress)
-        self.incoming = {}  # source identity -> _Incoming
+        self.incoming = {}  # number -> _Incoming, until its thread has finished
         self.cancelled = None  # the outcome of a migration Ctrl-C cancelled, if one did
         self._numbers = itertools.count(1)
         self._poller = zmq.Poller()
@@ -102,8 +104,8 @@ class Listener:
 
     # messages from sources ----------------------------------------------------------
     def _from_peer(self, message):
-        hosted = self.incoming.get(message.peer)
-        if hosted is not None:
+        hosted = next((incoming for incoming in self.hosting() if incoming.peer == message.peer), None)
+        if hosted is not None:  # (a peer whose migration is ending begins anew: that one reads no more)
             try:  # never wait: a migration that does not read must not stop the server
                 hosted.pair.send_multipart(message.frames, copy=False, flags=zmq.DONTWAIT)
             except zmq.Again:
@@ -134,8 +136,8 @@ class Listener:
         pair.setsockopt(zmq.LINGER, 0)
         pair.setsockopt(zmq.SNDHWM, PAIR_QUEUE)
         pair.bind(endpoint)
-        incoming = _Incoming(number, message.peer, pair, _asked_memory(hello, capacity))
-        self.incoming[message.peer] = incoming
+        incoming = _Incoming(number, message, pair, _asked_memory(hello, capacity))
+        self.incoming[number] = incoming
         self._poller.register(pair, zmq.POLLIN)
         progress = _Prefixed(self.progress, f"[{number}] ") if self.progress and self.max_incoming > 1 else (
             self.progress)
@@ -157,6 +159,10 @@ class Listener:
         if len(frames) == 1 and frames[0].bytes == PAIR_FINISHED:
             self._finished(incoming)
             return
+        if frames[0].bytes == PAIR_UNREAD:  # it ended before it read this: a new beginning for its source
+            incoming.ending = True
+            self._from_peer(Incoming(CONTROL, frames[1:], incoming.peer, incoming.address))
+            return
         header = frames[0].bytes
         if len(header) == HEADER_SIZE and HEADER.unpack(header)[2] in (MsgType.REFUSE, MsgType.ABORT):
             incoming.ending = True
@@ -168,7 +174,14 @@ class Listener:
     def _finished(self, incoming):
         """Forget a migration that has ended and tell its outcome. A Ctrl-C may land anywhere in here;
         calling it again for the same migration does only what is left (_cancel_all does)."""
+        if not incoming.pair.closed:
+            try:  # its last word: what the source sent it after this, it hands back unread
+                incoming.pair.send(PAIR_FINISHED, flags=zmq.DONTWAIT)
+            except zmq.ZMQError:
+                pass  # its end is closed already: it stopped waiting
         incoming.thread.join()
+        while not incoming.pair.closed and incoming.pair.poll(0, zmq.POLLIN):
+            self._from_migration(incoming)
         self._close(incoming)
         if incoming.outcome is not None and not incoming.reported:  # None: its thread died of a bug
             incoming.reported = True
@@ -176,7 +189,7 @@ class Listener:
                 self.cancelled = incoming.outcome
             if self.on_outcome:
                 self.on_outcome(incoming.outcome)
-        if self.incoming.pop(incoming.peer, None) is not None and incoming.outcome is not None:
+        if self.incoming.pop(incoming.number, None) is not None and incoming.outcome is not None:
             self.doors.say(f"---- ready for the next source on {self.link.endpoint}" + (
                 f" ({format_count(len(self.incoming), 'migration')} incoming)" if self.incoming else ""))
 
