@@ -532,7 +532,7 @@ def test_a_guest_this_host_cannot_hold_is_refused_before_anything_starts(fake_en
 
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 5)")
+    assert capsys.readouterr().out.startswith("precopy 0.1.0 (wire protocol 6)")
 
 
 def test_the_default_message_size_follows_the_page_size(fake_engine, capsys):

@@ -10,6 +10,7 @@ writes, word for word, and a write could not be told from the source's copy.)
 
 import dataclasses
 import hashlib
+import json
 import math
 import signal
 import threading
@@ -17,11 +18,13 @@ import threading
 import numpy as np
 import pytest
 
+from emulator.core.errors import PeerTimeout
 from emulator.dataplane.batches import BatchEncoder
 from emulator.dataplane.transport import SOURCE_GONE, DestinationLink, SourceLink
 from emulator.destination.receiver import Destination, DestinationLimits
 from emulator.running.migration import run_source
 from emulator.source.policy import PolicyConfig
+from emulator.source.sender import Source
 from emulator.vm.guest import GuestMemory, GuestSpec
 from emulator.vm.postcopy import Backlog, Faults
 from emulator.vm.scenario import MigrationOptions, Scenario
@@ -31,7 +34,7 @@ from emulator.wire.protocol_engines import SourceProtocol
 from kernels import bitmap
 from kernels.writers import WriterPattern
 from tests.cli_process import PrecopyProcess
-from tests.engines import run_pair
+from tests.engines import Messages, run_pair
 from tests.fakelink import link_pair, wait_until
 
 PAGE = 4096
@@ -132,6 +135,71 @@ def test_a_stalled_pre_copy_becomes_post_copy_and_a_paced_guest_counts_its_stall
     assert [p.phase for p in report.phases][-1] == "postcopy"
 
 
+# a link that breaks in post-copy is recovered ------------------------------------------------------------
+class CutLink(SourceLink):
+    """A source link whose connection drops `after` data messages into post-copy (armed by CutInPostcopy): its
+    sockets close, as a network that fails drops them, and the source's send is told so. Connecting anew works."""
+
+    def __init__(self, *args, **options):
+        super().__init__(*args, **options)
+        self.countdown = None  # data messages until the cut, once armed
+        self.cuts = 0
+
+    def send_data(self, channel, frames):
+        if self.countdown is not None:
+            self.countdown -= 1
+            if self.countdown < 0:
+                self.countdown = None
+                self.cuts += 1
+                self.close()
+                raise PeerTimeout("the link was cut")
+        super().send_data(channel, frames)
+
+    def control_pending(self):
+        if self.context.closed:
+            raise PeerTimeout("the link was cut")
+        return super().control_pending()
+
+
+class CutInPostcopy(Messages):
+    def __init__(self, link, after):
+        super().__init__()
+        self.link, self.after = link, after
+
+    def phase(self, name, elapsed_s):
+        if name == "postcopy":
+            self.link.countdown = self.after
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_link_that_breaks_in_post_copy_is_recovered_and_the_guest_arrives_whole(channels):
+    s = scenario(codec="raw", channels=channels, postcopy_after_passes=1, max_bandwidth_bytes_per_s=50e6,
+                 timeout_s=2.0)
+    guest = GuestMemory(s.guest)
+    source_vcpus = Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1))
+    destination_link = DestinationLink("tcp://127.0.0.1:0", timeout_s=s.migration.timeout_s)
+    source_link = CutLink(destination_link.endpoint, s.migration.timeout_s, channels=channels)
+    said, heard = CutInPostcopy(source_link, after=40), Messages()
+    try:
+        report, outcome, guest, destination = run_pair(s, source_link, destination_link, guest=guest,
+                                                       workload=source_vcpus, progress=said,
+                                                       destination_progress=heard)
+    finally:
+        source_link.close()
+        destination_link.close()
+    assert source_link.cuts == 1
+    assert report.status == "completed" and outcome.status == "completed", (report.reason, outcome.reason)
+    postcopy = report.postcopy
+    assert postcopy.recoveries == 1 and 0 < postcopy.paused_s < s.migration.timeout_s
+    assert report.digests_match and report.source_digest == guest.digest()
+    assert postcopy.requested_sent + postcopy.pushed_pages >= postcopy.missing_pages  # some were sent again
+    assert_source_memory_plus_the_destination_writes(guest.data, destination.migrated, destination.workload)
+    assert any(text.startswith("post-copy paused: the link was cut; connecting again for up to 30 s")
+               for text in said.texts), said.texts
+    assert any(text.startswith("post-copy recovered after ") for text in said.texts)
+    assert any(text.startswith("post-copy recovered after ") for text in heard.texts), heard.texts
+
+
 # a failure after the resume loses the guest ---------------------------------------------------------------
 def test_a_source_killed_during_post_copy_is_a_lost_guest_on_the_destination():
     link = DestinationLink("tcp://127.0.0.1:0", timeout_s=1.5)
@@ -143,7 +211,7 @@ def test_a_source_killed_during_post_copy_is_a_lost_guest_on_the_destination():
         sender = PrecopyProcess("send", "--to", link.endpoint, "--memory", "64MiB", "--fill", "random",
                                 "--dirty-rate", "max", "--pattern", "uniform", "--vcpus", "2", "--codec", "raw",
                                 "--max-bandwidth", "20MB/s", "--postcopy-after", "1", "--downtime-limit", "1ns",
-                                "--timeout", "1.5s", "--quiet")
+                                "--timeout", "1.5s", "--postcopy-recover-window", "2s", "--quiet")
         wait_until(lambda: destination.live_postcopy or not thread.is_alive(), 60)
         applied = destination.pages_applied
         wait_until(lambda: destination.pages_applied > applied or not thread.is_alive(), 10)
@@ -154,9 +222,11 @@ def test_a_source_killed_during_post_copy_is_a_lost_guest_on_the_destination():
         link.close()
     assert not thread.is_alive()  # the vCPUs waiting for pages that never come did not hold it up
     outcome = ended["outcome"]
-    # the source's death is seen as its silence, or as a heartbeat or page request refused (its connection is gone)
+    # the source's death is seen as its silence, or as a heartbeat or page request refused (its connection is
+    # gone); the guest runs on while the source may connect again, and is lost when it has not
     assert outcome.status == "lost" and ("nothing from the source" in outcome.reason
                                          or outcome.reason.startswith(SOURCE_GONE)), outcome
+    assert outcome.reason.endswith("; the source did not connect again within 2 s"), outcome.reason
     assert outcome.digest is None and destination.guest is None  # the partial guest is gone, never "completed"
 
 
@@ -318,3 +388,25 @@ def test_post_copy_expects_the_downtime_of_what_its_blackout_sends():
     expected_s = (s.migration.device_state_bytes + first.remaining_pages * 4) / bandwidth
     assert report.summary["expected-downtime"] == pytest.approx(expected_s * 1e3)
     assert expected_s < first.remaining_pages * PAGE / bandwidth / 10
+
+
+def test_a_serving_receiver_hands_the_new_connection_to_the_paused_migration_of_its_session():
+    receiver = PrecopyProcess("receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--json", "--timeout", "2s")
+    s = scenario(codec="raw", postcopy_after_passes=1, max_bandwidth_bytes_per_s=50e6, timeout_s=2.0)
+    try:
+        link = CutLink(receiver.wait_listening(), s.migration.timeout_s)
+        said = CutInPostcopy(link, after=40)
+        guest = GuestMemory(s.guest)
+        try:
+            with Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1)) as vcpus:
+                report = Source(s, guest, vcpus, link, progress=said).run()
+        finally:
+            link.close()
+    finally:
+        receiver.signal(signal.SIGTERM)
+        status, out, err = receiver.finish()
+    assert link.cuts == 1 and report.status == "completed", report.reason
+    assert report.postcopy.recoveries == 1 and report.digests_match
+    outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [o["status"] for o in outcomes] == ["completed"] and outcomes[0]["digest"] == report.source_digest
+    assert "post-copy recovered after " in err and "Traceback" not in err

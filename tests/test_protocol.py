@@ -82,7 +82,7 @@ def test_header_layout_is_fixed_little_endian():
     frames = encode_control(MsgType.HEARTBEAT, 0x0102030405060708, 0x0A0B0C0D, {})
     h = frames[0]
     assert h[0:4] == b"PCPY"
-    assert h[4:6] == b"\x05\x00"  # version 5, little-endian
+    assert h[4:6] == b"\x06\x00"  # version 6, little-endian
     assert h[6] == MsgType.HEARTBEAT == 13
     assert h[7] == 0
     assert h[8:16] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
@@ -97,16 +97,16 @@ def test_header_layout_is_fixed_little_endian():
 
 
 def test_enum_wire_values():
-    assert [int(t) for t in MsgType] == list(range(1, 21))
+    assert [int(t) for t in MsgType] == list(range(1, 23))
     assert [t.name for t in MsgType] == [
         "HELLO", "ACCEPT", "REFUSE", "PAGES", "ZERO_PAGES", "PASS_END", "SWITCHOVER",
         "DEVICE_STATE", "COMPLETE", "RESUMED", "ANNOUNCE", "ABORT", "HEARTBEAT", "CHECK", "VERDICT",
-        "POSTCOPY", "MISSING", "PAGE_REQUEST", "POSTCOPY_END", "POSTCOPY_DONE",
+        "POSTCOPY", "MISSING", "PAGE_REQUEST", "POSTCOPY_END", "POSTCOPY_DONE", "RECOVER", "RECOVERED",
     ]  # fmt: skip
     assert (int(Flags.RUNS), int(Flags.RAW_FALLBACK)) == (1, 2)
     assert (int(Codec.RAW), int(Codec.LZ4)) == (0, 1)
     assert MsgType.PAGES not in CONTROL_TYPES and MsgType.DEVICE_STATE not in CONTROL_TYPES
-    assert len(CONTROL_TYPES) == 15 and MsgType.MISSING not in CONTROL_TYPES and MsgType.PAGE_REQUEST not in CONTROL_TYPES
+    assert len(CONTROL_TYPES) == 17 and MsgType.MISSING not in CONTROL_TYPES and MsgType.PAGE_REQUEST not in CONTROL_TYPES
 
 
 # --------------------------------------------------------------------------
@@ -283,13 +283,13 @@ def test_bad_magic(decoder):
     assert "b'PCPZ'" in str(err) and "b'PCPY'" in str(err)
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 6, 0xFFFF])
+@pytest.mark.parametrize("version", [0, 1, 2, 3, 4, 5, 7, 0xFFFF])
 def test_bad_version(decoder, version):
     err = expect_error(decoder, with_header(pages_frames(), version=version), "version")
-    assert f"got {version}, expected 5" in str(err)
+    assert f"got {version}, expected 6" in str(err)
 
 
-@pytest.mark.parametrize("type_id", [0, 21, 255])
+@pytest.mark.parametrize("type_id", [0, 23, 255])
 def test_unknown_type(decoder, type_id):
     expect_error(decoder, with_header(pages_frames(), type=type_id), "type")
 

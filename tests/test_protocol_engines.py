@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from emulator.vm.guest import GuestSpec
@@ -9,8 +10,8 @@ from emulator.vm.scenario import MigrationOptions, Scenario
 from emulator.vm.workload import WorkloadSpec
 from emulator.wire import protocol
 from emulator.wire.protocol import Flags, LocalProtocolError, MsgType, RemoteProtocolError
-from emulator.wire.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, aborted,
-                                            SourceProtocol, Switchover)
+from emulator.wire.protocol_engines import (DataPages, DestinationProtocol, FinalPassComplete, PassComplete, Recover,
+                                            SourceProtocol, Switchover, aborted)
 from emulator.wire.states import FAILED
 
 PAGE = 4096
@@ -233,3 +234,50 @@ def test_a_bad_page_request_fails_the_engine_and_spends_no_sequence_number(pages
     with pytest.raises(LocalProtocolError) as info:
         engine.page_request(pages)
     assert info.value.field == "page_numbers" and engine.state == FAILED and engine._sent_seq == 7
+
+
+def in_postcopy():
+    """(source, destination) engines in the post-copy pass 1 of SCENARIO (pages 4-9 missing), after ANNOUNCE."""
+    source, destination = joined()
+    source.n_pages = SCENARIO.guest.n_pages
+    assert destination.receive_control(source.pass_end(0)) == (PassComplete(0),)
+    source.receive(destination.acknowledge_pass(0, 0.0))
+    destination.receive_control(source.postcopy("max-passes", "dd", "t"))
+    destination.receive_control(source.device_state(bytes(SCENARIO.migration.device_state_bytes)))
+    destination.receive_control(source.missing(np.arange(4, 10)))
+    source.receive(destination.resumed(RESUMED_BODY))
+    source.receive(destination.announce("here"))
+    assert source.state == destination.state == "POSTCOPY"
+    return source, destination
+
+
+def test_a_post_copy_link_that_broke_goes_on_over_a_new_connection_with_counts_from_zero():
+    source, destination = in_postcopy()
+    send_data(source, destination, 1)  # channel 0 has seq 1 now; a second message is lost with the link
+    source.data(ZeroBatch(6))
+    destination.pause()
+    recover = source.recover("s")
+    assert source.state == "RECOVER_WAIT" and destination.state == "POSTCOPY_PAUSED"
+    message = protocol.Decoder().decode(recover)
+    assert (message.seq, message.body) == (0, {"session": "s", "pass": 1})  # the first of the new connection
+    assert destination.receive_control(recover) == (Recover("s"),)
+    assert source.receive(destination.recovered([6001, 6002])).body == {"data": [6001, 6002], "pass": 1}
+    still = source.receive(destination.still_missing(np.array([6, 7, 8, 9])))
+    assert still.type == MsgType.MISSING and still.page_numbers.tolist() == [6, 7, 8, 9]
+    assert source.state == destination.state == "POSTCOPY"
+    # the data seqs and the pass's counts start at 0 again: two messages now, and POSTCOPY_END counts those
+    events = send_data(source, destination, 2)
+    assert [es[0].message.seq for es in events] == [0, 0]
+    assert destination.receive_control(source.postcopy_end(4, "d"))[0].end.body["messages"] == [1, 1]
+
+
+def test_recover_is_refused_outside_post_copy_and_in_post_copy_only_once_paused():
+    source, destination = joined()
+    with pytest.raises(LocalProtocolError):  # pre-copy: a broken link ends the migration
+        destination.pause()
+    assert destination.state == "PRECOPY"
+    source, destination = in_postcopy()
+    frames = protocol.encode_control(MsgType.RECOVER, 5, 1, {"session": "s", "pass": 1})  # not paused here
+    with pytest.raises(RemoteProtocolError, match="cannot receive RECOVER in state POSTCOPY"):
+        destination.receive_control(frames)
+    assert destination.state == FAILED

@@ -307,7 +307,8 @@ def test_a_key_hello_or_check_does_not_have_is_refused_naming_it():
     assert str(refused.value) == "body.session: not a key of a CHECK body (those are protocol, scenario)"
 
     # a HELLO of another version is refused for its version, whatever else it holds
-    other = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": 6, "session": "s", "scenario": {}, "new": 1})
+    other = protocol.encode_control(MsgType.HELLO, 0, 0, {"protocol": protocol.VERSION + 1, "session": "s", "scenario": {},
+                                                          "new": 1})
     scenario, problems = hosted(other)
     assert scenario is None and [p.field for p in problems] == ["protocol"]
     assert hosted(hello_frames(scenario_with("guest", "seed", 1)))[1] == []  # the three keys: hosted

@@ -18,7 +18,8 @@ Schema history:
     5: a pass record and the blackout hold a mirrored disk's part as a record of its own
        (PassRecord.disk, Blackout.disk; None without a mirror), where schemas 3 and 4 held
        flat disk_* fields, all 0 without one. Schemas 1-4 read back. DiskPass gained
-       write_back_bytes_per_s later in schema 5 (optional: a report without it reads back).
+       write_back_bytes_per_s later in schema 5, and Postcopy recoveries and paused_s (optional:
+       a report without them reads back).
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ class Postcopy:
     blocktime_s: time every vCPU was waiting for a page at once (QEMU's postcopy-blocktime).
     vcpu_blocktime_s: each vCPU's time waiting for pages (postcopy-vcpu-blocktime).
     destination_cpu_s: the destination's CPU time from resume to its last page.
+    recoveries: times the link broke and the migration went on over a new connection (QEMU's
+    postcopy-recover); paused_s: the time it spent paused, waiting for those.
     """
 
     missing_pages: int
@@ -225,6 +228,8 @@ class Postcopy:
     blocktime_s: float
     vcpu_blocktime_s: list[float] = field(default_factory=list)
     destination_cpu_s: float = 0.0
+    recoveries: int = 0
+    paused_s: float = 0.0
 
 
 @dataclass

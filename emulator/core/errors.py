@@ -67,6 +67,11 @@ class PeerTimeout(MigrationError):
     """The peer did not answer (or accept data) within the deadline, or cannot be reached."""
 
 
+class LinkBroken(PeerTimeout):
+    """The connection to the peer is gone (its process ended, or the network dropped it): known at once,
+    not at a deadline."""
+
+
 class PeerAborted(MigrationError):
     """The peer (`by`: "source" or "destination") sent ABORT; cancelled: its user cancelled."""
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from emulator.core.errors import PeerTimeout
+from emulator.core.errors import LinkBroken, PeerTimeout
 from emulator.dataplane.security import HANDSHAKE_FAILURES, Authenticator, secure_client, secure_server, why_handshake_failed
 
 DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
@@ -189,21 +189,30 @@ class SourceLink:
     """
 
     def __init__(self, to, timeout_s, *, channels=1, security=None):
-        self.host, self.port = parse_endpoint(to)
+        self.to, (self.host, self.port) = to, parse_endpoint(to)
         self.timeout_s, self.security = timeout_s, security
-        if self.port is not None:
-            _probe(self.host, self.port, timeout_s)
         self.io_threads = max(1, channels)
+        self.while_full = lambda: None  # called while a data channel has no room (see send_data)
+        self._connect()
+
+    def reconnect(self):
+        """Close the sockets and connect anew to the same destination (post-copy recovery, after the link
+        broke); PeerTimeout at once if nothing listens there any more."""
+        self.close()
+        self._connect()
+
+    def _connect(self):
+        if self.port is not None:
+            _probe(self.host, self.port, self.timeout_s)
         self.context = zmq.Context(io_threads=self.io_threads)
         self.control = self._socket(zmq.DEALER)
         # says at once why keys do not match, and when the destination's end closed the connection
         self.monitor = self.control.get_monitor_socket(HANDSHAKE_FAILURES | zmq.EVENT_DISCONNECTED)
         self.refused = None  # why the destination's end turned us away, or went, once it did
         self.answered = False  # a control message came: the destination's end is there
-        self.while_full = lambda: None  # called while a data channel has no room (see send_data)
         self._waiting = {flag: _poller((self.control, flag), (self.monitor, zmq.POLLIN))
                          for flag in (zmq.POLLIN, zmq.POLLOUT)}
-        self.control.connect(to)
+        self.control.connect(self.to)
         self.data = []
 
     def _socket(self, kind):
@@ -291,6 +300,8 @@ class SourceLink:
             raise PeerTimeout(self.refused)
 
     def close(self):
+        if self.context.closed:  # closed already: a reconnect that found nothing listening
+            return
         self.control.disable_monitor()
         self.monitor.close(linger=0)
         for sock in [self.control, *self.data]:
@@ -343,12 +354,21 @@ class _DestinationEnd:
         self._poller.register(self._doorbell.fd, zmq.POLLIN)
         return self._doorbell
 
-    def close_data(self):
-        """Close the data sockets (between two migrations on the same control socket), once their threads
-        have stopped."""
+    def reopen_data(self, channels, message_bytes):
+        """Close the data sockets (their threads have stopped) and bind new ones, as open_data: post-copy
+        recovery, where nothing of the broken connection may arrive any more. The doorbell stays."""
+        self._close_data_sockets()
+        return self.open_data(channels, message_bytes)
+
+    def _close_data_sockets(self):
         for sock in self.data:
             sock.close(linger=0)
         self.data = []
+
+    def close_data(self):
+        """Close the data sockets (between two migrations on the same control socket), once their threads
+        have stopped, and the doorbell."""
+        self._close_data_sockets()
         doorbell, self._doorbell = self._doorbell, None
         if doorbell is not None:
             self._poller.unregister(doorbell.fd)
@@ -445,7 +465,7 @@ class DestinationLink(_DestinationEnd):
         except zmq.Again:
             raise PeerTimeout("the source did not take a control message within the timeout") from None
         except zmq.ZMQError:  # ROUTER_MANDATORY: the peer is gone
-            raise PeerTimeout(SOURCE_GONE) from None
+            raise LinkBroken(SOURCE_GONE) from None
 
     def close(self):
         self.control.disable_monitor()
@@ -458,20 +478,28 @@ class DestinationLink(_DestinationEnd):
 
 class Stop:
     """How a listener ends one of its migrations from its own thread: the migration's PeerLink raises
-    `error` at its next look (set once; a later call changes nothing)."""
+    `error` at its next look (set once; a later call changes nothing); or tells it its source's connection
+    is gone (broke: LinkBroken at its next look, once, since post-copy may go on over a new one)."""
 
     def __init__(self):
         self._stopped = threading.Event()
         self.error = None
+        self._broken = None  # why the source's connection is gone, until a look raised it
 
     def __call__(self, error):
         if not self._stopped.is_set():
             self.error = error
             self._stopped.set()
 
+    def broke(self, reason):
+        self._broken = reason
+
     def check(self):
         if self._stopped.is_set():
             raise self.error
+        broken, self._broken = self._broken, None
+        if broken is not None:
+            raise LinkBroken(broken)
 
 
 class PeerLink(_DestinationEnd):

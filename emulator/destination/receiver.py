@@ -34,7 +34,7 @@ from typing import ClassVar
 from emulator.analysis import events
 from emulator.analysis.report import DestinationOutcome
 from emulator.core import fields
-from emulator.core.errors import Cancelled, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
+from emulator.core.errors import Cancelled, LinkBroken, MigrationError, Mismatch, PeerAborted, PeerTimeout, Refused
 from emulator.core.units import format_bytes, format_count
 from emulator.dataplane.receiving import ReceivingPlane
 from emulator.dataplane.threads import CpuMeter
@@ -274,7 +274,7 @@ class Destination:
         self.capacity_bytes = available_memory_bytes() if capacity_bytes is None else capacity_bytes
         self.progress, self.clock = progress, clock
         self.protocol = DestinationProtocol()
-        self.peer = None
+        self.peer = self.session_id = None  # the source's identity and its HELLO's session, once one began
         self.doors = Doorkeeper(link, progress)
         self.interrupted = False
         self.scenario = self.hosted = None  # what HELLO asked for; the guest hosted here (emulator.destination.hosted)
@@ -353,7 +353,7 @@ class Destination:
     # setup -------------------------------------------------------------------
     def _setup(self, hello_timeout_s):
         hello = self._wait_for_hello(hello_timeout_s)
-        self.hello_at = time.monotonic()
+        self.hello_at, self.session_id = time.monotonic(), hello.body.get("session")
         self.protocol.receive_hello(hello)
         scenario, problems = judge(hello, self.limits, self.capacity_bytes)
         if problems:
@@ -432,6 +432,15 @@ class Destination:
     # pre-copy, blackout, resume ------------------------------------------------
     def _receive(self):
         self.cpu = CpuMeter()
+        while True:
+            try:
+                return self._receive_until_done()
+            except PeerTimeout as broken:  # in post-copy the guest runs here: the source may connect again
+                if not (self.live_postcopy and self.scenario.migration.postcopy_recover_s):
+                    raise
+                _PostcopyHere(self).recover(broken, getattr(broken, "recover", None))
+
+    def _receive_until_done(self):
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
         beat_at = heard_at
         beat_s = self.link.timeout_s / HEARTBEATS_PER_TIMEOUT
@@ -449,11 +458,15 @@ class Destination:
                 raise PeerTimeout(f"nothing from the source within {self.link.timeout_s:g} s")
             try:
                 incoming = self.link.recv(min(silence_left_s, duration_left_s, beat_at + beat_s - now))
+            except LinkBroken:
+                raise
             except PeerTimeout:
                 continue  # said at the top, unless the data channels heard from the source meanwhile
             if incoming.channel == WAKE:  # a vCPU waits for a page, or the data channels have news
                 _PostcopyHere(self).request_pages()
                 happened = self.plane.events()
+            elif self.live_postcopy and _is_recover(incoming, self.session_id):
+                raise _Reconnected(incoming)
             elif incoming.peer != self.peer:
                 self.doors.refuse_intruder(incoming, self.limits, self.capacity_bytes)
                 continue
@@ -521,17 +534,8 @@ class Destination:
         }))
         self.send(self.protocol.announce(f"host {socket.gethostname()}, {self.link.endpoint}"))
         self.say("resumed and announced")
-        self.warn_if_long(self.clock() - self.switchover_at)
+        _warn_if_long(self)
         self.workload.stop()  # the emulation ends here; a real guest would keep running
-
-    def warn_if_long(self, blackout_s):
-        """The destination's view of the blackout (switch-over to resumed) past the run's warning threshold."""
-        options = self.scenario.migration
-        threshold = events.blackout_threshold_s(options.blackout_warning_s, options.policy.downtime_limit_s)
-        if blackout_s > threshold:  # (the threshold of HELLO's downtime limit: a precopy set is not seen here)
-            event = events.Event("long-blackout", time.monotonic() - self.hello_at, blackout_s, threshold,
-                                 "named in the source's report")
-            self.say(events.warning_text(event, where=" here"))
 
     # messages -----------------------------------------------------------------
     def send(self, frames):
@@ -544,6 +548,35 @@ class Destination:
 
     def say(self, text):
         self.doors.say(text)
+
+
+class _Reconnected(LinkBroken):
+    """The source connected anew in post-copy (its RECOVER, `recover`) before the break was noticed here."""
+
+    def __init__(self, recover):
+        super().__init__("the source connected again: its last connection broke")
+        self.recover = recover
+
+
+def _is_recover(incoming, session):
+    """Whether `incoming` is a RECOVER of migration `session` (from any peer: the source's new connection)."""
+    try:
+        message = protocol.Decoder().decode(incoming.frames)
+    except RemoteProtocolError:
+        return False
+    return message.type == MsgType.RECOVER and message.body.get("session") == session
+
+
+def _warn_if_long(here):
+    """Say so when `here`'s (a Destination's) view of the blackout, switch-over to resumed, passed the run's warning
+    threshold (that of HELLO's downtime limit: a precopy set is not seen here)."""
+    blackout_s = here.clock() - here.switchover_at
+    options = here.scenario.migration
+    threshold = events.blackout_threshold_s(options.blackout_warning_s, options.policy.downtime_limit_s)
+    if blackout_s > threshold:
+        event = events.Event("long-blackout", time.monotonic() - here.hello_at, blackout_s, threshold,
+                             "named in the source's report")
+        here.say(events.warning_text(event, where=" here"))
 
 
 def _while_calling(work, call, every_s):
@@ -594,7 +627,53 @@ class _PostcopyHere:
         }))
         here.send(here.protocol.announce(f"host {socket.gethostname()}, {here.link.endpoint}"))
         here.say(f"resumed with {missing.page_count:,} pages missing, and announced")
-        here.warn_if_long(here.clock() - here.switchover_at)
+        _warn_if_long(here)
+
+    def recover(self, broken, incoming=None):
+        """The link broke (`broken`, a PeerTimeout): the guest runs on here (a vCPU that needs a missing page
+        waits) while the source has migration.postcopy_recover_s to connect anew and say RECOVER
+        (emulator.source.phases.PostcopyRecovery); then it gets new data channels and the pages still
+        missing, and is asked again for those the vCPUs wait for. PeerTimeout when it did not come back.
+        incoming: its RECOVER, if it came before the break was noticed here."""
+        here = self.destination
+        window = here.scenario.migration.postcopy_recover_s
+        here.say(f"post-copy paused: {broken.reason}; the guest runs on here, waiting up to {window:g} s for the "
+                 "source to connect again")
+        paused_at = time.monotonic()
+        here.plane.stop()
+        here.protocol.pause()
+        incoming = incoming or self._wait_for_recover(paused_at + window)
+        if incoming is None:
+            raise PeerTimeout(f"{broken.reason}; the source did not connect again within {window:g} s")
+        here.peer = incoming.peer
+        here.protocol.receive_control(incoming.frames)
+        options, faults = here.scenario.migration, here.hosted.faults
+        ports = here.link.reopen_data(options.channels, options.batch_pages * here.scenario.guest.page_size)
+        here.plane = ReceivingPlane(here.link.data_receivers(), here.protocol, here.hosted.place, faults.doorbell)
+        here.send(here.protocol.recovered(ports))
+        missing = faults.missing_pages()
+        here.send(here.protocol.still_missing(missing))
+        waiting = faults.waiting_pages()
+        if waiting.size:
+            here.send(here.protocol.page_request(waiting))
+        here.say(f"post-copy recovered after {time.monotonic() - paused_at:.2f} s: {missing.size:,} pages still "
+                 "missing")
+
+    def _wait_for_recover(self, deadline):
+        """The RECOVER of this migration's session that comes by `deadline`, else None; others are turned away."""
+        here = self.destination
+        while (left_s := deadline - time.monotonic()) > 0:
+            try:
+                incoming = here.link.recv(left_s)
+            except PeerTimeout:
+                continue
+            if incoming.channel == WAKE:  # a vCPU asked for a page: asked again once the source is back
+                continue
+            if _is_recover(incoming, here.session_id):
+                return incoming
+            if incoming.peer != here.peer:  # the old connection's late words are dropped
+                here.doors.refuse_intruder(incoming, here.limits, here.capacity_bytes)
+        return None
 
     def request_pages(self):
         """Ask the source for the pages the vCPUs wait for (those still missing)."""

@@ -17,13 +17,13 @@ import time
 
 import zmq
 
-from emulator.core.errors import MigrationError
+from emulator.core.errors import LinkBroken, MigrationError
 from emulator.core.units import format_count
 from emulator.dataplane.transport import (
     CONTROL, PAIR_FINISHED, PAIR_QUEUE, PAIR_UNREAD, SIGNAL_CHECK_S, Incoming, PeerLink, Stop)
 from emulator.destination.receiver import Destination, DestinationLimits, Doorkeeper
 from emulator.vm.allocator import available_memory_bytes
-from emulator.wire.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
+from emulator.wire.protocol import HEADER, HEADER_SIZE, Decoder, MsgType, RemoteProtocolError
 from emulator.wire.protocol_engines import DestinationProtocol
 
 
@@ -43,8 +43,8 @@ class _Prefixed:
 class _Incoming:
     """One migration this listener hosts: its source, its pair, the memory reserved for it."""
 
-    def __init__(self, number, message, pair, memory_bytes):
-        self.number, self.peer, self.address = number, message.peer, message.address
+    def __init__(self, number, message, pair, memory_bytes, session):
+        self.number, self.peer, self.address, self.session = number, message.peer, message.address, session
         self.pair, self.memory_bytes = pair, memory_bytes
         self.stop = Stop()  # ends the migration, from the listener's thread
         self.thread = None
@@ -104,7 +104,8 @@ class Listener:
 
     # messages from sources ----------------------------------------------------------
     def _from_peer(self, message):
-        hosted = next((incoming for incoming in self.hosting() if incoming.peer == message.peer), None)
+        hosted = next((incoming for incoming in self.hosting() if incoming.peer == message.peer), None) or (
+            self._recovered_by(message))
         if hosted is not None:  # (a peer whose migration is ending begins anew: that one reads no more)
             try:  # never wait: a migration that does not read must not stop the server
                 hosted.pair.send_multipart(message.frames, copy=False, flags=zmq.DONTWAIT)
@@ -127,6 +128,21 @@ class Listener:
         else:
             self._begin(message, opening)
 
+    def _recovered_by(self, message):
+        """The migration a RECOVER of its session (a source connecting anew in post-copy) is for, its source
+        now this peer; else None."""
+        try:
+            recover = Decoder().decode(message.frames)
+        except RemoteProtocolError:
+            return None
+        if recover.type != MsgType.RECOVER:
+            return None
+        session = recover.body.get("session")
+        hosted = next((incoming for incoming in self.hosting() if incoming.session == session), None)
+        if hosted is not None:
+            hosted.peer = message.peer
+        return hosted
+
     def _begin(self, message, hello):
         """Host the migration `hello` begins, on a thread of its own."""
         number = next(self._numbers)
@@ -136,7 +152,7 @@ class Listener:
         pair.setsockopt(zmq.LINGER, 0)
         pair.setsockopt(zmq.SNDHWM, PAIR_QUEUE)
         pair.bind(endpoint)
-        incoming = _Incoming(number, message, pair, _asked_memory(hello, capacity))
+        incoming = _Incoming(number, message, pair, _asked_memory(hello, capacity), hello.body.get("session"))
         self.incoming[number] = incoming
         self._poller.register(pair, zmq.POLLIN)
         progress = _Prefixed(self.progress, f"[{number}] ") if self.progress and self.max_incoming > 1 else (
@@ -168,7 +184,9 @@ class Listener:
             incoming.ending = True
         try:
             self.link.send_control(incoming.peer, frames, wait=False)
-        except MigrationError as error:  # the source has gone, or does not read: its migration ends now
+        except LinkBroken as error:  # the source's connection is gone: its migration knows at once
+            incoming.stop.broke(error.reason)
+        except MigrationError as error:  # the source does not read: its migration ends now
             incoming.stop(MigrationError(str(error)))  # not a PeerTimeout, which a waiting migration rides out
 
     def _finished(self, incoming):

@@ -21,21 +21,25 @@ byte than the wait they save).
 
 import math
 import threading
+import time
 import uuid
 
 import numpy as np
 
 from emulator.analysis import events
 from emulator.analysis.report import Blackout, DiskFinal, DiskPass, Interval, PassRecord, Postcopy
-from emulator.core.errors import Mismatch
+from emulator.core.errors import Mismatch, PeerAborted, PeerTimeout
 from emulator.core.units import format_count, format_rate
 from emulator.dataplane.threads import CpuMeter
 from emulator.source import policy
 from emulator.source.streams import PassCount
 from emulator.vm import postcopy
 from emulator.wire import protocol
+from emulator.wire.protocol_engines import aborted
 
 POSTCOPY_PUSH_S = 0.002  # a post-copy push message on a capped link: what it carries in this time
+RECONNECT_EVERY_S = 0.5  # a post-copy source whose link broke tries to connect again this often
+MIN_ATTEMPT_S = 0.5  # and gives each try at least this long to be answered
 MISSING_BYTES_PER_PAGE = np.dtype(protocol.PAGE_NUMBER_DTYPE).itemsize
 
 
@@ -325,13 +329,40 @@ class PostcopyPhase:
         self._push(missing[0], resumed_at)
 
     def _push(self, missing, resumed_at):
-        """Send every missing page once, asked-for pages first; POSTCOPY_END; the destination's POSTCOPY_DONE."""
+        """Send every missing page once, asked-for pages first; POSTCOPY_END; the destination's POSTCOPY_DONE.
+        A link that breaks meanwhile is recovered (PostcopyRecovery), and what the destination lacks then is
+        sent again."""
         source = self.source
         source.backlog = postcopy.Backlog(missing)
         counter = source.record.unrecorded = PassCount()
         source.progress.sending(missing, counter)  # asked-for pages go first: a watcher's front is approximate
         every_s = source.progress.interval_s
         sampler = IntervalSampler(source, missing.size, every_s) if every_s else None
+        recovery = PostcopyRecovery(source)
+        while True:
+            pages_before = counter.memory.units  # POSTCOPY_END counts the pages since the last recovery
+            try:
+                self._send_backlog(counter, sampler)
+                source.memory.sent_digest = source.memory.running_digest.value()
+                source.link.send_control(source.protocol.postcopy_end(counter.memory.units - pages_before,
+                                                                      source.memory.sent_digest))
+                done = source.recv_control()
+                break
+            except PeerTimeout as broken:
+                recovery.recover(broken)
+        source.memory.received_digest = done.body["digest"]
+        duration_s = source.clock() - resumed_at
+        record = source.record.postcopy = self._postcopy_record(done, counter, missing.size, duration_s, recovery)
+        source.record.unrecorded = None
+        if source.memory.received_digest != source.memory.sent_digest:
+            raise Mismatch(f"after post-copy the destination's memory digest is {source.memory.received_digest}, the "
+                           f"source's {source.memory.sent_digest}: the guest it runs is not this one")
+        source.postcopy_complete = True
+        source.progress.message(f"post-copy done: {record.pages_requested:,} pages asked for, the vCPUs waited "
+                              f"{sum(record.vcpu_blocktime_s):.3f} s in all")
+
+    def _send_backlog(self, counter, sampler):
+        source = self.source
         rate, batch_pages = source.limiter.rate_bytes_per_s, source.options.batch_pages
         push_pages = min(batch_pages, max(1, int(rate * POSTCOPY_PUSH_S) // source.guest.page_size)) if rate \
             else batch_pages
@@ -347,21 +378,8 @@ class PostcopyPhase:
             if sampler:
                 sampler.sample(counter)
         source.limiter.settle()
-        source.memory.sent_digest = source.memory.running_digest.value()
-        source.link.send_control(source.protocol.postcopy_end(counter.memory.units, source.memory.sent_digest))
-        done = source.recv_control()
-        source.memory.received_digest = done.body["digest"]
-        duration_s = source.clock() - resumed_at
-        record = source.record.postcopy = self._postcopy_record(done, counter, missing.size, duration_s)
-        source.record.unrecorded = None
-        if source.memory.received_digest != source.memory.sent_digest:
-            raise Mismatch(f"after post-copy the destination's memory digest is {source.memory.received_digest}, the "
-                           f"source's {source.memory.sent_digest}: the guest it runs is not this one")
-        source.postcopy_complete = True
-        source.progress.message(f"post-copy done: {record.pages_requested:,} pages asked for, the vCPUs waited "
-                              f"{sum(record.vcpu_blocktime_s):.3f} s in all")
 
-    def _postcopy_record(self, done, counter, missing_pages, duration_s):
+    def _postcopy_record(self, done, counter, missing_pages, duration_s, recovery):
         source = self.source
         blocktimes = done.body["vcpu_blocktime_s"]
         if len(blocktimes) != source.scenario.workload.vcpus or not all(
@@ -373,4 +391,61 @@ class PostcopyPhase:
             requested_sent=source.backlog.requested_sent, pushed_pages=source.backlog.pushed,
             requests=source.backlog.requests, wire_bytes=counter.memory.wire_bytes, zero_pages=counter.memory.zero_units,
             duration_s=duration_s, last_page_s=done.body["last_page_s"], blocktime_s=done.body["blocktime_s"],
-            vcpu_blocktime_s=[float(b) for b in blocktimes], destination_cpu_s=done.body["cpu_s"])
+            vcpu_blocktime_s=[float(b) for b in blocktimes], destination_cpu_s=done.body["cpu_s"],
+            recoveries=recovery.count, paused_s=recovery.paused_s)
+
+
+class PostcopyRecovery:
+    """A post-copy link that broke, recovered from the source's end (QEMU's postcopy-paused, then
+    postcopy-recover): the guest stays paused here and runs on there, and the source connects anew to the
+    same destination, which keeps the guest for the window (migration.postcopy_recover_s), and says RECOVER;
+    the destination answers RECOVERED (new data channels) and MISSING (the pages it still lacks), which are
+    sent again. The guest is lost when the window passes, or at once when nothing listens there any more
+    (the destination's process is gone)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.count = 0  # recoveries that succeeded
+        self.paused_s = 0.0  # time spent paused, in all
+
+    def recover(self, broken):
+        """Go on after `broken` (a PeerTimeout) on a new connection; PeerTimeout if that cannot be."""
+        source = self.source
+        window = source.options.postcopy_recover_s
+        if not window:
+            raise broken
+        source.progress.message(f"post-copy paused: {broken.reason}; connecting again for up to {window:g} s")
+        paused_at = source.clock()
+        deadline = paused_at + window
+        while source.clock() < deadline:
+            try:
+                self._attempt(min(source.options.timeout_s, max(deadline - source.clock(), MIN_ATTEMPT_S)))
+            except PeerTimeout as error:
+                if "refused" in error.reason:  # nothing listens there: the destination, and the guest, are gone
+                    raise PeerTimeout(f"{broken.reason}; then {error.reason}") from None
+                time.sleep(min(RECONNECT_EVERY_S, max(0.0, deadline - source.clock())))
+                continue
+            self.count += 1
+            self.paused_s += source.clock() - paused_at
+            source.progress.message(f"post-copy recovered after {source.clock() - paused_at:.2f} s: "
+                                    f"{source.backlog.unsent_pages():,} pages to send again")
+            return
+        raise PeerTimeout(f"{broken.reason}; the destination could not be reached again within {window:g} s")
+
+    def _attempt(self, timeout_s):
+        """One new connection: RECOVER, then RECOVERED and MISSING within `timeout_s`; the pages sent again."""
+        source = self.source
+        source.link.reconnect()
+        source.link.send_control(source.protocol.recover(source.session_id))
+        recovered = self._reply(timeout_s)
+        source.link.open_data(recovered.body["data"], source.options.batch_pages * source.guest.page_size)
+        source.backlog.resend(self._reply(timeout_s).page_numbers)
+
+    def _reply(self, timeout_s):
+        """The destination's next message, checked (RECOVERED, then MISSING); PeerAborted for an ABORT."""
+        source = self.source
+        message = source.protocol.receive(source.link.recv_control(timeout_s))
+        if message.type == protocol.MsgType.ABORT:
+            reason, cancelled = aborted(message)
+            raise PeerAborted(reason, "destination", cancelled)
+        return message

@@ -74,7 +74,7 @@ class Source:
                                        guest.n_pages)
         self.record = None  # the run's Recorder, once it runs
         self.paused = False
-        self.decision = self.setup_s = self.expected_downtime_s = self.location = None
+        self.decision = self.setup_s = self.expected_downtime_s = self.location = self.session_id = None
         self.backlog = None  # post-copy's missing pages (emulator.vm.postcopy.Backlog), once the guest moved
         self.postcopy_complete = False  # every missing page arrived, and the digests matched
         self.policy_in_force = self.options.policy  # precopy set may change its downtime limit, and the cap
@@ -150,7 +150,8 @@ class Source:
     # phase 1: setup ----------------------------------------------------------
     def _setup(self):
         self.record.timeline.begin("setup")
-        self.link.send_control(self.protocol.hello(self.scenario.to_dict(), uuid.uuid4().hex))
+        self.session_id = uuid.uuid4().hex
+        self.link.send_control(self.protocol.hello(self.scenario.to_dict(), self.session_id))
         reply = self.recv_control()
         if reply.type == MsgType.REFUSE:
             raise Refused(reply.field("reason", str), by="destination")

@@ -120,6 +120,17 @@ class Faults:
             asked, self._asked = self._asked, []
         return np.array(sorted(page for page in asked if self._is_missing(page)), dtype=np.int64)
 
+    def missing_pages(self):
+        """The pages still missing, ascending (int64)."""
+        bits = np.unpackbits(self.missing.view(np.uint8), bitorder="little")
+        return np.flatnonzero(bits).astype(np.int64)
+
+    def waiting_pages(self):
+        """The missing pages vCPUs wait for now, ascending (int64): asked again after a recovery, since the
+        request may have been lost with the link."""
+        with self._cond:
+            return np.array(sorted(page for page in self._waited_for if self._is_missing(page)), dtype=np.int64)
+
     @property
     def requested(self):
         """Pages the vCPUs asked for (each counted once)."""
@@ -158,6 +169,17 @@ class Backlog:
             raise RemoteProtocolError("page_numbers", f"PAGE_REQUEST asks for page {int(numbers[~known][0])}, which "
                                                       "was not missing")
         self._asked.extend(at.tolist())
+
+    def resend(self, pages):
+        """After a recovery: `pages` (ascending), those the destination still lacks, are to be sent again
+        (they were lost with the link), in order from the start; RemoteProtocolError for one never missing."""
+        pages = np.asarray(pages, dtype=np.int64)
+        at = np.searchsorted(self.pages, pages)
+        if pages.size and (at.max() >= self.pages.size or (self.pages[at] != pages).any()):
+            raise RemoteProtocolError("page_numbers", "MISSING after RECOVERED lists a page that was never missing")
+        self.unsent[at] = True
+        self.cursor = 0
+        self._asked.clear()
 
     def next_requested(self):
         """The asked-for pages not yet sent (ascending), now marked sent."""

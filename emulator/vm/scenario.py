@@ -29,6 +29,7 @@ def default_batch_pages(page_size):
 
 DEFAULT_BATCH_PAGES = default_batch_pages(4096)  # 1024, for the default page size
 MIN_TIMEOUT_S = 0.001  # ZeroMQ's send timeout and heartbeats count whole milliseconds (emulator.dataplane.transport)
+MAX_RECOVER_S = 86400.0  # a day: a longer wait for a broken post-copy link is no window but a guess
 DEFAULT_DIRTY_RATE = 50_000.0  # page writes/s: about 200 MB/s of 4 KiB pages, into a 10% hot set
 
 
@@ -111,7 +112,9 @@ class MigrationOptions:
     guest on the destination with its dirty pages missing, which then cross on demand
     and in the background (QEMU's postcopy-ram; emulator.vm.postcopy);
     postcopy_after_passes: switch so after this many passes, pass 0 included, even
-    before pre-copy gives up (and with it, post-copy is on).
+    before pre-copy gives up (and with it, post-copy is on). postcopy_recover_s: in
+    post-copy, how long both ends wait for a broken link to come back (the source
+    connects anew, QEMU's postcopy-recover) before the guest is lost; 0: lost at once.
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -135,6 +138,7 @@ class MigrationOptions:
     storage: str = "shared"
     postcopy: bool = False
     postcopy_after_passes: int | None = None
+    postcopy_recover_s: float = 30.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     RULES: ClassVar[dict] = {
@@ -154,6 +158,7 @@ class MigrationOptions:
         "storage": fields.one_of(STORAGE_MODES),
         "postcopy": fields.flag,
         "postcopy_after_passes": fields.optional(fields.whole(1), "once pre-copy cannot converge"),
+        "postcopy_recover_s": fields.real(0, MAX_RECOVER_S),
     }
 
     def __post_init__(self):

@@ -63,9 +63,10 @@ __all__ = [
 ]
 
 MAGIC = b"PCPY"
-VERSION = 5  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT;
+VERSION = 6  # 2: the page hash became the keyed product-and-sum (vectorizable) hash; 3: CHECK and VERDICT;
 # 4: a mirrored disk (Flags.DISK, the blocks counts and disk digests of PASS_END, COMPLETE and RESUMED);
-# 5: post-copy (POSTCOPY, MISSING, PAGE_REQUEST, POSTCOPY_END, POSTCOPY_DONE)
+# 5: post-copy (POSTCOPY, MISSING, PAGE_REQUEST, POSTCOPY_END, POSTCOPY_DONE);
+# 6: post-copy recovery (RECOVER, RECOVERED, and MISSING from the destination after them)
 
 # magic, version, type, flags, seq, pass_no, page_count, codec, pad, raw_len,
 # encoded_len. The pad is unpacked as "3s" (not "3x") so that it can be
@@ -107,6 +108,8 @@ class MsgType(enum.IntEnum):
     PAGE_REQUEST = 18  # from the destination: pages its vCPUs wait for, a page list
     POSTCOPY_END = 19  # every missing page has been sent
     POSTCOPY_DONE = 20  # from the destination: every page arrived
+    RECOVER = 21  # post-copy, on a new connection after the last one broke: the source asks to go on
+    RECOVERED = 22  # from the destination: go on, with these data endpoints (then MISSING: the pages still missing)
 
 
 class Flags(enum.IntFlag):
@@ -152,6 +155,8 @@ CONTROL_TYPES = frozenset(
         MsgType.POSTCOPY,
         MsgType.POSTCOPY_END,
         MsgType.POSTCOPY_DONE,
+        MsgType.RECOVER,
+        MsgType.RECOVERED,
     }
 )
 _PAGE_TYPES = frozenset({MsgType.PAGES, MsgType.ZERO_PAGES})

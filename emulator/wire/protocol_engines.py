@@ -27,6 +27,11 @@ Rules:
   resumes. The missing pages then cross as a pass of their own, closed by
   POSTCOPY_END's counts and digest as COMPLETE closes the final pass; the destination
   asks for pages with PAGE_REQUEST and ends with POSTCOPY_DONE.
+* Post-copy recovery: a side whose link broke in post-copy pauses (pause; the source's
+  recover() pauses and says RECOVER on its new connection); the control and data seqs
+  and the post-copy pass's counts start from 0 on the new connection, so POSTCOPY_END
+  counts what crossed since the last RECOVERED. The destination answers RECOVERED and
+  the pages it still lacks (still_missing, a MISSING), which the source sends again.
 * A CHECK is answered with verdict() outside any session (seq 0): the
   destination's engine never sees it, and nothing of the destination changes.
 * A HELLO or CHECK of this protocol version holds its keys and no other
@@ -42,7 +47,8 @@ from emulator.wire.protocol import (VERSION, Decoder, Flags, LocalProtocolError,
 from emulator.wire.states import DESTINATION, DONE, FAILED, SOURCE, Session
 
 _DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
-_PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER, MsgType.POSTCOPY, MsgType.POSTCOPY_END)
+_PASS_CARRIERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.SWITCHOVER, MsgType.POSTCOPY, MsgType.POSTCOPY_END,
+                  MsgType.RECOVER, MsgType.RECOVERED)
 _PASS_CLOSERS = (MsgType.PASS_END, MsgType.COMPLETE, MsgType.POSTCOPY_END)
 _NUMBER = (int, float)
 _OPENING_KEYS = {MsgType.HELLO: ("protocol", "session", "scenario"), MsgType.CHECK: ("protocol", "scenario")}
@@ -58,6 +64,7 @@ _REPLY_FIELDS = {  # what the source reads of each destination message, and its 
     MsgType.POSTCOPY_DONE: (("digest", str), ("blocktime_s", _NUMBER), ("vcpu_blocktime_s", list),
                             ("pages_requested", int), ("requested_placed", int), ("last_page_s", _NUMBER),
                             ("cpu_s", _NUMBER)),
+    MsgType.RECOVERED: (("data", list), ("pass", int)),
 }
 
 
@@ -102,6 +109,12 @@ class Missing:
 class PostcopyComplete:
     """Every message POSTCOPY_END promised has arrived: verify, then send postcopy_done()."""
     end: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Recover:
+    """A source whose link broke in post-copy asks to go on, on a new connection (its session id)."""
+    session: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +271,24 @@ class DestinationProtocol(_Engine):
     def heartbeat(self):
         return self._control(MsgType.HEARTBEAT, self.pass_no, {})
 
+    def pause(self):
+        """The link broke in post-copy (the data channels' threads have stopped): wait for a RECOVER on a new
+        connection, from which the seqs and the pass's counts start at 0 again."""
+        self.session.pause()
+        with self._counting:
+            self._sent_seq = self._peer_seq = 0
+            self._data_seq = [0] * self._channels
+            self._pass = _PassCount(self._channels)
+
+    def recovered(self, ports):
+        """RECOVERED frames: go on, with data endpoints `ports` (then still_missing)."""
+        return self._control(MsgType.RECOVERED, self.pass_no, {"data": ports, "pass": self.pass_no})
+
+    @_failing
+    def still_missing(self, pages):
+        """MISSING frames after RECOVERED: the pages (ascending) that have not arrived here."""
+        return self._page_list(MsgType.MISSING, pages)
+
     @_failing
     def receive_data(self, channel, frames):
         """Events for a message on data channel `channel`: DataPages, then maybe (Final)PassComplete.
@@ -342,6 +373,8 @@ class DestinationProtocol(_Engine):
                 return self._closing()
         if msg_type == MsgType.ABORT:
             return (SourceAborted(*aborted(message)),)
+        if msg_type == MsgType.RECOVER:
+            return (Recover(message.field("session", str)),)
         raise RemoteProtocolError("type", f"{msg_type.name} on the control channel")
 
     def _closing(self):
@@ -513,6 +546,16 @@ class SourceProtocol(_Engine):
         """MISSING frames: the pages (ascending) the destination resumes without."""
         return self._page_list(MsgType.MISSING, pages)
 
+    def recover(self, session_id):
+        """RECOVER frames, the first message on a new connection after the link broke in post-copy: the seqs
+        and the pass's message counts start at 0 again."""
+        self.session.pause()
+        self._sent_seq = self._peer_seq = 0
+        self._data_seq = [0] * self.channels
+        self.messages = [0] * self.channels
+        self._next_channel = 0
+        return self._control(MsgType.RECOVER, self.pass_no, {"session": session_id, "pass": self.pass_no})
+
     def postcopy_end(self, pages, digest):
         """POSTCOPY_END frames: every missing page has been sent, in these message counts; the memory digest."""
         return self._control(MsgType.POSTCOPY_END, self.pass_no, {"pass": self.pass_no, "messages": self.messages,
@@ -533,13 +576,15 @@ class SourceProtocol(_Engine):
             self.destination_resumed = True
         for name, kind in _REPLY_FIELDS.get(message.type, ()):
             message.field(name, kind)
-        if message.type == MsgType.ACCEPT:
+        if message.type in (MsgType.ACCEPT, MsgType.RECOVERED):
             endpoints = message.body["data"]
             if len(endpoints) != self.channels or not all(map(_is_data_endpoint, endpoints)):
                 raise RemoteProtocolError("body.data", f"expected {self.channels} data endpoints (TCP ports, or "
                                                        f"endpoint strings), got {endpoints!r:.80}")
             if self.n_pages is not None:  # the destination's page lists (PAGE_REQUEST) are guest pages
                 self._decoder = Decoder(self.page_size, self.n_pages, 1)
+        if message.type == MsgType.RECOVERED and message.body["pass"] != self.pass_no:
+            raise RemoteProtocolError("body.pass", f"got {message.body['pass']}, the current pass is {self.pass_no}")
         if message.type == MsgType.PASS_END:
             if message.body["pass"] != self.pass_no:
                 raise RemoteProtocolError("body.pass", f"acknowledged pass {message.body['pass']}, "

@@ -18,6 +18,11 @@ Rules:
   its vCPUs wait for (PAGE_REQUEST), until POSTCOPY_END's counts have arrived
   and POSTCOPY_DONE says so. A request may still reach the source after
   POSTCOPY_END: the page is on its way, and the request changes nothing.
+* Post-copy recovery: when the link breaks in post-copy (POSTCOPY, POSTCOPY_SYNC),
+  each side pauses (pause(): POSTCOPY_PAUSED, no message) instead of failing. The
+  source connects anew and sends RECOVER; the destination answers RECOVERED (its
+  new data endpoints) and MISSING (the pages it still lacks), and both are in
+  POSTCOPY again, the control and data seqs counted from 0 on the new connection.
 * A source that only asks whether the destination would host its guest sends
   CHECK instead of HELLO and ends with the VERDICT. The destination answers a
   CHECK outside any session, as it answers peers with no migration here: its
@@ -30,6 +35,9 @@ SOURCE, DESTINATION = "source", "destination"
 SEND, RECV = "send", "recv"
 DONE, FAILED = "DONE", "FAILED"
 FINAL_STATES = frozenset({DONE, FAILED})
+# post-copy, where a broken link pauses the migration; a recovery may break too, and pauses it again
+PAUSABLE_STATES = frozenset({"POSTCOPY", "POSTCOPY_SYNC", "POSTCOPY_PAUSED", "RECOVER_WAIT", "RECOVER_LIST",
+                             "RECOVERING", "RECOVERING_LIST"})
 
 _DATA = (MsgType.PAGES, MsgType.ZERO_PAGES)
 
@@ -68,6 +76,9 @@ TRANSITIONS = {
             (SEND, MsgType.POSTCOPY_END): "POSTCOPY_SYNC",
         },
         "POSTCOPY_SYNC": {(RECV, MsgType.PAGE_REQUEST): "POSTCOPY_SYNC", (RECV, MsgType.POSTCOPY_DONE): DONE},
+        "POSTCOPY_PAUSED": {(SEND, MsgType.RECOVER): "RECOVER_WAIT"},
+        "RECOVER_WAIT": {(RECV, MsgType.RECOVERED): "RECOVER_LIST"},
+        "RECOVER_LIST": {(RECV, MsgType.MISSING): "POSTCOPY"},
     },
     DESTINATION: {
         "IDLE": {(RECV, MsgType.HELLO): "SETUP"},
@@ -101,6 +112,9 @@ TRANSITIONS = {
             (SEND, MsgType.PAGE_REQUEST): "POSTCOPY_SYNC",
             (SEND, MsgType.POSTCOPY_DONE): DONE,
         },
+        "POSTCOPY_PAUSED": {(RECV, MsgType.RECOVER): "RECOVERING"},
+        "RECOVERING": {(SEND, MsgType.RECOVERED): "RECOVERING_LIST"},
+        "RECOVERING_LIST": {(SEND, MsgType.MISSING): "POSTCOPY"},
     },
 }
 
@@ -134,6 +148,13 @@ class Session:
     @property
     def finished(self):
         return self.state in FINAL_STATES
+
+    def pause(self):
+        """The link broke in post-copy: wait for RECOVER (a state change without a message). LocalProtocolError
+        outside post-copy, where a broken link ends the migration."""
+        if self.state not in PAUSABLE_STATES:
+            raise LocalProtocolError("type", f"the {self.role} cannot pause in state {self.state}")
+        self.state = "POSTCOPY_PAUSED"
 
     def _step(self, direction, msg_type, error):
         if self.state not in FINAL_STATES:
