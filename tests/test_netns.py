@@ -219,3 +219,18 @@ def test_nft_loss_below_its_resolution_is_refused(monkeypatch):
     monkeypatch.setattr(netns_link, "nft_problem", lambda: None)
     with pytest.raises(netns_link.LinkError, match="resolution"):
         netns_link.choose_loss_by(netns_link.Shaping(loss_pct=0.00001), "nft")
+
+
+def test_a_post_copy_link_cut_for_3_s_recovers_and_completes_with_matching_digests(precopy, tmp_path):
+    """bench/postcopy_recovery.py: the veth taken down 0.3 s into post-copy for 3 s, with a 1 s timeout, so both
+    ends see the link break; then a run without a cut. Each completes with matching digests; the cut one
+    recovered once, having paused for less than the cut."""
+    results = tmp_path / "recovery.json"
+    done = subprocess.run([sys.executable, str(SCRIPT.parents[1] / "bench" / "postcopy_recovery.py"), "--cut", "3s",
+                           "--json", str(results)], env={**os.environ, "PRECOPY": precopy}, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    cut, plain = json.loads(results.read_text())["runs"]
+    assert (cut["status"], cut["digests_match"], cut["recoveries"]) == ("completed", True, 1)
+    assert 0 < cut["paused_s"] < 3.0
+    assert (plain["status"], plain["digests_match"], plain["recoveries"]) == ("completed", True, 0)
