@@ -410,3 +410,31 @@ def test_a_serving_receiver_hands_the_new_connection_to_the_paused_migration_of_
     outcomes = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [o["status"] for o in outcomes] == ["completed"] and outcomes[0]["digest"] == report.source_digest
     assert "post-copy recovered after " in err and "Traceback" not in err
+
+
+def test_with_preempt_the_requested_pages_cross_on_a_channel_of_their_own():
+    s = scenario(codec="raw", channels=2, postcopy_after_passes=1, postcopy_preempt=True,
+                 max_bandwidth_bytes_per_s=50e6)
+    assert s.migration.data_channels == 3
+    guest = GuestMemory(s.guest)
+    source_vcpus = Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1))
+    links = loopback(s)
+    try:
+        report, outcome, guest, destination = run_pair(s, *links, guest=guest, workload=source_vcpus)
+    finally:
+        for link in links:
+            link.close()
+    assert report.status == "completed" and outcome.status == "completed", (report.reason, outcome.reason)
+    postcopy = report.postcopy
+    assert postcopy.requested_sent > 0 and report.digests_match
+    # the preempt channel's applier placed exactly the requested pages; the push went round the other two
+    preempt = destination.hosted.appliers[2]
+    assert preempt.applied == postcopy.requested_sent
+    assert sum(applier.applied for applier in destination.hosted.appliers[:2]) == (
+        sum(p.pages_sent for p in report.passes) + postcopy.pushed_pages)
+    assert_source_memory_plus_the_destination_writes(guest.data, destination.migrated, destination.workload)
+
+
+def test_preempt_needs_post_copy():
+    with pytest.raises(ValueError, match="postcopy_preempt carries post-copy's requested pages: it needs postcopy"):
+        MigrationOptions(postcopy_preempt=True)

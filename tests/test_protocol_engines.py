@@ -281,3 +281,14 @@ def test_recover_is_refused_outside_post_copy_and_in_post_copy_only_once_paused(
     with pytest.raises(RemoteProtocolError, match="cannot receive RECOVER in state POSTCOPY"):
         destination.receive_control(frames)
     assert destination.state == FAILED
+
+
+def test_a_preempt_channel_is_the_last_and_carries_only_what_is_sent_on_it():
+    source = SourceProtocol(2, PAGE, preempt=True)
+    source.session.state = "PRECOPY"  # past ACCEPT, as joined() would leave it
+    channels = [source.data(ZeroBatch(2 * i))[0] for i in range(4)] + [source.data(ZeroBatch(8), preempt=True)[0]]
+    assert channels == [0, 1, 0, 1, 2] and source.messages == [2, 2, 1]
+    plain = SourceProtocol(2, PAGE)
+    plain.session.state = "PRECOPY"
+    with pytest.raises(LocalProtocolError, match="no preempt channel was negotiated"):
+        plain.data(ZeroBatch(0), preempt=True)

@@ -20,7 +20,7 @@ class HostedGuest:
 
     def __init__(self, scenario, memory, disk):
         options = scenario.migration
-        channels, incremental = options.channels, options.verify == "incremental"
+        channels, incremental = options.data_channels, options.verify == "incremental"
         self.memory, self.disk = memory, disk
         self.faults = Faults(memory.n_pages, scenario.workload.vcpus) if options.postcopy else None
         self.workload = Workload(memory, scenario.workload, faults=self.faults)  # the writers wait for missing pages

@@ -378,7 +378,7 @@ class Destination:
                 self._refuse([_shortfall_problem(error)])
             raise
         options = scenario.migration
-        ports = self.link.open_data(options.channels, options.batch_pages * scenario.guest.page_size)
+        ports = self.link.open_data(options.data_channels, options.batch_pages * scenario.guest.page_size)
         doorbell = self.link.doorbell()
         if self.hosted.faults is not None:
             self.hosted.faults.doorbell = doorbell
@@ -648,7 +648,7 @@ class _PostcopyHere:
         here.peer = incoming.peer
         here.protocol.receive_control(incoming.frames)
         options, faults = here.scenario.migration, here.hosted.faults
-        ports = here.link.reopen_data(options.channels, options.batch_pages * here.scenario.guest.page_size)
+        ports = here.link.reopen_data(options.data_channels, options.batch_pages * here.scenario.guest.page_size)
         here.plane = ReceivingPlane(here.link.data_receivers(), here.protocol, here.hosted.place, faults.doorbell)
         here.send(here.protocol.recovered(ports))
         missing = faults.missing_pages()

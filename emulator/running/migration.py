@@ -113,7 +113,7 @@ def run_source(scenario, to, *, progress=None, guest=None, workload=None, securi
         raise ValueError("writers_running: the caller's writers run already, but workload is None")
     if writers_running and scenario.disk is not None and disk_writer is None:
         raise ValueError("writers_running: the guest has a disk, but its running disk_writer is None")
-    link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.channels, security=security)
+    link = SourceLink(to, scenario.migration.timeout_s, channels=scenario.migration.data_channels, security=security)
     try:  # the link first: an unreachable destination is said before gigabytes are filled
         ready_to_move_pages(progress)
         guest = guest or GuestMemory.resident(scenario.guest)

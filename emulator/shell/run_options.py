@@ -290,6 +290,9 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
     RunOption("postcopy_after", "migration", "migration", "postcopy_after_passes", readers.whole_number, "1",
               "switch to post-copy after this many pre-copy passes, pass 0 included (implies --postcopy)",
               metavar="N", default_text="once pre-copy cannot converge"),
+    RunOption("postcopy_preempt", "migration", "migration", "postcopy_preempt", readers.flag, "true",
+              "post-copy's requested pages cross on a data channel of their own, not behind the push, as QEMU's "
+              "postcopy-preempt (needs --postcopy)", show=lambda on: "on" if on else "off"),
     RunOption("postcopy_recover_window", "migration", "migration", "postcopy_recover_s", units.parse_duration, "2min",
               "in post-copy, how long both ends wait for a broken link to come back (the source connects anew, as "
               "QEMU's postcopy-recover) before the guest is lost; 0: lost at once", metavar="DURATION",

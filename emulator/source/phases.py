@@ -60,8 +60,9 @@ def switch_over(source, opening, send_before_device_state, closing):
     source.link.send_control(source.protocol.device_state(source.device_state))
     device_state_s = source.clock() - device_started
     source.link.send_control(closing(count, token))
+    source.handed_over = True  # the destination has what it needs to resume the guest: it never runs here again
     source.record.timeline.begin("handover")
-    resumed = source.recv_control()
+    resumed = source.recv_past_interrupts()
     resumed_at = source.clock()
     source.paused = False  # the guest runs on the destination now: whatever follows, it must not run here too
     if resumed.field("storage_token", str) != token:
@@ -366,15 +367,16 @@ class PostcopyPhase:
         rate, batch_pages = source.limiter.rate_bytes_per_s, source.options.batch_pages
         push_pages = min(batch_pages, max(1, int(rate * POSTCOPY_PUSH_S) // source.guest.page_size)) if rate \
             else batch_pages
+        preempt = source.options.postcopy_preempt
         while True:
             source.check_control()  # page requests join the backlog
-            pages = source.backlog.next_requested()
+            pages, requested = source.backlog.next_requested(), True
             if not pages.size:
-                pages = source.backlog.next_pushed(push_pages)
+                pages, requested = source.backlog.next_pushed(push_pages), False
                 if not pages.size:
                     break
             for batch in source.memory.encoder.batches(pages):  # whole pages: XBZRLE's deltas are for pre-copy
-                counter.count(batch, source.send_data(batch), source.memory)
+                counter.count(batch, source.send_data(batch, preempt and requested), source.memory)
             if sampler:
                 sampler.sample(counter)
         source.limiter.settle()

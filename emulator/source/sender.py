@@ -13,9 +13,12 @@ status` and `set` from another thread (emulator.running.control).
 The memory check: with verify "incremental" the digests are the running digests of
 every unit as sent, and after the destination resumed the source re-hashes its paused
 memory (and disk): equal to what it sent proves no write escaped the dirty tracking.
-Any failure before RESUMED resumes the source's writers: the guest keeps running here,
-unharmed. After a post-copy resume until POSTCOPY_DONE neither side has the whole guest:
-a failure loses it (status "lost").
+Any failure before the handover (COMPLETE, or post-copy's MISSING, sent) resumes the
+source's writers: the guest keeps running here, unharmed. From the handover on the
+destination may resume the guest at any moment, so the source never resumes it again: a
+failure then (no RESUMED within the timeout) leaves its copy paused, never running in two
+places, and a Ctrl-C is too late to cancel. After a post-copy resume until POSTCOPY_DONE
+neither side has the whole guest: a failure loses it (status "lost").
 """
 
 import dataclasses
@@ -71,9 +74,10 @@ class Source:
             else None
         self.streams = [stream for stream in (self.disk, self.memory) if stream is not None]  # the disk first
         self.protocol = SourceProtocol(self.options.channels, guest.page_size, mirrored and mirrored.block_size,
-                                       guest.n_pages)
+                                       guest.n_pages, preempt=self.options.postcopy_preempt)
         self.record = None  # the run's Recorder, once it runs
         self.paused = False
+        self.handed_over = False  # COMPLETE (or MISSING) sent: the destination may resume the guest from then on
         self.decision = self.setup_s = self.expected_downtime_s = self.location = self.session_id = None
         self.backlog = None  # post-copy's missing pages (emulator.vm.postcopy.Backlog), once the guest moved
         self.postcopy_complete = False  # every missing page arrived, and the digests matched
@@ -135,7 +139,7 @@ class Source:
             except MigrationError:
                 pass
         moved = self.protocol.destination_resumed  # whatever came with it: the guest may run there now
-        if self.paused and not moved:
+        if self.paused and not self.handed_over:
             self._resume_writers()
             self.paused = False
         if self.live_postcopy:
@@ -144,6 +148,10 @@ class Source:
         elif moved:
             self.progress.message(f"migration failed: {failure.reason}; the destination said it resumed, so the "
                                   "source's copy stays paused")
+        elif self.handed_over:
+            self.progress.message(f"migration failed: {failure.reason}; the destination had all it needed to resume "
+                                  "the guest and may run it, so the source's copy stays paused: resume it here only "
+                                  "if the destination's outcome says it did not")
         else:
             self.progress.message(f"migration stopped: {failure.reason}; the guest keeps running on the source")
 
@@ -174,11 +182,11 @@ class Source:
                 sampler.sample(counter)
         self.limiter.settle()  # the pass lasts until a capped link would have carried its last byte
 
-    def send_data(self, batch):
-        """Send one batch; return its bytes on the wire. The control socket is looked at every
-        CONTROL_CHECK_S meanwhile, even while the channel is full (module doc)."""
+    def send_data(self, batch, preempt=False):
+        """Send one batch (preempt: on the preempt channel); return its bytes on the wire. The control socket is
+        looked at every CONTROL_CHECK_S meanwhile, even while the channel is full (module doc)."""
         self.apply_changes()
-        channel, frames = self.protocol.data(batch)
+        channel, frames = self.protocol.data(batch, preempt)
         wire = sum(memoryview(frame).nbytes for frame in frames)
         self.limiter.consume(wire)
         if self.link_budget is not None:
@@ -271,7 +279,7 @@ class Source:
     # phase 6: announce ----------------------------------------------------------
     def announce(self):
         self.record.timeline.begin("announce")
-        announce = self.recv_control()
+        announce = self.recv_past_interrupts()
         self.location = announce.field("location", str)
         self.progress.message(f"guest running on the destination: {self.location}")
 
@@ -281,6 +289,16 @@ class Source:
         self._control_checked_at = self.clock()
         while self.link.control_pending():
             self._receive_one()
+
+    def recv_past_interrupts(self):
+        """recv_control once the guest is handed over: a Ctrl-C then is too late to cancel (the destination may
+        run the guest already), so it is said and the answer still awaited (within the timeout, as always)."""
+        while True:
+            try:
+                return self.recv_control()
+            except KeyboardInterrupt:
+                self.progress.message("too late to cancel: the destination has what it needs to resume the guest; "
+                                      "waiting for its answer")
 
     def recv_control(self):
         """The next control message that is not a heartbeat (or a page request), checked by the protocol engine."""

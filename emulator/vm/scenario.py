@@ -115,6 +115,8 @@ class MigrationOptions:
     before pre-copy gives up (and with it, post-copy is on). postcopy_recover_s: in
     post-copy, how long both ends wait for a broken link to come back (the source
     connects anew, QEMU's postcopy-recover) before the guest is lost; 0: lost at once.
+    postcopy_preempt: the pages the destination's vCPUs ask for cross on a data channel of
+    their own, the last, instead of behind the push (QEMU's postcopy-preempt).
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -139,6 +141,7 @@ class MigrationOptions:
     postcopy: bool = False
     postcopy_after_passes: int | None = None
     postcopy_recover_s: float = 30.0
+    postcopy_preempt: bool = False
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     RULES: ClassVar[dict] = {
@@ -159,6 +162,7 @@ class MigrationOptions:
         "postcopy": fields.flag,
         "postcopy_after_passes": fields.optional(fields.whole(1), "once pre-copy cannot converge"),
         "postcopy_recover_s": fields.real(0, MAX_RECOVER_S),
+        "postcopy_preempt": fields.flag,
     }
 
     def __post_init__(self):
@@ -173,9 +177,17 @@ class MigrationOptions:
         if self.postcopy and self.verify != "incremental":
             raise ValueError("post-copy verifies by running digests only (the destination's vCPUs change its "
                              "memory while pages arrive): use verify incremental")
+        if self.postcopy_preempt and not self.postcopy:
+            raise ValueError("postcopy_preempt carries post-copy's requested pages: it needs postcopy (QEMU's "
+                             "postcopy-preempt needs postcopy-ram too)")
         if self.postcopy and self.storage == "mirror":
             raise ValueError("post-copy moves memory only: a mirrored disk must converge before the guest moves; "
                              "use storage shared, or pre-copy")
+
+    @property
+    def data_channels(self):
+        """The data sockets of a migration: `channels`, and the preempt channel with postcopy_preempt."""
+        return self.channels + self.postcopy_preempt
 
 
 @dataclass(frozen=True)

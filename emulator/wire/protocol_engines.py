@@ -258,7 +258,7 @@ class DestinationProtocol(_Engine):
         frames = self._control(MsgType.ACCEPT, self.pass_no, {"data": ports})
         self._decoder = Decoder(page_size, scenario.guest.n_pages, scenario.largest_payload_bytes,
                                 None if disk is None else (disk.block_size, disk.n_blocks))
-        self._channels = options.channels
+        self._channels = options.data_channels
         self._device_state_bytes = options.device_state_bytes
         self._data_seq = [0] * self._channels
         self._pass = _PassCount(self._channels)
@@ -493,10 +493,13 @@ def stranger_refusal(reason):
 
 class SourceProtocol(_Engine):
     """The source's side of one migration over `channels` data channels of `page_size`-byte pages
-    (and `block_size`-byte blocks of a mirrored disk, in batches flagged DISK)."""
+    (and `block_size`-byte blocks of a mirrored disk, in batches flagged DISK); with `preempt`, one more
+    channel, the last, for post-copy's requested pages alone."""
 
-    def __init__(self, channels, page_size, block_size=None, n_pages=None):
+    def __init__(self, channels, page_size, block_size=None, n_pages=None, preempt=False):
         super().__init__(SOURCE)
+        self.rotation = channels  # the channels data go round
+        channels += bool(preempt)
         self.channels, self.page_size, self.block_size, self.n_pages = channels, page_size, block_size, n_pages
         self.messages = [0] * channels  # data messages of this pass, per channel
         self._data_seq = [0] * channels
@@ -512,14 +515,18 @@ class SourceProtocol(_Engine):
         """CHECK frames: would the destination host this scenario's guest? Answered by VERDICT."""
         return self._control(MsgType.CHECK, 0, {"protocol": VERSION, "scenario": scenario_dict})
 
-    def data(self, batch):
-        """(channel, frames) for `batch` (emulator.dataplane.batches.Batch) of the current pass, round-robin."""
+    def data(self, batch, preempt=False):
+        """(channel, frames) for `batch` (emulator.dataplane.batches.Batch) of the current pass, round-robin;
+        preempt: on the preempt channel (post-copy's requested pages)."""
+        if preempt and self.rotation == self.channels:
+            raise LocalProtocolError("channel", "no preempt channel was negotiated")
         self.session.sent(batch.kind)
-        channel = self._next_channel
+        channel = self.rotation if preempt else self._next_channel
         seq = self._data_seq[channel]
         self._data_seq[channel] = seq + 1
         self.messages[channel] += 1
-        self._next_channel = (channel + 1) % self.channels
+        if not preempt:
+            self._next_channel = (channel + 1) % self.rotation
         unit = self.block_size if batch.flags & Flags.DISK else self.page_size
         return channel, batch.frames(seq, self.pass_no, unit)
 
