@@ -26,7 +26,8 @@ from emulator.vm.guest import GuestMemory, GuestSpec
 from emulator.vm.scenario import MigrationOptions, Scenario
 from emulator.vm.workload import Workload, WorkloadSpec
 from tests.cli_process import PrecopyProcess, as_from_a_terminal
-from tests.engines import Observer
+from tests.engines import Messages, Observer, run_pair
+from tests.fakelink import link_pair
 
 TIMEOUT_S = 1.0
 ACCEPTED = re.compile(r"accepted a 64\.0 MiB guest \(16,384 pages\)")
@@ -71,7 +72,10 @@ def test_receiver_lost_in_any_phase_leaves_the_source_running(phase, signum):
     assert report.status == "failed" and report.reason
     assert report.digests_match is not True
     assert took < 15  # bounded by the timeouts, not hung
-    assert not workload.paused  # the guest was resumed on the source
+    # the guest resumed on the source, unless the source had handed it over (COMPLETE sent) before it knew:
+    # then the destination may resume it, and its copy stays paused (here the destination never did)
+    handed_over = "handover" in [p.phase for p in report.phases]
+    assert workload.paused == handed_over
 
 
 def test_sender_killed_mid_precopy_the_destination_discards_the_guest():
@@ -220,3 +224,48 @@ def test_a_source_that_stops_mid_pass_is_known_to_the_destination_promptly(serve
     known_after_s = outcomes[0][0] - struck
     limit_s = timeout_s / HEARTBEATS_PER_TIMEOUT + 0.5 if signum == signal.SIGKILL else 1.0
     assert known_after_s < limit_s, f"the destination knew after {known_after_s:.2f} s"
+
+
+def test_a_destination_silent_after_the_handover_leaves_the_source_paused_never_running_twice(monkeypatch):
+    """COMPLETE sent, the destination takes longer than the source's timeout to verify and resume (a frozen
+    process, a link cut for a while): the source fails but must not resume its copy, since the destination
+    may resume (here it does). Exactly one side runs the guest."""
+    from emulator.destination import receiver
+    verify = receiver.Destination._verify_and_resume
+
+    def slowly(destination, complete):
+        time.sleep(TIMEOUT_S * 1.5)
+        verify(destination, complete)
+
+    monkeypatch.setattr(receiver.Destination, "_verify_and_resume", slowly)
+    s = Scenario(GuestSpec(2 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=2000, seed=2),
+                 MigrationOptions(codec="raw", timeout_s=TIMEOUT_S))
+    said, guest = Messages(), GuestMemory(s.guest)
+    workload = Workload(guest, s.workload)
+    report, outcome, guest, destination = run_pair(s, *link_pair(timeout_s=TIMEOUT_S), guest=guest,
+                                                   workload=workload, progress=said)
+    assert report.status == "failed" and "from the destination within 1 s" in report.reason, report.reason
+    assert outcome.status == "completed"  # the guest runs there
+    assert workload.paused  # and not here
+    assert any("the source's copy stays paused" in text for text in said.texts), said.texts
+
+
+def test_ctrl_c_after_the_handover_is_too_late_to_cancel(monkeypatch):
+    """A Ctrl-C while the source waits for RESUMED: said, and the migration completes (the guest moved)."""
+    from emulator.source import sender
+    recv = sender.Source.recv_control
+    interrupted = []
+
+    def interrupted_once(source):
+        if source.handed_over and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return recv(source)
+
+    monkeypatch.setattr(sender.Source, "recv_control", interrupted_once)
+    s = Scenario(GuestSpec(2 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=2000, seed=2),
+                 MigrationOptions(codec="raw", timeout_s=5.0))
+    said = Messages()
+    report, outcome, guest, destination = run_pair(s, *link_pair(timeout_s=5.0), progress=said)
+    assert interrupted and report.status == "completed" and outcome.status == "completed", report.reason
+    assert any(text.startswith("too late to cancel: ") for text in said.texts), said.texts
