@@ -10,22 +10,34 @@ bandwidth capped so that each phase lasts about a second. The seed picks, per ru
 - a scenario: plain pre-copy; post-copy after pass 0 (--postcopy-after 1 --downtime-limit
   1ns); a mirrored disk (--storage mirror, the receiver taking it into a disk directory);
 - a fault: SIGKILL ("kill"); SIGSTOP then SIGCONT 0.5-4 s later ("stop"); SIGSTOP left
-  until the other end has finished, then SIGKILL ("stop-kill"); SIGTERM ("term");
+  until the other end has finished, then SIGKILL ("stop-kill"); SIGTERM ("term"); the link
+  cut for 0.5-4 s ("cut": root only; those runs go over a veth pair between two network
+  namespaces, built as scripts/netns_link.py builds them, and the target's end is set
+  down; where namespaces cannot be made they are skipped, with the reason);
 - its target: the source or the destination (the serving receiver itself; it is replaced
   when the fault ends it);
-- a phase: setup, pass 0, a later pass, the blackout, post-copy or announce, found from the
-  source's --json-stream events as they come, and a random moment within it.
+- a phase: setup, pass 0, a later pass, the blackout, the handover (the blackout's last
+  milliseconds: the final pages are sent, the destination has not yet said it resumed),
+  post-copy or announce, found from the source's --json-stream events as they come, and a
+  random moment within it.
 
 The invariant, checked from the source's report (its --report file; none if it was killed)
 and the receiver's outcome line for the migration (none if it was killed):
-exactly one side holds the running guest with verified memory. Either the destination's
-outcome is completed, with a digest equal to the source's, and the source, if it reports,
-reports completed with digests_match; or the source reports failed or cancelled (the guest
-still runs there) and the destination's outcome is not completed (it discarded the partial
-guest). A side may say lost (with a reason) only in a post-copy run once the switch to
-post-copy began. A side the fault killed says nothing and holds nothing: a source killed
-before its switch-over takes the guest with it (the destination must not complete); a
-destination killed after the source completed takes it with it.
+the guest never runs on both sides, and one side holds it with verified memory. Either the
+destination's outcome is completed, with a digest equal to the source's, and the source, if
+it reports, reports completed with digests_match; or the source reports failed or cancelled
+before its handover (COMPLETE or MISSING sent: its report has no `handover` phase), the
+guest still runs there, and the destination's outcome is not completed (it discarded the
+partial guest); or the source failed after its handover, its copy paused (the destination
+may resume the guest from then on, so the source never does): then the destination may
+have completed, or not (the guest is paused on the source, to be resumed by hand: held, not
+running). A side may say lost (with a reason) only in a post-copy run once the switch to
+post-copy began, and then the other must say lost too, or nothing, or have failed after its
+handover with its copy paused: a source that resumes its own copy after the destination ran
+the guest has let it run on both. A side the fault killed
+says nothing and holds nothing: a source killed before its switch-over takes the guest with
+it (the destination must not complete); a destination killed after the source completed
+takes it with it. (`send --json` cannot go with --json-stream: the report is its --report file.)
 Besides: a kept receiver still answers `precopy check`, no process of the run is left, and
 in a mirrored run no `.part` file is left unless the destination completed (or was killed).
 
@@ -36,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import queue
@@ -64,24 +77,29 @@ SCENARIOS = {
     "mirror": ["--memory", "8MiB", "--max-passes", "2", "--downtime-limit", "50ms", "--disk", "16MiB",
                "--disk-fill", "random", "--storage", "mirror", "--disk-write-rate", "2MB/s"],
 }
-PHASES = ("setup", "pass0", "later-pass", "blackout", "postcopy", "announce")
+# Where post-copy recovery exists (newer than the rest), a short window: a broken post-copy then recovers or
+# is lost within a run, where its default would hold the guest for 30 s.
+RECOVER_FLAG = "--postcopy-recover-window"
+RECOVER_WINDOW = "2s"
+# the handover: the end of the blackout, the final pages sent, until the destination says it resumed
+PHASES = ("setup", "pass0", "later-pass", "blackout", "handover", "postcopy", "announce")
 SCENARIO_PHASES = {
-    "plain": ("setup", "pass0", "later-pass", "blackout", "announce"),
-    "postcopy": ("setup", "pass0", "blackout", "postcopy", "announce"),
-    "mirror": ("setup", "pass0", "later-pass", "blackout", "announce"),
+    "plain": ("setup", "pass0", "later-pass", "blackout", "handover", "announce"),
+    "postcopy": ("setup", "pass0", "blackout", "handover", "postcopy", "announce"),
+    "mirror": ("setup", "pass0", "later-pass", "blackout", "handover", "announce"),
 }
-FAULTS = ("kill", "stop", "stop-kill", "term")
+FAULTS = ("kill", "stop", "stop-kill", "term", "cut")
 TARGETS = ("source", "destination")
 # The fault lands a random time within this window after the phase's first event (seconds):
-# about the phase's length in these scenarios (setup and announce last milliseconds).
-MOMENT_WINDOW_S = {"setup": 0.01, "pass0": 0.9, "later-pass": 0.5, "blackout": 0.25, "postcopy": 0.45,
-                   "announce": 0.0}
+# about the phase's length in these scenarios (setup, the handover and announce last milliseconds).
+MOMENT_WINDOW_S = {"setup": 0.01, "pass0": 0.9, "later-pass": 0.5, "blackout": 0.25, "handover": 0.0,
+                   "postcopy": 0.45, "announce": 0.0}
 POSTCOPY_BLACKOUT_WINDOW_S = 0.005  # post-copy's blackout sends no pages: a few milliseconds
-STOP_S = (0.5, 4.0)  # a SIGSTOP lasts this long before SIGCONT: shorter and longer than PEER_TIMEOUT
+STOP_S = (0.5, 4.0)  # a SIGSTOP or a cut lasts this long: shorter and longer than PEER_TIMEOUT
 
 LISTENING = re.compile(r"listening on (tcp://\S+)")
 START_TIMEOUT_S = 60.0  # a receiver until it listens (imports; Numba's cache)
-OUTCOME_WAIT_S = 8.0  # the receiver's outcome after the source ended: PEER_TIMEOUT and a margin
+OUTCOME_WAIT_S = 10.0  # the receiver's outcome after the source ended: PEER_TIMEOUT, RECOVER_WINDOW, a margin
 CHECK_TIMEOUT_S = 20.0  # `precopy check` against a kept receiver
 EXIT_WAIT_S = 10.0  # a process told to end (SIGTERM, or its peer gone) until it exits
 LOST_ALLOWED = ("postcopy",)
@@ -92,7 +110,7 @@ SWITCHED = ("blackout", "handover", "resume", "announce", "postcopy", "end")  # 
 @dataclass(frozen=True)
 class Plan:
     """One run: what is migrated, what fault, at whom, when. delay_s: after the phase's first
-    event; stop_s: how long a "stop" lasts."""
+    event; stop_s: how long a "stop" or a "cut" lasts."""
 
     number: int
     scenario: str
@@ -120,11 +138,12 @@ def plan_run(seed, number, scenario=None, fault=None, target=None, phase=None):
 
 # processes ----------------------------------------------------------------------------------
 class Precopy:
-    """`python -m emulator.shell.cli ARGS` in its own process group; each output line goes to a callback
-    on a reader thread (so no pipe ever fills), the last stderr lines are kept."""
+    """`python -m emulator.shell.cli ARGS` in its own process group (after `prefix`, a command that execs
+    it: `ip netns exec NS`); each output line goes to a callback on a reader thread (so no pipe ever
+    fills), the last stderr lines are kept."""
 
-    def __init__(self, args, on_stdout, on_stderr=None, env=None):
-        self.proc = subprocess.Popen([PYTHON, "-m", "emulator.shell.cli", *args], cwd=REPO, env=env,
+    def __init__(self, args, on_stdout, on_stderr=None, env=None, prefix=()):
+        self.proc = subprocess.Popen([*prefix, PYTHON, "-m", "emulator.shell.cli", *args], cwd=REPO, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
         self.stderr_tail = collections.deque(maxlen=20)
@@ -183,13 +202,14 @@ class Precopy:
 class SourceRun:
     """A `precopy send` and its --json-stream events, as they come."""
 
-    def __init__(self, endpoint, scenario, workdir):
+    def __init__(self, endpoint, options, workdir, network):
         self.report_path = workdir / "report.json"
         self.events = []
         self.changed = threading.Condition()
         env = dict(os.environ, TMPDIR=str(workdir))  # a killed source's temporary disk is left in here
-        self.process = Precopy(["send", "--to", endpoint, *COMMON_SEND, *SCENARIOS[scenario],
-                                "--report", str(self.report_path)], self._heard, env=env)
+        self.process = Precopy(["send", "--to", endpoint, *COMMON_SEND, *options,
+                                "--report", str(self.report_path)], self._heard, env=env,
+                               prefix=network.prefix("source"))
 
     def _heard(self, line):
         try:
@@ -247,20 +267,22 @@ TRIGGERS = {  # the event a phase begins with, in the source's stream
     "pass0": lambda event: event.get("phase") == "precopy",
     "later-pass": lambda event: event.get("event") == "pass" and event["pass_no"] == 0,
     "blackout": lambda event: event.get("event") == "blackout",
+    "handover": lambda event: event.get("phase") == "handover",
     "postcopy": lambda event: event.get("phase") == "postcopy",
     "announce": lambda event: event.get("phase") == "announce",
 }
 
 
 class Receiver:
-    """A serving `precopy receive --json`, its outcome lines queued as they come."""
+    """A serving `precopy receive --json` on `network`, its outcome lines queued as they come."""
 
-    def __init__(self, disk_dir):
+    def __init__(self, network, disk_dir):
+        self.network = network
         self.outcomes = queue.Queue()
         self.listening = queue.Queue()
-        self.process = Precopy(["receive", "--listen", "tcp://127.0.0.1:0", "--serve", "--json", "--quiet",
-                                "--timeout", PEER_TIMEOUT, "--disk-dir", str(disk_dir)],
-                               self._outcome, self._stderr)
+        self.process = Precopy(["receive", "--listen", network.listen, "--serve", "--json", "--quiet",
+                                "--timeout", PEER_TIMEOUT, "--disk-dir", str(disk_dir), *network.receive_options],
+                               self._outcome, self._stderr, prefix=network.prefix("destination"))
         try:
             self.endpoint = self.listening.get(timeout=START_TIMEOUT_S)
         except queue.Empty:
@@ -299,9 +321,9 @@ class Receiver:
     def answers(self):
         """None if `precopy check` gets an answer from it, else what went wrong."""
         try:
-            done = subprocess.run([PYTHON, "-m", "emulator.shell.cli", "check", "--to", self.endpoint, "--memory",
-                                   "8MiB", "--json"], cwd=REPO, capture_output=True, text=True,
-                                  timeout=CHECK_TIMEOUT_S, start_new_session=True)
+            done = subprocess.run([*self.network.prefix("source"), PYTHON, "-m", "emulator.shell.cli", "check",
+                                   "--to", self.endpoint, "--memory", "8MiB", "--json"], cwd=REPO,
+                                  capture_output=True, text=True, timeout=CHECK_TIMEOUT_S, start_new_session=True)
         except subprocess.TimeoutExpired:
             return f"precopy check got no answer in {CHECK_TIMEOUT_S:g} s"
         try:
@@ -309,6 +331,72 @@ class Receiver:
         except (ValueError, KeyError, TypeError):
             return f"precopy check failed (exit {done.returncode}): {done.stderr.strip()[-300:]}"
         return None
+
+
+# networks ----------------------------------------------------------------------------------
+class Loopback:
+    """Both ends on this host's loopback: nothing to build, no link to cut."""
+
+    name = "loopback"
+    listen = "tcp://127.0.0.1:0"
+    receive_options = ()
+    problem = None
+
+    @staticmethod
+    def prefix(end):
+        return ()
+
+    def close(self):
+        pass
+
+
+def _load_netns_link():
+    """scripts/netns_link.py, which builds the namespaces and the veth pair (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location("netns_link", Path(__file__).with_name("netns_link.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class VethLink:
+    """The source and the destination in two network namespaces joined by a veth pair; a cut sets one
+    end's device down for a while. problem: why it cannot be built here (None if it can)."""
+
+    name = "veth"
+    receive_options = ("--insecure",)  # not loopback, and no keys: a throwaway namespace
+
+    def __init__(self):
+        self.netns_link = _load_netns_link()
+        self.problem = self.netns_link.netns_problem()
+        self.listen = f"tcp://{self.netns_link.DESTINATION_ADDR}:0"
+        self.link = None
+        if self.problem is None:
+            self.link = self.netns_link.Link(self.netns_link.unique_tag(), mtu=1500)
+            self.link.create()
+
+    def _end(self, end):
+        """(namespace, device) of `end` ("source" or "destination")."""
+        if end == "source":
+            return self.link.source_ns, self.netns_link.SOURCE_DEV
+        return self.link.destination_ns, self.netns_link.DESTINATION_DEV
+
+    def prefix(self, end):
+        return ("ip", "netns", "exec", self._end(end)[0])
+
+    def cut(self, end, seconds):
+        """Set `end`'s device down for `seconds`, then up again."""
+        namespace, device = self._end(end)
+        self.netns_link.run(["ip", "-n", namespace, "link", "set", device, "down"], "cutting the link")
+        try:
+            time.sleep(seconds)
+        finally:
+            self.netns_link.run(["ip", "-n", namespace, "link", "set", device, "up"], "mending the link")
+
+    def close(self):
+        if self.link is not None:
+            self.link.remove()
+            self.link = None
 
 
 # the invariant -----------------------------------------------------------------------------
@@ -338,16 +426,20 @@ def invariant_problems(facts):
     destination_status = outcome["status"] if outcome else None
     problems = _lost_problems(facts, source_status, destination_status)
     problems += _digest_problems(report, outcome)
-    source_holds = source_status in ("failed", "cancelled")  # the source says the guest still runs there
+    stopped = source_status in ("failed", "cancelled")
+    handed_over = "handover" in _report_phases(report)
+    source_holds = stopped and not handed_over  # the source says the guest still runs there
+    source_paused = stopped and handed_over  # its copy stays paused: the destination may run the guest
     destination_holds = destination_status == "completed"
     said = f"source {source_status or 'left no report'}, destination {destination_status or 'gave no outcome'}"
-    if source_holds and "resume" in _report_phases(report):
+    if stopped and "resume" in _report_phases(report):
         problems.append(f"the source reports {source_status} though it heard the destination resume the guest")
     if source_holds and destination_holds:
         problems.append(f"both sides hold the running guest: {said}")
-    if "lost" in (source_status, destination_status) and "completed" in (source_status, destination_status):
-        problems.append(f"one side says the guest is lost, the other completed it: {said}")
-    if not (source_holds or destination_holds or "lost" in (source_status, destination_status)
+    if "lost" in (source_status, destination_status) and {source_status, destination_status} - {"lost", None} \
+            and not source_paused:
+        problems.append(f"one side says the guest is lost, the other does not: {said}")
+    if not (source_holds or source_paused or destination_holds or "lost" in (source_status, destination_status)
             or _died_with_its_host(facts, source_status)):
         problems.append(f"no side holds the guest and none says lost: {said}")
     if report is None and destination_holds and not set(facts.phases_at_fault) & set(SWITCHED):
@@ -355,7 +447,7 @@ def invariant_problems(facts):
                         f"(it had reached {_last(facts.phases_at_fault)})")
     if report is None and not facts.source_killed:
         problems.append("the source left no report, and no fault killed it")
-    if outcome is None and not facts.destination_killed and set(facts.source_phases) - {"setup"}:
+    if outcome is None and not facts.destination_killed and _began(facts.source_phases):
         problems.append("the receiver gave no outcome for a migration that began, and no fault killed it")
     return problems
 
@@ -397,6 +489,12 @@ def _died_with_its_host(facts, source_status):
     return facts.destination_outcome is None and facts.destination_killed and source_status == "completed"
 
 
+def _began(phases):
+    """Whether the source's stream shows the migration past setup, so that the destination owes an outcome
+    (a source cancelled in setup may have ended before its HELLO: its stream shows setup, then end)."""
+    return bool(set(phases) - {"setup", "end"})
+
+
 def _report_phases(report):
     return [phase["phase"] for phase in report.get("phases", [])] if report else []
 
@@ -408,7 +506,7 @@ def _last(phases):
 # one run -----------------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    """What one run did and what was found: `problems` empty when it held."""
+    """What one run did and what was found: `problems` empty when it held; `skipped` says why it did not run."""
 
     plan: Plan
     landed: str = "not sent"  # the phase the source's stream showed when the fault was sent
@@ -418,6 +516,7 @@ class RunResult:
     destination_reason: str | None = None
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    skipped: str | None = None
     seconds: float = 0.0
 
     @property
@@ -425,44 +524,71 @@ class RunResult:
         return not self.problems
 
 
+def _recovery_options():
+    """[RECOVER_FLAG, RECOVER_WINDOW] if this precopy's send has post-copy recovery, else []."""
+    done = subprocess.run([PYTHON, "-m", "emulator.shell.cli", "send", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=START_TIMEOUT_S, check=True)
+    return [RECOVER_FLAG, RECOVER_WINDOW] if RECOVER_FLAG in done.stdout else []
+
+
 class Session:
-    """The runs of one invocation: a work directory, the disk directory, the serving receiver."""
+    """The runs of one invocation: a work directory, the disk directory, the networks (loopback, and the
+    veth pair once a cut needs it) and a serving receiver on each."""
 
     def __init__(self, time_limit_s):
         self.time_limit_s = time_limit_s
         self.workdir = Path(tempfile.mkdtemp(prefix="precopy-faults-"))
         self.disk_dir = self.workdir / "disks"
         self.disk_dir.mkdir()
-        self.receiver = None
+        self.networks = {"loopback": Loopback()}
+        self.receivers = {}  # network name -> its Receiver
         self.receivers_started = 0
+        self.send_options = dict(SCENARIOS, postcopy=SCENARIOS["postcopy"] + _recovery_options())
 
     def close(self):
-        if self.receiver is not None:
-            self.receiver.process.end()
-            self.receiver = None
+        """End every process and remove everything made, whatever state the runs left."""
+        for receiver in self.receivers.values():
+            receiver.process.end()
+        self.receivers.clear()
+        for network in self.networks.values():
+            network.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def ensure_receiver(self):
-        if self.receiver is None or not self.receiver.process.alive():
-            if self.receiver is not None:
-                self.receiver.process.end()
-            self.receiver = Receiver(self.disk_dir)
+    def network_for(self, plan):
+        """The network a plan runs on: a cut needs the veth pair (built the first time)."""
+        if plan.fault != "cut":
+            return self.networks["loopback"]
+        if "veth" not in self.networks:
+            self.networks["veth"] = VethLink()
+        return self.networks["veth"]
+
+    def receiver_on(self, network):
+        """The serving receiver on `network`, started (again) if there is none alive."""
+        receiver = self.receivers.get(network.name)
+        if receiver is None or not receiver.process.alive():
+            if receiver is not None:
+                receiver.process.end()
+            receiver = self.receivers[network.name] = Receiver(network, self.disk_dir)
             self.receivers_started += 1
-        return self.receiver
+        return receiver
 
     def run(self, plan):
         """Run `plan`; its RunResult."""
         started = time.monotonic()
-        receiver = self.ensure_receiver()
         result = RunResult(plan)
+        network = self.network_for(plan)
+        if network.problem is not None:
+            result.skipped = f"network namespaces unavailable: {network.problem}"
+            return result
+        receiver = self.receiver_on(network)
         stray = receiver.stray_outcomes()
         if stray:
             result.notes.append(f"outcomes left from before: {stray}")
         rundir = self.workdir / f"run-{plan.number}"
         rundir.mkdir()
-        source = SourceRun(receiver.endpoint, plan.scenario, rundir)
+        source = SourceRun(receiver.endpoint, self.send_options[plan.scenario], rundir, network)
         try:
-            phases_at_fault, outcome = self._migrate_with_fault(plan, source, receiver, result,
+            phases_at_fault, outcome = self._migrate_with_fault(plan, network, source, receiver, result,
                                                                 started + self.time_limit_s)
         finally:
             if source.process.end():
@@ -472,9 +598,9 @@ class Session:
         result.seconds = round(time.monotonic() - started, 2)
         return result
 
-    def _migrate_with_fault(self, plan, source, receiver, result, deadline):
-        """Wait for the phase, send the fault, follow it up, let the source end; (the phases the source had
-        shown when the fault landed, the receiver's outcome or None)."""
+    def _migrate_with_fault(self, plan, network, source, receiver, result, deadline):
+        """Wait for the phase, bring the fault, let the source end; (the phases the source had shown when
+        the fault landed, the receiver's outcome or None)."""
         phases_at_fault, outcome = (), None
         if source.wait_for(TRIGGERS[plan.phase], deadline) is None:
             result.notes.append(f"the source never reached {plan.phase}: no fault sent")
@@ -482,18 +608,22 @@ class Session:
             time.sleep(plan.delay_s)
             phases_at_fault = tuple(source.phases())
             result.landed = _last(phases_at_fault) if source.process.alive() else "exited"
-            target = source.process if plan.target == "source" else receiver.process
-            target.signal(FAULT_SIGNAL[plan.fault])
-            outcome = self._follow_up(plan, source, receiver, target, deadline)
+            if plan.fault == "cut":
+                network.cut(plan.target, plan.stop_s)
+            else:
+                outcome = self._signal(plan, source, receiver, deadline)
         if not source.process.wait(deadline - time.monotonic()):
             result.problems.append(f"the source did not end within the run's time limit ({self.time_limit_s:g} s)")
             source.process.end()
         return phases_at_fault, outcome or receiver.next_outcome(OUTCOME_WAIT_S)
 
     @staticmethod
-    def _follow_up(plan, source, receiver, target, deadline):
-        """After the fault's signal: SIGCONT a "stop" after stop_s; SIGKILL a "stop-kill" once the other end
-        has finished; wait for a receiver told to end to exit. The receiver's outcome if one was taken."""
+    def _signal(plan, source, receiver, deadline):
+        """Send the fault's signal, and follow it up: SIGCONT a "stop" after stop_s; SIGKILL a "stop-kill"
+        once the other end has finished; wait for a receiver told to end to exit. The receiver's outcome
+        if one was taken meanwhile."""
+        target = source.process if plan.target == "source" else receiver.process
+        target.signal(FAULT_SIGNAL[plan.fault])
         outcome = None
         if plan.fault == "stop":
             time.sleep(plan.stop_s)
@@ -523,9 +653,11 @@ class Session:
             result.destination_status, result.destination_reason = outcome["status"], outcome.get("reason")
         result.problems += invariant_problems(facts)
         result.problems += self._leftovers(receiver, outcome, facts.destination_killed, result)
+        if result.problems and source.process.stderr_tail:
+            result.notes.append("the source said: " + " / ".join(list(source.process.stderr_tail)[-3:]))
         if not receiver.process.alive():
             return
-        if outcome is None and set(facts.source_phases) - {"setup"}:
+        if outcome is None and _began(facts.source_phases):
             result.notes.append("the receiver is replaced: it may still host the migration it gave no outcome for")
             receiver.process.end()
             return
@@ -558,23 +690,26 @@ FAULT_SIGNAL = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "stop-kill": sig
 
 # output ------------------------------------------------------------------------------------
 def run_line(result, runs):
-    """One short line for a run: number, scenario, fault, target, phase@landed, verdict."""
+    """One short line for a run: number, scenario, fault, target, phase@landed, statuses, verdict."""
     plan = result.plan
+    head = f"{plan.number:>{len(str(runs))}}/{runs} {plan.scenario:<8} {plan.fault:<9} {plan.target:<11} "
+    if result.skipped:
+        return head + f"{plan.phase:<24} skipped: {result.skipped}"
     verdict = "held" if result.held else "VIOLATED: " + "; ".join(result.problems)
     statuses = f"src={result.source_status or '-'} dst={result.destination_status or '-'}"
-    return (f"{plan.number:>{len(str(runs))}}/{runs} {plan.scenario:<8} {plan.fault:<9} {plan.target:<11} "
-            f"{plan.phase + '@' + result.landed:<24} {statuses:<30} {result.seconds:5.1f}s  {verdict}")
+    return head + f"{plan.phase + '@' + result.landed:<24} {statuses:<30} {result.seconds:5.1f}s  {verdict}"
 
 
 def count_table(results):
-    """Runs per phase x fault kind, as 'held/runs'."""
+    """Runs per phase x fault kind, as 'held/runs' (skipped runs left out)."""
     cells = collections.Counter()
     held = collections.Counter()
     for result in results:
-        key = (result.plan.phase, result.plan.fault)
-        cells[key] += 1
-        held[key] += result.held
-    width = max(len(fault) for fault in FAULTS) + 2
+        if result.skipped is None:
+            key = (result.plan.phase, result.plan.fault)
+            cells[key] += 1
+            held[key] += result.held
+    width = max(len(fault) for fault in FAULTS) + 5
     lines = ["phase".ljust(12) + "".join(fault.rjust(width) for fault in FAULTS) + "total".rjust(width)]
     for phase in PHASES:
         row = [f"{held[phase, fault]}/{cells[phase, fault]}" if cells[phase, fault] else "-" for fault in FAULTS]
@@ -586,8 +721,9 @@ def count_table(results):
 
 
 def results_json(seed, results, receivers_started):
-    return {"seed": seed, "runs": len(results), "held": sum(result.held for result in results),
-            "receivers_started": receivers_started,
+    ran = [result for result in results if result.skipped is None]
+    return {"seed": seed, "runs": len(ran), "held": sum(result.held for result in ran),
+            "skipped": len(results) - len(ran), "receivers_started": receivers_started,
             "results": [{**asdict(result), "held": result.held} for result in results]}
 
 
@@ -624,9 +760,10 @@ def _interrupted(signum, frame):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even started with `&`, which ignores SIGINT
     signal.signal(signal.SIGTERM, _interrupted)  # cleaned up as for Ctrl-C
     numbers = [args.only] if args.only else range(1, args.runs + 1)
-    shown = args.only or args.runs
+    shown = max(args.runs, args.only or 0)
     session = Session(args.time_limit)
     results = []
     try:
@@ -640,13 +777,13 @@ def main(argv=None):
         print(f"interrupted after {len(results)} runs", file=sys.stderr)
     finally:
         session.close()
+    summary = results_json(args.seed, results, session.receivers_started)
     print(count_table(results))
-    broken = [result for result in results if not result.held]
-    print(f"{len(results) - len(broken)}/{len(results)} runs held the invariant (seed {args.seed}; "
-          f"{session.receivers_started} receivers started)")
+    print(f"{summary['held']}/{summary['runs']} runs held the invariant (seed {args.seed}; {summary['skipped']} "
+          f"skipped; {session.receivers_started} receivers started)")
     if args.json:
-        Path(args.json).write_text(json.dumps(results_json(args.seed, results, session.receivers_started), indent=2))
-    return 1 if broken or not results else 0
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0 if summary["runs"] and summary["held"] == summary["runs"] else 1
 
 
 if __name__ == "__main__":
