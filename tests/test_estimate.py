@@ -371,8 +371,10 @@ def _assert_passes_match(report, predicted):
     model = [(round(p.pages), round(p.duration_s, 4)) for p in predicted.passes] + [round(predicted.final_pages)]
     why = f"measured (pages, s) {measured}, predicted {model}"
     assert len(report.passes) == len(predicted.passes), why
+    # 5% on a quiet machine; a loaded one (the suite beside other work) shifts a paced pass's writes by a few
+    # percent more, and the models differ from each other by far more than 10% (see the geometric test)
     for got, expected in zip(report.passes[1:], predicted.passes[1:]):
-        assert got.pages_sent == pytest.approx(expected.pages, rel=0.05), why
+        assert got.pages_sent == pytest.approx(expected.pages, rel=0.10), why
     # the final set comes from the shortest pass (~0.15 s), where a few ms of scheduling show
     assert report.blackout.final_pages == pytest.approx(predicted.final_pages, rel=0.10), why
 

@@ -126,7 +126,8 @@ def test_a_stalled_pre_copy_becomes_post_copy_and_a_paced_guest_counts_its_stall
     postcopy = report.postcopy
     assert len(postcopy.vcpu_blocktime_s) == 2 and sum(postcopy.vcpu_blocktime_s) > 0
     assert 0 <= postcopy.blocktime_s <= min(postcopy.vcpu_blocktime_s)  # all at once is at most each one's
-    assert max(postcopy.vcpu_blocktime_s) <= postcopy.last_page_s + 0.05  # no wait outlasts the last page
+    # no wait outlasts the last page by more than a woken vCPU may wait for a core on a loaded 2-core machine
+    assert max(postcopy.vcpu_blocktime_s) <= postcopy.last_page_s + 0.25
     summary = report.summary
     assert summary["ram"]["postcopy-requests"] == postcopy.pages_requested
     assert summary["ram"]["postcopy-bytes"] == postcopy.wire_bytes
@@ -435,6 +436,7 @@ def test_with_preempt_the_requested_pages_cross_on_a_channel_of_their_own():
     assert_source_memory_plus_the_destination_writes(guest.data, destination.migrated, destination.workload)
 
 
-def test_preempt_needs_post_copy():
-    with pytest.raises(ValueError, match="postcopy_preempt carries post-copy's requested pages: it needs postcopy"):
-        MigrationOptions(postcopy_preempt=True)
+def test_preempt_is_post_copy():
+    preempt = MigrationOptions(postcopy_preempt=True)
+    assert preempt.postcopy and preempt.data_channels == 2
+    assert not MigrationOptions().postcopy and MigrationOptions().data_channels == 1

@@ -35,7 +35,7 @@ def test_each_example_sets_its_field_and_nothing_else(key):
         assert _field_value(scenario, option) == option.read(option.example)
     assert _field_value(scenario, option) != _field_value(default, option)  # an example shows a change
     others = [other for other in OPTIONS.values() if other.field != option.field and other.key != "batch_pages"
-              and not (key == "postcopy_after" and other.key == "postcopy")]  # post-copy after N is post-copy
+              and not (key in ("postcopy_after", "postcopy_preempt") and other.key == "postcopy")]  # they are post-copy
     if key not in ("page_size", "batch_pages"):  # the page size moves the default message size (tested below)
         others.append(OPTIONS["batch_pages"])
     assert [other.key for other in others if _field_value(scenario, other) != _field_value(default, other)] == []

@@ -161,3 +161,34 @@ def test_pages_of_concurrent_migrations_never_mix():
         status, out, err = receiver.finish()
     assert sorted(o["digest"] for o in outcomes_of(out)) == sorted(digests)
     assert len(digests) == 3 * ROUNDS
+
+
+def test_a_migration_whose_last_word_is_lost_still_frees_its_place(monkeypatch):
+    """A migration's thread tells the listener it has ended; were that word lost (its socket closed before the
+    listener read it), the listener still sees the thread end: the place is free for the next source."""
+    from emulator.dataplane.transport import PeerLink
+
+    def ends_without_a_word(link):
+        link.close_data()
+        link.pair.close(linger=0)
+
+    monkeypatch.setattr(PeerLink, "finished", ends_without_a_word)
+    told, endpoints, ready = [], [], threading.Event()
+
+    def on_outcome(outcome):
+        told.append(outcome.status)
+        if len(told) == 2:
+            raise KeyboardInterrupt  # stops the server, as SIGTERM would
+
+    def serve():
+        receive("tcp://127.0.0.1:0", serve=True, timeout_s=5.0, max_incoming=1, on_outcome=on_outcome,
+                ready=lambda endpoint: (endpoints.append(endpoint), ready.set()))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    assert ready.wait(10)
+    reports = [run_source(guest(1, rate=None, seed=seed), endpoints[0]) for seed in (1, 2)]
+    server.join(5)
+    assert not server.is_alive()
+    assert [r.status for r in reports] == ["completed", "completed"], [r.reason for r in reports]
+    assert told == ["completed", "completed"]

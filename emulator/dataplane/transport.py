@@ -569,4 +569,6 @@ class PeerLink(_DestinationEnd):
             pass  # the listener has stopped waiting for it
         finally:
             self.close_data()
-            self.pair.close(linger=0)
+            # what it handed back is kept a moment for the listener to read; had it no time, the listener still
+            # sees this thread end
+            self.pair.close(linger=int(SIGNAL_CHECK_S * 1000))

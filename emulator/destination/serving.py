@@ -99,6 +99,8 @@ class Listener:
         for incoming in list(self.incoming.values()):  # first: a migration that has finished frees its place
             if incoming.pair in ready:
                 self._from_migration(incoming)
+            elif not incoming.thread.is_alive() and incoming.number in self.incoming:  # its last word was lost
+                self._finished(incoming)
         if self.link.control in ready:
             self._from_peer(self.link.recv_control())
 

@@ -292,7 +292,7 @@ OPTIONS: dict[str, RunOption] = {option.key: option for option in (
               metavar="N", default_text="once pre-copy cannot converge"),
     RunOption("postcopy_preempt", "migration", "migration", "postcopy_preempt", readers.flag, "true",
               "post-copy's requested pages cross on a data channel of their own, not behind the push, as QEMU's "
-              "postcopy-preempt (needs --postcopy)", show=lambda on: "on" if on else "off"),
+              "postcopy-preempt (implies --postcopy)", show=lambda on: "on" if on else "off"),
     RunOption("postcopy_recover_window", "migration", "migration", "postcopy_recover_s", units.parse_duration, "2min",
               "in post-copy, how long both ends wait for a broken link to come back (the source connects anew, as "
               "QEMU's postcopy-recover) before the guest is lost; 0: lost at once", metavar="DURATION",

@@ -116,7 +116,8 @@ class MigrationOptions:
     post-copy, how long both ends wait for a broken link to come back (the source
     connects anew, QEMU's postcopy-recover) before the guest is lost; 0: lost at once.
     postcopy_preempt: the pages the destination's vCPUs ask for cross on a data channel of
-    their own, the last, instead of behind the push (QEMU's postcopy-preempt).
+    their own, the last, instead of behind the push (QEMU's postcopy-preempt); it makes
+    postcopy true.
     verify: "incremental" (both sides keep a running digest as pages cross; the
     blackout compares two values, and the source re-hashes its paused memory
     after the destination resumed) or "full" (both sides hash all memory inside
@@ -172,14 +173,11 @@ class MigrationOptions:
                              "(QEMU refuses both too)")
         if not isinstance(self.policy, PolicyConfig):
             raise ValueError(f"policy must be a PolicyConfig, got {self.policy!r}")
-        if self.postcopy_after_passes is not None:
-            object.__setattr__(self, "postcopy", True)  # post-copy after N passes is post-copy
+        if self.postcopy_after_passes is not None or self.postcopy_preempt:
+            object.__setattr__(self, "postcopy", True)  # post-copy after N passes, or with preempt, is post-copy
         if self.postcopy and self.verify != "incremental":
             raise ValueError("post-copy verifies by running digests only (the destination's vCPUs change its "
                              "memory while pages arrive): use verify incremental")
-        if self.postcopy_preempt and not self.postcopy:
-            raise ValueError("postcopy_preempt carries post-copy's requested pages: it needs postcopy (QEMU's "
-                             "postcopy-preempt needs postcopy-ram too)")
         if self.postcopy and self.storage == "mirror":
             raise ValueError("post-copy moves memory only: a mirrored disk must converge before the guest moves; "
                              "use storage shared, or pre-copy")
