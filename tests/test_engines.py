@@ -398,12 +398,15 @@ def test_xbzrle_sends_small_writes_into_a_hot_set_as_deltas_byte_identical(codec
     assert "xbzrle-cache" not in plain.summary
     assert cache["pages"] > 0 and cache["cache-miss"] > 0 and cache["cache-size"] == 16 << 20
     assert cache["encoding-rate"] > 10  # a 4 KiB page with a few 64-byte writes: a few hundred bytes
-    # per page re-sent from pass 2 on (how many pages a paced pass re-sends varies with the machine's load)
+    # per page re-sent from pass 2 on (how many pages a paced pass re-sends varies with the machine's load): a
+    # delta is a few hundred bytes, but pages re-sent there for the first time since pass 0 miss the cache and
+    # cross whole, and their share moves with the timing (a quarter to a half of the plain run's bytes per page)
     def later_bytes_per_page(report):
         pages = sum(p.pages_sent for p in report.passes[2:]) + report.blackout.final_pages
         return (sum(p.wire_bytes for p in report.passes[2:]) + report.blackout.final_wire_bytes) / pages
 
-    assert later_bytes_per_page(delta) < later_bytes_per_page(plain) / 4, cache
+    assert cache["bytes"] / cache["pages"] < PAGE / 8, cache  # a delta page: a few runs
+    assert later_bytes_per_page(delta) < later_bytes_per_page(plain) / 2, cache
 
 
 def test_xbzrle_with_writers_flat_out_stays_byte_identical():
