@@ -67,6 +67,10 @@ class PeerTimeout(MigrationError):
     """The peer did not answer (or accept data) within the deadline, or cannot be reached."""
 
 
+class NothingListens(PeerTimeout):
+    """The connection to the peer's endpoint was refused: no process listens there (any more)."""
+
+
 class LinkBroken(PeerTimeout):
     """The connection to the peer is gone (its process ended, or the network dropped it): known at once,
     not at a deadline."""

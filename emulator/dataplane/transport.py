@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from emulator.core.errors import LinkBroken, PeerTimeout
+from emulator.core.errors import LinkBroken, NothingListens, PeerTimeout
 from emulator.dataplane.security import HANDSHAKE_FAILURES, Authenticator, secure_client, secure_server, why_handshake_failed
 
 DATA_BUFFER_BYTES = 8 << 20  # payload bytes queued per data socket and side, at most (the HWM in bytes)
@@ -131,7 +131,7 @@ def _probe(host, port, timeout_s):
     except socket.gaierror as error:
         raise PeerTimeout(f"cannot resolve the destination's host {host!r}: {error.strerror}") from None
     except ConnectionRefusedError:
-        raise PeerTimeout(f"the connection to {host}:{port} was refused: is 'precopy receive' listening "
+        raise NothingListens(f"the connection to {host}:{port} was refused: is 'precopy receive' listening "
                           "there (and its port open)?") from None
     except OSError:
         pass  # unreachable for now, or slow: ZeroMQ keeps trying until the deadline, which then speaks
@@ -344,6 +344,10 @@ class _DestinationEnd:
             self.data.append(sock)
         return advertised
 
+    def mend(self):
+        """The source connected anew after its connection broke (post-copy recovery); only a PeerLink, whose
+        listener tells it of a broken connection, has anything to forget."""
+
     def data_receivers(self):
         """A DataReceiver per data socket, each for its channel's thread alone."""
         return [DataReceiver(sock) for sock in self.data]
@@ -494,6 +498,10 @@ class Stop:
     def broke(self, reason):
         self._broken = reason
 
+    def mend(self):
+        """The source connected anew: what was said of its last connection no longer holds."""
+        self._broken = None
+
     def check(self):
         if self._stopped.is_set():
             raise self.error
@@ -551,6 +559,9 @@ class PeerLink(_DestinationEnd):
     def send_control(self, peer, frames, wait=True):
         """Hand `frames` to the listener, which sends them on to the source (it drops them if it has gone)."""
         _send(self.pair, frames, copy=True)
+
+    def mend(self):
+        self.stop.mend()
 
     def finished(self):
         """Tell the listener this migration has ended (one empty frame); until it answers with the same word,

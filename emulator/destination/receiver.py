@@ -646,6 +646,7 @@ class _PostcopyHere:
         if incoming is None:
             raise PeerTimeout(f"{broken.reason}; the source did not connect again within {window:g} s")
         here.peer = incoming.peer
+        here.link.mend()
         here.protocol.receive_control(incoming.frames)
         options, faults = here.scenario.migration, here.hosted.faults
         ports = here.link.reopen_data(options.data_channels, options.batch_pages * here.scenario.guest.page_size)

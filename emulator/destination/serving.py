@@ -51,6 +51,7 @@ class _Incoming:
         self.outcome = None
         self.ending = False  # it sent REFUSE or ABORT: it hosts nothing more
         self.reported = False  # its outcome has been told
+        self.recovering_peer = None  # a post-copy source's new connection, from its RECOVER until RECOVERED
 
 
 class Listener:
@@ -131,8 +132,8 @@ class Listener:
             self._begin(message, opening)
 
     def _recovered_by(self, message):
-        """The migration a RECOVER of its session (a source connecting anew in post-copy) is for, its source
-        now this peer; else None."""
+        """The migration a RECOVER of its session (a source connecting anew in post-copy) is for, else None. Its
+        source becomes this peer with its answer, RECOVERED: what it said before goes to the old connection."""
         try:
             recover = Decoder().decode(message.frames)
         except RemoteProtocolError:
@@ -142,7 +143,7 @@ class Listener:
         session = recover.body.get("session")
         hosted = next((incoming for incoming in self.hosting() if incoming.session == session), None)
         if hosted is not None:
-            hosted.peer = message.peer
+            hosted.recovering_peer = message.peer
         return hosted
 
     def _begin(self, message, hello):
@@ -182,12 +183,16 @@ class Listener:
             self._from_peer(Incoming(CONTROL, frames[1:], incoming.peer, incoming.address))
             return
         header = frames[0].bytes
-        if len(header) == HEADER_SIZE and HEADER.unpack(header)[2] in (MsgType.REFUSE, MsgType.ABORT):
+        kind = HEADER.unpack(header)[2] if len(header) == HEADER_SIZE else None
+        if kind in (MsgType.REFUSE, MsgType.ABORT):
             incoming.ending = True
+        if kind == MsgType.RECOVERED and incoming.recovering_peer is not None:  # the new connection's first word
+            incoming.peer, incoming.recovering_peer = incoming.recovering_peer, None
         try:
             self.link.send_control(incoming.peer, frames, wait=False)
         except LinkBroken as error:  # the source's connection is gone: its migration knows at once
-            incoming.stop.broke(error.reason)
+            if incoming.recovering_peer is None:  # (unless the source is back, on a connection not yet taken)
+                incoming.stop.broke(error.reason)
         except MigrationError as error:  # the source does not read: its migration ends now
             incoming.stop(MigrationError(str(error)))  # not a PeerTimeout, which a waiting migration rides out
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from emulator.analysis import events
 from emulator.analysis.report import Blackout, DiskFinal, DiskPass, Interval, PassRecord, Postcopy
-from emulator.core.errors import Mismatch, PeerAborted, PeerTimeout
+from emulator.core.errors import Mismatch, NothingListens, PeerAborted, PeerTimeout
 from emulator.core.units import format_count, format_rate
 from emulator.dataplane.threads import CpuMeter
 from emulator.source import policy
@@ -422,9 +422,9 @@ class PostcopyRecovery:
         while source.clock() < deadline:
             try:
                 self._attempt(min(source.options.timeout_s, max(deadline - source.clock(), MIN_ATTEMPT_S)))
-            except PeerTimeout as error:
-                if "refused" in error.reason:  # nothing listens there: the destination, and the guest, are gone
-                    raise PeerTimeout(f"{broken.reason}; then {error.reason}") from None
+            except NothingListens as error:  # the destination's process, and the guest with it, are gone
+                raise PeerTimeout(f"{broken.reason}; then {error.reason}") from None
+            except PeerTimeout:
                 time.sleep(min(RECONNECT_EVERY_S, max(0.0, deadline - source.clock())))
                 continue
             self.count += 1
