@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import pytest
 
-from emulator.core.errors import PeerTimeout
+from emulator.core.errors import LinkBroken, PeerTimeout
 from emulator.dataplane.batches import BatchEncoder
 from emulator.dataplane.transport import SOURCE_GONE, DestinationLink, SourceLink
 from emulator.destination.receiver import Destination, DestinationLimits
@@ -29,7 +29,7 @@ from emulator.vm.guest import GuestMemory, GuestSpec
 from emulator.vm.postcopy import Backlog, Faults
 from emulator.vm.scenario import MigrationOptions, Scenario
 from emulator.vm.workload import Workload, WorkloadSpec
-from emulator.wire.protocol import Codec, MsgType, RemoteProtocolError
+from emulator.wire.protocol import HEADER, Codec, MsgType, RemoteProtocolError
 from emulator.wire.protocol_engines import SourceProtocol
 from kernels import bitmap
 from kernels.writers import WriterPattern
@@ -440,3 +440,27 @@ def test_preempt_is_post_copy():
     preempt = MigrationOptions(postcopy_preempt=True)
     assert preempt.postcopy and preempt.data_channels == 2
     assert not MigrationOptions().postcopy and MigrationOptions().data_channels == 1
+
+
+def test_a_destination_that_cannot_send_postcopy_done_keeps_the_whole_guest(monkeypatch):
+    """Every page in and the digest matched: the guest is whole here. A link that breaks as POSTCOPY_DONE leaves
+    does not discard it (the source, which never hears it, reports the guest lost: the two-generals limit)."""
+    send = Destination.send
+
+    def breaks_at_done(destination, frames):
+        if HEADER.unpack(bytes(frames[0]))[2] == MsgType.POSTCOPY_DONE:
+            raise LinkBroken(SOURCE_GONE)
+        send(destination, frames)
+
+    monkeypatch.setattr(Destination, "send", breaks_at_done)
+    s = scenario(codec="raw", postcopy_after_passes=1, max_bandwidth_bytes_per_s=50e6, timeout_s=1.0,
+                 postcopy_recover_s=1.0)
+    links = loopback(s)
+    try:
+        report, outcome, guest, destination = run_pair(s, *links)
+    finally:
+        for link in links:
+            link.close()
+    assert outcome.status == "completed" and outcome.digest == report.source_digest, outcome
+    assert destination.guest is not None  # kept, not discarded
+    assert report.status == "lost", report.reason

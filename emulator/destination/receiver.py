@@ -438,7 +438,7 @@ class Destination:
             except PeerTimeout as broken:  # in post-copy the guest runs here: the source may connect again
                 if not (self.live_postcopy and self.scenario.migration.postcopy_recover_s):
                     raise
-                _PostcopyHere(self).recover(broken, getattr(broken, "recover", None))
+                _PostcopyHere(self).recover_until_done(broken)
 
     def _receive_until_done(self):
         heard_at = time.monotonic()  # silence is measured from the source only: others must not keep us waiting
@@ -629,6 +629,14 @@ class _PostcopyHere:
         here.say(f"resumed with {missing.page_count:,} pages missing, and announced")
         _warn_if_long(here)
 
+    def recover_until_done(self, broken):
+        """recover() after `broken`, and again each time the recovery itself breaks."""
+        while True:
+            try:
+                return self.recover(broken, getattr(broken, "recover", None))
+            except PeerTimeout as again:
+                broken = again
+
     def recover(self, broken, incoming=None):
         """The link broke (`broken`, a PeerTimeout): the guest runs on here (a vCPU that needs a missing page
         waits) while the source has migration.postcopy_recover_s to connect anew and say RECOVER
@@ -643,8 +651,8 @@ class _PostcopyHere:
         here.plane.stop()
         here.protocol.pause()
         incoming = incoming or self._wait_for_recover(paused_at + window)
-        if incoming is None:
-            raise PeerTimeout(f"{broken.reason}; the source did not connect again within {window:g} s")
+        if incoming is None:  # (not a PeerTimeout: nothing more to wait for)
+            raise MigrationError(f"{broken.reason}; the source did not connect again within {window:g} s")
         here.peer = incoming.peer
         here.link.mend()
         here.protocol.receive_control(incoming.frames)
@@ -698,13 +706,17 @@ class _PostcopyHere:
             raise Mismatch(f"memory digest mismatch after post-copy: source {end.body['digest']}, destination "
                            f"{here.digest}")
         here.workload.pause()
-        here.send(here.protocol.postcopy_done({
+        here.hosted.live_postcopy = False  # the whole guest is here, verified: whatever the link does now
+        done = here.protocol.postcopy_done({
             "digest": here.digest, "blocktime_s": faults.all_blocked_s, "vcpu_blocktime_s": here.workload.blocked_s,
             "pages_requested": faults.requested, "requested_placed": faults.requested_placed,
             "last_page_s": faults.last_page_at - faults.resumed_at if faults.last_page_at else 0.0,
             "cpu_s": here.cpu.lap(),
-        }))
-        here.hosted.live_postcopy = False
+        })
+        try:
+            here.send(done)
+        except PeerTimeout as error:  # the source will not hear it: it says the guest lost, though it runs here
+            here.say(f"post-copy done, but the source could not be told: {error.reason}")
         here.say(f"post-copy done: {faults.requested:,} pages asked for")
         if here.on_verified:
             here.on_verified(here.guest)

@@ -59,8 +59,10 @@ def switch_over(source, opening, send_before_device_state, closing):
     device_started = source.clock()
     source.link.send_control(source.protocol.device_state(source.device_state))
     device_state_s = source.clock() - device_started
+    # from here the destination may have what it needs to resume the guest: it never runs here again (set
+    # before the send, so that a Ctrl-C landing as COMPLETE leaves cannot resume it here too)
+    source.handed_over = True
     source.link.send_control(closing(count, token))
-    source.handed_over = True  # the destination has what it needs to resume the guest: it never runs here again
     source.record.timeline.begin("handover")
     resumed = source.recv_past_interrupts()
     resumed_at = source.clock()
