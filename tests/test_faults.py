@@ -269,3 +269,19 @@ def test_ctrl_c_after_the_handover_is_too_late_to_cancel(monkeypatch):
     report, outcome, guest, destination = run_pair(s, *link_pair(timeout_s=5.0), progress=said)
     assert interrupted and report.status == "completed" and outcome.status == "completed", report.reason
     assert any(text.startswith("too late to cancel: ") for text in said.texts), said.texts
+
+
+def test_ctrl_c_once_the_destination_resumed_leaves_the_migration_completed(monkeypatch):
+    """After RESUMED (here during the source's own after-the-fact check) the guest has moved: not cancelled."""
+    from emulator.source import sender
+
+    def interrupted(source):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sender.Source, "_confirm_source_copy", interrupted)
+    s = Scenario(GuestSpec(2 << 20, fill="random", seed=1), WorkloadSpec(rate_pages_per_s=2000, seed=2),
+                 MigrationOptions(codec="raw", timeout_s=5.0))
+    said = Messages()
+    report, outcome, guest, destination = run_pair(s, *link_pair(timeout_s=5.0), progress=said)
+    assert report.status == "completed" and outcome.status == "completed", report.reason
+    assert "too late to cancel: the guest runs on the destination" in said.texts

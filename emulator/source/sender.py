@@ -114,7 +114,10 @@ class Source:
                 self.announce()
             self._confirm_source_copy()
         except KeyboardInterrupt:
-            failure = Cancelled("cancelled by the user on the source")
+            if self.protocol.destination_resumed and not self.live_postcopy:  # the guest moved, verified: too late
+                self.progress.message("too late to cancel: the guest runs on the destination")
+            else:
+                failure = Cancelled("cancelled by the user on the source")
         except MigrationError as error:
             failure = error
         finally:
