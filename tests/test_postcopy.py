@@ -82,6 +82,18 @@ def loopback(s):
     return SourceLink(destination.endpoint, s.migration.timeout_s, channels=s.migration.channels), destination
 
 
+def over_loopback(s):
+    """run_pair over loopback, the source's vCPUs on a seed of their own (module doc)."""
+    guest = GuestMemory(s.guest)
+    source_vcpus = Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1))
+    links = loopback(s)
+    try:
+        return run_pair(s, *links, guest=guest, workload=source_vcpus)
+    finally:
+        for link in links:
+            link.close()
+
+
 @pytest.mark.parametrize("codec, channels, pattern", [("raw", 1, "uniform"), ("lz4", 3, "hotset")])
 def test_postcopy_arrives_byte_identical_with_the_destination_writers_flat_out(codec, channels, pattern):
     # capped, so the pages come over a second or so and the vCPUs write between their arrivals
@@ -89,14 +101,7 @@ def test_postcopy_arrives_byte_identical_with_the_destination_writers_flat_out(c
                  max_bandwidth_bytes_per_s=100e6)
     destination_writes = 0
     for _ in range(3):
-        guest = GuestMemory(s.guest)
-        source_vcpus = Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1))
-        links = loopback(s)
-        try:
-            report, outcome, guest, destination = run_pair(s, *links, guest=guest, workload=source_vcpus)
-        finally:
-            for link in links:
-                link.close()
+        report, outcome, guest, destination = over_loopback(s)
         assert report.status == "completed" and outcome.status == "completed", (report.reason, outcome.reason)
         assert report.switchover_reason == "postcopy-after" and len(report.passes) == 2
         assert report.blackout.final_pages == 0 and report.digests_match
@@ -417,14 +422,7 @@ def test_with_preempt_the_requested_pages_cross_on_a_channel_of_their_own():
     s = scenario(codec="raw", channels=2, postcopy_after_passes=1, postcopy_preempt=True,
                  max_bandwidth_bytes_per_s=50e6)
     assert s.migration.data_channels == 3
-    guest = GuestMemory(s.guest)
-    source_vcpus = Workload(guest, dataclasses.replace(s.workload, seed=s.workload.seed + 1))
-    links = loopback(s)
-    try:
-        report, outcome, guest, destination = run_pair(s, *links, guest=guest, workload=source_vcpus)
-    finally:
-        for link in links:
-            link.close()
+    report, outcome, guest, destination = over_loopback(s)
     assert report.status == "completed" and outcome.status == "completed", (report.reason, outcome.reason)
     postcopy = report.postcopy
     assert postcopy.requested_sent > 0 and report.digests_match

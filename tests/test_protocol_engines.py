@@ -292,3 +292,31 @@ def test_a_preempt_channel_is_the_last_and_carries_only_what_is_sent_on_it():
     plain.session.state = "PRECOPY"
     with pytest.raises(LocalProtocolError, match="no preempt channel was negotiated"):
         plain.data(ZeroBatch(0), preempt=True)
+
+
+@pytest.mark.parametrize("body, field", [({"session": 5, "pass": 1}, "body.session"),
+                                         ({"session": "s", "pass": 0}, "body.pass")])
+def test_a_recover_with_a_bad_session_or_pass_is_refused_naming_it(body, field):
+    source, destination = in_postcopy()
+    destination.pause()
+    frames = protocol.encode_control(MsgType.RECOVER, 0, 1, body)
+    assert DestinationProtocol.recover_session(frames) == (body["session"] if field != "body.session" else None)
+    with pytest.raises(RemoteProtocolError) as refused:
+        destination.receive_control(frames)
+    assert refused.value.field == field and destination.state == FAILED
+
+
+@pytest.mark.parametrize("body, field", [({"data": [6001], "pass": 1}, "body.data"),
+                                         ({"data": [6001, 6002], "pass": 2}, "body.pass"),
+                                         ({"data": [6001, 6002]}, "body.pass")])
+def test_a_recovered_with_bad_endpoints_or_pass_is_refused_naming_it(body, field):
+    source, destination = in_postcopy()
+    source.recover("s")
+    with pytest.raises(RemoteProtocolError) as refused:
+        source.receive(protocol.encode_control(MsgType.RECOVERED, 0, 1, body))
+    assert refused.value.field == field and source.state == FAILED
+
+
+def test_only_a_recover_names_a_session_to_go_on_with():
+    assert DestinationProtocol.recover_session(protocol.encode_control(MsgType.HEARTBEAT, 0, 0, {})) is None
+    assert DestinationProtocol.recover_session([b"garbage"]) is None

@@ -560,11 +560,7 @@ class _Reconnected(LinkBroken):
 
 def _is_recover(incoming, session):
     """Whether `incoming` is a RECOVER of migration `session` (from any peer: the source's new connection)."""
-    try:
-        message = protocol.Decoder().decode(incoming.frames)
-    except RemoteProtocolError:
-        return False
-    return message.type == MsgType.RECOVER and message.body.get("session") == session
+    return session is not None and DestinationProtocol.recover_session(incoming.frames) == session
 
 
 def _warn_if_long(here):
@@ -641,7 +637,8 @@ class _PostcopyHere:
         """The link broke (`broken`, a PeerTimeout): the guest runs on here (a vCPU that needs a missing page
         waits) while the source has migration.postcopy_recover_s to connect anew and say RECOVER
         (emulator.source.phases.PostcopyRecovery); then it gets new data channels and the pages still
-        missing, and is asked again for those the vCPUs wait for. PeerTimeout when it did not come back.
+        missing, and is asked again for those the vCPUs wait for. MigrationError when it did not come back
+        within the window; PeerTimeout when this recovery broke in its turn.
         incoming: its RECOVER, if it came before the break was noticed here."""
         here = self.destination
         window = here.scenario.migration.postcopy_recover_s

@@ -23,7 +23,7 @@ from emulator.dataplane.transport import (
     CONTROL, PAIR_FINISHED, PAIR_QUEUE, PAIR_UNREAD, SIGNAL_CHECK_S, Incoming, PeerLink, Stop)
 from emulator.destination.receiver import Destination, DestinationLimits, Doorkeeper
 from emulator.vm.allocator import available_memory_bytes
-from emulator.wire.protocol import HEADER, HEADER_SIZE, Decoder, MsgType, RemoteProtocolError
+from emulator.wire.protocol import HEADER, HEADER_SIZE, MsgType, RemoteProtocolError
 from emulator.wire.protocol_engines import DestinationProtocol
 
 
@@ -100,7 +100,7 @@ class Listener:
         for incoming in list(self.incoming.values()):  # first: a migration that has finished frees its place
             if incoming.pair in ready:
                 self._from_migration(incoming)
-            elif not incoming.thread.is_alive() and incoming.number in self.incoming:  # its last word was lost
+            elif not incoming.thread.is_alive():  # its last word was lost
                 self._finished(incoming)
         if self.link.control in ready:
             self._from_peer(self.link.recv_control())
@@ -134,13 +134,9 @@ class Listener:
     def _recovered_by(self, message):
         """The migration a RECOVER of its session (a source connecting anew in post-copy) is for, else None. Its
         source becomes this peer with its answer, RECOVERED: what it said before goes to the old connection."""
-        try:
-            recover = Decoder().decode(message.frames)
-        except RemoteProtocolError:
+        session = DestinationProtocol.recover_session(message.frames)
+        if session is None:
             return None
-        if recover.type != MsgType.RECOVER:
-            return None
-        session = recover.body.get("session")
         hosted = next((incoming for incoming in self.hosting() if incoming.session == session), None)
         if hosted is not None:
             hosted.recovering_peer = message.peer

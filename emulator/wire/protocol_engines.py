@@ -246,6 +246,17 @@ class DestinationProtocol(_Engine):
                                                                  f"(those are {', '.join(known)})")
         return message
 
+    @staticmethod
+    def recover_session(frames):
+        """The session a RECOVER in `frames` asks to go on with (a post-copy source's new connection, from any
+        peer); None for anything else, and for a RECOVER without a session of text (no state changes)."""
+        try:
+            message = Decoder().decode(frames)
+        except RemoteProtocolError:
+            return None
+        session = message.body.get("session") if message.type == MsgType.RECOVER else None
+        return session if isinstance(session, str) else None
+
     @_failing
     def receive_hello(self, hello):
         """Begin the migration `hello` (from check_hello) asks for."""
